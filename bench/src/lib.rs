@@ -1,0 +1,1 @@
+//! Helpers shared by strata's benchmarks.
