@@ -1,1 +1,23 @@
-fn main(){}
+//! `strata`: a runc-compatible command line for the strata engine.
+
+mod cli;
+mod demo;
+mod output;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    if let Err(e) = output::init_logging(&cli) {
+        eprintln!("strata: {e:#}");
+        std::process::exit(1);
+    }
+    let logging_to_file = cli.log.is_some();
+    match cli::dispatch(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            output::report_error(&e, logging_to_file);
+            std::process::exit(1);
+        }
+    }
+}

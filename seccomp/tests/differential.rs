@@ -1,0 +1,615 @@
+//! Differential test: strata's compiler against libseccomp.
+//!
+//! proptest generates random profiles (default action, architectures, rules with several names,
+//! actions, errno values and up to three argument conditions with every operator) and, for each,
+//! random syscall inputs aimed at the profile's own numbers and values. Both programs run in the
+//! interpreter of `common` and must return the same action and data for every input.
+//!
+//! The generator stays inside what libseccomp defines: one condition per argument index in a
+//! rule (libseccomp rejects more) and no syscall with conditional rules of different actions
+//! (libseccomp orders those by its internal tree, or refuses them with EEXIST). The x86
+//! socketcall/ipc multiplexed names are left out: libseccomp rewrites rules on them for x86,
+//! strata filters the direct syscall only.
+
+mod common;
+
+use common::{SeccompData, parse_program, run};
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use proptest::prelude::*;
+use seccomp::Arch;
+use std::io::{Read, Seek};
+
+/// Candidate names; the ones the two tables disagree on are dropped by `name_pool`.
+const NAMES: &[&str] = &[
+    "read",
+    "write",
+    "open",
+    "close",
+    "fstat",
+    "mmap",
+    "mprotect",
+    "brk",
+    "ioctl",
+    "getpid",
+    "getppid",
+    "clone",
+    "clone3",
+    "personality",
+    "kill",
+    "prctl",
+    "futex",
+    "openat",
+    "dup",
+    "dup2",
+    "pipe",
+    "uname",
+    "fcntl",
+    "chdir",
+    "mkdir",
+    "unlink",
+    "getuid",
+    "setuid",
+    "ptrace",
+    "mount",
+    "umount2",
+    "unshare",
+    "setns",
+    "reboot",
+    "chroot",
+    "bpf",
+    "getrandom",
+    "memfd_create",
+    "statx",
+    "exit_group",
+    "execve",
+    "waitpid",
+    "time",
+    "seccomp",
+    "io_uring_setup",
+    "set_thread_area",
+];
+
+/// Names whose number agrees between the two tables on every x86 architecture.
+fn name_pool() -> Vec<&'static str> {
+    let arches = [
+        (Arch::X86_64, ScmpArch::X8664),
+        (Arch::X86, ScmpArch::X86),
+        (Arch::X32, ScmpArch::X32),
+    ];
+    NAMES
+        .iter()
+        .copied()
+        .filter(|name| {
+            arches.iter().all(|(ours, theirs)| {
+                let lib = ScmpSyscall::from_name_by_arch(name, *theirs)
+                    .ok()
+                    .map(i32::from)
+                    .filter(|nr| *nr >= 0)
+                    .map(|nr| nr as u32);
+                lib == ours.syscall_number(name)
+            }) && Arch::X86_64.syscall_number(name).is_some()
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Act {
+    Allow,
+    Errno(u16),
+    Kill,
+    KillProcess,
+    Trap,
+    Trace(u16),
+    Log,
+    Notify,
+}
+
+impl Act {
+    fn json(self) -> serde_json::Value {
+        let (name, data) = match self {
+            Act::Allow => ("SCMP_ACT_ALLOW", None),
+            Act::Errno(e) => ("SCMP_ACT_ERRNO", Some(e)),
+            Act::Kill => ("SCMP_ACT_KILL", None),
+            Act::KillProcess => ("SCMP_ACT_KILL_PROCESS", None),
+            Act::Trap => ("SCMP_ACT_TRAP", None),
+            Act::Trace(e) => ("SCMP_ACT_TRACE", Some(e)),
+            Act::Log => ("SCMP_ACT_LOG", None),
+            Act::Notify => ("SCMP_ACT_NOTIFY", None),
+        };
+        serde_json::json!([name, data])
+    }
+
+    fn scmp(self) -> ScmpAction {
+        match self {
+            Act::Allow => ScmpAction::Allow,
+            Act::Errno(e) => ScmpAction::Errno(i32::from(e)),
+            Act::Kill => ScmpAction::KillThread,
+            Act::KillProcess => ScmpAction::KillProcess,
+            Act::Trap => ScmpAction::Trap,
+            Act::Trace(e) => ScmpAction::Trace(e),
+            Act::Log => ScmpAction::Log,
+            Act::Notify => ScmpAction::Notify,
+        }
+    }
+
+    /// The kernel return value, to compare actions the way libseccomp does.
+    fn value(self) -> u32 {
+        match self {
+            Act::Allow => 0x7fff_0000,
+            Act::Errno(e) => 0x0005_0000 | u32::from(e),
+            Act::Kill => 0,
+            Act::KillProcess => 0x8000_0000,
+            Act::Trap => 0x0003_0000,
+            Act::Trace(e) => 0x7ff0_0000 | u32::from(e),
+            Act::Log => 0x7ffc_0000,
+            Act::Notify => 0x7fc0_0000,
+        }
+    }
+}
+
+fn act(notify: bool) -> impl Strategy<Value = Act> {
+    let base = prop_oneof![
+        4 => Just(Act::Allow),
+        3 => (0u16..4096).prop_map(Act::Errno),
+        1 => Just(Act::Kill),
+        1 => Just(Act::KillProcess),
+        1 => Just(Act::Trap),
+        1 => (0u16..4096).prop_map(Act::Trace),
+        1 => Just(Act::Log),
+    ];
+    if notify {
+        prop_oneof![6 => base, 1 => Just(Act::Notify)].boxed()
+    } else {
+        base.boxed()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Cond {
+    index: usize,
+    op: usize,
+    value: u64,
+    value_two: u64,
+}
+
+const OPS: [&str; 7] = [
+    "SCMP_CMP_NE",
+    "SCMP_CMP_LT",
+    "SCMP_CMP_LE",
+    "SCMP_CMP_EQ",
+    "SCMP_CMP_GE",
+    "SCMP_CMP_GT",
+    "SCMP_CMP_MASKED_EQ",
+];
+
+fn interesting() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(1),
+        0u64..64,
+        Just(0xffff_ffff),
+        Just(1 << 32),
+        Just(u64::MAX),
+        (0u64..4, 0u64..8).prop_map(|(h, l)| h << 32 | l),
+        (0u64..4).prop_map(|h| h << 32 | 0xffff_fff0),
+        any::<u64>(),
+    ]
+}
+
+fn cond() -> impl Strategy<Value = Cond> {
+    (0usize..6, 0usize..7, interesting(), interesting()).prop_map(
+        |(index, op, value, value_two)| Cond {
+            index,
+            op,
+            value,
+            value_two,
+        },
+    )
+}
+
+#[derive(Debug, Clone)]
+struct RuleSpec {
+    names: Vec<usize>,
+    action: Act,
+    conds: Vec<Cond>,
+}
+
+fn rule(pool: usize) -> impl Strategy<Value = RuleSpec> {
+    (
+        prop::collection::vec(0..pool, 1..4),
+        act(true),
+        prop_oneof![2 => Just(vec![]), 3 => prop::collection::vec(cond(), 1..4)],
+    )
+        .prop_map(|(names, action, mut conds)| {
+            let mut seen = [false; 6];
+            conds.retain(|c| !std::mem::replace(&mut seen[c.index], true));
+            RuleSpec {
+                names,
+                action,
+                conds,
+            }
+        })
+}
+
+#[derive(Debug, Clone)]
+struct ProfileSpec {
+    default: Act,
+    x86: bool,
+    x32: bool,
+    list_native: bool,
+    rules: Vec<RuleSpec>,
+}
+
+fn profile(pool: usize) -> impl Strategy<Value = ProfileSpec> {
+    (
+        act(false),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        prop::collection::vec(rule(pool), 0..10),
+    )
+        .prop_map(|(default, x86, x32, list_native, rules)| {
+            let mut spec = ProfileSpec {
+                default,
+                x86,
+                x32,
+                list_native,
+                rules,
+            };
+            make_unambiguous(&mut spec);
+            spec
+        })
+}
+
+/// Drops names from conditional rules whose syscall already has a conditional rule with another
+/// action (see the module docs); rules with the default action do not count, both sides drop them.
+fn make_unambiguous(spec: &mut ProfileSpec) {
+    let mut action_of: std::collections::HashMap<usize, u32> = Default::default();
+    let default = spec.default.value();
+    for rule in &mut spec.rules {
+        if rule.conds.is_empty() || rule.action.value() == default {
+            continue;
+        }
+        let value = rule.action.value();
+        rule.names
+            .retain(|n| *action_of.entry(*n).or_insert(value) == value);
+    }
+    spec.rules.retain(|r| !r.names.is_empty());
+}
+
+fn to_json(spec: &ProfileSpec, pool: &[&str]) -> serde_json::Value {
+    let (default_action, default_errno) = match spec.default.json().as_array() {
+        Some(a) => (a[0].clone(), a[1].clone()),
+        None => unreachable!(),
+    };
+    let mut arches = vec![];
+    if spec.list_native {
+        arches.push("SCMP_ARCH_X86_64");
+    }
+    if spec.x86 {
+        arches.push("SCMP_ARCH_X86");
+    }
+    if spec.x32 {
+        arches.push("SCMP_ARCH_X32");
+    }
+    let syscalls: Vec<serde_json::Value> = spec
+        .rules
+        .iter()
+        .map(|r| {
+            let a = r.action.json();
+            let args: Vec<serde_json::Value> = r
+                .conds
+                .iter()
+                .map(|c| {
+                    let mut v =
+                        serde_json::json!({"index": c.index, "value": c.value, "op": OPS[c.op]});
+                    if c.op == 6 {
+                        v["valueTwo"] = c.value_two.into();
+                    }
+                    v
+                })
+                .collect();
+            let mut v = serde_json::json!({
+                "names": r.names.iter().map(|n| pool[*n]).collect::<Vec<_>>(),
+                "action": a[0],
+                "args": args,
+            });
+            if !a[1].is_null() {
+                v["errnoRet"] = a[1].clone();
+            }
+            v
+        })
+        .collect();
+    let mut v = serde_json::json!({
+        "defaultAction": default_action,
+        "architectures": arches,
+        "syscalls": syscalls,
+    });
+    if !default_errno.is_null() {
+        v["defaultErrnoRet"] = default_errno;
+    }
+    v
+}
+
+/// Compiles the profile with libseccomp as runc does; `None` if libseccomp refuses it.
+fn libseccomp_program(spec: &ProfileSpec, pool: &[&str]) -> Option<Vec<libc::sock_filter>> {
+    let mut ctx = ScmpFilterContext::new(spec.default.scmp()).ok()?;
+    if spec.x86 {
+        ctx.add_arch(ScmpArch::X86).ok()?;
+    }
+    if spec.x32 {
+        ctx.add_arch(ScmpArch::X32).ok()?;
+    }
+    for rule in &spec.rules {
+        if rule.action.value() == spec.default.value() {
+            continue; // libseccomp refuses these with EACCES; runc skips them
+        }
+        let conds: Vec<ScmpArgCompare> = rule
+            .conds
+            .iter()
+            .map(|c| {
+                let (op, datum) = match c.op {
+                    0 => (ScmpCompareOp::NotEqual, c.value),
+                    1 => (ScmpCompareOp::Less, c.value),
+                    2 => (ScmpCompareOp::LessOrEqual, c.value),
+                    3 => (ScmpCompareOp::Equal, c.value),
+                    4 => (ScmpCompareOp::GreaterEqual, c.value),
+                    5 => (ScmpCompareOp::Greater, c.value),
+                    _ => (ScmpCompareOp::MaskedEqual(c.value), c.value_two),
+                };
+                ScmpArgCompare::new(c.index as u32, op, datum)
+            })
+            .collect();
+        for name in &rule.names {
+            let sys = ScmpSyscall::from_name(pool[*name]).ok()?;
+            ctx.add_rule_conditional(rule.action.scmp(), sys, &conds)
+                .ok()?;
+        }
+    }
+    let mut file = tempfile::tempfile().ok()?;
+    ctx.export_bpf(&file).ok()?;
+    file.rewind().ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    Some(parse_program(&bytes))
+}
+
+/// A small deterministic generator for the inputs of one profile.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+fn inputs(spec: &ProfileSpec, pool: &[&str], seed: u64, count: usize) -> Vec<SeccompData> {
+    let mut rng = SplitMix(seed);
+    let mut values: Vec<u64> = vec![0, 1, u64::MAX, 0xffff_ffff, 1 << 32];
+    for c in spec.rules.iter().flat_map(|r| &r.conds) {
+        for v in [c.value, c.value_two, c.value & c.value_two] {
+            values.extend([
+                v,
+                v.wrapping_add(1),
+                v.wrapping_sub(1),
+                v ^ (1 << 32),
+                v ^ 1,
+                v & 0xffff_ffff,
+            ]);
+        }
+    }
+    let arches = [
+        (Arch::X86_64.audit_token(), Arch::X86_64),
+        (Arch::X86.audit_token(), Arch::X86),
+        (Arch::X32.audit_token(), Arch::X32),
+        (Arch::Aarch64.audit_token(), Arch::Aarch64),
+    ];
+    (0..count)
+        .map(|_| {
+            let (token, arch) = rng.pick(&arches);
+            let arch_token = if rng.next() % 20 == 0 {
+                rng.next() as u32
+            } else {
+                token
+            };
+            let nr = match rng.next() % 10 {
+                0 => rng.pick(&[0u32, 1, 0x4000_0000, 0x3fff_ffff, 0xffff_ffff, 0x4000_0001]),
+                1 => rng.next() as u32 % 600,
+                _ => {
+                    let name = pool[(rng.next() % pool.len() as u64) as usize];
+                    arch.syscall_number(name).unwrap_or(0)
+                }
+            };
+            let mut args = [0u64; 6];
+            for a in &mut args {
+                *a = if rng.next() % 8 == 0 {
+                    rng.next()
+                } else {
+                    rng.pick(&values)
+                };
+            }
+            SeccompData {
+                nr,
+                arch: arch_token,
+                ip: rng.next(),
+                args,
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn same_decisions_as_libseccomp(
+        spec in profile(name_pool().len()),
+        seed in any::<u64>(),
+    ) {
+        let pool = name_pool();
+        let json = to_json(&spec, &pool);
+        let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(json.clone())
+            .map_err(|e| TestCaseError::fail(format!("bad test profile {json}: {e}")))?;
+        let Some(theirs) = libseccomp_program(&spec, &pool) else {
+            // libseccomp refuses some rule sets (EEXIST on conflicting trees); nothing to compare
+            return Ok(());
+        };
+        let ours = seccomp::compile(&profile)
+            .map_err(|e| TestCaseError::fail(format!("strata refused {json}: {e}")))?;
+        seccomp::verify(ours.instructions()).map_err(TestCaseError::fail)?;
+        for data in inputs(&spec, &pool, seed, 300) {
+            let expected = run(&theirs, &data).map_err(TestCaseError::fail)?;
+            let got = run(ours.instructions(), &data).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(
+                got, expected,
+                "input {:x?}\nprofile {}", data, json
+            );
+        }
+    }
+}
+
+#[test]
+fn default_profile_matches_libseccomp() {
+    for caps in [
+        vec![],
+        vec!["CAP_SYS_ADMIN".to_string(), "CAP_SYS_PTRACE".to_string()],
+    ] {
+        let profile = seccomp::default_profile(&caps);
+        let ours = seccomp::compile(&profile).expect("default profile compiles");
+
+        let default = ScmpAction::Errno(libc::EPERM);
+        let mut ctx = ScmpFilterContext::new(default).expect("libseccomp context");
+        ctx.add_arch(ScmpArch::X86).expect("x86");
+        ctx.add_arch(ScmpArch::X32).expect("x32");
+        let mut names_used = vec![];
+        for rule in profile.syscalls().iter().flatten() {
+            let action = match rule.action() {
+                oci_spec::runtime::LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+                _ => ScmpAction::Errno(rule.errno_ret().map_or(1, |e| e as i32)),
+            };
+            let conds: Vec<ScmpArgCompare> = rule
+                .args()
+                .iter()
+                .flatten()
+                .map(|a| {
+                    let (op, datum) = match a.op() {
+                        oci_spec::runtime::LinuxSeccompOperator::ScmpCmpEq => {
+                            (ScmpCompareOp::Equal, a.value())
+                        }
+                        oci_spec::runtime::LinuxSeccompOperator::ScmpCmpNe => {
+                            (ScmpCompareOp::NotEqual, a.value())
+                        }
+                        _ => (
+                            ScmpCompareOp::MaskedEqual(a.value()),
+                            a.value_two().unwrap_or(0),
+                        ),
+                    };
+                    ScmpArgCompare::new(a.index() as u32, op, datum)
+                })
+                .collect();
+            for name in rule.names() {
+                // skip names unknown to libseccomp or multiplexed on x86 (module docs)
+                let Ok(sys) = ScmpSyscall::from_name(name) else {
+                    continue;
+                };
+                if i32::from(sys) < 0 || MULTIPLEXED.contains(&name.as_str()) {
+                    continue;
+                }
+                ctx.add_rule_conditional(action, sys, &conds)
+                    .expect("libseccomp rule");
+                names_used.push(name.clone());
+            }
+        }
+        let mut file = tempfile::tempfile().expect("tempfile");
+        ctx.export_bpf(&file).expect("export");
+        file.rewind().expect("rewind");
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).expect("read");
+        let theirs = parse_program(&bytes);
+        println!(
+            "default profile: strata {} instructions, libseccomp {}",
+            ours.instructions().len(),
+            theirs.len()
+        );
+
+        let mut rng = SplitMix(7);
+        for name in &names_used {
+            for arch in [Arch::X86_64, Arch::X32] {
+                let Some(nr) = arch.syscall_number(name) else {
+                    continue;
+                };
+                for _ in 0..20 {
+                    let pick = [
+                        0u64,
+                        2,
+                        8,
+                        40,
+                        0x20000,
+                        0x20008,
+                        0xffff_ffff,
+                        0x10000,
+                        0x7E02_0000,
+                        0x1_0000_0000,
+                    ];
+                    let args = [rng.pick(&pick), rng.next(), 0, 0, 0, 0];
+                    let data = SeccompData {
+                        nr,
+                        arch: arch.audit_token(),
+                        ip: 0,
+                        args,
+                    };
+                    assert_eq!(
+                        run(ours.instructions(), &data),
+                        run(&theirs, &data),
+                        "{name} on {arch:?} with {args:x?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Socket and IPC calls that libseccomp rewrites to socketcall/ipc on x86.
+const MULTIPLEXED: &[&str] = &[
+    "socket",
+    "bind",
+    "connect",
+    "listen",
+    "accept",
+    "getsockname",
+    "getpeername",
+    "socketpair",
+    "send",
+    "recv",
+    "sendto",
+    "recvfrom",
+    "shutdown",
+    "setsockopt",
+    "getsockopt",
+    "sendmsg",
+    "recvmsg",
+    "accept4",
+    "recvmmsg",
+    "sendmmsg",
+    "semop",
+    "semget",
+    "semctl",
+    "semtimedop",
+    "msgsnd",
+    "msgrcv",
+    "msgget",
+    "msgctl",
+    "shmat",
+    "shmdt",
+    "shmget",
+    "shmctl",
+];

@@ -1,0 +1,468 @@
+//! Command-line definitions (runc's commands, flags and output) and their dispatch.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use engine::bundle::Bundle;
+use engine::container::{self, CreateOptions};
+use engine::exec::{self, ExecRequest};
+use engine::state::StateRoot;
+use std::path::PathBuf;
+
+/// strata: an OCI container runtime.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about)]
+pub struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = engine::state::DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// Write logs to this file instead of stderr.
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Log debug messages.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Accepted for runc compatibility; strata manages cgroup v2 directly.
+    #[arg(long, global = true, hide = true)]
+    pub systemd_cgroup: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags shared by create and run.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// The container id.
+    pub id: String,
+    /// The bundle directory (holding config.json).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Unix socket that receives the pty master when process.terminal is true.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// File to write the init's pid to.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Pass this many extra file descriptors (from 3 on) to the container.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Accepted for runc compatibility (strata always pivots).
+    #[arg(long, hide = true)]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long, hide = true)]
+    pub no_new_keyring: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a container; its program waits for `start`.
+    Create(CreateArgs),
+    /// Run the program of a created container.
+    Start {
+        /// The container id.
+        id: String,
+    },
+    /// Create and start a container and wait for it (unless --detach).
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Return once the container runs.
+        #[arg(short, long)]
+        detach: bool,
+        /// Keep the container's state after it exits.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print the runtime-spec state of a container as JSON.
+    State {
+        /// The container id.
+        id: String,
+    },
+    /// Send a signal to a container's init (default SIGTERM).
+    Kill {
+        /// The container id.
+        id: String,
+        /// Signal name or number.
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+        /// Signal every process in the container.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Delete a container and everything it holds.
+    Delete {
+        /// The container id.
+        id: String,
+        /// Kill it first if it runs.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Run a process in a running container.
+    Exec {
+        /// The container id.
+        id: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+        /// JSON file describing the process (runtime-spec `process`).
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        /// Unix socket that receives the pty master.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Working directory in the container.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Environment variables (KEY=VALUE).
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// Allocate a pseudo-terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// User as UID[:GID].
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Additional group ids.
+        #[arg(short = 'g', long)]
+        additional_gids: Vec<u32>,
+        /// Return once the process runs.
+        #[arg(short, long)]
+        detach: bool,
+        /// File to write the process's pid to.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Add a capability.
+        #[arg(short, long)]
+        cap: Vec<String>,
+        /// Set no_new_privs.
+        #[arg(long)]
+        no_new_privs: bool,
+        /// Pass this many extra file descriptors.
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: u32,
+    },
+    /// List the processes of a container.
+    Ps {
+        /// The container id.
+        id: String,
+        /// table or json.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        /// Options passed to ps(1) for the table.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// List containers.
+    List {
+        /// table or json.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        /// Print only the ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Freeze every process of a container.
+    Pause {
+        /// The container id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// The container id.
+        id: String,
+    },
+    /// Print what this runtime supports (runtime-spec features document).
+    Features,
+    /// Write a default config.json.
+    Spec {
+        /// Where to write it.
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// A configuration for an unprivileged user (user namespace).
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Build a small image, run a container from it and print its output and start time.
+    Demo,
+}
+
+fn state_root(cli: &Cli) -> Result<StateRoot> {
+    Ok(StateRoot::new(&cli.root)?)
+}
+
+/// Runs the command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    if matches!(cli.command, Command::Create(_) | Command::Run { .. } | Command::Exec { .. } | Command::Demo) {
+        engine::seal::reexec_sealed().context("protecting the runtime binary")?;
+    }
+    match &cli.command {
+        Command::Create(a) => {
+            let root = state_root(&cli)?;
+            let bundle = Bundle::load(&a.bundle)?;
+            let created = container::create(&root, &a.id, &bundle, &create_options(a), false)?;
+            drop(created);
+            Ok(0)
+        }
+        Command::Start { id } => {
+            container::start(&state_root(&cli)?, id)?;
+            Ok(0)
+        }
+        Command::Run { create, detach, keep } => {
+            let root = state_root(&cli)?;
+            let bundle = Bundle::load(&create.bundle)?;
+            let opts = create_options(create);
+            if *detach {
+                container::create(&root, &create.id, &bundle, &opts, false)?;
+                container::start(&root, &create.id)?;
+                return Ok(0);
+            }
+            if *keep {
+                bail!("--keep is not supported: the container is deleted when it exits");
+            }
+            Ok(container::run(&root, &create.id, &bundle, &opts)?)
+        }
+        Command::State { id } => {
+            let st = container::oci_state(&state_root(&cli)?, id)?;
+            println!("{}", serde_json::to_string_pretty(&st)?);
+            Ok(0)
+        }
+        Command::Kill { id, signal, all } => {
+            let sig = engine::signals::parse_signal(signal)?;
+            container::kill(&state_root(&cli)?, id, sig, *all)?;
+            Ok(0)
+        }
+        Command::Delete { id, force } => {
+            let root = state_root(&cli)?;
+            match container::delete(&root, id, *force) {
+                // runc succeeds on a missing container only with --force.
+                Err(engine::Error::NotFound(_)) if *force => Ok(0),
+                r => r.map(|_| 0).map_err(Into::into),
+            }
+        }
+        Command::Exec {
+            id,
+            command,
+            process,
+            console_socket,
+            cwd,
+            env,
+            tty,
+            user,
+            additional_gids,
+            detach,
+            pid_file,
+            cap,
+            no_new_privs,
+            preserve_fds,
+        } => {
+            let root = state_root(&cli)?;
+            let st = root.load(id)?;
+            let p = match process {
+                Some(path) => {
+                    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                    serde_json::from_slice(&data).with_context(|| format!("{}: invalid process JSON", path.display()))?
+                }
+                None => {
+                    if command.is_empty() {
+                        bail!("exec: give a command or --process");
+                    }
+                    let bundle = Bundle::load(&st.bundle)?;
+                    build_exec_process(&bundle, command, cwd.as_ref(), env, *tty, user.as_deref(), additional_gids, cap, *no_new_privs)?
+                }
+            };
+            let req = ExecRequest {
+                process: p,
+                detach: *detach,
+                opts: CreateOptions { console_socket: console_socket.clone(), preserve_fds: *preserve_fds, pid_file: pid_file.clone() },
+            };
+            Ok(exec::exec(&root, id, &req)?)
+        }
+        Command::Ps { id, format, ps_args } => {
+            let root = state_root(&cli)?;
+            let pids = container::pids(&root, id)?;
+            if format == "json" {
+                println!("{}", serde_json::to_string(&pids)?);
+                return Ok(0);
+            }
+            print_ps_table(&pids, ps_args)?;
+            Ok(0)
+        }
+        Command::List { format, quiet } => {
+            let root = state_root(&cli)?;
+            let mut states = Vec::new();
+            for id in root.list()? {
+                if let Ok(s) = container::oci_state(&root, &id) {
+                    states.push(s);
+                }
+            }
+            if *quiet {
+                for s in &states {
+                    println!("{}", s.id);
+                }
+            } else if format == "json" {
+                println!("{}", serde_json::to_string(&states)?);
+            } else {
+                let mut out = String::from("ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER\n");
+                for s in &states {
+                    out.push_str(&format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\n",
+                        s.id,
+                        s.pid,
+                        s.status,
+                        s.bundle.display(),
+                        s.created,
+                        s.owner
+                    ));
+                }
+                print!("{}", crate::demo::align_columns(&out));
+            }
+            Ok(0)
+        }
+        Command::Pause { id } => {
+            container::pause(&state_root(&cli)?, id)?;
+            Ok(0)
+        }
+        Command::Resume { id } => {
+            container::resume(&state_root(&cli)?, id)?;
+            Ok(0)
+        }
+        Command::Features => {
+            println!("{}", serde_json::to_string_pretty(&features())?);
+            Ok(0)
+        }
+        Command::Spec { bundle, rootless } => {
+            let file = bundle.join("config.json");
+            if file.exists() {
+                bail!("{}: already exists; remove it first", file.display());
+            }
+            let mut config = engine::spec::default_config(&["sh".to_string()], true);
+            if *rootless {
+                engine::spec::make_rootless(&mut config, nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+            }
+            std::fs::write(&file, serde_json::to_string_pretty(&config)? + "\n")
+                .with_context(|| format!("writing {}", file.display()))?;
+            Ok(0)
+        }
+        Command::Demo => crate::demo::run(&state_root(&cli)?),
+    }
+}
+
+fn create_options(a: &CreateArgs) -> CreateOptions {
+    CreateOptions { console_socket: a.console_socket.clone(), preserve_fds: a.preserve_fds, pid_file: a.pid_file.clone() }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_exec_process(
+    bundle: &Bundle,
+    command: &[String],
+    cwd: Option<&PathBuf>,
+    env: &[String],
+    tty: bool,
+    user: Option<&str>,
+    additional_gids: &[u32],
+    cap: &[String],
+    no_new_privs: bool,
+) -> Result<oci_spec::runtime::Process> {
+    let base = bundle.spec.process().clone().context("config.json: process: missing")?;
+    let mut v = serde_json::to_value(&base)?;
+    v["args"] = serde_json::json!(command);
+    v["terminal"] = serde_json::json!(tty);
+    v["cwd"] = serde_json::json!(cwd.map(|c| c.display().to_string()).unwrap_or_else(|| "/".into()));
+    let mut all_env: Vec<String> = base.env().clone().unwrap_or_default();
+    all_env.extend(env.iter().cloned());
+    v["env"] = serde_json::json!(all_env);
+    if let Some(u) = user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((u, g)) => (u.parse::<u32>()?, g.parse::<u32>()?),
+            None => (u.parse::<u32>().with_context(|| format!("--user {u:?}: expected UID[:GID]"))?, 0),
+        };
+        v["user"]["uid"] = serde_json::json!(uid);
+        v["user"]["gid"] = serde_json::json!(gid);
+    }
+    if !additional_gids.is_empty() {
+        v["user"]["additionalGids"] = serde_json::json!(additional_gids);
+    }
+    if no_new_privs {
+        v["noNewPrivileges"] = serde_json::json!(true);
+    }
+    for c in cap {
+        let name = if c.starts_with("CAP_") { c.clone() } else { format!("CAP_{c}") };
+        for set in ["bounding", "effective", "permitted", "ambient", "inheritable"] {
+            if let Some(list) = v["capabilities"][set].as_array_mut() {
+                list.push(serde_json::json!(name));
+            } else if !v["capabilities"].is_null() {
+                v["capabilities"][set] = serde_json::json!([name]);
+            }
+        }
+    }
+    serde_json::from_value(v).context("building the exec process")
+}
+
+fn print_ps_table(pids: &[i32], ps_args: &[String]) -> Result<()> {
+    let args: Vec<String> = if ps_args.is_empty() { vec!["-ef".into()] } else { ps_args.to_vec() };
+    let out = std::process::Command::new("ps").args(&args).output().context("running ps")?;
+    if !out.status.success() {
+        bail!("ps {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header.split_whitespace().position(|h| h == "PID").context("ps output has no PID column")?;
+    println!("{header}");
+    for line in lines {
+        let pid: Option<i32> = line.split_whitespace().nth(col).and_then(|p| p.parse().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn features() -> serde_json::Value {
+    use engine::rootfs::KNOWN_MOUNT_OPTIONS;
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.1",
+        "hooks": [],
+        "mountOptions": KNOWN_MOUNT_OPTIONS.to_vec(),
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<std::collections::BTreeSet<_>>(),
+            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
+            "seccomp": {"enabled": false},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+            "intelRdt": {"enabled": false},
+            "mountExtensions": {"idmap": {"enabled": false}}
+        },
+        "annotations": {
+            "io.github.strata.version": env!("CARGO_PKG_VERSION")
+        }
+    })
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn runc_style_invocations_parse() {
+        let c = Cli::try_parse_from(["strata", "--root", "/r", "--log-format", "json", "create", "--bundle", "/b", "--console-socket", "/s", "id1"]).unwrap();
+        assert!(matches!(c.command, Command::Create(ref a) if a.id == "id1" && a.bundle == PathBuf::from("/b")));
+        let c = Cli::try_parse_from(["strata", "exec", "-t", "id1", "sh", "-c", "echo hi"]).unwrap();
+        assert!(matches!(c.command, Command::Exec { ref command, tty: true, .. } if command.len() == 3));
+        let c = Cli::try_parse_from(["strata", "kill", "--all", "id1", "KILL"]).unwrap();
+        assert!(matches!(c.command, Command::Kill { all: true, ref signal, .. } if signal == "KILL"));
+    }
+}

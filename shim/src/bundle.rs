@@ -1,0 +1,205 @@
+//! Reading and validating a bundle: `config.json` and the root file system it names.
+//!
+//! Everything that can be checked before a process exists is checked here, so that bad input
+//! fails before any state directory, cgroup or mount is made. Errors name the file and the JSON
+//! path of the field.
+
+use crate::error::{Error, Result};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+
+/// A loaded and validated bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The bundle directory, absolute.
+    pub dir: PathBuf,
+    /// The parsed configuration.
+    pub spec: Spec,
+    /// The root file system, absolute and canonical.
+    pub rootfs: PathBuf,
+}
+
+impl Bundle {
+    /// Loads `dir/config.json` and validates it.
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let dir = std::path::absolute(dir).map_err(|e| Error::io(format!("bundle {}", dir.display()), e))?;
+        let file = dir.join("config.json");
+        let spec = parse_config(&file)?;
+        let rootfs = validate(&file, &dir, &spec)?;
+        Ok(Bundle { dir, spec, rootfs })
+    }
+
+    /// The path of `config.json`, for error messages.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+}
+
+fn config_error(file: &Path, field: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Config { file: file.to_path_buf(), field: field.into(), message: message.into() }
+}
+
+/// Parses a `config.json`, reporting the JSON path of the first invalid field.
+pub fn parse_config(file: &Path) -> Result<Spec> {
+    let bytes = std::fs::read(file).map_err(|e| config_error(file, ".", format!("cannot read the file: {e}")))?;
+    parse_config_bytes(file, &bytes)
+}
+
+/// Parses configuration bytes; `file` is only used in messages.
+pub fn parse_config_bytes(file: &Path, bytes: &[u8]) -> Result<Spec> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // serde_json appends " at line L column C"; keep it, it helps find the spot.
+        config_error(file, if path.is_empty() { ".".into() } else { path }, message)
+    })
+}
+
+/// Checks what parsing cannot: versions, the root, namespaces, mounts, the process.
+fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
+    let version = spec.version();
+    if !version.starts_with("1.") {
+        return Err(config_error(file, "ociVersion", format!("{version:?} is not a runtime-spec 1.x version")));
+    }
+    let root = spec.root().as_ref().ok_or_else(|| config_error(file, "root", "missing"))?;
+    let rootfs = dir.join(root.path());
+    let rootfs = std::fs::canonicalize(&rootfs)
+        .map_err(|e| config_error(file, "root.path", format!("{}: {e}", rootfs.display())))?;
+    if !rootfs.is_dir() {
+        return Err(config_error(file, "root.path", format!("{} is not a directory", rootfs.display())));
+    }
+    let process = spec.process().as_ref().ok_or_else(|| config_error(file, "process", "missing"))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(config_error(file, "process.args", "must name the program to run"));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(config_error(file, "process.cwd", format!("{} is not an absolute path", process.cwd().display())));
+    }
+    let linux = spec.linux().as_ref().ok_or_else(|| config_error(file, "linux", "missing"))?;
+    let mut seen = HashSet::new();
+    let mut has_mount_ns = false;
+    let mut new_user_ns = false;
+    for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+        if !seen.insert(ns.typ()) {
+            return Err(config_error(file, format!("linux.namespaces[{i}].type"), format!("{} is listed twice", ns.typ())));
+        }
+        if ns.typ() == LinuxNamespaceType::Mount {
+            has_mount_ns = true;
+            if ns.path().is_some() {
+                return Err(config_error(file, format!("linux.namespaces[{i}].path"), "joining an existing mount namespace is not supported"));
+            }
+        }
+        if ns.typ() == LinuxNamespaceType::User && ns.path().is_none() {
+            new_user_ns = true;
+        }
+        if let Some(p) = ns.path() {
+            if !p.exists() {
+                return Err(config_error(file, format!("linux.namespaces[{i}].path"), format!("{} does not exist", p.display())));
+            }
+        }
+    }
+    if !has_mount_ns {
+        return Err(config_error(file, "linux.namespaces", "a mount namespace is required (strata never mounts in the host's namespace)"));
+    }
+    if new_user_ns && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
+        return Err(config_error(file, "linux.uidMappings", "a new user namespace needs uid mappings"));
+    }
+    if new_user_ns && linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
+        return Err(config_error(file, "linux.gidMappings", "a new user namespace needs gid mappings"));
+    }
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if normalize_in_root(m.destination()).is_none() {
+            return Err(config_error(
+                file,
+                format!("mounts[{i}].destination"),
+                format!("{} escapes the root file system", m.destination().display()),
+            ));
+        }
+    }
+    if let Some(hooks) = spec.hooks() {
+        let any = hooks.prestart().is_some()
+            || hooks.create_runtime().is_some()
+            || hooks.create_container().is_some()
+            || hooks.start_container().is_some()
+            || hooks.poststart().is_some()
+            || hooks.poststop().is_some();
+        if any {
+            return Err(config_error(file, "hooks", "hooks are not supported yet"));
+        }
+    }
+    if let Some(sc) = linux.seccomp() {
+        seccomp::compile(sc).map_err(|e| config_error(file, "linux.seccomp", e.to_string()))?;
+    }
+    if let Some(caps) = process.capabilities() {
+        for (set, list) in [
+            ("bounding", caps.bounding()),
+            ("effective", caps.effective()),
+            ("permitted", caps.permitted()),
+            ("inheritable", caps.inheritable()),
+            ("ambient", caps.ambient()),
+        ] {
+            for c in list.iter().flatten() {
+                crate::process::cap_index(c).map_err(|m| config_error(file, format!("process.capabilities.{set}"), m))?;
+            }
+        }
+    }
+    Ok(rootfs)
+}
+
+/// Normalizes a mount destination to a path relative to the container's root, or `None` if `..`
+/// components would climb above the root.
+pub fn normalize_in_root(dest: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in dest.components() {
+        match c {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_keeps_inside_and_refuses_escape() {
+        assert_eq!(normalize_in_root(Path::new("/a/./b/../c")), Some(PathBuf::from("a/c")));
+        assert_eq!(normalize_in_root(Path::new("/")), Some(PathBuf::new()));
+        assert_eq!(normalize_in_root(Path::new("/a/../../etc")), None);
+        assert_eq!(normalize_in_root(Path::new("../x")), None);
+    }
+
+    #[test]
+    fn invalid_field_is_named() {
+        let bad = br#"{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"]},
+            "linux":{"namespaces":[{"type":"pid"},{"type":"bogus"}]}}"#;
+        let err = parse_config_bytes(Path::new("/b/config.json"), bad).unwrap_err().to_string();
+        assert!(err.starts_with("/b/config.json: linux.namespaces[1].type: "), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn unknown_capability_is_named() {
+        let bad = br#"{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],
+            "capabilities":{"bounding":["CAP_CHOWN","CAP_FLY"]}}}"#;
+        let err = parse_config_bytes(Path::new("c.json"), bad).unwrap_err().to_string();
+        assert!(err.contains("process.capabilities.bounding"), "{err}");
+        assert!(err.contains("CAP_FLY") || err.contains("FLY"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let err = parse_config_bytes(Path::new("c.json"), b"{\"ociVersion\": ").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

@@ -1,0 +1,533 @@
+//! Container lifecycle: create, start, state, kill, pause/resume, delete, and the foreground
+//! `run` that relays signals and the terminal until the container exits.
+
+use crate::bundle::Bundle;
+use crate::error::{Error, Result, SysContext};
+use crate::init::{self, Console, Gate, InitArgs};
+use crate::namespaces::Plan;
+use crate::state::{self, ContainerState, OciState, StateRoot, Status};
+use crate::sync::{self, Channel, Msg};
+use crate::sys::{self, Fork};
+use cgroups::{Cgroup, Hierarchy};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const START_SOCKET: &str = "start.sock";
+
+/// Options of `create` and `run`.
+#[derive(Debug, Default, Clone)]
+pub struct CreateOptions {
+    /// Where a terminal's master is sent (`--console-socket`).
+    pub console_socket: Option<PathBuf>,
+    /// Extra descriptors passed to the program (`--preserve-fds`).
+    pub preserve_fds: u32,
+    /// Where to write the init's pid (`--pid-file`).
+    pub pid_file: Option<PathBuf>,
+}
+
+/// A container that has been created: its state and, in the process that created it, the
+/// channel to its init (for `run`) and the terminal master to relay.
+#[derive(Debug)]
+pub struct Created {
+    /// The recorded state.
+    pub state: ContainerState,
+    /// The setup channel (open only in the creating process).
+    pub channel: Option<Channel>,
+    /// The pty master, when the runtime relays the terminal.
+    pub pty_master: Option<OwnedFd>,
+}
+
+/// Removes what a failed `create` made, in reverse order, unless disarmed.
+struct CreateGuard<'a> {
+    root: &'a StateRoot,
+    id: String,
+    cgroup: Option<Cgroup>,
+    pids: Vec<i32>,
+    armed: bool,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for pid in &self.pids {
+            // SAFETY: kill(2) takes integers only.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid), None);
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.kill_all();
+            let _ = cg.delete();
+        }
+        let _ = self.root.remove(&self.id);
+    }
+}
+
+/// The cgroup a container gets: `linux.cgroupsPath`, or `strata/<id>` under the caller's cgroup.
+fn cgroup_location(h: &Hierarchy, bundle: &Bundle, id: &str) -> Result<PathBuf> {
+    let path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    match path {
+        Some(p) => Ok(h.resolve(&p.to_string_lossy())?),
+        None => Ok(h.resolve(&format!("strata/{id}"))?),
+    }
+}
+
+/// Creates container `id` from `bundle`. Returns when the init waits for `start` (with
+/// `gate_channel`, for `run`, the init waits on the returned channel instead).
+pub fn create(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions, gate_channel: bool) -> Result<Created> {
+    state::validate_id(id)?;
+    let spec = &bundle.spec;
+    let linux = spec.linux().as_ref().ok_or_else(|| Error::Invalid("linux: missing".into()))?;
+    let hierarchy = Hierarchy::detect()?;
+    if let Some(r) = linux.resources() {
+        hierarchy.check_resources(r)?;
+    }
+    let seccomp_filter = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    let console = match (&opts.console_socket, terminal) {
+        (Some(path), true) => Console::Socket(crate::tty::connect_console_socket(path)?),
+        (None, true) if gate_channel => Console::Relay,
+        (None, true) => {
+            return Err(Error::Invalid(
+                "process.terminal is true: --console-socket is required (or run in the foreground)".into(),
+            ));
+        }
+        (_, false) => Console::None,
+    };
+
+    let dir = root.create_dir(id)?;
+    let mut guard = CreateGuard { root, id: id.to_string(), cgroup: None, pids: Vec::new(), armed: true };
+    let cg_rel = cgroup_location(&hierarchy, bundle, id)?;
+    let cgroup = Cgroup::create(&hierarchy, &cg_rel, linux.resources().as_ref())?;
+    guard.cgroup = Some(cgroup.clone());
+
+    let gate = if gate_channel { Gate::Channel } else { Gate::Socket(listen_start_socket(&dir)?) };
+    let (parent_end, child_end) = sync::pair()?;
+    let args = InitArgs {
+        bundle,
+        cgroup_dir: cgroup.path().to_path_buf(),
+        gate,
+        console,
+        preserve_fds: opts.preserve_fds,
+        seccomp: seccomp_filter,
+    };
+    let stage1 = match sys::fork(0).ctx(|| "fork".into())? {
+        Fork::Child => {
+            drop(parent_end);
+            init::stage1(args, child_end)
+        }
+        Fork::Parent(pid) => pid,
+    };
+    drop(child_end);
+    drop(args);
+    guard.pids.push(stage1);
+
+    cgroup.add_process(stage1)?;
+    if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+        std::fs::write(format!("/proc/{stage1}/oom_score_adj"), adj.to_string())
+            .ctx(|| format!("process.oomScoreAdj: writing {adj}"))?;
+    }
+    parent_end.send(&Msg::Go, None)?;
+    let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default());
+    if plan.new_user {
+        parent_end.expect(&Msg::UsernsReady)?;
+        write_id_maps(stage1, bundle)?;
+        parent_end.send(&Msg::Go, None)?;
+    }
+    let init_pid = match parent_end.recv()? {
+        (Msg::Pid(p), _) => p,
+        (Msg::Error(e), _) => return Err(Error::Init(e)),
+        (m, _) => return Err(Error::Init(format!("unexpected {m:?} from stage 1"))),
+    };
+    guard.pids.insert(0, init_pid);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
+    guard.pids.retain(|p| *p != stage1);
+
+    let mut pty_master = None;
+    loop {
+        match parent_end.recv()? {
+            (Msg::Ready, _) => break,
+            (Msg::Pty, fd) => pty_master = fd,
+            (Msg::Error(e), _) => return Err(Error::Init(e)),
+            (m, _) => return Err(Error::Init(format!("unexpected {m:?} from the init"))),
+        }
+    }
+    let state = ContainerState {
+        oci_version: spec.version().clone(),
+        id: id.to_string(),
+        pid: init_pid,
+        pid_start_time: state::process_start_time(init_pid)
+            .ok_or_else(|| Error::Init("the container's init exited during setup".into()))?,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        cgroup_path: cgroup.path().to_path_buf(),
+        created: state::now_rfc3339(),
+        owner: owner_name(),
+        annotations: spec.annotations().clone().unwrap_or_default(),
+        started: false,
+    };
+    root.save(&state)?;
+    if let Some(p) = &opts.pid_file {
+        write_pid_file(p, init_pid)?;
+    }
+    guard.armed = false;
+    Ok(Created { state, channel: Some(parent_end), pty_master })
+}
+
+fn owner_name() -> String {
+    let uid = nix::unistd::geteuid();
+    nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+}
+
+/// Writes a pid file atomically, as runc does.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("strata-tmp");
+    std::fs::write(&tmp, pid.to_string()).ctx(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).ctx(|| format!("writing {}", path.display()))
+}
+
+fn write_id_maps(pid: i32, bundle: &Bundle) -> Result<()> {
+    let linux = bundle.spec.linux().as_ref().ok_or_else(|| Error::Invalid("linux: missing".into()))?;
+    let fmt = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    if !nix::unistd::geteuid().is_root() {
+        // Without privilege the kernel only accepts a gid map after setgroups is denied.
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny").ctx(|| "writing setgroups".into())?;
+    }
+    std::fs::write(format!("/proc/{pid}/uid_map"), fmt(linux.uid_mappings())).ctx(|| "linux.uidMappings: writing uid_map".into())?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), fmt(linux.gid_mappings())).ctx(|| "linux.gidMappings: writing gid_map".into())?;
+    Ok(())
+}
+
+/// Binds the start gate socket in the container's state directory. The path is bound relative
+/// to the directory so that long ids do not hit the 108-byte socket path limit.
+fn listen_start_socket(dir: &Path) -> Result<OwnedFd> {
+    let fd = nix::sys::socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+        .ctx(|| "start socket".into())?;
+    with_cwd(dir, || {
+        let addr = UnixAddr::new(START_SOCKET).ctx(|| "start socket address".into())?;
+        nix::sys::socket::bind(fd.as_raw_fd(), &addr).ctx(|| format!("binding {}/{START_SOCKET}", dir.display()))
+    })?;
+    nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(4).unwrap_or(nix::sys::socket::Backlog::MAXCONN))
+        .ctx(|| "listening on the start socket".into())?;
+    Ok(fd)
+}
+
+fn with_cwd<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let old = std::env::current_dir().ctx(|| "getcwd".into())?;
+    std::env::set_current_dir(dir).ctx(|| format!("chdir {}", dir.display()))?;
+    let r = f();
+    let _ = std::env::set_current_dir(old);
+    r
+}
+
+/// The live status of a recorded container.
+pub fn status(st: &ContainerState) -> Status {
+    if state::process_start_time(st.pid) != Some(st.pid_start_time) {
+        return Status::Stopped;
+    }
+    if !st.started {
+        return Status::Created;
+    }
+    if Cgroup::open(st.cgroup_path.clone()).is_frozen().unwrap_or(false) {
+        return Status::Paused;
+    }
+    Status::Running
+}
+
+/// The runtime-spec state document of container `id`.
+pub fn oci_state(root: &StateRoot, id: &str) -> Result<OciState> {
+    let st = root.load(id)?;
+    let status = status(&st);
+    Ok(OciState {
+        oci_version: st.oci_version,
+        id: st.id,
+        status,
+        pid: if status == Status::Stopped { 0 } else { st.pid },
+        bundle: st.bundle,
+        rootfs: st.rootfs,
+        created: st.created,
+        owner: st.owner,
+        annotations: st.annotations,
+    })
+}
+
+/// Starts a created container: connects to its gate and waits until the program is executed.
+pub fn start(root: &StateRoot, id: &str) -> Result<()> {
+    let mut st = root.load(id)?;
+    let s = status(&st);
+    if s != Status::Created {
+        return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "start it (only a created container starts)" });
+    }
+    let dir = root.container_dir(id)?;
+    let fd = nix::sys::socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+        .ctx(|| "start socket".into())?;
+    with_cwd(&dir, || {
+        let addr = UnixAddr::new(START_SOCKET).ctx(|| "start socket address".into())?;
+        nix::sys::socket::connect(fd.as_raw_fd(), &addr).ctx(|| format!("connecting to {}/{START_SOCKET}", dir.display()))
+    })?;
+    nix::unistd::write(&fd, b"s").ctx(|| "sending start".into())?;
+    // The init keeps the connection until exec closes it.
+    let mut b = [0u8; 1];
+    let _ = nix::unistd::read(&fd, &mut b);
+    st.started = true;
+    root.save(&st)?;
+    let _ = std::fs::remove_file(dir.join(START_SOCKET));
+    Ok(())
+}
+
+/// Sends `signal` to the init, or with `all` to every process in the container's cgroup.
+pub fn kill(root: &StateRoot, id: &str, signal: i32, all: bool) -> Result<()> {
+    let st = root.load(id)?;
+    let s = status(&st);
+    if s == Status::Stopped && !all {
+        return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "send a signal" });
+    }
+    if all {
+        let cg = Cgroup::open(st.cgroup_path.clone());
+        if signal == libc::SIGKILL {
+            return Ok(cg.kill_all()?);
+        }
+        for pid in cg.pids()? {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::try_from(signal).ok());
+        }
+        return Ok(());
+    }
+    let pidfd = sys::pidfd_open(st.pid).ctx(|| format!("pidfd_open({})", st.pid))?;
+    // The pidfd pins the process: re-check that it is still the container's init.
+    if state::process_start_time(st.pid) != Some(st.pid_start_time) {
+        return Err(Error::WrongState { id: id.into(), status: "stopped".into(), action: "send a signal" });
+    }
+    sys::pidfd_send_signal(&pidfd, signal).ctx(|| format!("sending signal {signal} to {}", st.pid))
+}
+
+/// Freezes the container.
+pub fn pause(root: &StateRoot, id: &str) -> Result<()> {
+    let st = root.load(id)?;
+    let s = status(&st);
+    if s != Status::Running {
+        return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "pause it" });
+    }
+    Ok(Cgroup::open(st.cgroup_path).freeze()?)
+}
+
+/// Thaws the container.
+pub fn resume(root: &StateRoot, id: &str) -> Result<()> {
+    let st = root.load(id)?;
+    let s = status(&st);
+    if s != Status::Paused {
+        return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "resume it" });
+    }
+    Ok(Cgroup::open(st.cgroup_path).thaw()?)
+}
+
+/// The pids in the container's cgroup.
+pub fn pids(root: &StateRoot, id: &str) -> Result<Vec<i32>> {
+    let st = root.load(id)?;
+    Ok(Cgroup::open(st.cgroup_path).pids()?)
+}
+
+/// Deletes a container: refuses a running one unless `force`, which kills it first. Leaves no
+/// process, cgroup or state behind.
+pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<()> {
+    let st = root.load(id)?;
+    let s = status(&st);
+    let cg = Cgroup::open(st.cgroup_path.clone());
+    match s {
+        Status::Stopped | Status::Created => {}
+        _ if force => {}
+        _ => {
+            return Err(Error::WrongState {
+                id: id.into(),
+                status: s.to_string(),
+                action: "delete it (stop it first, or use --force)",
+            });
+        }
+    }
+    if s != Status::Stopped {
+        if s == Status::Paused {
+            let _ = cg.thaw();
+        }
+        cg.kill_all()?;
+        wait_gone(&st, Duration::from_secs(10));
+    } else if cg.path().exists() {
+        // Processes the init left behind die with the container.
+        cg.kill_all()?;
+    }
+    if cg.path().exists() {
+        cg.delete()?;
+    }
+    root.remove(id)
+}
+
+fn wait_gone(st: &ContainerState, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut sleep = Duration::from_micros(200);
+    while state::process_start_time(st.pid) == Some(st.pid_start_time) && Instant::now() < deadline {
+        // Reap it if it is our own child (run, or a test that created it in process).
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(st.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        std::thread::sleep(sleep);
+        sleep = (sleep * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// The signals `run` and `exec` pass on to the container's process.
+pub const FORWARDED: [nix::sys::signal::Signal; 8] = {
+    use nix::sys::signal::Signal::*;
+    [SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT]
+};
+
+/// Blocks SIGCHLD and the forwarded signals so that a signalfd receives them; call before
+/// forking so none is lost. The container's processes unblock everything before exec.
+pub fn block_signals() -> Result<nix::sys::signalfd::SignalFd> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.thread_block().ctx(|| "blocking signals".into())?;
+    nix::sys::signalfd::SignalFd::with_flags(&set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
+        .ctx(|| "signalfd".into())
+}
+
+/// Supervises a foreground process (`run`, `exec` without `-d`): forwards signals to it,
+/// relays the pty if there is one, reaps children, and returns its exit code.
+pub fn supervise(pid: i32, sigfd: &nix::sys::signalfd::SignalFd, pty: Option<&OwnedFd>) -> Result<i32> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::BorrowedFd;
+    let _raw = if pty.is_some() { crate::tty::RawMode::enter(0) } else { None };
+    if let Some(m) = pty {
+        if let Some(ws) = crate::tty::get_winsize(&std::io::stdin()) {
+            let _ = crate::tty::set_winsize(m, ws);
+        }
+    }
+    let mut exit: Option<i32> = None;
+    let mut stdin_open = pty.is_some();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: fd 0 is the process's stdin, open for its whole life.
+        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(m) = pty {
+            fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+            if stdin_open {
+                fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+            }
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::sys("poll", e)),
+        }
+        let sig_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let pty_ready = fds.get(1).and_then(|f| f.revents()).unwrap_or(PollFlags::empty());
+        let stdin_ready = fds.get(2).and_then(|f| f.revents()).unwrap_or(PollFlags::empty());
+        drop(fds);
+        if let Some(m) = pty {
+            if pty_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                match nix::unistd::read(m, &mut buf) {
+                    Ok(n) if n > 0 => write_all(1, &buf[..n]),
+                    // EIO: every slave is closed, the program and its children are gone.
+                    _ => {
+                        if let Some(code) = exit {
+                            return Ok(code);
+                        }
+                    }
+                }
+            }
+            if stdin_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+                match nix::unistd::read(stdin, &mut buf) {
+                    Ok(n) if n > 0 => write_all(m.as_raw_fd(), &buf[..n]),
+                    _ => stdin_open = false,
+                }
+            }
+        }
+        if sig_ready {
+            if let Ok(Some(info)) = sigfd.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig == libc::SIGCHLD {
+                    while let Ok(ws) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                        if ws == nix::sys::wait::WaitStatus::StillAlive {
+                            break;
+                        }
+                        if ws.pid().map(|p| p.as_raw()) == Some(pid) {
+                            exit = crate::signals::exit_code(ws);
+                        }
+                    }
+                    if let Some(code) = exit {
+                        if pty.is_none() {
+                            return Ok(code);
+                        }
+                        // Drain what the program wrote before it exited.
+                        if let Some(m) = pty {
+                            drain(m, &mut buf);
+                        }
+                        return Ok(code);
+                    }
+                } else if sig == libc::SIGWINCH {
+                    if let (Some(m), Some(ws)) = (pty, crate::tty::get_winsize(&std::io::stdin())) {
+                        let _ = crate::tty::set_winsize(m, ws);
+                    }
+                } else {
+                    // SAFETY: kill(2) takes integers only.
+                    unsafe { libc::kill(pid, sig) };
+                }
+            }
+        }
+    }
+}
+
+fn drain(m: &OwnedFd, buf: &mut [u8]) {
+    let _ = nix::fcntl::fcntl(m, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+    while let Ok(n) = nix::unistd::read(m, buf) {
+        if n == 0 {
+            break;
+        }
+        write_all(1, &buf[..n]);
+    }
+}
+
+fn write_all(fd: i32, mut data: &[u8]) {
+    // SAFETY: `fd` is stdout or a pty master owned by the caller, open during the call.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    while !data.is_empty() {
+        match nix::unistd::write(b, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+use std::os::fd::AsFd;
+
+/// `run`: create, start and supervise in one process, then delete. Returns the exit code.
+pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<i32> {
+    let sigfd = block_signals()?;
+    let created = create(root, id, bundle, opts, true)?;
+    let pid = created.state.pid;
+    let result = (|| {
+        let chan = created.channel.as_ref().ok_or_else(|| Error::Init("no channel to the init".into()))?;
+        let mut st = created.state.clone();
+        st.started = true;
+        root.save(&st)?;
+        chan.send(&Msg::Start, None)?;
+        let code = supervise(pid, &sigfd, created.pty_master.as_ref())?;
+        match crate::exec::exec_failure(chan) {
+            Some(e) => Err(e),
+            None => Ok(code),
+        }
+    })();
+    let cleanup = delete(root, id, true);
+    let code = result?;
+    cleanup?;
+    Ok(code)
+}

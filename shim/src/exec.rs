@@ -1,0 +1,224 @@
+//! `exec`: run another process in a running container. It joins all of the init's namespaces at
+//! once through a pidfd, joins the cgroup, and takes its defaults (environment, capabilities,
+//! no_new_privs, seccomp) from the container's config, as runc does.
+
+use crate::bundle::Bundle;
+use crate::container::{self, CreateOptions};
+use crate::error::{Error, Result, SysContext};
+use crate::namespaces;
+use crate::process;
+use crate::state::{self, StateRoot, Status};
+use crate::sync::{self, Channel, Msg};
+use crate::sys::{self, Fork};
+use crate::tty;
+use cgroups::Cgroup;
+use oci_spec::runtime::{LinuxNamespaceType, Process};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// What to run and how.
+#[derive(Debug)]
+pub struct ExecRequest {
+    /// The process description (from `--process` or built from the arguments).
+    pub process: Process,
+    /// Return after starting it (`--detach`).
+    pub detach: bool,
+    /// Options shared with create (console socket, pid file, preserved fds).
+    pub opts: CreateOptions,
+}
+
+/// Namespaces of the init that differ from the caller's, as setns flags.
+fn differing_namespaces(pid: i32) -> libc::c_int {
+    use LinuxNamespaceType::*;
+    let mut flags = 0;
+    for t in [User, Mount, Pid, Network, Ipc, Uts, Cgroup, Time] {
+        let name = namespaces::proc_name(t);
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/{name}"));
+        let ours = std::fs::metadata(format!("/proc/self/ns/{name}"));
+        if let (Ok(a), Ok(b)) = (theirs, ours) {
+            use std::os::unix::fs::MetadataExt;
+            if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+                flags |= namespaces::flag(t);
+            }
+        }
+    }
+    flags
+}
+
+/// Runs `req` in container `id`. Returns the exit code (foreground) or 0 (detached).
+pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
+    let st = root.load(id)?;
+    let s = container::status(&st);
+    if s != Status::Running {
+        return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "exec in it (it must be running)" });
+    }
+    let bundle = Bundle::load(&st.bundle)?;
+    let seccomp_filter = bundle.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(seccomp::compile).transpose()?;
+    let pidfd = sys::pidfd_open(st.pid).ctx(|| format!("pidfd_open({})", st.pid))?;
+    if state::process_start_time(st.pid) != Some(st.pid_start_time) {
+        return Err(Error::WrongState { id: id.into(), status: "stopped".into(), action: "exec in it" });
+    }
+    let ns_flags = differing_namespaces(st.pid);
+    let terminal = req.process.terminal().unwrap_or(false);
+    let console = match (&req.opts.console_socket, terminal) {
+        (Some(p), true) => Some(tty::connect_console_socket(p)?),
+        (None, true) if req.detach => {
+            return Err(Error::Invalid("exec --tty --detach needs --console-socket".into()));
+        }
+        _ => None,
+    };
+    let sigfd = if req.detach { None } else { Some(container::block_signals()?) };
+    let (parent_end, child_end) = sync::pair()?;
+    let stage1 = match sys::fork(0).ctx(|| "fork".into())? {
+        Fork::Child => {
+            drop(parent_end);
+            let code = match exec_stage1(&child_end, &pidfd, ns_flags, req, console.as_ref(), seccomp_filter.as_ref()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = child_end.send(&Msg::Error(e.to_string()), None);
+                    1
+                }
+            };
+            // SAFETY: _exit skips the parent's atexit handlers in this forked child.
+            unsafe { libc::_exit(code) }
+        }
+        Fork::Parent(pid) => pid,
+    };
+    drop(child_end);
+    let reap = |pid: i32| {
+        // SAFETY: kill(2) takes integers only.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    };
+    let setup = (|| -> Result<(i32, Option<OwnedFd>)> {
+        Cgroup::open(st.cgroup_path.clone()).add_process(stage1)?;
+        parent_end.send(&Msg::Go, None)?;
+        let pid = match parent_end.recv()? {
+            (Msg::Pid(p), _) => p,
+            (Msg::Error(e), _) => return Err(Error::Init(e)),
+            (m, _) => return Err(Error::Init(format!("unexpected {m:?}"))),
+        };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
+        let mut pty = None;
+        loop {
+            match parent_end.recv() {
+                Ok((Msg::Ready, _)) => break,
+                Ok((Msg::Pty, fd)) => pty = fd,
+                Ok((Msg::Error(e), _)) => {
+                    reap(pid);
+                    return Err(Error::Init(e));
+                }
+                Ok((m, _)) => {
+                    reap(pid);
+                    return Err(Error::Init(format!("unexpected {m:?}")));
+                }
+                Err(e) => {
+                    reap(pid);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((pid, pty))
+    })();
+    let (pid, pty) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            reap(stage1);
+            return Err(e);
+        }
+    };
+    if let Some(p) = &req.opts.pid_file {
+        container::write_pid_file(p, pid)?;
+    }
+    parent_end.send(&Msg::Start, None)?;
+    match sigfd {
+        None => Ok(0),
+        Some(sigfd) => {
+            let code = container::supervise(pid, &sigfd, pty.as_ref())?;
+            if let Some(e) = exec_failure(&parent_end) {
+                return Err(e);
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// An error the process reported after `Start` (its exec failed), if any.
+pub fn exec_failure(chan: &Channel) -> Option<Error> {
+    let _ = nix::fcntl::fcntl(chan, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+    match chan.recv() {
+        Ok((Msg::Error(e), _)) => Some(Error::Init(e)),
+        _ => None,
+    }
+}
+
+fn exec_stage1(
+    chan: &Channel,
+    pidfd: &OwnedFd,
+    ns_flags: libc::c_int,
+    req: &ExecRequest,
+    console: Option<&OwnedFd>,
+    filter: Option<&seccomp::Filter>,
+) -> Result<()> {
+    sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
+    chan.expect(&Msg::Go)?;
+    if ns_flags != 0 {
+        sys::setns(pidfd, ns_flags).ctx(|| "joining the container's namespaces".into())?;
+    }
+    match sys::fork(libc::CLONE_PARENT).ctx(|| "fork".into())? {
+        Fork::Parent(pid) => chan.send(&Msg::Pid(pid), None),
+        Fork::Child => {
+            let e = match exec_process(chan, req, console, filter) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let _ = chan.send(&Msg::Error(e.to_string()), None);
+            // SAFETY: see above.
+            unsafe { libc::_exit(1) }
+        }
+    }
+}
+
+enum Never {}
+
+fn exec_process(chan: &Channel, req: &ExecRequest, console: Option<&OwnedFd>, filter: Option<&seccomp::Filter>) -> Result<Never> {
+    sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
+    let p = &req.process;
+    nix::unistd::setsid().ctx(|| "setsid".into())?;
+    if p.terminal().unwrap_or(false) {
+        let size = p.console_size().map(|b| tty::WinSize { rows: b.height() as u16, cols: b.width() as u16 });
+        let pty = tty::open_pty(size, p.user().uid())?;
+        match console {
+            Some(sock) => tty::send_master(sock, &pty.master)?,
+            None => chan.send(&Msg::Pty, Some(pty.master.as_raw_fd()))?,
+        }
+        drop(pty.master);
+        tty::become_stdio(&pty.slave)?;
+    }
+    process::apply_rlimits(p.rlimits().as_deref().unwrap_or_default())?;
+    let env = process::environment(p.env().as_deref().unwrap_or_default(), p.user().uid());
+    let argv = p.args().clone().unwrap_or_default();
+    let first = argv.first().ok_or_else(|| Error::Invalid("exec: no command given".into()))?;
+    nix::unistd::chdir(p.cwd()).ctx(|| format!("cwd: chdir {}", p.cwd().display()))?;
+    let program = process::find_program(first, &env)?;
+    let c_args = process::cstrings(&argv, "args")?;
+    let c_env = process::cstrings(&env, "env")?;
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    if !nnp {
+        if let Some(f) = filter {
+            f.install()?;
+        }
+    }
+    process::switch_user_and_caps(p.user(), p.capabilities().as_ref())?;
+    sys::set_parent_death_signal(0).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
+    chan.send(&Msg::Ready, None)?;
+    chan.expect(&Msg::Start)?;
+    if nnp {
+        sys::set_no_new_privs().ctx(|| "noNewPrivileges: prctl".into())?;
+        if let Some(f) = filter {
+            f.install()?;
+        }
+    }
+    sys::reset_signals();
+    sys::cloexec_from(3 + req.opts.preserve_fds).ctx(|| "close_range".into())?;
+    Err(process::exec(&program, &c_args, &c_env))
+}

@@ -1,0 +1,547 @@
+//! The container's root file system: propagation, the bind of the rootfs onto itself, every
+//! configured mount, `/dev`, `pivot_root`, masked and read-only paths, the read-only root.
+//!
+//! Before `pivot_root` every destination is resolved with `openat2(RESOLVE_IN_ROOT)` against
+//! the rootfs and mounted through `/proc/self/fd/N`, so a symlink inside the image can never
+//! send a mount outside it. After `pivot_root` the root is the container's own, and plain paths
+//! cannot leave it.
+
+use crate::bundle::normalize_in_root;
+use crate::error::{Error, Result, SysContext};
+use crate::sys;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::symlink;
+use std::path::{Component, Path, PathBuf};
+
+/// The mount options `parse_options` knows (for `strata features`).
+pub const KNOWN_MOUNT_OPTIONS: [&str; 34] = [
+    "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand", "noatime",
+    "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid", "private",
+    "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw",
+    "shared", "slave", "strictatime", "suid", "sync", "tmpcopyup", "unbindable",
+];
+
+/// Flags and file-system data parsed from a mount's `options`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Flags for the mount itself.
+    pub flags: MsFlags,
+    /// Flags cleared by an option such as `rw` or `suid`.
+    pub cleared: MsFlags,
+    /// Propagation flags, applied in a separate call.
+    pub propagation: MsFlags,
+    /// Whether the mount is a bind mount (`bind` or `rbind`).
+    pub bind: bool,
+    /// Options passed to the file system.
+    pub data: String,
+}
+
+/// Parses OCI mount options the way `mount(8)` understands them.
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut o = MountOptions {
+        flags: MsFlags::empty(),
+        cleared: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        bind: false,
+        data: String::new(),
+    };
+    let mut data = Vec::new();
+    for opt in options {
+        let (set, clear, prop) = match opt.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty(), MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV, MsFlags::empty()),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty(), MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty(), MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty(), MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME, MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty(), MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty(), MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), MsFlags::empty()),
+            "bind" => {
+                o.bind = true;
+                (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty())
+            }
+            "rbind" => {
+                o.bind = true;
+                (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty())
+            }
+            "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
+            "rprivate" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
+            "rshared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
+            "rslave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
+            "runbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            // Runtime-only options with no meaning for the kernel.
+            "tmpcopyup" | "defaults" => continue,
+            other => {
+                data.push(other.to_string());
+                continue;
+            }
+        };
+        o.flags = (o.flags | set) - clear;
+        o.cleared = (o.cleared | clear) - set;
+        o.propagation |= prop;
+    }
+    o.data = data.join(",");
+    o
+}
+
+/// The propagation flags of `rootfsPropagation` (default: recursive slave, as runc).
+pub fn root_propagation(value: Option<&str>) -> Result<MsFlags> {
+    Ok(match value.unwrap_or("rslave") {
+        "shared" | "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" | "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "private" | "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "unbindable" | "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        other => return Err(Error::Invalid(format!("linux.rootfsPropagation: unknown value {other:?}"))),
+    })
+}
+
+const RESOLVE_IN_ROOT: u64 = 0x10;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Opens `rel` inside `root` with O_PATH, resolving symlinks as if `root` were `/`.
+fn open_in_root(root: &OwnedFd, rel: &Path) -> nix::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    sys::openat2(root.as_raw_fd(), rel, libc::O_PATH, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+}
+
+/// Creates `rel` (and its missing parents) inside `root` without following any symlink out of
+/// it, as a directory or an empty file, and returns an O_PATH descriptor of it. A dangling
+/// symlink on the way is followed the way the kernel would inside the root: its target is
+/// created within the root.
+pub fn create_in_root(root: &OwnedFd, rel: &Path, dir: bool) -> Result<OwnedFd> {
+    create_in_root_depth(root, rel, dir, 0)
+}
+
+fn create_in_root_depth(root: &OwnedFd, rel: &Path, dir: bool, depth: u32) -> Result<OwnedFd> {
+    if depth > 40 {
+        return Err(Error::sys(format!("creating {} in the rootfs", rel.display()), nix::errno::Errno::ELOOP));
+    }
+    let comps: Vec<_> = rel.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    let mut prefix = PathBuf::new();
+    for (i, c) in comps.iter().enumerate() {
+        let parent_prefix = prefix.clone();
+        prefix.push(c);
+        match open_in_root(root, &prefix) {
+            Ok(_) => continue,
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(Error::sys(format!("resolving {} in the rootfs", prefix.display()), e)),
+        }
+        let parent_dir = sys::openat2(root.as_raw_fd(), &dot_if_empty(&parent_prefix), libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+            .ctx(|| format!("opening {} in the rootfs", parent_prefix.display()))?;
+        let name = c.as_os_str();
+        if let Ok(target) = nix::fcntl::readlinkat(&parent_dir, name) {
+            // A dangling symlink: create what it points to, inside the root.
+            let parent_in_root = path_in_root(root, &parent_dir)?;
+            let target = Path::new(&target);
+            let mut next = if target.is_absolute() { PathBuf::from("/") } else { parent_in_root };
+            next.push(target);
+            for rest in &comps[i + 1..] {
+                next.push(rest);
+            }
+            return create_in_root_depth(root, &clamp_in_root(&next), dir, depth + 1);
+        }
+        let last = i + 1 == comps.len();
+        let r = if last && !dir {
+            nix::fcntl::openat(
+                &parent_dir,
+                name,
+                nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .map(drop)
+        } else {
+            nix::sys::stat::mkdirat(&parent_dir, name, Mode::from_bits_truncate(0o755))
+        };
+        match r {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(Error::sys(format!("creating {} in the rootfs", prefix.display()), e)),
+        }
+    }
+    open_in_root(root, rel).ctx(|| format!("resolving {} in the rootfs", rel.display()))
+}
+
+fn dot_if_empty(p: &Path) -> PathBuf {
+    if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() }
+}
+
+/// Where the directory behind `fd` is, relative to `root`.
+fn path_in_root(root: &OwnedFd, fd: &impl AsRawFd) -> Result<PathBuf> {
+    let root_path = std::fs::read_link(fd_path(root)).ctx(|| "reading the rootfs path".into())?;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ctx(|| "reading a path".into())?;
+    path.strip_prefix(&root_path)
+        .map(Path::to_path_buf)
+        .map_err(|_| Error::Invalid(format!("{} is outside the rootfs", path.display())))
+}
+
+/// Normalizes a path the way the kernel does inside a root: `..` at the top stays at the top.
+pub fn clamp_in_root(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Everything about the root file system the init needs before `pivot_root`.
+pub struct RootfsSetup<'a> {
+    /// The configuration.
+    pub spec: &'a Spec,
+    /// The rootfs on the host.
+    pub rootfs: &'a Path,
+    /// The container's cgroup directory on the host, for a cgroup mount without a cgroup ns.
+    pub cgroup_dir: Option<&'a Path>,
+    /// Whether the container has its own user namespace (mknod is then not allowed).
+    pub in_user_ns: bool,
+}
+
+impl RootfsSetup<'_> {
+    /// Mounts everything and pivots into the new root. Runs inside the new mount namespace.
+    pub fn run(&self) -> Result<()> {
+        let linux = self.spec.linux().as_ref();
+        let prop = root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref()))?;
+        // Never let mounts made here reach the host: start from slave (or the asked-for private
+        // or unbindable); shared is applied after the pivot.
+        let initial = if prop.contains(MsFlags::MS_SHARED) { MsFlags::MS_SLAVE | MsFlags::MS_REC } else { prop };
+        mount(None::<&str>, "/", None::<&str>, initial, None::<&str>).ctx(|| "making / a slave mount".into())?;
+        mount(Some(self.rootfs), self.rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .ctx(|| format!("bind-mounting the rootfs {}", self.rootfs.display()))?;
+        let root: OwnedFd = std::fs::File::open(self.rootfs).ctx(|| format!("opening {}", self.rootfs.display()))?.into();
+        let mut dev_is_tmpfs = false;
+        for (i, m) in self.spec.mounts().iter().flatten().enumerate() {
+            self.mount_one(&root, m).map_err(|e| Error::Init(format!("mounts[{i}] ({}): {e}", m.destination().display())))?;
+            let opts = parse_options(m.options().as_deref().unwrap_or_default());
+            if normalize_in_root(m.destination()).is_some_and(|d| d == Path::new("dev")) && !opts.bind {
+                dev_is_tmpfs = true;
+            }
+        }
+        if dev_is_tmpfs {
+            self.populate_dev(&root)?;
+        }
+        if let Some(p) = self.spec.process() {
+            let cwd = normalize_in_root(p.cwd()).unwrap_or_default();
+            create_in_root(&root, &cwd, true).map_err(|e| Error::Init(format!("process.cwd: {e}")))?;
+        }
+        drop(root);
+        pivot(self.rootfs)?;
+        if prop.contains(MsFlags::MS_SHARED) {
+            mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).ctx(|| "linux.rootfsPropagation".into())?;
+        }
+        Ok(())
+    }
+
+    fn mount_one(&self, root: &OwnedFd, m: &Mount) -> Result<()> {
+        let rel = normalize_in_root(m.destination())
+            .ok_or_else(|| Error::Invalid(format!("{} escapes the root file system", m.destination().display())))?;
+        let opts = parse_options(m.options().as_deref().unwrap_or_default());
+        let typ = m.typ().as_deref().unwrap_or(if opts.bind { "bind" } else { "none" });
+        let bind = opts.bind || typ == "bind";
+        if typ == "cgroup" || typ == "cgroup2" {
+            return self.mount_cgroup(root, &rel, &opts);
+        }
+        let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        let target_is_dir = if bind {
+            std::fs::metadata(&source).ctx(|| format!("bind source {}", source.display()))?.is_dir()
+        } else {
+            true
+        };
+        let target = create_in_root(root, &rel, target_is_dir)?;
+        let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+        if bind {
+            let flags = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
+            mount(Some(&source), &fd_path(&target), None::<&str>, flags, None::<&str>)
+                .ctx(|| format!("bind-mounting {}", source.display()))?;
+            let extra = opts.flags - MsFlags::MS_BIND - MsFlags::MS_REC - MsFlags::MS_REMOUNT;
+            if !extra.is_empty() {
+                // Remount through a descriptor of the new mount, not of the dentry beneath it.
+                let mounted = open_in_root(root, &rel).ctx(|| format!("reopening {}", rel.display()))?;
+                remount(&fd_path(&mounted), extra)?;
+            }
+        } else {
+            let flags = opts.flags - MsFlags::MS_REMOUNT;
+            let r = mount(Some(&source), &fd_path(&target), Some(typ), flags, data);
+            match (r, typ) {
+                (Err(nix::errno::Errno::EPERM), "sysfs") => {
+                    // Without a network namespace of its own the kernel refuses a new sysfs;
+                    // give a read-only view of the host's instead, as runc does.
+                    mount(Some("/sys"), &fd_path(&target), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                        .ctx(|| "bind-mounting /sys".into())?;
+                    let mounted = open_in_root(root, &rel).ctx(|| format!("reopening {}", rel.display()))?;
+                    remount(&fd_path(&mounted), flags | MsFlags::MS_RDONLY)?;
+                }
+                (r, _) => r.ctx(|| format!("mounting {typ}"))?,
+            }
+        }
+        if !opts.propagation.is_empty() {
+            let mounted = open_in_root(root, &rel).ctx(|| format!("reopening {}", rel.display()))?;
+            mount(None::<&str>, &fd_path(&mounted), None::<&str>, opts.propagation, None::<&str>)
+                .ctx(|| "setting propagation".into())?;
+        }
+        Ok(())
+    }
+
+    fn mount_cgroup(&self, root: &OwnedFd, rel: &Path, opts: &MountOptions) -> Result<()> {
+        let target = create_in_root(root, rel, true)?;
+        let flags = opts.flags - MsFlags::MS_REMOUNT - MsFlags::MS_BIND - MsFlags::MS_REC;
+        match mount(Some("cgroup2"), &fd_path(&target), Some("cgroup2"), flags, None::<&str>) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Without a cgroup namespace the kernel shows the whole tree: bind the
+                // container's own cgroup instead so it sees nothing above itself.
+                let Some(dir) = self.cgroup_dir else {
+                    return Err(Error::sys("mounting cgroup2", e));
+                };
+                mount(Some(dir), &fd_path(&target), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                    .ctx(|| format!("bind-mounting {}", dir.display()))?;
+                let mounted = open_in_root(root, rel).ctx(|| format!("reopening {}", rel.display()))?;
+                remount(&fd_path(&mounted), flags)
+            }
+        }
+    }
+
+    fn populate_dev(&self, root: &OwnedFd) -> Result<()> {
+        let defaults: [(&str, u64, u64); 6] =
+            [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+        for (name, major, minor) in defaults {
+            self.make_device(root, Path::new("dev").join(name).as_path(), SFlag::S_IFCHR, major, minor, 0o666, 0, 0)?;
+        }
+        for d in self.spec.linux().as_ref().and_then(|l| l.devices().as_ref()).into_iter().flatten() {
+            self.config_device(root, d)?;
+        }
+        let links = [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ];
+        let dev = open_in_root(root, Path::new("dev")).ctx(|| "opening /dev in the rootfs".into())?;
+        for (name, target) in links {
+            let link = fd_path(&dev).join(name);
+            match symlink(target, &link) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(format!("creating /dev/{name}"), e)),
+            }
+        }
+        if Path::new("/proc/kcore").exists() {
+            let _ = symlink("/proc/kcore", fd_path(&dev).join("core"));
+        }
+        Ok(())
+    }
+
+    fn config_device(&self, root: &OwnedFd, d: &LinuxDevice) -> Result<()> {
+        let rel = normalize_in_root(d.path())
+            .ok_or_else(|| Error::Invalid(format!("linux.devices: {} escapes the root file system", d.path().display())))?;
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
+            LinuxDeviceType::A => {
+                return Err(Error::Invalid(format!("linux.devices: {}: type \"a\" is not a device", d.path().display())));
+            }
+        };
+        let mode = d.file_mode().unwrap_or(0o666);
+        self.make_device(root, &rel, kind, d.major() as u64, d.minor() as u64, mode, d.uid().unwrap_or(0), d.gid().unwrap_or(0))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make_device(&self, root: &OwnedFd, rel: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, uid: u32, gid: u32) -> Result<()> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let name = rel.file_name().ok_or_else(|| Error::Invalid(format!("device path {} has no name", rel.display())))?;
+        let dir = create_in_root(root, parent, true)?;
+        let path = fd_path(&dir).join(name);
+        if self.in_user_ns {
+            // mknod is not allowed in a user namespace: bind the host's node instead.
+            let host = Path::new("/").join(rel);
+            let target = create_in_root(root, rel, false)?;
+            return mount(Some(&host), &fd_path(&target), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .ctx(|| format!("bind-mounting device {}", host.display()));
+        }
+        match mknod(&path, kind, Mode::from_bits_truncate(mode), makedev(major, minor)) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) => return Ok(()),
+            Err(e) => return Err(Error::sys(format!("creating device /{}", rel.display()), e)),
+        }
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).ctx(|| format!("chown /{}", rel.display()))?;
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            Mode::from_bits_truncate(mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .ctx(|| format!("chmod /{}", rel.display()))
+    }
+}
+
+/// Flags of the mount holding `path`, as MS_* bits, so a remount keeps the locked ones.
+fn current_flags(path: &Path) -> MsFlags {
+    let Ok(st) = nix::sys::statvfs::statvfs(path) else { return MsFlags::empty() };
+    use nix::sys::statvfs::FsFlags;
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(fs) {
+            out |= ms;
+        }
+    }
+    out
+}
+
+fn remount(path: &Path, flags: MsFlags) -> Result<()> {
+    let all = current_flags(path) | flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+    mount(None::<&str>, path, None::<&str>, all, None::<&str>).ctx(|| format!("remounting {} with {flags:?}", path.display()))
+}
+
+/// `pivot_root` into `rootfs` and detach the old root.
+fn pivot(rootfs: &Path) -> Result<()> {
+    nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
+    sys::pivot_root(Path::new("."), Path::new(".")).ctx(|| "pivot_root".into())?;
+    // The old root is now stacked under the new one; make it slave so unmounting it does not
+    // propagate to the host, then detach it.
+    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
+        .ctx(|| "making the old root a slave".into())?;
+    umount2(".", MntFlags::MNT_DETACH).ctx(|| "detaching the old root".into())?;
+    nix::unistd::chdir("/").ctx(|| "chdir /".into())
+}
+
+/// Hides `maskedPaths`: /dev/null over files, an empty read-only tmpfs over directories.
+pub fn mask_paths(paths: &[String]) -> Result<()> {
+    for p in paths {
+        let path = Path::new(p);
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        let r = if meta.is_dir() {
+            mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
+        } else {
+            mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        };
+        r.ctx(|| format!("linux.maskedPaths: {p}"))?;
+    }
+    Ok(())
+}
+
+/// Makes `readonlyPaths` read-only (bind onto itself, remount read-only).
+pub fn readonly_paths(paths: &[String]) -> Result<()> {
+    for p in paths {
+        let path = Path::new(p);
+        if !path.exists() {
+            continue;
+        }
+        mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .ctx(|| format!("linux.readonlyPaths: {p}"))?;
+        remount(path, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+    }
+    Ok(())
+}
+
+/// Remounts `/` read-only (`root.readonly`).
+pub fn readonly_root() -> Result<()> {
+    remount(Path::new("/"), MsFlags::MS_RDONLY)
+}
+
+/// Writes `linux.sysctl` through the container's /proc/sys.
+pub fn apply_sysctl(sysctl: &std::collections::HashMap<String, String>) -> Result<()> {
+    for (key, value) in sysctl {
+        if key.contains("..") || key.starts_with('/') {
+            return Err(Error::Invalid(format!("linux.sysctl: invalid key {key:?}")));
+        }
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).ctx(|| format!("linux.sysctl: {key}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(list: &[&str]) -> MountOptions {
+        parse_options(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_become_flags_and_data() {
+        let o = opts(&["nosuid", "strictatime", "mode=755", "size=65536k"]);
+        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
+        assert_eq!(o.data, "mode=755,size=65536k");
+        assert!(!o.bind);
+        let o = opts(&["rbind", "ro", "rprivate"]);
+        assert!(o.bind);
+        assert!(o.flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY));
+        assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        let o = opts(&["ro", "rw"]);
+        assert!(!o.flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn propagation_values() {
+        assert_eq!(root_propagation(None).unwrap(), MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        assert_eq!(root_propagation(Some("private")).unwrap(), MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert!(root_propagation(Some("sideways")).is_err());
+    }
+
+    #[test]
+    fn clamp_keeps_dotdot_at_top() {
+        assert_eq!(clamp_in_root(Path::new("/../../etc/x")), PathBuf::from("etc/x"));
+        assert_eq!(clamp_in_root(Path::new("a/b/../c")), PathBuf::from("a/c"));
+    }
+
+    #[test]
+    fn create_in_root_confines_relative_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        symlink("../../../../../../tmp", dir.path().join("up")).unwrap();
+        let root: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        create_in_root(&root, Path::new("up/strata-escape-probe"), true).unwrap();
+        assert!(dir.path().join("tmp/strata-escape-probe").is_dir());
+        assert!(!Path::new("/tmp/strata-escape-probe").exists());
+    }
+
+    #[test]
+    fn create_in_root_confines_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        symlink(outside.path(), dir.path().join("escape")).unwrap();
+        let root: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        create_in_root(&root, Path::new("escape/sub/file"), false).unwrap();
+        // The absolute symlink was resolved inside the root, so the outside dir is untouched.
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        assert!(dir.path().join(outside.path().strip_prefix("/").unwrap()).join("sub/file").exists());
+    }
+}

@@ -1,0 +1,299 @@
+//! Container state on disk: `<root>/<id>/state.json`, written atomically (temporary file, fsync,
+//! rename), plus the `exec.fifo` start gate while the container is created but not started.
+
+use crate::error::{Error, Result, SysContext};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The default state root, as runc's `/run/runc`.
+pub const DEFAULT_ROOT: &str = "/run/strata";
+const STATE_FILE: &str = "state.json";
+/// The FIFO that holds a created container's init until `start`.
+pub const EXEC_FIFO: &str = "exec.fifo";
+
+/// The runtime-spec lifecycle status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Being created.
+    Creating,
+    /// Created, waiting for `start`.
+    Created,
+    /// The user's process runs.
+    Running,
+    /// Frozen through the cgroup.
+    Paused,
+    /// The init process has exited.
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// What strata records about a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    /// The runtime-spec version of the bundle.
+    pub oci_version: String,
+    /// The container id.
+    pub id: String,
+    /// The init's pid in the host's pid namespace.
+    pub pid: i32,
+    /// The init's start time (field 22 of /proc/pid/stat), so a recycled pid is not mistaken
+    /// for the container.
+    pub pid_start_time: u64,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// The root file system.
+    pub rootfs: PathBuf,
+    /// The container's cgroup directory.
+    pub cgroup_path: PathBuf,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// The owner (the user who created it).
+    pub owner: String,
+    /// The bundle's annotations.
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    /// Whether `start` has been run.
+    #[serde(default)]
+    pub started: bool,
+}
+
+/// The runtime-spec `state` document as `strata state` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OciState {
+    /// runtime-spec version.
+    pub oci_version: String,
+    /// Container id.
+    pub id: String,
+    /// Status.
+    pub status: Status,
+    /// Init pid (0 when stopped).
+    pub pid: i32,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// Root file system.
+    pub rootfs: PathBuf,
+    /// Creation time.
+    pub created: String,
+    /// Owner.
+    pub owner: String,
+    /// Annotations.
+    #[serde(skip_serializing_if = "HashMap::is_empty", default)]
+    pub annotations: HashMap<String, String>,
+}
+
+/// The state root directory (`--root`).
+#[derive(Debug, Clone)]
+pub struct StateRoot {
+    dir: PathBuf,
+}
+
+/// Checks that an id is safe as a directory name and a cgroup name.
+pub fn validate_id(id: &str) -> Result<()> {
+    let mut chars = id.chars();
+    let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_rest = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok_first && ok_rest && id.len() <= 1024 {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.to_string()))
+    }
+}
+
+impl StateRoot {
+    /// Uses `dir` as the state root, creating it (mode 0700) when missing.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<StateRoot> {
+        let dir = dir.into();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .ctx(|| format!("creating state root {}", dir.display()))?;
+        Ok(StateRoot { dir })
+    }
+
+    /// The root directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory of container `id`.
+    pub fn container_dir(&self, id: &str) -> Result<PathBuf> {
+        validate_id(id)?;
+        Ok(self.dir.join(id))
+    }
+
+    /// Creates the directory for a new container; fails if the id is taken.
+    pub fn create_dir(&self, id: &str) -> Result<PathBuf> {
+        let dir = self.container_dir(id)?;
+        match fs::DirBuilder::new().mode(0o711).create(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Exists(id.to_string())),
+            Err(e) => Err(Error::io(format!("creating {}", dir.display()), e)),
+        }
+    }
+
+    /// Writes the state of a container atomically.
+    pub fn save(&self, state: &ContainerState) -> Result<()> {
+        let dir = self.container_dir(&state.id)?;
+        let tmp = dir.join(".state.json.tmp");
+        let data = serde_json::to_vec(state).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .ctx(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&data).ctx(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
+        fs::rename(&tmp, dir.join(STATE_FILE)).ctx(|| format!("renaming {}", tmp.display()))
+    }
+
+    /// Loads the recorded state of container `id`.
+    pub fn load(&self, id: &str) -> Result<ContainerState> {
+        let file = self.container_dir(id)?.join(STATE_FILE);
+        let data = match fs::read(&file) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotFound(id.to_string())),
+            Err(e) => return Err(Error::io(format!("reading {}", file.display()), e)),
+        };
+        serde_json::from_slice(&data).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))
+    }
+
+    /// The ids of every container with a state file, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir).ctx(|| format!("reading {}", self.dir.display()))? {
+            let entry = entry.ctx(|| format!("reading {}", self.dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if validate_id(&name).is_ok() && entry.path().join(STATE_FILE).exists() {
+                ids.push(name);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Removes the directory of container `id`.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let dir = self.container_dir(id)?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+        }
+    }
+}
+
+/// Reads field 22 (start time in clock ticks) of `/proc/<pid>/stat`; `None` if the process is gone.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // rest starts at field 3 (state); start time is field 22.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?;
+    if *state == "Z" || *state == "X" {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// The current time as RFC 3339 with nanoseconds, in UTC.
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format_rfc3339(now.as_secs() as i64, now.subsec_nanos())
+}
+
+/// Formats seconds since the epoch as RFC 3339 UTC.
+pub fn format_rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian), Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(format_rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(format_rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(format_rfc3339(1_798_761_600, 0), "2027-01-01T00:00:00.000000000Z");
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        for good in ["a", "abc-1.2_x", "0"] {
+            assert!(validate_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b"] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn save_load_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StateRoot::new(dir.path().join("r")).unwrap();
+        root.create_dir("c1").unwrap();
+        assert!(matches!(root.create_dir("c1"), Err(Error::Exists(_))));
+        let st = ContainerState {
+            oci_version: "1.0.2".into(),
+            id: "c1".into(),
+            pid: 42,
+            pid_start_time: 7,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            cgroup_path: "/sys/fs/cgroup/x".into(),
+            created: now_rfc3339(),
+            owner: "root".into(),
+            annotations: HashMap::new(),
+            started: false,
+        };
+        root.save(&st).unwrap();
+        assert_eq!(root.load("c1").unwrap().pid, 42);
+        assert_eq!(root.list().unwrap(), vec!["c1".to_string()]);
+        root.remove("c1").unwrap();
+        assert!(matches!(root.load("c1"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn own_start_time_is_readable() {
+        assert!(process_start_time(std::process::id() as i32).is_some());
+    }
+}

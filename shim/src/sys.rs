@@ -1,0 +1,228 @@
+//! Thin, safe wrappers around the system calls the engine needs and neither `nix` nor `std`
+//! offers in the form required (fork without atfork handlers, openat2, close_range, capset).
+
+use nix::errno::Errno;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Outcome of [`fork`].
+#[derive(Debug)]
+pub enum Fork {
+    /// In the parent, with the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// Forks with the raw `clone` system call and `flags` (plus SIGCHLD as exit signal).
+///
+/// The engine forks only while single-threaded, so the child may allocate; the raw call skips
+/// libc's atfork handlers, which a container process has no use for.
+pub fn fork(flags: libc::c_int) -> nix::Result<Fork> {
+    // SAFETY: clone without CLONE_VM and with a null stack behaves like fork(2): the child gets
+    // a copy-on-write copy of the address space and continues on its copy of the stack. The
+    // process is single-threaded when the engine calls this, so no lock can be held by a thread
+    // that does not exist in the child.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(Fork::Child),
+        pid => Ok(Fork::Parent(pid as i32)),
+    }
+}
+
+/// `openat2(dirfd, path, flags, mode, resolve)`.
+pub fn openat2(dirfd: RawFd, path: &Path, flags: i32, mode: u32, resolve: u64) -> nix::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: u64::from(mode), resolve };
+    // SAFETY: `c` is a valid NUL-terminated string and `how` a valid open_how that lives across
+    // the call; the size argument is the struct's size.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, dirfd, c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    };
+    if fd < 0 {
+        Err(Errno::last())
+    } else {
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+}
+
+/// Marks every descriptor from `first` upwards close-on-exec.
+pub fn cloexec_from(first: u32) -> nix::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub fn pivot_root(new_root: &Path, put_old: &Path) -> nix::Result<()> {
+    nix::unistd::pivot_root(new_root, put_old)
+}
+
+/// The three capability sets as 64-bit masks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapSets {
+    /// Effective set.
+    pub effective: u64,
+    /// Permitted set.
+    pub permitted: u64,
+    /// Inheritable set.
+    pub inheritable: u64,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Sets the calling thread's effective, permitted and inheritable sets in one `capset(2)`.
+pub fn capset(sets: CapSets) -> nix::Result<()> {
+    let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let split = |v: u64| (v as u32, (v >> 32) as u32);
+    let (e0, e1) = split(sets.effective);
+    let (p0, p1) = split(sets.permitted);
+    let (i0, i1) = split(sets.inheritable);
+    let data = [
+        CapData { effective: e0, permitted: p0, inheritable: i0 },
+        CapData { effective: e1, permitted: p1, inheritable: i1 },
+    ];
+    // SAFETY: header and data are valid for the duration of the call and laid out as the
+    // kernel's v3 structures (two data elements).
+    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Puts `fd` number `target` in place of `fd` (dup3 with close-on-exec cleared).
+pub fn dup_to(fd: RawFd, target: RawFd) -> nix::Result<()> {
+    if fd == target {
+        // Clear close-on-exec, which dup2 would have done.
+        // SAFETY: fcntl(F_SETFD) only changes descriptor flags.
+        let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        return if r < 0 { Err(Errno::last()) } else { Ok(()) };
+    }
+    // SAFETY: dup2 on descriptors owned by this process; `target` is replaced on purpose.
+    let r = unsafe { libc::dup2(fd, target) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Sets the calling process's `no_new_privs` bit.
+pub fn set_no_new_privs() -> nix::Result<()> {
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Sets or clears PR_SET_KEEPCAPS.
+pub fn set_keep_caps(keep: bool) -> nix::Result<()> {
+    // SAFETY: prctl(PR_SET_KEEPCAPS) takes integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(keep), 0, 0, 0) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Makes the calling process a child subreaper.
+pub fn set_child_subreaper() -> nix::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Asks for `signal` when the parent dies.
+pub fn set_parent_death_signal(signal: i32) -> nix::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Raises a capability in the ambient set.
+pub fn ambient_raise(cap: u8) -> nix::Result<()> {
+    // SAFETY: prctl(PR_CAP_AMBIENT) takes integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, libc::c_ulong::from(cap), 0, 0) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Drops a capability from the bounding set.
+pub fn bounding_drop(cap: u8) -> nix::Result<()> {
+    // SAFETY: prctl(PR_CAPBSET_DROP) takes integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// The highest capability number this kernel knows.
+pub fn last_cap() -> u8 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Opens a pidfd for `pid`.
+pub fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        Err(Errno::last())
+    } else {
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+}
+
+/// Joins the namespaces `nstype` of the process behind the pidfd or namespace fd `fd`.
+pub fn setns(fd: &impl AsRawFd, nstype: i32) -> nix::Result<()> {
+    // SAFETY: setns takes a descriptor and flags; the descriptor is borrowed for the call.
+    let r = unsafe { libc::setns(fd.as_raw_fd(), nstype) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Sends `signal` to the process behind a pidfd.
+pub fn pidfd_send_signal(fd: &impl AsRawFd, signal: i32) -> nix::Result<()> {
+    // SAFETY: pidfd_send_signal with a null siginfo sends a plain signal.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Resets every signal to its default disposition and unblocks all signals, as a freshly
+/// executed program expects (Rust's runtime ignores SIGPIPE, and ignored signals survive exec).
+pub fn reset_signals() {
+    for sig in 1..libc::SIGRTMIN() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: restoring SIG_DFL installs no handler code.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
