@@ -56,11 +56,9 @@ cd /mnt/host
 status=0
 n=0
 while [ -f "/mnt/host/.vmtest/cmd.$n" ]; do
-    echo "VMTEST-RUN $n $(head -c 200 /mnt/host/.vmtest/cmd.$n)"
+    echo "VMTEST-RUN $n $(sed -n 2p /mnt/host/.vmtest/cmd.$n | head -c 200)"
     start=$(cut -d' ' -f1 /proc/uptime)
     sh "/mnt/host/.vmtest/cmd.$n" </dev/null 2>&1 | tee "/mnt/host/.vmtest/out.$n"
-    rc=$(cat /tmp/rc 2>/dev/null || echo 0)
-    # The command's own status: sh writes it via the wrapper the host generated.
     rc=$(cat "/mnt/host/.vmtest/rc.$n" 2>/dev/null || echo 126)
     end=$(cut -d' ' -f1 /proc/uptime)
     echo "VMTEST-RESULT $n $rc start=$start end=$end"

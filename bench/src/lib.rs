@@ -1,1 +1,141 @@
-//! Helpers shared by strata's benchmarks.
+//! Helpers shared by strata's benchmarks: the peers (runc, crun), a busybox bundle, and timing
+//! of one container life cycle per runtime so that every comparison is made in the same run.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A runtime under test.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// Display name.
+    pub name: &'static str,
+    /// The binary.
+    pub binary: PathBuf,
+    /// Whether it must run in a private mount namespace with a tmpfs over
+    /// /sys/fs/cgroup/unified (crun refuses the hybrid layout otherwise).
+    pub hide_hybrid_cgroup2: bool,
+}
+
+/// The strata binary: `$STRATA_BIN`, else the workspace's release build.
+pub fn strata_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("STRATA_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/strata");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("{} is missing: run `cargo build --release -p strata-shim` first", p.display()))
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// strata plus whichever of crun and runc are installed.
+pub fn runtimes() -> Result<Vec<Runtime>, String> {
+    let mut out = vec![Runtime { name: "strata", binary: strata_binary()?, hide_hybrid_cgroup2: false }];
+    if let Some(b) = which("crun") {
+        let hybrid = Path::new("/sys/fs/cgroup/unified").is_dir();
+        out.push(Runtime { name: "crun", binary: b, hide_hybrid_cgroup2: hybrid });
+    }
+    if let Some(b) = which("runc") {
+        out.push(Runtime { name: "runc", binary: b, hide_hybrid_cgroup2: false });
+    }
+    Ok(out)
+}
+
+/// A bundle in a temporary directory: busybox-static rootfs and strata's default config
+/// (default namespaces including network, default capabilities, masked paths, seccomp) running
+/// `args`.
+pub struct BusyboxBundle {
+    dir: tempfile::TempDir,
+}
+
+impl BusyboxBundle {
+    /// Builds the bundle.
+    pub fn new(args: &[&str]) -> Result<BusyboxBundle, String> {
+        let dir = tempfile::Builder::new().prefix("strata-bench-").tempdir().map_err(|e| e.to_string())?;
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d)).map_err(|e| e.to_string())?;
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+            .map_err(|e| format!("/bin/busybox: {e} (install busybox-static)"))?;
+        for applet in ["sh", "true", "sleep", "echo", "cat", "httpd", "nc", "wget"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).map_err(|e| e.to_string())?;
+        }
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let config = engine::spec::default_config(&args, false);
+        std::fs::write(dir.path().join("config.json"), config.to_string()).map_err(|e| e.to_string())?;
+        Ok(BusyboxBundle { dir })
+    }
+
+    /// The bundle directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// One `run` of the bundle (create, start, wait, delete) with `rt`; returns the wall time.
+pub fn run_once(rt: &Runtime, bundle: &Path, state_root: &Path, id: &str) -> Result<Duration, String> {
+    let mut cmd = Command::new(&rt.binary);
+    cmd.arg("--root").arg(state_root).args(["run", "--bundle"]).arg(bundle).arg(id);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    if rt.hide_hybrid_cgroup2 {
+        // SAFETY: the closure runs in the forked child before exec and only makes system calls.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+                nix::mount::mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+                    None::<&str>,
+                )?;
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    "/sys/fs/cgroup/unified",
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::empty(),
+                    None::<&str>,
+                )?;
+                Ok(())
+            });
+        }
+    }
+    let t = Instant::now();
+    let out = cmd.output().map_err(|e| format!("{}: {e}", rt.name))?;
+    let elapsed = t.elapsed();
+    if !out.status.success() {
+        return Err(format!("{} run failed: {}", rt.name, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(elapsed)
+}
+
+/// The median of some durations.
+pub fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&mut [ms(3), ms(1), ms(2)]), ms(2));
+        assert_eq!(median(&mut [ms(4), ms(1), ms(2), ms(3)]), Duration::from_micros(2500));
+        assert_eq!(median(&mut []), Duration::ZERO);
+    }
+}

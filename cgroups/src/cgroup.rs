@@ -75,10 +75,11 @@ impl Cgroup {
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
         let plan = resources::plan(r)?;
         if let Some(limit) = plan.check_memory_limit {
-            let usage: u64 = self.read("memory.current")?.trim().parse().map_err(|_| Error::Parse {
-                what: "memory.current",
-                text: String::new(),
-            })?;
+            let usage: u64 = self
+                .read("memory.current")?
+                .trim()
+                .parse()
+                .map_err(|_| Error::Parse { what: "memory.current", text: String::new() })?;
             if (limit as u64) < usage {
                 return Err(Error::MemoryBelowUsage { path: self.dir.clone(), limit, usage });
             }

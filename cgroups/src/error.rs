@@ -9,7 +9,9 @@ use crate::hierarchy::Layout;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No cgroup2 file system is mounted.
-    #[error("no cgroup2 hierarchy is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`")]
+    #[error(
+        "no cgroup2 hierarchy is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`"
+    )]
     NoHierarchy,
     /// The resources ask for a controller this host does not offer.
     #[error(
@@ -50,7 +52,9 @@ pub enum Error {
     #[error("linux.resources.{0} is not supported yet")]
     Unsupported(&'static str),
     /// checkBeforeUpdate refused a memory limit below the current usage.
-    #[error("cgroup {path}: memory limit {limit} is below the current usage {usage} (checkBeforeUpdate is set); raise the limit or free memory first")]
+    #[error(
+        "cgroup {path}: memory limit {limit} is below the current usage {usage} (checkBeforeUpdate is set); raise the limit or free memory first"
+    )]
     MemoryBelowUsage {
         /// The cgroup.
         path: PathBuf,
@@ -60,7 +64,9 @@ pub enum Error {
         usage: u64,
     },
     /// Enabling a controller failed because the parent cgroup holds processes.
-    #[error("cgroup {path}: cannot enable `{controller}` for children while it holds processes (no internal processes rule); use a cgroupsPath under an empty cgroup")]
+    #[error(
+        "cgroup {path}: cannot enable `{controller}` for children while it holds processes (no internal processes rule); use a cgroupsPath under an empty cgroup"
+    )]
     InternalProcesses {
         /// The parent cgroup.
         path: PathBuf,

@@ -64,9 +64,7 @@ impl MemoryEventStream {
         let mut cpath = file.as_os_str().as_bytes().to_vec();
         cpath.push(0);
         // SAFETY: `cpath` is NUL-terminated and outlives the call; `inotify` is a valid fd.
-        let wd = unsafe {
-            libc::inotify_add_watch(inotify.as_raw_fd(), cpath.as_ptr().cast(), libc::IN_MODIFY)
-        };
+        let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), cpath.as_ptr().cast(), libc::IN_MODIFY) };
         if wd < 0 {
             return Err(syscall_err("inotify_add_watch", &file)(io::Error::last_os_error()));
         }
@@ -139,8 +137,7 @@ impl MemoryEventStream {
             while off + header <= n as usize {
                 // SAFETY: the kernel wrote a whole inotify_event header at `off` (checked bound);
                 // read_unaligned copes with the byte buffer's alignment.
-                let ev: libc::inotify_event =
-                    unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
+                let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
                 if ev.mask & libc::IN_IGNORED != 0 {
                     self.gone = true;
                 }
@@ -155,5 +152,46 @@ impl Iterator for MemoryEventStream {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.wait(None).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const BEFORE: &str = "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n";
+    const AFTER: &str = "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n";
+
+    #[test]
+    fn a_change_is_reported_once_and_removal_ends_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path().join("cg");
+        fs::create_dir(&cg).unwrap();
+        fs::write(cg.join("memory.events"), BEFORE).unwrap();
+        let mut stream = MemoryEventStream::open(&cg).unwrap();
+        assert_eq!(stream.wait(Some(Duration::from_millis(50))).unwrap(), None);
+        let writer = {
+            let file = cg.join("memory.events");
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                fs::write(file, AFTER).unwrap();
+            })
+        };
+        let update = stream.wait(Some(Duration::from_secs(10))).unwrap().unwrap();
+        writer.join().unwrap();
+        assert_eq!((update.new_oom_kills(), update.new_ooms()), (1, 1));
+        assert_eq!(update.current.max, 5);
+        assert_eq!(stream.wait(Some(Duration::from_millis(50))).unwrap(), None);
+        fs::remove_dir_all(&cg).unwrap();
+        assert!(stream.next().is_none());
+    }
+
+    #[test]
+    fn opening_without_memory_events_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = MemoryEventStream::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("memory.events"), "{err}");
     }
 }

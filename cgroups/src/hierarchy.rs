@@ -46,11 +46,8 @@ impl Hierarchy {
     /// Uses the cgroup2 hierarchy mounted at `mount` (also used by tests on a fake tree).
     pub fn at(mount: PathBuf, layout: Layout) -> Result<Hierarchy> {
         let file = mount.join("cgroup.controllers");
-        let controllers = fs::read_to_string(&file)
-            .map_err(io_err(&file))?
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
+        let controllers =
+            fs::read_to_string(&file).map_err(io_err(&file))?.split_whitespace().map(str::to_string).collect();
         Ok(Hierarchy { mount, layout, controllers })
     }
 
@@ -78,11 +75,7 @@ impl Hierarchy {
     pub fn own_cgroup(&self) -> Result<PathBuf> {
         let file = Path::new("/proc/self/cgroup");
         let text = fs::read_to_string(file).map_err(io_err(file))?;
-        let rel = text
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .unwrap_or("/")
-            .trim_start_matches('/');
+        let rel = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/');
         Ok(PathBuf::from(rel))
     }
 
@@ -96,11 +89,7 @@ impl Hierarchy {
                     controller,
                     layout: self.layout,
                     mount: self.mount.clone(),
-                    available: if self.controllers.is_empty() {
-                        "none".into()
-                    } else {
-                        self.controllers.join(" ")
-                    },
+                    available: if self.controllers.is_empty() { "none".into() } else { self.controllers.join(" ") },
                 });
             }
         }
@@ -130,7 +119,9 @@ pub(crate) fn parse_mountinfo(text: &str) -> Option<(PathBuf, Layout)> {
     let mut mount = None;
     let mut has_v1 = false;
     for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let fstype = right.split_whitespace().next().unwrap_or("");
         let mount_point = left.split_whitespace().nth(4).unwrap_or("");
         match fstype {
@@ -155,10 +146,7 @@ mod tests {
         let hybrid = "25 20 0:22 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n\
             26 25 0:23 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
             27 25 0:24 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(
-            parse_mountinfo(hybrid),
-            Some((PathBuf::from("/sys/fs/cgroup/unified"), Layout::Hybrid))
-        );
+        assert_eq!(parse_mountinfo(hybrid), Some((PathBuf::from("/sys/fs/cgroup/unified"), Layout::Hybrid)));
         let pure = "26 25 0:23 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
         assert_eq!(parse_mountinfo(pure), Some((PathBuf::from("/sys/fs/cgroup"), Layout::Pure)));
         let spaced = "26 25 0:23 / /mnt/a\\040b rw - cgroup2 none rw\n";

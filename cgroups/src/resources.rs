@@ -8,8 +8,7 @@ use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
 use crate::error::{Error, Result};
 use crate::values::{
-    CpuMax, DeviceNumber, IoMax, Limit, RdmaMax, blkio_weight_to_io_weight, shares_to_weight,
-    swap_to_v2,
+    CpuMax, DeviceNumber, IoMax, Limit, RdmaMax, blkio_weight_to_io_weight, shares_to_weight, swap_to_v2,
 };
 
 /// One value to write. The first candidate whose file exists is written; when none exists the
@@ -50,26 +49,19 @@ pub struct Plan {
 }
 
 /// Controllers a `unified` key may name, and the `&'static` names used in errors.
-const KNOWN_CONTROLLERS: &[&str] =
-    &["cpu", "cpuset", "memory", "io", "pids", "hugetlb", "rdma", "misc"];
+const KNOWN_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "io", "pids", "hugetlb", "rdma", "misc"];
 
 /// `cgroup.*` files that belong to the runtime, not to the container's configuration.
-const RESERVED_CORE_FILES: &[&str] = &[
-    "cgroup.procs",
-    "cgroup.threads",
-    "cgroup.subtree_control",
-    "cgroup.kill",
-    "cgroup.freeze",
-    "cgroup.type",
-];
+const RESERVED_CORE_FILES: &[&str] =
+    &["cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "cgroup.kill", "cgroup.freeze", "cgroup.type"];
 
 /// The controllers `resources` needs, with the OCI field that asks for each.
 pub fn needed_controllers(r: &LinuxResources) -> Result<Vec<(&'static str, &'static str)>> {
     let mut out = Vec::new();
-    if let Some(m) = r.memory() {
-        if m.limit().is_some() || m.reservation().is_some() || m.swap().is_some() {
-            out.push(("memory", "memory"));
-        }
+    if let Some(m) = r.memory()
+        && (m.limit().is_some() || m.reservation().is_some() || m.swap().is_some())
+    {
+        out.push(("memory", "memory"));
     }
     if let Some(c) = r.cpu() {
         if c.shares().is_some()
@@ -88,12 +80,13 @@ pub fn needed_controllers(r: &LinuxResources) -> Result<Vec<(&'static str, &'sta
         out.push(("pids", "pids"));
     }
     if let Some(b) = r.block_io() {
+        let any = |v: &Option<Vec<_>>| v.as_ref().is_some_and(|v: &Vec<_>| !v.is_empty());
         if b.weight().is_some()
             || b.weight_device().as_ref().is_some_and(|v| !v.is_empty())
-            || b.throttle_read_bps_device().as_ref().is_some_and(|v| !v.is_empty())
-            || b.throttle_write_bps_device().as_ref().is_some_and(|v| !v.is_empty())
-            || b.throttle_read_iops_device().as_ref().is_some_and(|v| !v.is_empty())
-            || b.throttle_write_iops_device().as_ref().is_some_and(|v| !v.is_empty())
+            || any(b.throttle_read_bps_device())
+            || any(b.throttle_write_bps_device())
+            || any(b.throttle_read_iops_device())
+            || any(b.throttle_write_iops_device())
         {
             out.push(("blockIO", "io"));
         }
@@ -105,10 +98,10 @@ pub fn needed_controllers(r: &LinuxResources) -> Result<Vec<(&'static str, &'sta
         out.push(("rdma", "rdma"));
     }
     for key in r.unified().iter().flat_map(|u| u.keys()) {
-        if let Some(c) = unified_controller(key)? {
-            if !out.iter().any(|(_, have)| *have == c) {
-                out.push(("unified", c));
-            }
+        if let Some(c) = unified_controller(key)?
+            && !out.iter().any(|(_, have)| *have == c)
+        {
+            out.push(("unified", c));
         }
     }
     Ok(out)
@@ -148,23 +141,22 @@ pub fn unified_controller(key: &str) -> Result<Option<&'static str>> {
 fn device(field: &'static str, major: i64, minor: i64) -> Result<DeviceNumber> {
     match (u64::try_from(major), u64::try_from(minor)) {
         (Ok(major), Ok(minor)) => Ok(DeviceNumber { major, minor }),
-        _ => Err(Error::InvalidResource {
-            field,
-            reason: format!("device {major}:{minor} has a negative number"),
-        }),
+        _ => Err(Error::InvalidResource { field, reason: format!("device {major}:{minor} has a negative number") }),
     }
 }
 
 fn valid_page_size(s: &str) -> bool {
     let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &s[digits.len()..];
-    !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && matches!(unit, "KB" | "MB" | "GB")
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && matches!(unit, "KB" | "MB" | "GB")
 }
 
 /// Converts `r` into interface file writes, refusing values cgroup v2 cannot express.
 pub fn plan(r: &LinuxResources) -> Result<Plan> {
+    if let Some(devices) = r.devices() {
+        // Refuse bad device rules here, before anything is created, not at attach time.
+        crate::devices::program::rules_from_oci(devices)?;
+    }
     let mut p = Plan { devices: r.devices().clone(), ..Plan::default() };
     let w = &mut p.writes;
 
@@ -214,10 +206,7 @@ pub fn plan(r: &LinuxResources) -> Result<Plan> {
         }
         if let Some(i) = c.idle() {
             if !(0..=1).contains(&i) {
-                return Err(Error::InvalidResource {
-                    field: "cpu.idle",
-                    reason: format!("{i} must be 0 or 1"),
-                });
+                return Err(Error::InvalidResource { field: "cpu.idle", reason: format!("{i} must be 0 or 1") });
             }
             w.push(Write::one("cpu.idle", i));
         }
@@ -326,10 +315,10 @@ pub fn plan(r: &LinuxResources) -> Result<Plan> {
         }
     }
 
-    if let Some(n) = r.network() {
-        if n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty()) {
-            return Err(Error::Unsupported("network (net_cls and net_prio exist only in cgroup v1)"));
-        }
+    if let Some(n) = r.network()
+        && (n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty()))
+    {
+        return Err(Error::Unsupported("network (net_cls and net_prio exist only in cgroup v1)"));
     }
 
     if let Some(unified) = r.unified() {
@@ -363,7 +352,9 @@ mod tests {
 
     #[test]
     fn memory_fields_map_to_v2_files() {
-        let p = plan(&res(r#"{"memory":{"limit":1048576,"reservation":524288,"swap":3145728,"checkBeforeUpdate":true}}"#)).unwrap();
+        let p =
+            plan(&res(r#"{"memory":{"limit":1048576,"reservation":524288,"swap":3145728,"checkBeforeUpdate":true}}"#))
+                .unwrap();
         assert_eq!(
             firsts(&p),
             pairs(&[("memory.max", "1048576"), ("memory.low", "524288"), ("memory.swap.max", "2097152")])
@@ -409,11 +400,9 @@ mod tests {
 
     #[test]
     fn block_io_merges_throttles_per_device() {
-        let p = plan(&res(
-            r#"{"blockIO":{"weight":500,"weightDevice":[{"major":8,"minor":0,"weight":100}],
+        let p = plan(&res(r#"{"blockIO":{"weight":500,"weightDevice":[{"major":8,"minor":0,"weight":100}],
             "throttleReadBpsDevice":[{"major":8,"minor":0,"rate":1000}],
-            "throttleWriteIOPSDevice":[{"major":8,"minor":0,"rate":10},{"major":253,"minor":1,"rate":0}]}}"#,
-        ))
+            "throttleWriteIOPSDevice":[{"major":8,"minor":0,"rate":10},{"major":253,"minor":1,"rate":0}]}}"#))
         .unwrap();
         assert_eq!(p.writes[0].candidates[1], ("io.weight".into(), "default 4950".into()));
         assert_eq!(p.writes[1].candidates[0], ("io.bfq.weight".into(), "8:0 100".into()));
@@ -424,7 +413,9 @@ mod tests {
 
     #[test]
     fn hugetlb_and_rdma() {
-        let p = plan(&res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":4194304}],"rdma":{"mlx5_1":{"hcaHandles":3}}}"#)).unwrap();
+        let p =
+            plan(&res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":4194304}],"rdma":{"mlx5_1":{"hcaHandles":3}}}"#))
+                .unwrap();
         assert_eq!(
             firsts(&p),
             pairs(&[
@@ -441,7 +432,17 @@ mod tests {
     fn unified_keys_are_validated() {
         let p = plan(&res(r#"{"unified":{"memory.high":"1000000","cgroup.max.depth":"3"}}"#)).unwrap();
         assert_eq!(firsts(&p), pairs(&[("cgroup.max.depth", "3"), ("memory.high", "1000000")]));
-        for bad in ["../memory.max", "memory/../x", "memory", ".memory.max", "memory..max", "cgroup.procs", "cgroup.subtree_control", "foo.bar", "memory.max\n"] {
+        for bad in [
+            "../memory.max",
+            "memory/../x",
+            "memory",
+            ".memory.max",
+            "memory..max",
+            "cgroup.procs",
+            "cgroup.subtree_control",
+            "foo.bar",
+            "memory.max\n",
+        ] {
             let r = res(&format!(r#"{{"unified":{{{}:"1"}}}}"#, serde_json::to_string(bad).unwrap()));
             assert!(plan(&r).is_err(), "{bad} accepted");
         }
@@ -454,6 +455,7 @@ mod tests {
         let r = res(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#);
         assert_eq!(plan(&r).unwrap().devices.map(|d| d.len()), Some(1));
         assert!(needed_controllers(&r).unwrap().is_empty());
+        assert!(plan(&res(r#"{"devices":[{"allow":true,"access":"x"}]}"#)).is_err());
     }
 
     proptest! {

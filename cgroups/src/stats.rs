@@ -21,7 +21,7 @@ pub struct Stats {
     pub pids: Option<PidsStats>,
     /// io.stat, one entry per device.
     pub io: Vec<IoStat>,
-    /// hugetlb.<size>.* files, one entry per page size.
+    /// `hugetlb.<size>.*` files, one entry per page size.
     pub hugetlb: Vec<HugetlbStats>,
     /// The pressure stall information files.
     pub pressure: PressureStats,
@@ -134,16 +134,16 @@ pub struct IoStat {
     pub dios: u64,
 }
 
-/// hugetlb.<size>.* files.
+/// `hugetlb.<size>.*` files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HugetlbStats {
     /// The page size as in the file names, e.g. `2MB`.
     pub page_size: String,
-    /// hugetlb.<size>.current.
+    /// `hugetlb.<size>.current`.
     pub current: u64,
-    /// hugetlb.<size>.max.
+    /// `hugetlb.<size>.max`.
     pub max: Limit,
-    /// Allocations refused because of the limit (hugetlb.<size>.events `max`).
+    /// Allocations refused because of the limit (`hugetlb.<size>.events` `max`).
     pub failcnt: u64,
 }
 
@@ -272,7 +272,10 @@ mod tests {
     fn reads_a_fake_cgroup() {
         let dir = tempfile::tempdir().unwrap();
         let files = [
-            ("cpu.stat", "usage_usec 100\nuser_usec 60\nsystem_usec 40\nnr_periods 5\nnr_throttled 2\nthrottled_usec 9\n"),
+            (
+                "cpu.stat",
+                "usage_usec 100\nuser_usec 60\nsystem_usec 40\nnr_periods 5\nnr_throttled 2\nthrottled_usec 9\n",
+            ),
             ("memory.current", "4096\n"),
             ("memory.peak", "8192\n"),
             ("memory.max", "max\n"),
@@ -286,7 +289,10 @@ mod tests {
             ("hugetlb.2MB.max", "max\n"),
             ("hugetlb.2MB.rsvd.current", "0\n"),
             ("hugetlb.2MB.events", "max 7\n"),
-            ("cpu.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"),
+            (
+                "cpu.pressure",
+                "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+            ),
         ];
         for (f, t) in files {
             fs::write(dir.path().join(f), t).unwrap();

@@ -52,10 +52,13 @@ fn refuses_missing_controller_naming_it() {
 
 #[test]
 fn create_writes_every_file_and_enables_controllers_in_ancestors() {
-    let files = ["memory.max", "memory.low", "memory.swap.max", "cpu.weight", "cpu.max", "pids.max", "io.weight", "io.max"];
+    let files =
+        ["memory.max", "memory.low", "memory.swap.max", "cpu.weight", "cpu.max", "pids.max", "io.weight", "io.max"];
     let (_root, h, dir) = fake("cpu memory pids io", "pod/ctr", &files);
-    let r = res(r#"{"memory":{"limit":1048576,"reservation":4096,"swap":2097152},"cpu":{"shares":1024,"quota":20000,"period":100000},
-        "pids":{"limit":20},"blockIO":{"weight":500,"throttleWriteBpsDevice":[{"major":8,"minor":0,"rate":1048576}]}}"#);
+    let r = res(
+        r#"{"memory":{"limit":1048576,"reservation":4096,"swap":2097152},"cpu":{"shares":1024,"quota":20000,"period":100000},
+        "pids":{"limit":20},"blockIO":{"weight":500,"throttleWriteBpsDevice":[{"major":8,"minor":0,"rate":1048576}]}}"#,
+    );
     let cg = Cgroup::create(&h, Path::new("pod/ctr"), Some(&r)).unwrap();
     assert_eq!(cg.path(), dir);
     assert_eq!(read(&dir, "memory.max"), "1048576");

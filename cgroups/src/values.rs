@@ -149,9 +149,7 @@ impl fmt::Display for IoMax {
             Some(d) => write!(f, "{d}")?,
             None => f.write_str("0:0")?,
         }
-        for (key, value) in
-            [("rbps", self.rbps), ("wbps", self.wbps), ("riops", self.riops), ("wiops", self.wiops)]
-        {
+        for (key, value) in [("rbps", self.rbps), ("wbps", self.wbps), ("riops", self.riops), ("wiops", self.wiops)] {
             if let Some(v) = value {
                 write!(f, " {key}={v}")?;
             }
@@ -409,9 +407,10 @@ mod tests {
 
     #[test]
     fn pressure_parses_kernel_text() {
-        let p: Pressure = "some avg10=1.50 avg60=0.00 avg300=0.00 total=1234\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n"
-            .parse()
-            .unwrap();
+        let p: Pressure =
+            "some avg10=1.50 avg60=0.00 avg300=0.00 total=1234\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n"
+                .parse()
+                .unwrap();
         assert_eq!(p.some.total, 1234);
         assert!((p.some.avg10 - 1.5).abs() < f64::EPSILON);
         assert_eq!(p.full.map(|f| f.total), Some(7));

@@ -11,6 +11,8 @@
 //! fails. Child processes are this test binary run again with `STRATA_CGROUP_HELPER` set: it
 //! waits for a line on stdin (so the parent can move it into the cgroup first), then acts.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -152,7 +154,9 @@ impl Drop for Helper {
 /// Not a test: the body of the helper child (a no-op when run as an ordinary test).
 #[test]
 fn helper_child() {
-    let Ok(action) = std::env::var("STRATA_CGROUP_HELPER") else { return };
+    let Ok(action) = std::env::var("STRATA_CGROUP_HELPER") else {
+        return;
+    };
     let mut go = String::new();
     std::io::stdin().read_line(&mut go).unwrap();
     let (verb, arg) = action.split_once(':').unwrap_or((&action, ""));
@@ -279,7 +283,8 @@ fn create_freeze_thaw_kill_delete() {
 #[test]
 fn device_rules_deny_dev_null_and_allow_dev_zero() {
     let Some(h) = hierarchy() else { return };
-    let rules = r#"{"devices":[{"allow":true,"access":"rwm"},{"allow":false,"type":"c","major":1,"minor":3,"access":"rwm"}]}"#;
+    let rules =
+        r#"{"devices":[{"allow":true,"access":"rwm"},{"allow":false,"type":"c","major":1,"minor":3,"access":"rwm"}]}"#;
     let cg = Guard::create(&h, "devices", Some(&res(rules)));
     assert_eq!(cg.device_programs().unwrap().len(), 1);
     let (status, lines) = Helper::start(&cg, "open:/dev/null,/dev/zero").finish(Duration::from_secs(20));
@@ -293,7 +298,10 @@ fn device_rules_deny_dev_null_and_allow_dev_zero() {
     assert_eq!(lines, vec!["/dev/null ok".to_string()]);
 
     // Default deny: only what is allowed opens.
-    cg.update(&res(r#"{"devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":5,"access":"r"}]}"#)).unwrap();
+    cg.update(&res(
+        r#"{"devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":5,"access":"r"}]}"#,
+    ))
+    .unwrap();
     let (_, lines) = Helper::start(&cg, "open:/dev/zero,/dev/null").finish(Duration::from_secs(20));
     assert_eq!(lines, vec!["/dev/zero ok".to_string(), format!("/dev/null err {}", libc::EPERM)]);
 }
@@ -364,12 +372,11 @@ fn vm_cpu_max_throttles() {
 }
 
 fn first_block_device() -> Option<(u64, u64)> {
-    for entry in std::fs::read_dir("/sys/block").ok()? {
-        let dev = std::fs::read_to_string(entry.ok()?.path().join("dev")).ok()?;
+    std::fs::read_dir("/sys/block").ok()?.flatten().find_map(|entry| {
+        let dev = std::fs::read_to_string(entry.path().join("dev")).ok()?;
         let (a, b) = dev.trim().split_once(':')?;
-        return Some((a.parse().ok()?, b.parse().ok()?));
-    }
-    None
+        Some((a.parse().ok()?, b.parse().ok()?))
+    })
 }
 
 #[test]
@@ -394,7 +401,8 @@ fn vm_live_update_changes_limits_of_a_running_process() {
     let cg = Guard::create(&h, "update", Some(&res(r#"{"pids":{"limit":10},"memory":{"limit":67108864}}"#)));
     let mut helper = Helper::start(&cg, "sleep");
     assert_eq!(helper.first_line(), "sleeping");
-    cg.update(&res(r#"{"pids":{"limit":20},"memory":{"limit":134217728},"cpu":{"quota":50000,"period":100000}}"#)).unwrap();
+    cg.update(&res(r#"{"pids":{"limit":20},"memory":{"limit":134217728},"cpu":{"quota":50000,"period":100000}}"#))
+        .unwrap();
     let read = |f: &str| std::fs::read_to_string(cg.path().join(f)).unwrap().trim().to_string();
     assert_eq!(read("pids.max"), "20");
     assert_eq!(read("memory.max"), "134217728");
@@ -405,8 +413,8 @@ fn vm_live_update_changes_limits_of_a_running_process() {
     let err = cg.update(&res(r#"{"memory":{"limit":4096,"checkBeforeUpdate":true}}"#)).unwrap_err();
     assert!(matches!(err, Error::MemoryBelowUsage { .. }), "{err}");
     assert_eq!(read("memory.max"), "134217728");
-    cg.update(&res(r#"{"unified":{"memory.high":"100000000"}}"#)).unwrap();
-    assert_eq!(read("memory.high"), "100000000");
+    cg.update(&res(r#"{"unified":{"memory.high":"104857600"}}"#)).unwrap();
+    assert_eq!(read("memory.high"), "104857600");
 }
 
 #[test]

@@ -10,9 +10,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(profile) = serde_json::from_slice::<oci_spec::runtime::LinuxSeccomp>(data) else {
         return;
     };
-    if let Ok(filter) = seccomp::compile(&profile) {
-        if let Err(e) = seccomp::verify(filter.instructions()) {
-            panic!("compiled program fails verification: {e}");
-        }
+    if let Ok(filter) = seccomp::compile(&profile)
+        && let Err(e) = seccomp::verify(filter.instructions())
+    {
+        panic!("compiled program fails verification: {e}");
     }
 });

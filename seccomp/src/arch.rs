@@ -76,10 +76,7 @@ impl Arch {
     /// The syscall number of `name` on this architecture.
     pub fn syscall_number(self, name: &str) -> Option<u32> {
         let table = self.table();
-        table
-            .binary_search_by(|(n, _)| (*n).cmp(name))
-            .ok()
-            .map(|i| table[i].1)
+        table.binary_search_by(|(n, _)| (*n).cmp(name)).ok().map(|i| table[i].1)
     }
 
     /// Every `(name, number)` of this architecture, sorted by name.
@@ -103,12 +100,7 @@ mod tests {
             let table = arch.table();
             assert!(table.windows(2).all(|w| w[0].0 < w[1].0), "{arch:?}");
             let (lo, hi) = arch.number_range();
-            assert!(
-                table
-                    .iter()
-                    .all(|(_, nr)| (lo..hi).contains(&u64::from(*nr))),
-                "{arch:?}"
-            );
+            assert!(table.iter().all(|(_, nr)| (lo..hi).contains(&u64::from(*nr))), "{arch:?}");
         }
     }
 

@@ -63,12 +63,7 @@ pub const SECCOMP_DATA_LEN: u32 = 64;
 
 /// A statement (no jump).
 pub fn stmt(code: u16, k: u32) -> sock_filter {
-    sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    sock_filter { code, jt: 0, jf: 0, k }
 }
 
 /// A jump with resolved offsets.
@@ -83,12 +78,7 @@ pub struct Label(usize);
 #[derive(Debug, Clone, Copy)]
 enum Item {
     Stmt(sock_filter),
-    Cond {
-        code: u16,
-        k: u32,
-        jt: Label,
-        jf: Label,
-    },
+    Cond { code: u16, k: u32, jt: Label, jf: Label },
     Ja(Label),
     Bind(Label),
 }
@@ -129,12 +119,7 @@ impl Assembler {
 
     /// Emits a conditional jump comparing the accumulator with `k`.
     pub fn cond(&mut self, cmp: u16, k: u32, jt: Label, jf: Label) {
-        self.items.push(Item::Cond {
-            code: op::JMP | cmp | op::K,
-            k,
-            jt,
-            jf,
-        });
+        self.items.push(Item::Cond { code: op::JMP | cmp | op::K, k, jt, jf });
     }
 
     /// Emits an unconditional jump.
@@ -200,9 +185,7 @@ impl Assembler {
     ) -> Result<Vec<sock_filter>, String> {
         let target = |label: &Label| bound[label.0].ok_or_else(|| "unbound label".to_string());
         let offset = |from: usize, to: usize| -> Result<u8, String> {
-            to.checked_sub(from)
-                .and_then(|d| u8::try_from(d).ok())
-                .ok_or_else(|| "jump out of range".to_string())
+            to.checked_sub(from).and_then(|d| u8::try_from(d).ok()).ok_or_else(|| "jump out of range".to_string())
         };
         let mut out = Vec::new();
         for (i, item) in self.items.iter().enumerate() {
@@ -213,30 +196,20 @@ impl Assembler {
                     let from = starts[i] + 1;
                     let to = target(label)?;
                     let k = to.checked_sub(from).ok_or("backward jump")?;
-                    out.push(stmt(
-                        op::JMP | op::JA,
-                        u32::try_from(k).map_err(|e| e.to_string())?,
-                    ));
+                    out.push(stmt(op::JMP | op::JA, u32::try_from(k).map_err(|e| e.to_string())?));
                 }
                 Item::Cond { code, k, jt, jf } => {
                     let next = starts[i] + 1;
                     let (far_t, far_f) = far[i];
                     // trampolines sit right after the jump: jt's first, then jf's
                     let jt_off = if far_t { 0 } else { offset(next, target(jt)?)? };
-                    let jf_off = if far_f {
-                        u8::from(far_t)
-                    } else {
-                        offset(next, target(jf)?)?
-                    };
+                    let jf_off = if far_f { u8::from(far_t) } else { offset(next, target(jf)?)? };
                     out.push(jump(*code, *k, jt_off, jf_off));
                     let mut pos = next;
                     for (label, is_far) in [(jt, far_t), (jf, far_f)] {
                         if is_far {
                             let k = target(label)?.checked_sub(pos + 1).ok_or("backward jump")?;
-                            out.push(stmt(
-                                op::JMP | op::JA,
-                                u32::try_from(k).map_err(|e| e.to_string())?,
-                            ));
+                            out.push(stmt(op::JMP | op::JA, u32::try_from(k).map_err(|e| e.to_string())?));
                             pos += 1;
                         }
                     }
@@ -252,15 +225,12 @@ impl Assembler {
 /// program, and a return as the last instruction.
 pub fn verify(program: &[sock_filter]) -> Result<(), String> {
     if program.is_empty() || program.len() > MAX_INSNS {
-        return Err(format!(
-            "length {} is not within 1..={MAX_INSNS}",
-            program.len()
-        ));
+        return Err(format!("length {} is not within 1..={MAX_INSNS}", program.len()));
     }
     let len = program.len();
     for (pc, insn) in program.iter().enumerate() {
         let code = insn.code;
-        let in_range = |off: u32| pc + 1 + off as usize <= len - 1;
+        let in_range = |off: u32| pc + 1 + (off as usize) < len;
         match code & 0x07 {
             op::LD | op::LDX => {
                 let mode = code & 0xe0;
@@ -268,10 +238,7 @@ pub fn verify(program: &[sock_filter]) -> Result<(), String> {
                 match mode {
                     op::ABS if code & 0x07 == op::LD => {
                         if size != op::W || insn.k % 4 != 0 || insn.k >= SECCOMP_DATA_LEN {
-                            return Err(format!(
-                                "instruction {pc}: bad load of seccomp_data[{}]",
-                                insn.k
-                            ));
+                            return Err(format!("instruction {pc}: bad load of seccomp_data[{}]", insn.k));
                         }
                     }
                     op::IMM | op::LEN if size == op::W => {}
@@ -281,10 +248,7 @@ pub fn verify(program: &[sock_filter]) -> Result<(), String> {
             }
             op::ST | op::STX => {
                 if insn.k >= 16 {
-                    return Err(format!(
-                        "instruction {pc}: scratch slot {} out of range",
-                        insn.k
-                    ));
+                    return Err(format!("instruction {pc}: scratch slot {} out of range", insn.k));
                 }
             }
             op::ALU => {
@@ -316,7 +280,7 @@ pub fn verify(program: &[sock_filter]) -> Result<(), String> {
                 }
             }
             _ => {
-                if code != (op::MISC | 0x00) && code != (op::MISC | 0x80) {
+                if code != op::MISC && code != (op::MISC | 0x80) {
                     return Err(format!("instruction {pc}: unknown opcode {code:#x}"));
                 }
             }

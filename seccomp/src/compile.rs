@@ -18,9 +18,7 @@ use libc::{
     SECCOMP_FILTER_FLAG_LOG, SECCOMP_FILTER_FLAG_SPEC_ALLOW, SECCOMP_FILTER_FLAG_TSYNC,
     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, c_ulong,
 };
-use oci_spec::runtime::{
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
-};
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
 
 use crate::Error;
 use crate::arch::Arch;
@@ -68,18 +66,11 @@ pub(crate) enum Outcome {
 }
 
 /// The return value of an OCI action, with its errno or trace data.
-pub(crate) fn action_value(
-    action: LinuxSeccompAction,
-    data: Option<u32>,
-    field: &str,
-) -> Result<u32, Error> {
+pub(crate) fn action_value(action: LinuxSeccompAction, data: Option<u32>, field: &str) -> Result<u32, Error> {
     use LinuxSeccompAction as A;
     let data = match data {
         Some(v) if v > 0xffff => {
-            return Err(Error::ReturnData {
-                field: field.to_string(),
-                value: v,
-            });
+            return Err(Error::ReturnData { field: field.to_string(), value: v });
         }
         // EPERM, as runc does when errnoRet is absent
         Some(v) => v,
@@ -120,11 +111,7 @@ struct RawCondition {
 impl RawCondition {
     /// The condition as libseccomp evaluates it on `arch`, or `None` when it always holds.
     fn for_arch(&self, arch: Arch) -> Option<Condition> {
-        let width = if arch.has_32bit_args() {
-            u64::from(u32::MAX)
-        } else {
-            u64::MAX
-        };
+        let width = if arch.has_32bit_args() { u64::from(u32::MAX) } else { u64::MAX };
         let (value, mask) = if self.op == LinuxSeccompOperator::ScmpCmpMaskedEq {
             let mask = self.mask & width;
             if mask == 0 {
@@ -134,22 +121,13 @@ impl RawCondition {
         } else {
             (self.value & width, width)
         };
-        Some(Condition {
-            index: self.index,
-            op: self.op,
-            value,
-            mask,
-        })
+        Some(Condition { index: self.index, op: self.op, value, mask })
     }
 }
 
 /// Validates the profile and resolves it into per-architecture outcomes.
 pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
-    let default_action = action_value(
-        profile.default_action(),
-        profile.default_errno_ret(),
-        "defaultErrnoRet",
-    )?;
+    let default_action = action_value(profile.default_action(), profile.default_errno_ret(), "defaultErrnoRet")?;
     if profile.default_action() == LinuxSeccompAction::ScmpActNotify {
         return Err(Error::NotifyDefault);
     }
@@ -172,48 +150,30 @@ pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
             LinuxSeccompFilterFlag::SeccompFilterFlagLog => SECCOMP_FILTER_FLAG_LOG,
             LinuxSeccompFilterFlag::SeccompFilterFlagTsync => SECCOMP_FILTER_FLAG_TSYNC,
             LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => SECCOMP_FILTER_FLAG_SPEC_ALLOW,
-            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
-                SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
         };
     }
 
-    let mut outcomes: BTreeMap<Arch, BTreeMap<u32, Outcome>> =
-        arches.iter().map(|a| (*a, BTreeMap::new())).collect();
+    let mut outcomes: BTreeMap<Arch, BTreeMap<u32, Outcome>> = arches.iter().map(|a| (*a, BTreeMap::new())).collect();
     let mut uses_notify = false;
 
     for (r, syscall) in profile.syscalls().iter().flatten().enumerate() {
-        let action = action_value(
-            syscall.action(),
-            syscall.errno_ret(),
-            &format!("syscalls[{r}].errnoRet"),
-        )?;
+        let action = action_value(syscall.action(), syscall.errno_ret(), &format!("syscalls[{r}].errnoRet"))?;
         let mut conditions = Vec::new();
         for (a, arg) in syscall.args().iter().flatten().enumerate() {
-            let index =
-                u8::try_from(arg.index())
-                    .ok()
-                    .filter(|i| *i < 6)
-                    .ok_or(Error::ArgIndex {
-                        rule: r,
-                        arg: a,
-                        index: arg.index(),
-                    })?;
+            let index = u8::try_from(arg.index()).ok().filter(|i| *i < 6).ok_or(Error::ArgIndex {
+                rule: r,
+                arg: a,
+                index: arg.index(),
+            })?;
             let (value, mask) = match arg.op() {
-                LinuxSeccompOperator::ScmpCmpMaskedEq => {
-                    (arg.value_two().unwrap_or(0), arg.value())
-                }
+                LinuxSeccompOperator::ScmpCmpMaskedEq => (arg.value_two().unwrap_or(0), arg.value()),
                 _ if arg.value_two().is_some_and(|v| v != 0) => {
                     return Err(Error::ValueTwo { rule: r, arg: a });
                 }
                 _ => (arg.value(), u64::MAX),
             };
-            conditions.push(RawCondition {
-                index,
-                op: arg.op(),
-                value,
-                mask,
-            });
+            conditions.push(RawCondition { index, op: arg.op(), value, mask });
         }
         if action == default_action {
             tracing::debug!(rule = r, "seccomp: rule has the default action, skipped");
@@ -227,10 +187,7 @@ pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
                     continue;
                 };
                 known = true;
-                let narrowed: Vec<Condition> = conditions
-                    .iter()
-                    .filter_map(|c| c.for_arch(*arch))
-                    .collect();
+                let narrowed: Vec<Condition> = conditions.iter().filter_map(|c| c.for_arch(*arch)).collect();
                 let map = outcomes.entry(*arch).or_default();
                 add_rule(map, nr, narrowed, action);
             }
@@ -244,13 +201,7 @@ pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
         }
     }
 
-    Ok(Plan {
-        default_action,
-        arches,
-        outcomes,
-        flags,
-        uses_notify,
-    })
+    Ok(Plan { default_action, arches, outcomes, flags, uses_notify })
 }
 
 /// Merges one rule for one syscall number, following libseccomp's precedence.
@@ -318,10 +269,7 @@ pub(crate) fn generate(plan: &Plan) -> Result<Vec<libc::sock_filter>, Error> {
 
     let program = asm.finish().map_err(Error::InvalidProgram)?;
     if program.len() > bpf::MAX_INSNS {
-        return Err(Error::TooLong {
-            len: program.len(),
-            max: bpf::MAX_INSNS,
-        });
+        return Err(Error::TooLong { len: program.len(), max: bpf::MAX_INSNS });
     }
     bpf::verify(&program).map_err(Error::InvalidProgram)?;
     Ok(program)
@@ -329,10 +277,8 @@ pub(crate) fn generate(plan: &Plan) -> Result<Vec<libc::sock_filter>, Error> {
 
 /// Cuts `[0, 2^32)` into segments of equal outcome for the architectures sharing one token.
 fn segments<'a>(plan: &'a Plan, members: &[Arch]) -> Vec<Segment<'a>> {
-    let mut ranges: Vec<(u64, u64, Arch)> = members
-        .iter()
-        .map(|a| (a.number_range().0, a.number_range().1, *a))
-        .collect();
+    let mut ranges: Vec<(u64, u64, Arch)> =
+        members.iter().map(|a| (a.number_range().0, a.number_range().1, *a)).collect();
     ranges.sort();
     let mut out: Vec<Segment<'a>> = Vec::new();
     let mut push = |start: u64, outcome: SegmentOutcome<'a>| {
@@ -375,10 +321,7 @@ fn segments<'a>(plan: &'a Plan, members: &[Arch]) -> Vec<Segment<'a>> {
             // Syscall -1 is what a tracer uses to skip a syscall; since Linux 4.8 the filter
             // sees it again afterwards, so libseccomp lets it reach the default action
             // instead of treating it as an x32 call.
-            push(
-                u64::from(u32::MAX),
-                SegmentOutcome::Return(plan.default_action),
-            );
+            push(u64::from(u32::MAX), SegmentOutcome::Return(plan.default_action));
         }
     }
     out

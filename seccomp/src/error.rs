@@ -7,9 +7,7 @@ pub enum Error {
     #[error("seccomp: {0} is not supported")]
     Unsupported(String),
     /// An argument condition names an argument other than 0 to 5.
-    #[error(
-        "seccomp: syscalls[{rule}].args[{arg}].index is {index}, but syscalls have only 6 arguments (0 to 5)"
-    )]
+    #[error("seccomp: syscalls[{rule}].args[{arg}].index is {index}, but syscalls have only 6 arguments (0 to 5)")]
     ArgIndex {
         /// Position of the rule in `syscalls`.
         rule: usize,
@@ -40,9 +38,7 @@ pub enum Error {
     #[error("seccomp: defaultAction SCMP_ACT_NOTIFY is not allowed; use it only on syscall rules")]
     NotifyDefault,
     /// The generated program is longer than the kernel accepts.
-    #[error(
-        "seccomp: the compiled filter has {len} instructions, more than the kernel's limit of {max}"
-    )]
+    #[error("seccomp: the compiled filter has {len} instructions, more than the kernel's limit of {max}")]
     TooLong {
         /// Instructions generated.
         len: usize,

@@ -9,8 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use libc::{
     SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_FILTER_FLAG_TSYNC_ESRCH,
-    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, SECCOMP_SET_MODE_FILTER, c_ulong, sock_filter,
-    sock_fprog,
+    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, SECCOMP_SET_MODE_FILTER, c_ulong, sock_filter, sock_fprog,
 };
 
 use crate::Error;
@@ -18,27 +17,12 @@ use crate::Error;
 /// Calls `seccomp(SECCOMP_SET_MODE_FILTER, flags, program)`; returns the syscall's result (the
 /// listener fd with `NEW_LISTENER`, otherwise 0).
 fn seccomp_set_mode_filter(program: &[sock_filter], flags: c_ulong) -> io::Result<libc::c_long> {
-    let len =
-        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let fprog = sock_fprog {
-        len,
-        filter: program.as_ptr().cast_mut(),
-    };
+    let len = u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fprog = sock_fprog { len, filter: program.as_ptr().cast_mut() };
     // SAFETY: `fprog` points at `program`, which outlives the call; the kernel only reads it
     // (the `*mut` in sock_fprog is the C API's, not a write). No other memory is touched.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            SECCOMP_SET_MODE_FILTER,
-            flags,
-            &fprog as *const sock_fprog,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+    let rc = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fprog as *const sock_fprog) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
 }
 
 /// Installs `program` on the calling thread (or every thread, with TSYNC).
@@ -58,12 +42,11 @@ pub(crate) fn install(
         flags &= !SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
     }
     let rc = match seccomp_set_mode_filter(program, flags) {
-        Err(e)
-            if e.raw_os_error() == Some(libc::EINVAL)
-                && flags & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV != 0 =>
-        {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && flags & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV != 0 => {
             // kernels before 5.19 lack the flag; the filter itself is unchanged without it
-            tracing::warn!("seccomp: the kernel does not know SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV; installing without it");
+            tracing::warn!(
+                "seccomp: the kernel does not know SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV; installing without it"
+            );
             seccomp_set_mode_filter(program, flags & !SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
         }
         other => other,
@@ -72,8 +55,7 @@ pub(crate) fn install(
     if !uses_notify {
         return Ok(None);
     }
-    let fd = i32::try_from(rc)
-        .map_err(|_| Error::Install(io::Error::other("listener fd out of range")))?;
+    let fd = i32::try_from(rc).map_err(|_| Error::Install(io::Error::other("listener fd out of range")))?;
     // SAFETY: with NEW_LISTENER a successful seccomp(2) returns a new fd that nothing else owns.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }

@@ -54,11 +54,7 @@ impl fmt::Debug for Filter {
 pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, Error> {
     let plan = compile::plan(profile)?;
     let program = compile::generate(&plan)?;
-    Ok(Filter {
-        program,
-        flags: plan.flags,
-        uses_notify: plan.uses_notify,
-    })
+    Ok(Filter { program, flags: plan.flags, uses_notify: plan.uses_notify })
 }
 
 impl Filter {
@@ -98,10 +94,7 @@ mod tests {
         let bad_index = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],
             "action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#;
         let err = compile(&profile(bad_index)).expect_err("index 6 is refused");
-        assert!(
-            err.to_string().contains("syscalls[0].args[0].index"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("syscalls[0].args[0].index"), "{err}");
 
         let value_two = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],
             "action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1,"valueTwo":2,"op":"SCMP_CMP_EQ"}]}]}"#;
@@ -113,10 +106,7 @@ mod tests {
         assert!(err.to_string().contains("defaultErrnoRet"), "{err}");
 
         let notify = r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#;
-        assert!(matches!(
-            compile(&profile(notify)),
-            Err(Error::NotifyDefault)
-        ));
+        assert!(matches!(compile(&profile(notify)), Err(Error::NotifyDefault)));
     }
 
     #[test]
@@ -125,16 +115,8 @@ mod tests {
             "action":"SCMP_ACT_ALLOW"}]}"#;
         let with_unknown = compile(&profile(p)).expect("compiles");
         let empty = compile(&profile(r#"{"defaultAction":"SCMP_ACT_ERRNO"}"#)).expect("compiles");
-        assert_eq!(
-            with_unknown.instructions().len(),
-            empty.instructions().len()
-        );
-        assert!(
-            !with_unknown
-                .instructions()
-                .iter()
-                .any(|i| i.k == libc::SECCOMP_RET_ALLOW)
-        );
+        assert_eq!(with_unknown.instructions().len(), empty.instructions().len());
+        assert!(!with_unknown.instructions().iter().any(|i| i.k == libc::SECCOMP_RET_ALLOW));
     }
 
     #[test]
@@ -156,10 +138,6 @@ mod tests {
     fn default_profile_is_a_binary_search() {
         let filter = compile(&default_profile(&[])).expect("default profile compiles");
         // arch check + nr load + tree depth: far below libseccomp's linear chain
-        assert!(
-            filter.instructions().len() < 1500,
-            "{}",
-            filter.instructions().len()
-        );
+        assert!(filter.instructions().len() < 1500, "{}", filter.instructions().len());
     }
 }

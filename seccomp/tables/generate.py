@@ -1,45 +1,72 @@
 #!/usr/bin/env python3
 """Generates seccomp/src/tables/*.rs, the syscall-name tables, from the kernel's uapi headers.
 
-Run from the repository root after installing linux-libc-dev:
+Run from the repository root:
 
-    python3 seccomp/tables/generate.py
+    python3 seccomp/tables/generate.py [INCLUDE_ROOT] [--version V] [--origin O]
 
-Each table is the set of `__NR_<name>` macros of one header, expanded by the C preprocessor (so the
-generic table gets the same `__ARCH_WANT_*` switches as arch/arm64/include/uapi/asm/unistd.h).
+INCLUDE_ROOT is the directory holding `asm-generic/` and `x86_64-linux-gnu/` (default: the
+system's /usr/include, described by `dpkg-query` and /etc/os-release). The tables are currently
+generated from Debian forky's linux-libc-dev, which is newer than the build machines' own (the
+whole point: a 6.1 header set does not know cachestat, fchmodat2, futex_wake, mseal, ...). To
+refetch it without touching the system's apt configuration or installing anything:
+
+    mkdir -p /tmp/apt-forky/lists/partial /tmp/apt-forky/cache/archives/partial /tmp/apt-forky/work
+    echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+        http://deb.debian.org/debian forky main' > /tmp/apt-forky/sources.list
+    APT="-o Dir::Etc::SourceList=/tmp/apt-forky/sources.list -o Dir::Etc::SourceParts=/dev/null
+         -o Dir::State::Lists=/tmp/apt-forky/lists -o Dir::Cache=/tmp/apt-forky/cache"
+    apt-get $APT update
+    (cd /tmp/apt-forky/work && apt-get $APT download linux-libc-dev)
+    dpkg-deb -x /tmp/apt-forky/work/linux-libc-dev_*.deb /tmp/apt-forky/root
+    python3 seccomp/tables/generate.py /tmp/apt-forky/root/usr/include --origin "Debian forky"
+
+(use the mirror host of the machine's /etc/apt/sources.list; trixie works the same way.) For an
+extracted package the version is read from its changelog.Debian.gz; --version overrides it.
+
+Each table is the set of `__NR_<name>` macros of one header, expanded by the C preprocessor. For
+aarch64 that is `aarch64-linux-gnu/asm/unistd_64.h` (generated from arch/arm64's syscall.tbl
+since Linux 6.11) when the header set has it, else the generic table with the same
+`__ARCH_WANT_*` switches as the old arch/arm64/include/uapi/asm/unistd.h.
 """
 
+import argparse
+import gzip
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-INCLUDE = Path("/usr/include")
+SYSTEM_INCLUDE = Path("/usr/include")
 OUT = Path(__file__).resolve().parent.parent / "src" / "tables"
 
-# (module, header, extra preprocessor flags, doc)
+GENERIC_AARCH64_FLAGS = [
+    "-D__BITS_PER_LONG=64",
+    "-D__ARCH_WANT_RENAMEAT",
+    "-D__ARCH_WANT_NEW_STAT",
+    "-D__ARCH_WANT_SET_GET_RLIMIT",
+    "-D__ARCH_WANT_TIME32_SYSCALLS",
+    "-D__ARCH_WANT_SYS_CLONE3",
+    "-D__ARCH_WANT_MEMFD_SECRET",
+]
+
+# (module, [(header, multiarch include dir, extra preprocessor flags), ...], doc); the first
+# header that exists under the include root is used.
 TABLES = [
-    ("x86_64", "x86_64-linux-gnu/asm/unistd_64.h", [], "x86_64 (AUDIT_ARCH_X86_64)"),
-    ("x86", "x86_64-linux-gnu/asm/unistd_32.h", [], "i386 (AUDIT_ARCH_I386)"),
+    ("x86_64", [("x86_64-linux-gnu/asm/unistd_64.h", "x86_64-linux-gnu", [])], "x86_64 (AUDIT_ARCH_X86_64)"),
+    ("x86", [("x86_64-linux-gnu/asm/unistd_32.h", "x86_64-linux-gnu", [])], "i386 (AUDIT_ARCH_I386)"),
     (
         "x32",
-        "x86_64-linux-gnu/asm/unistd_x32.h",
-        ["-D__X32_SYSCALL_BIT=0x40000000"],
+        [("x86_64-linux-gnu/asm/unistd_x32.h", "x86_64-linux-gnu", ["-D__X32_SYSCALL_BIT=0x40000000"])],
         "x32 (AUDIT_ARCH_X86_64 with __X32_SYSCALL_BIT)",
     ),
     (
         "aarch64",
-        "asm-generic/unistd.h",
         [
-            "-D__BITS_PER_LONG=64",
-            "-D__ARCH_WANT_RENAMEAT",
-            "-D__ARCH_WANT_NEW_STAT",
-            "-D__ARCH_WANT_SET_GET_RLIMIT",
-            "-D__ARCH_WANT_TIME32_SYSCALLS",
-            "-D__ARCH_WANT_SYS_CLONE3",
-            "-D__ARCH_WANT_MEMFD_SECRET",
+            ("aarch64-linux-gnu/asm/unistd_64.h", "aarch64-linux-gnu", []),
+            ("asm-generic/unistd.h", "x86_64-linux-gnu", GENERIC_AARCH64_FLAGS),
         ],
-        "aarch64 (AUDIT_ARCH_AARCH64, the generic table)",
+        "aarch64 (AUDIT_ARCH_AARCH64)",
     ),
 ]
 
@@ -47,7 +74,7 @@ TABLES = [
 NOT_SYSCALLS = {"syscalls", "arch_specific_syscall"}
 
 
-def libc_dev_version():
+def system_libc_dev_version():
     try:
         out = subprocess.run(
             ["dpkg-query", "-W", "-f=${Version}", "linux-libc-dev"],
@@ -60,11 +87,34 @@ def libc_dev_version():
         return "unknown"
 
 
-def macros(header, flags):
+def system_origin():
+    try:
+        fields = dict(
+            line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line
+        )
+    except OSError:
+        return None
+    codename = fields.get("VERSION_CODENAME", "").strip('"')
+    name = fields.get("NAME", "").strip('"').split()[0:1]
+    return " ".join(name + [codename]).strip() or None
+
+
+def extracted_libc_dev_version(include):
+    """The version in the changelog of a linux-libc-dev extracted with `dpkg-deb -x`."""
+    changelog = include.parent / "share" / "doc" / "linux-libc-dev" / "changelog.Debian.gz"
+    try:
+        with gzip.open(changelog, "rt") as f:
+            m = re.match(r"\S+ \(([^)]+)\)", f.readline())
+    except OSError:
+        return "unknown"
+    return m.group(1) if m else "unknown"
+
+
+def macros(include, header, multiarch, flags):
     out = subprocess.run(
-        ["cpp", "-dM", "-nostdinc", "-I", str(INCLUDE), "-I", str(INCLUDE / "x86_64-linux-gnu")]
+        ["cpp", "-dM", "-nostdinc", "-I", str(include), "-I", str(include / multiarch)]
         + flags
-        + ["-include", str(INCLUDE / header), "/dev/null"],
+        + ["-include", str(include / header), "/dev/null"],
         check=True,
         capture_output=True,
         text=True,
@@ -91,10 +141,31 @@ def evaluate(expr, defs, depth=0):
 
 
 def main():
-    version = libc_dev_version()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "include",
+        nargs="?",
+        type=Path,
+        default=SYSTEM_INCLUDE,
+        help="header root holding asm-generic/ and x86_64-linux-gnu/ (default: /usr/include)",
+    )
+    parser.add_argument("--version", help="linux-libc-dev version to record (default: detected)")
+    parser.add_argument("--origin", help='where the package came from, e.g. "Debian forky"')
+    args = parser.parse_args()
+
+    include = args.include.resolve()
+    system = include == SYSTEM_INCLUDE
+    version = args.version or (system_libc_dev_version() if system else extracted_libc_dev_version(include))
+    origin = args.origin or (system_origin() if system else None)
+    package = f"linux-libc-dev {version}" + (f" ({origin})" if origin else "")
+
     OUT.mkdir(parents=True, exist_ok=True)
-    for module, header, flags, doc in TABLES:
-        defs = macros(header, flags)
+    for module, candidates, doc in TABLES:
+        found = [c for c in candidates if (include / c[0]).is_file()]
+        if not found:
+            sys.exit(f"{module}: none of {[c[0] for c in candidates]} under {include}")
+        header, multiarch, flags = found[0]
+        defs = macros(include, header, multiarch, flags)
         table = {}
         for name, value in defs.items():
             if not name.startswith("__NR_"):
@@ -107,8 +178,8 @@ def main():
         lines = [
             f"//! Syscall numbers for {doc}.",
             "//!",
-            f"//! Generated by seccomp/tables/generate.py from /usr/include/{header}",
-            f"//! (linux-libc-dev {version}); do not edit by hand.",
+            f"//! Generated by seccomp/tables/generate.py from usr/include/{header}",
+            f"//! of {package}; do not edit by hand.",
             "",
             "/// `(name, number)` pairs sorted by name, for binary search.",
             "pub(crate) static SYSCALLS: &[(&str, u32)] = &[",
@@ -116,7 +187,7 @@ def main():
         lines += [f'    ("{n}", {v:#x}),' if v >= 0x40000000 else f'    ("{n}", {v}),' for n, v in rows]
         lines.append("];")
         (OUT / f"{module}.rs").write_text("\n".join(lines) + "\n")
-        print(f"{module}: {len(rows)} syscalls from {header}", file=sys.stderr)
+        print(f"{module}: {len(rows)} syscalls from {header} of {package}", file=sys.stderr)
 
 
 if __name__ == "__main__":

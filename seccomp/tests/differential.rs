@@ -14,9 +14,7 @@
 mod common;
 
 use common::{SeccompData, parse_program, run};
-use libseccomp::{
-    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
-};
+use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use proptest::prelude::*;
 use seccomp::Arch;
 use std::io::{Read, Seek};
@@ -72,12 +70,12 @@ const NAMES: &[&str] = &[
 ];
 
 /// Names whose number agrees between the two tables on every x86 architecture.
+///
+/// Our tables are generated from newer kernel headers than libseccomp 2.5.4's, so a candidate
+/// must also be one libseccomp resolves (seccomp_syscall_resolve_name_arch) on each of them;
+/// add post-6.1 syscalls to `NAMES` only if it does.
 fn name_pool() -> Vec<&'static str> {
-    let arches = [
-        (Arch::X86_64, ScmpArch::X8664),
-        (Arch::X86, ScmpArch::X86),
-        (Arch::X32, ScmpArch::X32),
-    ];
+    let arches = [(Arch::X86_64, ScmpArch::X8664), (Arch::X86, ScmpArch::X86), (Arch::X32, ScmpArch::X32)];
     NAMES
         .iter()
         .copied()
@@ -90,6 +88,10 @@ fn name_pool() -> Vec<&'static str> {
                     .map(|nr| nr as u32);
                 lib == ours.syscall_number(name)
             }) && Arch::X86_64.syscall_number(name).is_some()
+                // libseccomp 2.5.4 bug: when x32 is listed and a rule's name has no x32 number,
+                // its merged x86_64/x32 block compares the syscall number without loading it
+                // (`jeq nr` on the arch word), so the rule never fires; leave such names out
+                && Arch::X32.syscall_number(name).is_some()
         })
         .collect()
 }
@@ -159,11 +161,7 @@ fn act(notify: bool) -> impl Strategy<Value = Act> {
         1 => (0u16..4096).prop_map(Act::Trace),
         1 => Just(Act::Log),
     ];
-    if notify {
-        prop_oneof![6 => base, 1 => Just(Act::Notify)].boxed()
-    } else {
-        base.boxed()
-    }
+    if notify { prop_oneof![6 => base, 1 => Just(Act::Notify)].boxed() } else { base.boxed() }
 }
 
 #[derive(Debug, Clone)]
@@ -174,15 +172,8 @@ struct Cond {
     value_two: u64,
 }
 
-const OPS: [&str; 7] = [
-    "SCMP_CMP_NE",
-    "SCMP_CMP_LT",
-    "SCMP_CMP_LE",
-    "SCMP_CMP_EQ",
-    "SCMP_CMP_GE",
-    "SCMP_CMP_GT",
-    "SCMP_CMP_MASKED_EQ",
-];
+const OPS: [&str; 7] =
+    ["SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"];
 
 fn interesting() -> impl Strategy<Value = u64> {
     prop_oneof![
@@ -199,14 +190,12 @@ fn interesting() -> impl Strategy<Value = u64> {
 }
 
 fn cond() -> impl Strategy<Value = Cond> {
-    (0usize..6, 0usize..7, interesting(), interesting()).prop_map(
-        |(index, op, value, value_two)| Cond {
-            index,
-            op,
-            value,
-            value_two,
-        },
-    )
+    (0usize..6, 0usize..7, interesting(), interesting()).prop_map(|(index, op, value, value_two)| Cond {
+        index,
+        op,
+        value,
+        value_two,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -225,11 +214,7 @@ fn rule(pool: usize) -> impl Strategy<Value = RuleSpec> {
         .prop_map(|(names, action, mut conds)| {
             let mut seen = [false; 6];
             conds.retain(|c| !std::mem::replace(&mut seen[c.index], true));
-            RuleSpec {
-                names,
-                action,
-                conds,
-            }
+            RuleSpec { names, action, conds }
         })
 }
 
@@ -243,24 +228,13 @@ struct ProfileSpec {
 }
 
 fn profile(pool: usize) -> impl Strategy<Value = ProfileSpec> {
-    (
-        act(false),
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
-        prop::collection::vec(rule(pool), 0..10),
-    )
-        .prop_map(|(default, x86, x32, list_native, rules)| {
-            let mut spec = ProfileSpec {
-                default,
-                x86,
-                x32,
-                list_native,
-                rules,
-            };
+    (act(false), any::<bool>(), any::<bool>(), any::<bool>(), prop::collection::vec(rule(pool), 0..10)).prop_map(
+        |(default, x86, x32, list_native, rules)| {
+            let mut spec = ProfileSpec { default, x86, x32, list_native, rules };
             make_unambiguous(&mut spec);
             spec
-        })
+        },
+    )
 }
 
 /// Drops names from conditional rules whose syscall already has a conditional rule with another
@@ -273,8 +247,7 @@ fn make_unambiguous(spec: &mut ProfileSpec) {
             continue;
         }
         let value = rule.action.value();
-        rule.names
-            .retain(|n| *action_of.entry(*n).or_insert(value) == value);
+        rule.names.retain(|n| *action_of.entry(*n).or_insert(value) == value);
     }
     spec.rules.retain(|r| !r.names.is_empty());
 }
@@ -303,8 +276,7 @@ fn to_json(spec: &ProfileSpec, pool: &[&str]) -> serde_json::Value {
                 .conds
                 .iter()
                 .map(|c| {
-                    let mut v =
-                        serde_json::json!({"index": c.index, "value": c.value, "op": OPS[c.op]});
+                    let mut v = serde_json::json!({"index": c.index, "value": c.value, "op": OPS[c.op]});
                     if c.op == 6 {
                         v["valueTwo"] = c.value_two.into();
                     }
@@ -364,8 +336,7 @@ fn libseccomp_program(spec: &ProfileSpec, pool: &[&str]) -> Option<Vec<libc::soc
             .collect();
         for name in &rule.names {
             let sys = ScmpSyscall::from_name(pool[*name]).ok()?;
-            ctx.add_rule_conditional(rule.action.scmp(), sys, &conds)
-                .ok()?;
+            ctx.add_rule_conditional(rule.action.scmp(), sys, &conds).ok()?;
         }
     }
     let mut file = tempfile::tempfile().ok()?;
@@ -374,6 +345,66 @@ fn libseccomp_program(spec: &ProfileSpec, pool: &[&str]) -> Option<Vec<libc::soc
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).ok()?;
     Some(parse_program(&bytes))
+}
+
+/// The documented semantics (see `seccomp`'s `compile` module), evaluated directly.
+fn reference(spec: &ProfileSpec, pool: &[&str], data: &SeccompData) -> u32 {
+    let default = spec.default.value();
+    let bad_arch = seccomp::BAD_ARCH_ACTION;
+    let arch = if data.arch == Arch::X86_64.audit_token() {
+        if data.nr < 0x4000_0000 {
+            Arch::X86_64
+        } else if spec.x32 {
+            Arch::X32
+        } else if data.nr == u32::MAX {
+            return default;
+        } else {
+            return bad_arch;
+        }
+    } else if data.arch == Arch::X86.audit_token() && spec.x86 {
+        Arch::X86
+    } else {
+        return bad_arch;
+    };
+    let width = if matches!(arch, Arch::X86 | Arch::X32) { u64::from(u32::MAX) } else { u64::MAX };
+    let mut conditional = None;
+    for rule in &spec.rules {
+        if rule.action.value() == default || !rule.names.iter().any(|n| arch.syscall_number(pool[*n]) == Some(data.nr))
+        {
+            continue;
+        }
+        let mut unconditional = true;
+        let mut holds = true;
+        for c in &rule.conds {
+            let arg = data.args[c.index] & width;
+            let ok = if c.op == 6 {
+                let mask = c.value & width;
+                if mask == 0 {
+                    continue;
+                }
+                arg & mask == c.value_two & mask
+            } else {
+                let v = c.value & width;
+                match c.op {
+                    0 => arg != v,
+                    1 => arg < v,
+                    2 => arg <= v,
+                    3 => arg == v,
+                    4 => arg >= v,
+                    _ => arg > v,
+                }
+            };
+            unconditional = false;
+            holds &= ok;
+        }
+        if unconditional {
+            return rule.action.value();
+        }
+        if holds && conditional.is_none() {
+            conditional = Some(rule.action.value());
+        }
+    }
+    conditional.unwrap_or(default)
 }
 
 /// A small deterministic generator for the inputs of one profile.
@@ -397,14 +428,7 @@ fn inputs(spec: &ProfileSpec, pool: &[&str], seed: u64, count: usize) -> Vec<Sec
     let mut values: Vec<u64> = vec![0, 1, u64::MAX, 0xffff_ffff, 1 << 32];
     for c in spec.rules.iter().flat_map(|r| &r.conds) {
         for v in [c.value, c.value_two, c.value & c.value_two] {
-            values.extend([
-                v,
-                v.wrapping_add(1),
-                v.wrapping_sub(1),
-                v ^ (1 << 32),
-                v ^ 1,
-                v & 0xffff_ffff,
-            ]);
+            values.extend([v, v.wrapping_add(1), v.wrapping_sub(1), v ^ (1 << 32), v ^ 1, v & 0xffff_ffff]);
         }
     }
     let arches = [
@@ -416,11 +440,7 @@ fn inputs(spec: &ProfileSpec, pool: &[&str], seed: u64, count: usize) -> Vec<Sec
     (0..count)
         .map(|_| {
             let (token, arch) = rng.pick(&arches);
-            let arch_token = if rng.next() % 20 == 0 {
-                rng.next() as u32
-            } else {
-                token
-            };
+            let arch_token = if rng.next().is_multiple_of(20) { rng.next() as u32 } else { token };
             let nr = match rng.next() % 10 {
                 0 => rng.pick(&[0u32, 1, 0x4000_0000, 0x3fff_ffff, 0xffff_ffff, 0x4000_0001]),
                 1 => rng.next() as u32 % 600,
@@ -431,18 +451,9 @@ fn inputs(spec: &ProfileSpec, pool: &[&str], seed: u64, count: usize) -> Vec<Sec
             };
             let mut args = [0u64; 6];
             for a in &mut args {
-                *a = if rng.next() % 8 == 0 {
-                    rng.next()
-                } else {
-                    rng.pick(&values)
-                };
+                *a = if rng.next().is_multiple_of(8) { rng.next() } else { rng.pick(&values) };
             }
-            SeccompData {
-                nr,
-                arch: arch_token,
-                ip: rng.next(),
-                args,
-            }
+            SeccompData { nr, arch: arch_token, ip: rng.next(), args }
         })
         .collect()
 }
@@ -467,22 +478,27 @@ proptest! {
             .map_err(|e| TestCaseError::fail(format!("strata refused {json}: {e}")))?;
         seccomp::verify(ours.instructions()).map_err(TestCaseError::fail)?;
         for data in inputs(&spec, &pool, seed, 300) {
-            let expected = run(&theirs, &data).map_err(TestCaseError::fail)?;
+            let libseccomp = run(&theirs, &data).map_err(TestCaseError::fail)?;
             let got = run(ours.instructions(), &data).map_err(TestCaseError::fail)?;
-            prop_assert_eq!(
-                got, expected,
-                "input {:x?}\nprofile {}", data, json
-            );
+            let model = reference(&spec, &pool, &data);
+            prop_assert_eq!(got, model, "strata differs from the model: input {:x?}\nprofile {}", data, json);
+            if libseccomp != model {
+                // libseccomp 2.5.4 merges some OR-ed conditional rules of one syscall wrongly
+                // (a matching rule is lost); strata follows the documented semantics there
+                prop_assert!(
+                    spec.rules.iter().filter(|r| !r.conds.is_empty()).count() > 1,
+                    "libseccomp differs on a profile without merged rules: input {:x?}\nprofile {}", data, json
+                );
+                continue;
+            }
+            prop_assert_eq!(got, libseccomp, "input {:x?}\nprofile {}", data, json);
         }
     }
 }
 
 #[test]
 fn default_profile_matches_libseccomp() {
-    for caps in [
-        vec![],
-        vec!["CAP_SYS_ADMIN".to_string(), "CAP_SYS_PTRACE".to_string()],
-    ] {
+    for caps in [vec![], vec!["CAP_SYS_ADMIN".to_string(), "CAP_SYS_PTRACE".to_string()]] {
         let profile = seccomp::default_profile(&caps);
         let ours = seccomp::compile(&profile).expect("default profile compiles");
 
@@ -502,30 +518,23 @@ fn default_profile_matches_libseccomp() {
                 .flatten()
                 .map(|a| {
                     let (op, datum) = match a.op() {
-                        oci_spec::runtime::LinuxSeccompOperator::ScmpCmpEq => {
-                            (ScmpCompareOp::Equal, a.value())
-                        }
-                        oci_spec::runtime::LinuxSeccompOperator::ScmpCmpNe => {
-                            (ScmpCompareOp::NotEqual, a.value())
-                        }
-                        _ => (
-                            ScmpCompareOp::MaskedEqual(a.value()),
-                            a.value_two().unwrap_or(0),
-                        ),
+                        oci_spec::runtime::LinuxSeccompOperator::ScmpCmpEq => (ScmpCompareOp::Equal, a.value()),
+                        oci_spec::runtime::LinuxSeccompOperator::ScmpCmpNe => (ScmpCompareOp::NotEqual, a.value()),
+                        _ => (ScmpCompareOp::MaskedEqual(a.value()), a.value_two().unwrap_or(0)),
                     };
                     ScmpArgCompare::new(a.index() as u32, op, datum)
                 })
                 .collect();
             for name in rule.names() {
-                // skip names unknown to libseccomp or multiplexed on x86 (module docs)
+                // skip names unknown to libseccomp (seccomp_syscall_resolve_name fails for calls
+                // newer than its tables, e.g. mseal) or multiplexed on x86 (module docs)
                 let Ok(sys) = ScmpSyscall::from_name(name) else {
                     continue;
                 };
                 if i32::from(sys) < 0 || MULTIPLEXED.contains(&name.as_str()) {
                     continue;
                 }
-                ctx.add_rule_conditional(action, sys, &conds)
-                    .expect("libseccomp rule");
+                ctx.add_rule_conditional(action, sys, &conds).expect("libseccomp rule");
                 names_used.push(name.clone());
             }
         }
@@ -535,38 +544,25 @@ fn default_profile_matches_libseccomp() {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).expect("read");
         let theirs = parse_program(&bytes);
-        println!(
-            "default profile: strata {} instructions, libseccomp {}",
-            ours.instructions().len(),
-            theirs.len()
-        );
+        println!("default profile: strata {} instructions, libseccomp {}", ours.instructions().len(), theirs.len());
 
         let mut rng = SplitMix(7);
         for name in &names_used {
-            for arch in [Arch::X86_64, Arch::X32] {
+            for (arch, scmp_arch) in [(Arch::X86_64, ScmpArch::X8664), (Arch::X32, ScmpArch::X32)] {
                 let Some(nr) = arch.syscall_number(name) else {
                     continue;
                 };
+                // Our tables come from newer headers than libseccomp 2.5.4's: compare only where
+                // libseccomp resolves the name on this arch (seccomp_syscall_resolve_name_arch)
+                // to the same number. E.g. it has no x32 number for map_shadow_stack, which the
+                // kernel's unistd_x32.h lists (like every 64-bit-only call).
+                if ScmpSyscall::from_name_by_arch(name, scmp_arch).ok().map(i32::from) != i32::try_from(nr).ok() {
+                    continue;
+                }
                 for _ in 0..20 {
-                    let pick = [
-                        0u64,
-                        2,
-                        8,
-                        40,
-                        0x20000,
-                        0x20008,
-                        0xffff_ffff,
-                        0x10000,
-                        0x7E02_0000,
-                        0x1_0000_0000,
-                    ];
+                    let pick = [0u64, 2, 8, 40, 0x20000, 0x20008, 0xffff_ffff, 0x10000, 0x7E02_0000, 0x1_0000_0000];
                     let args = [rng.pick(&pick), rng.next(), 0, 0, 0, 0];
-                    let data = SeccompData {
-                        nr,
-                        arch: arch.audit_token(),
-                        ip: 0,
-                        args,
-                    };
+                    let data = SeccompData { nr, arch: arch.audit_token(), ip: 0, args };
                     assert_eq!(
                         run(ours.instructions(), &data),
                         run(&theirs, &data),

@@ -14,20 +14,13 @@ fn corpus_compiles_or_errors_and_verifies() {
         let Ok(profile) = serde_json::from_slice::<oci_spec::runtime::LinuxSeccomp>(&data) else {
             continue;
         };
-        if let Ok(filter) = seccomp::compile(&profile) {
-            if let Err(e) = seccomp::verify(filter.instructions()) {
-                panic!(
-                    "{}: compiled program fails verification: {e}",
-                    path.display()
-                );
-            }
+        if let Ok(filter) = seccomp::compile(&profile)
+            && let Err(e) = seccomp::verify(filter.instructions())
+        {
+            panic!("{}: compiled program fails verification: {e}", path.display());
         }
     }
-    assert!(
-        replayed >= 5,
-        "only {replayed} corpus files in {}",
-        dir.display()
-    );
+    assert!(replayed >= 5, "only {replayed} corpus files in {}", dir.display());
 }
 
 #[test]

@@ -56,11 +56,7 @@ fn denied_syscall_returns_configured_errno_and_allowed_one_works() {
         let denied_errno = errno();
         // SAFETY: as above.
         let allowed = unsafe { libc::syscall(libc::SYS_getpid) };
-        if denied == -1 && denied_errno == 42 && allowed > 0 {
-            0
-        } else {
-            1
-        }
+        if denied == -1 && denied_errno == 42 && allowed > 0 { 0 } else { 1 }
     });
     assert_eq!(exit_code(status), Some(0), "status {status:#x}");
 }
@@ -78,11 +74,7 @@ fn default_errno_applies_to_unlisted_syscalls() {
         let denied_errno = errno();
         // SAFETY: as above.
         let allowed = unsafe { libc::syscall(libc::SYS_getpid) };
-        if denied == -1 && denied_errno == 7 && allowed > 0 {
-            0
-        } else {
-            1
-        }
+        if denied == -1 && denied_errno == 7 && allowed > 0 { 0 } else { 1 }
     });
     assert_eq!(exit_code(status), Some(0), "status {status:#x}");
 }
@@ -129,12 +121,7 @@ fn argument_conditions_behave_as_written() {
         let plain_errno = errno();
         // SAFETY: as above.
         let cloexec = unsafe { libc::syscall(libc::SYS_dup3, stderr, 200, libc::O_CLOEXEC) };
-        let ok = query >= 0
-            && change == -1
-            && change_errno == 1
-            && plain == -1
-            && plain_errno == 9
-            && cloexec == 200;
+        let ok = query >= 0 && change == -1 && change_errno == 1 && plain == -1 && plain_errno == 9 && cloexec == 200;
         if ok { 0 } else { 1 }
     });
     assert_eq!(exit_code(status), Some(0), "status {status:#x}");

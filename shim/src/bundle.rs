@@ -18,6 +18,8 @@ pub struct Bundle {
     pub spec: Spec,
     /// The root file system, absolute and canonical.
     pub rootfs: PathBuf,
+    /// `linux.seccomp`, compiled.
+    pub seccomp: Option<seccomp::Filter>,
 }
 
 impl Bundle {
@@ -27,7 +29,11 @@ impl Bundle {
         let file = dir.join("config.json");
         let spec = parse_config(&file)?;
         let rootfs = validate(&file, &dir, &spec)?;
-        Ok(Bundle { dir, spec, rootfs })
+        let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            Some(sc) => Some(seccomp::compile(sc).map_err(|e| config_error(&file, "linux.seccomp", e.to_string()))?),
+            None => None,
+        };
+        Ok(Bundle { dir, spec, rootfs, seccomp })
     }
 
     /// The path of `config.json`, for error messages.
@@ -84,12 +90,20 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
     let mut new_user_ns = false;
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
         if !seen.insert(ns.typ()) {
-            return Err(config_error(file, format!("linux.namespaces[{i}].type"), format!("{} is listed twice", ns.typ())));
+            return Err(config_error(
+                file,
+                format!("linux.namespaces[{i}].type"),
+                format!("{} is listed twice", ns.typ()),
+            ));
         }
         if ns.typ() == LinuxNamespaceType::Mount {
             has_mount_ns = true;
             if ns.path().is_some() {
-                return Err(config_error(file, format!("linux.namespaces[{i}].path"), "joining an existing mount namespace is not supported"));
+                return Err(config_error(
+                    file,
+                    format!("linux.namespaces[{i}].path"),
+                    "joining an existing mount namespace is not supported",
+                ));
             }
         }
         if ns.typ() == LinuxNamespaceType::User && ns.path().is_none() {
@@ -97,12 +111,20 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
         }
         if let Some(p) = ns.path() {
             if !p.exists() {
-                return Err(config_error(file, format!("linux.namespaces[{i}].path"), format!("{} does not exist", p.display())));
+                return Err(config_error(
+                    file,
+                    format!("linux.namespaces[{i}].path"),
+                    format!("{} does not exist", p.display()),
+                ));
             }
         }
     }
     if !has_mount_ns {
-        return Err(config_error(file, "linux.namespaces", "a mount namespace is required (strata never mounts in the host's namespace)"));
+        return Err(config_error(
+            file,
+            "linux.namespaces",
+            "a mount namespace is required (strata never mounts in the host's namespace)",
+        ));
     }
     if new_user_ns && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
         return Err(config_error(file, "linux.uidMappings", "a new user namespace needs uid mappings"));
@@ -130,9 +152,6 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
             return Err(config_error(file, "hooks", "hooks are not supported yet"));
         }
     }
-    if let Some(sc) = linux.seccomp() {
-        seccomp::compile(sc).map_err(|e| config_error(file, "linux.seccomp", e.to_string()))?;
-    }
     if let Some(caps) = process.capabilities() {
         for (set, list) in [
             ("bounding", caps.bounding()),
@@ -142,7 +161,8 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
             ("ambient", caps.ambient()),
         ] {
             for c in list.iter().flatten() {
-                crate::process::cap_index(c).map_err(|m| config_error(file, format!("process.capabilities.{set}"), m))?;
+                crate::process::cap_index(c)
+                    .map_err(|m| config_error(file, format!("process.capabilities.{set}"), m))?;
             }
         }
     }

@@ -61,6 +61,9 @@ impl Drop for CreateGuard<'_> {
         if let Some(cg) = &self.cgroup {
             let _ = cg.kill_all();
             let _ = cg.delete();
+            if let Some(parent) = cg.path().parent().filter(|p| p.file_name().is_some_and(|n| n == "strata")) {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
         let _ = self.root.remove(&self.id);
     }
@@ -77,7 +80,13 @@ fn cgroup_location(h: &Hierarchy, bundle: &Bundle, id: &str) -> Result<PathBuf> 
 
 /// Creates container `id` from `bundle`. Returns when the init waits for `start` (with
 /// `gate_channel`, for `run`, the init waits on the returned channel instead).
-pub fn create(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions, gate_channel: bool) -> Result<Created> {
+pub fn create(
+    root: &StateRoot,
+    id: &str,
+    bundle: &Bundle,
+    opts: &CreateOptions,
+    gate_channel: bool,
+) -> Result<Created> {
     state::validate_id(id)?;
     let spec = &bundle.spec;
     let linux = spec.linux().as_ref().ok_or_else(|| Error::Invalid("linux: missing".into()))?;
@@ -85,7 +94,6 @@ pub fn create(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions,
     if let Some(r) = linux.resources() {
         hierarchy.check_resources(r)?;
     }
-    let seccomp_filter = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     let console = match (&opts.console_socket, terminal) {
         (Some(path), true) => Console::Socket(crate::tty::connect_console_socket(path)?),
@@ -112,7 +120,7 @@ pub fn create(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions,
         gate,
         console,
         preserve_fds: opts.preserve_fds,
-        seccomp: seccomp_filter,
+        seccomp: bundle.seccomp.clone(),
     };
     let stage1 = match sys::fork(0).ctx(|| "fork".into())? {
         Fork::Child => {
@@ -201,8 +209,10 @@ fn write_id_maps(pid: i32, bundle: &Bundle) -> Result<()> {
         // Without privilege the kernel only accepts a gid map after setgroups is denied.
         std::fs::write(format!("/proc/{pid}/setgroups"), "deny").ctx(|| "writing setgroups".into())?;
     }
-    std::fs::write(format!("/proc/{pid}/uid_map"), fmt(linux.uid_mappings())).ctx(|| "linux.uidMappings: writing uid_map".into())?;
-    std::fs::write(format!("/proc/{pid}/gid_map"), fmt(linux.gid_mappings())).ctx(|| "linux.gidMappings: writing gid_map".into())?;
+    std::fs::write(format!("/proc/{pid}/uid_map"), fmt(linux.uid_mappings()))
+        .ctx(|| "linux.uidMappings: writing uid_map".into())?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), fmt(linux.gid_mappings()))
+        .ctx(|| "linux.gidMappings: writing gid_map".into())?;
     Ok(())
 }
 
@@ -264,14 +274,19 @@ pub fn start(root: &StateRoot, id: &str) -> Result<()> {
     let mut st = root.load(id)?;
     let s = status(&st);
     if s != Status::Created {
-        return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "start it (only a created container starts)" });
+        return Err(Error::WrongState {
+            id: id.into(),
+            status: s.to_string(),
+            action: "start it (only a created container starts)",
+        });
     }
     let dir = root.container_dir(id)?;
     let fd = nix::sys::socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
         .ctx(|| "start socket".into())?;
     with_cwd(&dir, || {
         let addr = UnixAddr::new(START_SOCKET).ctx(|| "start socket address".into())?;
-        nix::sys::socket::connect(fd.as_raw_fd(), &addr).ctx(|| format!("connecting to {}/{START_SOCKET}", dir.display()))
+        nix::sys::socket::connect(fd.as_raw_fd(), &addr)
+            .ctx(|| format!("connecting to {}/{START_SOCKET}", dir.display()))
     })?;
     nix::unistd::write(&fd, b"s").ctx(|| "sending start".into())?;
     // The init keeps the connection until exec closes it.
@@ -296,7 +311,10 @@ pub fn kill(root: &StateRoot, id: &str, signal: i32, all: bool) -> Result<()> {
             return Ok(cg.kill_all()?);
         }
         for pid in cg.pids()? {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::try_from(signal).ok());
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::try_from(signal).ok(),
+            );
         }
         return Ok(());
     }
@@ -364,6 +382,10 @@ pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<()> {
     if cg.path().exists() {
         cg.delete()?;
     }
+    // The default parent `strata/` goes too once its last container is gone.
+    if let Some(parent) = cg.path().parent().filter(|p| p.file_name().is_some_and(|n| n == "strata")) {
+        let _ = std::fs::remove_dir(parent);
+    }
     root.remove(id)
 }
 
@@ -394,8 +416,7 @@ pub fn block_signals() -> Result<nix::sys::signalfd::SignalFd> {
         set.add(s);
     }
     set.thread_block().ctx(|| "blocking signals".into())?;
-    nix::sys::signalfd::SignalFd::with_flags(&set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
-        .ctx(|| "signalfd".into())
+    nix::sys::signalfd::SignalFd::with_flags(&set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC).ctx(|| "signalfd".into())
 }
 
 /// Supervises a foreground process (`run`, `exec` without `-d`): forwards signals to it,

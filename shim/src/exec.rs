@@ -49,10 +49,14 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     let st = root.load(id)?;
     let s = container::status(&st);
     if s != Status::Running {
-        return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "exec in it (it must be running)" });
+        return Err(Error::WrongState {
+            id: id.into(),
+            status: s.to_string(),
+            action: "exec in it (it must be running)",
+        });
     }
     let bundle = Bundle::load(&st.bundle)?;
-    let seccomp_filter = bundle.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(seccomp::compile).transpose()?;
+    let seccomp_filter = bundle.seccomp.clone();
     let pidfd = sys::pidfd_open(st.pid).ctx(|| format!("pidfd_open({})", st.pid))?;
     if state::process_start_time(st.pid) != Some(st.pid_start_time) {
         return Err(Error::WrongState { id: id.into(), status: "stopped".into(), action: "exec in it" });
@@ -180,7 +184,12 @@ fn exec_stage1(
 
 enum Never {}
 
-fn exec_process(chan: &Channel, req: &ExecRequest, console: Option<&OwnedFd>, filter: Option<&seccomp::Filter>) -> Result<Never> {
+fn exec_process(
+    chan: &Channel,
+    req: &ExecRequest,
+    console: Option<&OwnedFd>,
+    filter: Option<&seccomp::Filter>,
+) -> Result<Never> {
     sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     let p = &req.process;
     nix::unistd::setsid().ctx(|| "setsid".into())?;

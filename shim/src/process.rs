@@ -130,9 +130,8 @@ fn home_of(passwd: &str, uid: u32) -> Option<String> {
 /// Finds the program `arg0` the way execvp would, with the container's PATH. Runs inside the
 /// container's root, so that a missing program is reported before the container starts.
 pub fn find_program(arg0: &str, env: &[String]) -> Result<PathBuf> {
-    let is_exec = |p: &Path| {
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    };
+    let is_exec =
+        |p: &Path| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
     if arg0.contains('/') {
         return if is_exec(Path::new(arg0)) {
             Ok(PathBuf::from(arg0))

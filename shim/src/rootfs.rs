@@ -18,10 +18,40 @@ use std::path::{Component, Path, PathBuf};
 
 /// The mount options `parse_options` knows (for `strata features`).
 pub const KNOWN_MOUNT_OPTIONS: [&str; 34] = [
-    "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand", "noatime",
-    "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid", "private",
-    "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw",
-    "shared", "slave", "strictatime", "suid", "sync", "tmpcopyup", "unbindable",
+    "async",
+    "atime",
+    "bind",
+    "defaults",
+    "dev",
+    "diratime",
+    "dirsync",
+    "exec",
+    "mand",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "nomand",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "private",
+    "rbind",
+    "relatime",
+    "remount",
+    "ro",
+    "rprivate",
+    "rshared",
+    "rslave",
+    "runbindable",
+    "rw",
+    "shared",
+    "slave",
+    "strictatime",
+    "suid",
+    "sync",
+    "tmpcopyup",
+    "unbindable",
 ];
 
 /// Flags and file-system data parsed from a mount's `options`.
@@ -150,8 +180,14 @@ fn create_in_root_depth(root: &OwnedFd, rel: &Path, dir: bool, depth: u32) -> Re
             Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => return Err(Error::sys(format!("resolving {} in the rootfs", prefix.display()), e)),
         }
-        let parent_dir = sys::openat2(root.as_raw_fd(), &dot_if_empty(&parent_prefix), libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-            .ctx(|| format!("opening {} in the rootfs", parent_prefix.display()))?;
+        let parent_dir = sys::openat2(
+            root.as_raw_fd(),
+            &dot_if_empty(&parent_prefix),
+            libc::O_DIRECTORY | libc::O_RDONLY,
+            0,
+            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        )
+        .ctx(|| format!("opening {} in the rootfs", parent_prefix.display()))?;
         let name = c.as_os_str();
         if let Ok(target) = nix::fcntl::readlinkat(&parent_dir, name) {
             // A dangling symlink: create what it points to, inside the root.
@@ -169,7 +205,10 @@ fn create_in_root_depth(root: &OwnedFd, rel: &Path, dir: bool, depth: u32) -> Re
             nix::fcntl::openat(
                 &parent_dir,
                 name,
-                nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::fcntl::OFlag::O_CREAT
+                    | nix::fcntl::OFlag::O_WRONLY
+                    | nix::fcntl::OFlag::O_NOFOLLOW
+                    | nix::fcntl::OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o644),
             )
             .map(drop)
@@ -235,10 +274,12 @@ impl RootfsSetup<'_> {
         mount(None::<&str>, "/", None::<&str>, initial, None::<&str>).ctx(|| "making / a slave mount".into())?;
         mount(Some(self.rootfs), self.rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
             .ctx(|| format!("bind-mounting the rootfs {}", self.rootfs.display()))?;
-        let root: OwnedFd = std::fs::File::open(self.rootfs).ctx(|| format!("opening {}", self.rootfs.display()))?.into();
+        let root: OwnedFd =
+            std::fs::File::open(self.rootfs).ctx(|| format!("opening {}", self.rootfs.display()))?.into();
         let mut dev_is_tmpfs = false;
         for (i, m) in self.spec.mounts().iter().flatten().enumerate() {
-            self.mount_one(&root, m).map_err(|e| Error::Init(format!("mounts[{i}] ({}): {e}", m.destination().display())))?;
+            self.mount_one(&root, m)
+                .map_err(|e| Error::Init(format!("mounts[{i}] ({}): {e}", m.destination().display())))?;
             let opts = parse_options(m.options().as_deref().unwrap_or_default());
             if normalize_in_root(m.destination()).is_some_and(|d| d == Path::new("dev")) && !opts.bind {
                 dev_is_tmpfs = true;
@@ -293,8 +334,14 @@ impl RootfsSetup<'_> {
                 (Err(nix::errno::Errno::EPERM), "sysfs") => {
                     // Without a network namespace of its own the kernel refuses a new sysfs;
                     // give a read-only view of the host's instead, as runc does.
-                    mount(Some("/sys"), &fd_path(&target), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                        .ctx(|| "bind-mounting /sys".into())?;
+                    mount(
+                        Some("/sys"),
+                        &fd_path(&target),
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None::<&str>,
+                    )
+                    .ctx(|| "bind-mounting /sys".into())?;
                     let mounted = open_in_root(root, &rel).ctx(|| format!("reopening {}", rel.display()))?;
                     remount(&fd_path(&mounted), flags | MsFlags::MS_RDONLY)?;
                 }
@@ -360,24 +407,48 @@ impl RootfsSetup<'_> {
     }
 
     fn config_device(&self, root: &OwnedFd, d: &LinuxDevice) -> Result<()> {
-        let rel = normalize_in_root(d.path())
-            .ok_or_else(|| Error::Invalid(format!("linux.devices: {} escapes the root file system", d.path().display())))?;
+        let rel = normalize_in_root(d.path()).ok_or_else(|| {
+            Error::Invalid(format!("linux.devices: {} escapes the root file system", d.path().display()))
+        })?;
         let kind = match d.typ() {
             LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
             LinuxDeviceType::B => SFlag::S_IFBLK,
             LinuxDeviceType::P => SFlag::S_IFIFO,
             LinuxDeviceType::A => {
-                return Err(Error::Invalid(format!("linux.devices: {}: type \"a\" is not a device", d.path().display())));
+                return Err(Error::Invalid(format!(
+                    "linux.devices: {}: type \"a\" is not a device",
+                    d.path().display()
+                )));
             }
         };
         let mode = d.file_mode().unwrap_or(0o666);
-        self.make_device(root, &rel, kind, d.major() as u64, d.minor() as u64, mode, d.uid().unwrap_or(0), d.gid().unwrap_or(0))
+        self.make_device(
+            root,
+            &rel,
+            kind,
+            d.major() as u64,
+            d.minor() as u64,
+            mode,
+            d.uid().unwrap_or(0),
+            d.gid().unwrap_or(0),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn make_device(&self, root: &OwnedFd, rel: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, uid: u32, gid: u32) -> Result<()> {
+    fn make_device(
+        &self,
+        root: &OwnedFd,
+        rel: &Path,
+        kind: SFlag,
+        major: u64,
+        minor: u64,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let name = rel.file_name().ok_or_else(|| Error::Invalid(format!("device path {} has no name", rel.display())))?;
+        let name =
+            rel.file_name().ok_or_else(|| Error::Invalid(format!("device path {} has no name", rel.display())))?;
         let dir = create_in_root(root, parent, true)?;
         let path = fd_path(&dir).join(name);
         if self.in_user_ns {
@@ -427,7 +498,8 @@ fn current_flags(path: &Path) -> MsFlags {
 
 fn remount(path: &Path, flags: MsFlags) -> Result<()> {
     let all = current_flags(path) | flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
-    mount(None::<&str>, path, None::<&str>, all, None::<&str>).ctx(|| format!("remounting {} with {flags:?}", path.display()))
+    mount(None::<&str>, path, None::<&str>, all, None::<&str>)
+        .ctx(|| format!("remounting {} with {flags:?}", path.display()))
 }
 
 /// `pivot_root` into `rootfs` and detach the old root.

@@ -36,7 +36,14 @@ pub fn sealed_copy() -> Result<OwnedFd> {
     while copied < len {
         // SAFETY: both descriptors are open; null offsets use and advance the file positions.
         let n = unsafe {
-            libc::copy_file_range(exe.as_raw_fd(), std::ptr::null_mut(), memfd.as_raw_fd(), std::ptr::null_mut(), len - copied, 0)
+            libc::copy_file_range(
+                exe.as_raw_fd(),
+                std::ptr::null_mut(),
+                memfd.as_raw_fd(),
+                std::ptr::null_mut(),
+                len - copied,
+                0,
+            )
         };
         if n < 0 {
             // Fall back to sendfile where copy_file_range cannot cross file systems.

@@ -36,12 +36,14 @@ pub const MASKED_PATHS: [&str; 10] = [
 ];
 
 /// Paths the container sees read-only.
-pub const READONLY_PATHS: [&str; 6] =
-    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/sys/fs/cgroup"];
+pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
-/// The default configuration. `terminal` is runc's default (true); `args` the program.
+/// The default configuration. `terminal` is runc's default (true); `args` the program. The
+/// seccomp profile is Docker's default, resolved against the default capabilities.
 pub fn default_config(args: &[String], terminal: bool) -> Value {
     let caps = json!(DEFAULT_CAPABILITIES);
+    let cap_names: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    let profile = serde_json::to_value(seccomp::default_profile(&cap_names)).unwrap_or(Value::Null);
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -76,6 +78,7 @@ pub fn default_config(args: &[String], terminal: bool) -> Value {
                 {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
             ],
+            "seccomp": profile,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS
         }
@@ -127,7 +130,9 @@ mod tests {
         make_rootless(&mut v, 1000, 1000);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();
         let linux = spec.linux().as_ref().unwrap();
-        assert!(linux.namespaces().as_ref().unwrap().iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User));
+        assert!(
+            linux.namespaces().as_ref().unwrap().iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+        );
         assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 1000);
     }
 }

@@ -110,11 +110,7 @@ pub fn validate_id(id: &str) -> Result<()> {
     let mut chars = id.chars();
     let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     let ok_rest = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok_first && ok_rest && id.len() <= 1024 {
-        Ok(())
-    } else {
-        Err(Error::InvalidId(id.to_string()))
-    }
+    if ok_first && ok_rest && id.len() <= 1024 { Ok(()) } else { Err(Error::InvalidId(id.to_string())) }
 }
 
 impl StateRoot {
@@ -237,12 +233,7 @@ pub fn format_rfc3339(secs: i64, nanos: u32) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", sod / 3600, (sod / 60) % 60, sod % 60)
 }
 
 #[cfg(test)]

@@ -26,14 +26,7 @@ pub fn fork(flags: libc::c_int) -> nix::Result<Fork> {
     // process is single-threaded when the engine calls this, so no lock can be held by a thread
     // that does not exist in the child.
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
+        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
     };
     match ret {
         -1 => Err(Errno::last()),
@@ -178,10 +171,7 @@ pub fn bounding_drop(cap: u8) -> nix::Result<()> {
 
 /// The highest capability number this kernel knows.
 pub fn last_cap() -> u8 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
 }
 
 /// Opens a pidfd for `pid`.

@@ -4,7 +4,9 @@
 use crate::error::{Error, Result, SysContext};
 use nix::fcntl::OFlag;
 use nix::pty::{PtyMaster, grantpt, posix_openpt, unlockpt};
-use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, connect, sendmsg, socket, AddressFamily, SockFlag, SockType};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, connect, sendmsg, socket,
+};
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;

@@ -68,9 +68,7 @@ fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` points to a live, initialised `repr(C)` value of `size_of::<T>()` bytes that
     // matches the kernel's `union bpf_attr` layout for `cmd`; pointers inside it (instructions,
     // license, log, id array) are valid for the duration of the call, guaranteed by the callers.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, size_of::<T>())
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, size_of::<T>()) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
 }
 

@@ -20,11 +20,12 @@ pub fn apply(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
     let cgroup = File::open(dir).map_err(io_err(dir))?;
     let syscall = |syscall| move |source| Error::Syscall { syscall, path: dir.to_path_buf(), source };
     let old = bpf::query(cgroup.as_fd()).map_err(syscall("bpf(BPF_PROG_QUERY)"))?;
-    let prog = bpf::load_device_program(&insns).map_err(|(source, log)| {
-        Error::DeviceProgramRejected { path: dir.to_path_buf(), source, log }
+    let prog = bpf::load_device_program(&insns).map_err(|(source, log)| Error::DeviceProgramRejected {
+        path: dir.to_path_buf(),
+        source,
+        log,
     })?;
-    bpf::attach(cgroup.as_fd(), prog.as_fd(), bpf::BPF_F_ALLOW_MULTI)
-        .map_err(syscall("bpf(BPF_PROG_ATTACH)"))?;
+    bpf::attach(cgroup.as_fd(), prog.as_fd(), bpf::BPF_F_ALLOW_MULTI).map_err(syscall("bpf(BPF_PROG_ATTACH)"))?;
     for id in old {
         // A program detached meanwhile by someone else is gone already: not an error.
         let old_prog = match bpf::prog_fd_by_id(id) {

@@ -248,7 +248,8 @@ pub(crate) mod tests {
 
     #[test]
     fn deny_null_allow_rest() {
-        let rules = oci(r#"[{"allow":true,"access":"rwm"},{"allow":false,"type":"c","major":1,"minor":3,"access":"rwm"}]"#);
+        let rules =
+            oci(r#"[{"allow":true,"access":"rwm"},{"allow":false,"type":"c","major":1,"minor":3,"access":"rwm"}]"#);
         let p = compile(&rules);
         assert_eq!(run(&p, DEV_CHAR, 1, 3, ACC_READ), 0);
         assert_eq!(run(&p, DEV_CHAR, 1, 5, ACC_READ | ACC_WRITE), 1);
@@ -257,7 +258,8 @@ pub(crate) mod tests {
 
     #[test]
     fn default_is_deny_and_partial_deny_refuses_read_write() {
-        let rules = oci(r#"[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":5,"access":"rw"}]"#);
+        let rules =
+            oci(r#"[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":5,"access":"rw"}]"#);
         let p = compile(&rules);
         assert_eq!(run(&p, DEV_CHAR, 1, 5, ACC_READ), 1);
         assert_eq!(run(&p, DEV_CHAR, 1, 5, ACC_MKNOD), 0);
@@ -270,7 +272,11 @@ pub(crate) mod tests {
 
     #[test]
     fn oci_conversion_refuses_bad_values_and_drops_fifos() {
-        let bad = [r#"[{"allow":true,"access":"rx"}]"#, r#"[{"allow":true,"major":-2}]"#, r#"[{"allow":true,"minor":4294967296}]"#];
+        let bad = [
+            r#"[{"allow":true,"access":"rx"}]"#,
+            r#"[{"allow":true,"major":-2}]"#,
+            r#"[{"allow":true,"minor":4294967296}]"#,
+        ];
         for b in bad {
             let v: Vec<LinuxDeviceCgroup> = serde_json::from_str(b).unwrap();
             assert!(rules_from_oci(&v).is_err(), "{b}");

@@ -34,19 +34,17 @@ pub fn run(program: &[sock_filter], data: &SeccompData) -> Result<u32, String> {
     let mut mem = [0u32; 16];
     let mut pc = 0usize;
     loop {
-        let insn = program
-            .get(pc)
-            .ok_or_else(|| format!("pc {pc} out of program"))?;
+        let insn = program.get(pc).ok_or_else(|| format!("pc {pc} out of program"))?;
         pc += 1;
         let k = insn.k;
         match insn.code {
-            0x20 => a = data.word(k).ok_or("bad load")?, // ld [k]
-            0x00 => a = k,                               // ld #k
-            0x80 => a = 64,                              // ld len
-            0x60 => a = *mem.get(k as usize).ok_or("bad mem")?, // ld M[k]
-            0x01 => x = k,                               // ldx #k
-            0x81 => x = 64,                              // ldx len
-            0x61 => x = *mem.get(k as usize).ok_or("bad mem")?, // ldx M[k]
+            0x20 => a = data.word(k).ok_or("bad load")?,            // ld [k]
+            0x00 => a = k,                                          // ld #k
+            0x80 => a = 64,                                         // ld len
+            0x60 => a = *mem.get(k as usize).ok_or("bad mem")?,     // ld M[k]
+            0x01 => x = k,                                          // ldx #k
+            0x81 => x = 64,                                         // ldx len
+            0x61 => x = *mem.get(k as usize).ok_or("bad mem")?,     // ldx M[k]
             0x02 => *mem.get_mut(k as usize).ok_or("bad mem")? = a, // st
             0x03 => *mem.get_mut(k as usize).ok_or("bad mem")? = x, // stx
             0x04 => a = a.wrapping_add(k),

@@ -264,20 +264,35 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let p = match process {
                 Some(path) => {
                     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                    serde_json::from_slice(&data).with_context(|| format!("{}: invalid process JSON", path.display()))?
+                    serde_json::from_slice(&data)
+                        .with_context(|| format!("{}: invalid process JSON", path.display()))?
                 }
                 None => {
                     if command.is_empty() {
                         bail!("exec: give a command or --process");
                     }
                     let bundle = Bundle::load(&st.bundle)?;
-                    build_exec_process(&bundle, command, cwd.as_ref(), env, *tty, user.as_deref(), additional_gids, cap, *no_new_privs)?
+                    build_exec_process(
+                        &bundle,
+                        command,
+                        cwd.as_ref(),
+                        env,
+                        *tty,
+                        user.as_deref(),
+                        additional_gids,
+                        cap,
+                        *no_new_privs,
+                    )?
                 }
             };
             let req = ExecRequest {
                 process: p,
                 detach: *detach,
-                opts: CreateOptions { console_socket: console_socket.clone(), preserve_fds: *preserve_fds, pid_file: pid_file.clone() },
+                opts: CreateOptions {
+                    console_socket: console_socket.clone(),
+                    preserve_fds: *preserve_fds,
+                    pid_file: pid_file.clone(),
+                },
             };
             Ok(exec::exec(&root, id, &req)?)
         }
@@ -341,7 +356,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             }
             let mut config = engine::spec::default_config(&["sh".to_string()], true);
             if *rootless {
-                engine::spec::make_rootless(&mut config, nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+                engine::spec::make_rootless(
+                    &mut config,
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                );
             }
             std::fs::write(&file, serde_json::to_string_pretty(&config)? + "\n")
                 .with_context(|| format!("writing {}", file.display()))?;
@@ -352,7 +371,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 fn create_options(a: &CreateArgs) -> CreateOptions {
-    CreateOptions { console_socket: a.console_socket.clone(), preserve_fds: a.preserve_fds, pid_file: a.pid_file.clone() }
+    CreateOptions {
+        console_socket: a.console_socket.clone(),
+        preserve_fds: a.preserve_fds,
+        pid_file: a.pid_file.clone(),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -445,7 +468,6 @@ fn features() -> serde_json::Value {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,7 +480,20 @@ mod tests {
 
     #[test]
     fn runc_style_invocations_parse() {
-        let c = Cli::try_parse_from(["strata", "--root", "/r", "--log-format", "json", "create", "--bundle", "/b", "--console-socket", "/s", "id1"]).unwrap();
+        let c = Cli::try_parse_from([
+            "strata",
+            "--root",
+            "/r",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b",
+            "--console-socket",
+            "/s",
+            "id1",
+        ])
+        .unwrap();
         assert!(matches!(c.command, Command::Create(ref a) if a.id == "id1" && a.bundle == PathBuf::from("/b")));
         let c = Cli::try_parse_from(["strata", "exec", "-t", "id1", "sh", "-c", "echo hi"]).unwrap();
         assert!(matches!(c.command, Command::Exec { ref command, tty: true, .. } if command.len() == 3));

@@ -9,7 +9,8 @@ use engine::state::StateRoot;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const PROGRAMS: [&str; 7] = ["/bin/sh", "/bin/ls", "/bin/cat", "/usr/bin/id", "/bin/hostname", "/bin/uname", "/bin/sleep"];
+const PROGRAMS: [&str; 7] =
+    ["/bin/sh", "/bin/ls", "/bin/cat", "/usr/bin/id", "/bin/hostname", "/bin/uname", "/bin/sleep"];
 
 const SCRIPT: &str = r#"echo "hello from a strata container"
 echo "hostname: $(hostname)"
@@ -39,11 +40,7 @@ pub fn align_columns(text: &str) -> String {
 fn libraries(program: &Path) -> Result<Vec<PathBuf>> {
     let out = std::process::Command::new("ldd").arg(program).output().context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
-        .map(PathBuf::from)
-        .collect())
+    Ok(text.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/'))).map(PathBuf::from).collect())
 }
 
 fn copy_into(rootfs: &Path, file: &Path) -> Result<()> {
@@ -104,10 +101,7 @@ pub fn run(root: &StateRoot) -> Result<i32> {
         let ran = t1.elapsed();
         println!("---");
         println!("image built from the host's programs in {:.1} ms ({})", built.as_secs_f64() * 1e3, dir.display());
-        println!(
-            "container created, started, exited ({code}) and deleted in {:.1} ms",
-            ran.as_secs_f64() * 1e3
-        );
+        println!("container created, started, exited ({code}) and deleted in {:.1} ms", ran.as_secs_f64() * 1e3);
         Ok(code)
     })();
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,155 @@
+//! Shared fixtures for the root-only integration tests: a busybox root file system built from
+//! Debian's busybox-static, bundles in temporary directories, and guards that delete the
+//! container and its files even when a test fails.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+pub const CGROUP2: &str = "/sys/fs/cgroup/unified";
+
+/// Fails clearly when the tests cannot run here.
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "these tests create real containers: run them as root");
+    assert!(Path::new("/bin/busybox").exists(), "install busybox-static (bash .ci/run does)");
+}
+
+/// A busybox root file system shared by every test of this binary (read-only use).
+pub fn busybox_rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        require_root();
+        // Built once per test binary into cargo's per-target scratch directory.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("busybox-rootfs-{}", std::process::id()));
+        build_busybox_rootfs(&dir);
+        dir
+    })
+}
+
+/// Makes a busybox root file system at `dir`.
+pub fn build_busybox_rootfs(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+        }
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n")
+        .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A container under test: its bundle, its private state root, and cleanup on drop.
+pub struct TestContainer {
+    pub id: String,
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub config: Value,
+}
+
+impl TestContainer {
+    /// A bundle whose rootfs is the shared busybox tree, with the default config running `script`.
+    pub fn new(name: &str, script: &str) -> TestContainer {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("t-{name}-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("strata-bundle-{id}"));
+        let root = std::env::temp_dir().join(format!("strata-root-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = engine::spec::default_config(&["sh".into(), "-c".into(), script.into()], false);
+        config["root"]["path"] = Value::String(busybox_rootfs().display().to_string());
+        TestContainer { id, dir, root, config }
+    }
+
+    /// Writes config.json.
+    pub fn write_config(&self) {
+        std::fs::write(self.dir.join("config.json"), serde_json::to_string_pretty(&self.config).unwrap()).unwrap();
+    }
+
+    /// `strata --root R <args>` with the bundle as working directory.
+    pub fn strata(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(STRATA);
+        c.arg("--root").arg(&self.root).args(args).current_dir(&self.dir);
+        c
+    }
+
+    /// Writes the config and runs the container in the foreground; returns its output.
+    pub fn run(&self) -> Output {
+        self.write_config();
+        self.strata(&["run", &self.id]).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs and returns stdout, asserting exit 0.
+    pub fn run_ok(&self) -> String {
+        let out = self.run();
+        assert!(
+            out.status.success(),
+            "strata run failed: {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes the config and creates the container (detached stdio).
+    pub fn create(&self) {
+        self.write_config();
+        // The container inherits stdio: a pipe here would stay open as long as it runs.
+        let err_path = self.dir.join("create.stderr");
+        let err = std::fs::File::create(&err_path).unwrap();
+        let status =
+            self.strata(&["create", &self.id]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).status().unwrap();
+        assert!(status.success(), "create failed: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
+    }
+
+    /// Runs a strata subcommand on this container and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.strata(args).stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "strata {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The state document.
+    pub fn state(&self) -> Value {
+        serde_json::from_str(&self.ok(&["state", &self.id])).unwrap()
+    }
+
+    /// The container's cgroup directory under the default location.
+    pub fn cgroup_dir(&self) -> PathBuf {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/').to_string();
+        Path::new(CGROUP2).join(rel).join("strata").join(&self.id)
+    }
+
+    /// Asserts that nothing of the container is left: state, cgroup, processes.
+    pub fn assert_gone(&self, pid: Option<i32>) {
+        assert!(!self.root.join(&self.id).exists(), "state directory left behind");
+        assert!(!self.cgroup_dir().exists(), "cgroup {} left behind", self.cgroup_dir().display());
+        if let Some(pid) = pid {
+            let alive =
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z")).unwrap_or(false);
+            assert!(!alive, "process {pid} left behind");
+        }
+    }
+}
+
+impl Drop for TestContainer {
+    fn drop(&mut self) {
+        let _ = self.strata(&["delete", "--force", &self.id]).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

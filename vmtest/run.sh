@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Boots Debian's linux-image-6.12 kernel in qemu with a busybox initramfs and a pure cgroup2,
+# shares a directory over 9p, runs the given commands inside as root, and exits 0 only if every
+# command did. Generic: the strata engine's VM tests use it the same way the cgroups tests do.
+#
+#   vmtest/run.sh [OPTIONS] [--] COMMAND...
+#
+# Each COMMAND is a shell command line run in the VM in order, with the share as working
+# directory (/mnt/host) and /mnt/host/bin first on PATH. Binaries must be statically linked.
+#   --bin FILE       copy FILE into the share's bin/ (repeatable)
+#   --share DIR      share DIR (default: a fresh directory under the cache, removed afterwards)
+#   --env K=V        export K=V inside the VM (repeatable)
+#   --timeout S      seconds per boot attempt before the VM is killed (default 900)
+#   --boot-timeout S seconds for the VM to reach the commands, else it is killed (default 45)
+#   --retries N      boot attempts when the VM hangs or dies before reporting (default 3)
+#   --mem MB         guest memory (default 2048)      --cpus N   guest vCPUs (default 2)
+#   --machine M      microvm (default; uncompressed vmlinux, PVH) or q35 (bzImage)
+#   --accel A        auto (default: KVM if a probe boot works, cached), kvm or tcg
+#   --quiet          do not echo the serial console (it is always kept in the run log)
+# Environment: STRATA_VMTEST_CACHE (default $XDG_CACHE_HOME/strata-vmtest, else
+# <repo>/.cache/vmtest), STRATA_VMTEST_KERNEL (a linux-image-6.12.*-amd64 package name).
+# Output: the serial log path, one line per command, and "N passed, M failed".
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+cache=${STRATA_VMTEST_CACHE:-${XDG_CACHE_HOME:+$XDG_CACHE_HOME/strata-vmtest}}
+cache=${cache:-$repo/.cache/vmtest}
+
+bins=() envs=() share="" timeout=900 boot_timeout=45 retries=3 mem=2048 cpus=2 machine=microvm accel=auto quiet=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bin) bins+=("$2"); shift 2 ;;
+        --share) share=$2; shift 2 ;;
+        --env) envs+=("$2"); shift 2 ;;
+        --timeout) timeout=$2; shift 2 ;;
+        --boot-timeout) boot_timeout=$2; shift 2 ;;
+        --retries) retries=$2; shift 2 ;;
+        --mem) mem=$2; shift 2 ;;
+        --cpus) cpus=$2; shift 2 ;;
+        --machine) machine=$2; shift 2 ;;
+        --accel) accel=$2; shift 2 ;;
+        --quiet) quiet=1; shift ;;
+        --) shift; break ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "vmtest: unknown option $1" >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+[ $# -gt 0 ] || { echo "vmtest: no command to run (see --help)" >&2; exit 2; }
+
+log() { echo "vmtest: $*" >&2; }
+
+# ---- host tools -------------------------------------------------------------------------
+need_pkgs=()
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+[ -x /bin/busybox ] && /bin/busybox --list | grep -qx switch_root || need_pkgs+=(busybox-static)
+command -v cpio >/dev/null || need_pkgs+=(cpio)
+command -v zstd >/dev/null || need_pkgs+=(zstd)
+command -v xz >/dev/null || need_pkgs+=(xz-utils)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing ${need_pkgs[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' && ! ldd /bin/busybox 2>&1 | grep -q 'not a dynamic'; then
+    log "/bin/busybox is not static: install busybox-static"; exit 2
+fi
+
+# ---- kernel: fetched once with apt-get download, cached ----------------------------------
+mkdir -p "$cache"
+kpkg=${STRATA_VMTEST_KERNEL:-}
+if [ -z "$kpkg" ]; then
+    kpkg=$(ls "$cache"/kernels 2>/dev/null | grep -E '^linux-image-6\.12\..*-amd64$' | sort -V | tail -1 || true)
+fi
+if [ -z "$kpkg" ]; then
+    kpkg=$(apt-cache depends linux-image-6.12-amd64 2>/dev/null | awk '/Depends: linux-image-6\.12\..*-amd64$/ {print $2; exit}')
+    if [ -z "$kpkg" ]; then
+        apt-get update -qq >/dev/null
+        kpkg=$(apt-cache depends linux-image-6.12-amd64 | awk '/Depends: linux-image-6\.12\..*-amd64$/ {print $2; exit}')
+    fi
+fi
+[ -n "$kpkg" ] || { log "no linux-image-6.12.*-amd64 package found (needs bookworm-security or backports in apt sources)"; exit 2; }
+kdir=$cache/kernels/$kpkg
+if [ ! -f "$kdir/vmlinux" ]; then
+    log "fetching $kpkg"
+    rm -rf "$kdir.tmp" && mkdir -p "$kdir.tmp/deb"
+    (cd "$kdir.tmp/deb" && apt-get download "$kpkg" >/dev/null 2>&1 || apt-get download "$kpkg")
+    dpkg-deb -x "$kdir.tmp"/deb/*.deb "$kdir.tmp/root"
+    cp "$kdir.tmp"/root/boot/vmlinuz-* "$kdir.tmp/bzImage"
+    # Extract the uncompressed vmlinux (PVH entry for microvm) from the zstd payload.
+    for pos in $(LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$kdir.tmp/bzImage" | cut -d: -f1); do
+        tail -c +$((pos + 1)) "$kdir.tmp/bzImage" | zstd -dcq 2>/dev/null > "$kdir.tmp/vmlinux" || true
+        [ "$(head -c 4 "$kdir.tmp/vmlinux" | od -An -c | tr -d ' ')" = '177ELF' ] && break
+        rm -f "$kdir.tmp/vmlinux"
+    done
+    [ -f "$kdir.tmp/vmlinux" ] || { log "could not extract vmlinux from $kpkg"; exit 2; }
+    mkdir -p "$kdir.tmp/modules"
+    mv "$kdir.tmp"/root/lib/modules/* "$kdir.tmp/modules/"
+    rm -rf "$kdir.tmp/root" "$kdir.tmp/deb"
+    rm -rf "$kdir" && mv "$kdir.tmp" "$kdir"
+fi
+kver=$(ls "$kdir/modules")
+moddir=$kdir/modules/$kver/kernel
+
+# ---- initramfs: busybox, init, decompressed modules in dependency order ------------------
+wanted_modules="virtio_mmio netfs 9pnet 9pnet_virtio 9p overlay loop"
+initrd=$cache/initramfs-$kver-$(cat "$here/init.sh" "$0" | md5sum | cut -c1-12).cpio
+if [ ! -f "$initrd" ]; then
+    log "building $initrd"
+    rm -f "$cache"/initramfs-*.cpio
+    work=$(mktemp -d "$cache/initramfs.XXXXXX")
+    mkdir -p "$work"/{bin,sbin,etc,lib/modules,proc,sys,dev,tmp,run,newroot,mnt/host,usr/bin,usr/sbin,sys/fs/cgroup,root}
+    cp /bin/busybox "$work/bin/busybox"
+    for applet in $(/bin/busybox --list); do
+        [ -e "$work/bin/$applet" ] || ln -s busybox "$work/bin/$applet"
+    done
+    cp "$here/init.sh" "$work/init" && chmod 755 "$work/init"
+    echo 'root:x:0:0:root:/root:/bin/sh' > "$work/etc/passwd"
+    echo 'root:x:0:' > "$work/etc/group"
+    mknod -m 600 "$work/dev/console" c 5 1
+    mknod -m 666 "$work/dev/null" c 1 3
+    declare -A done_mod=()
+    order=()
+    add_module() {
+        local m=$1 f deps d
+        [ -n "${done_mod[$m]:-}" ] && return 0
+        done_mod[$m]=1
+        f=$(find "$moddir" -name "$m.ko.xz" -o -name "$m.ko" | head -1)
+        [ -n "$f" ] || { log "module $m not found (built in?)"; return 0; }
+        xz -dc "$f" > "$work/lib/modules/$m.ko" 2>/dev/null || cp "$f" "$work/lib/modules/$m.ko"
+        deps=$(tr '\0' '\n' < "$work/lib/modules/$m.ko" | sed -n 's/^depends=//p' | head -1 | tr ',' ' ')
+        for d in $deps; do add_module "$d"; done
+        order+=("$m")
+    }
+    for m in $wanted_modules; do add_module "$m"; done
+    printf '%s\n' "${order[@]}" > "$work/lib/modules/order"
+    (cd "$work" && find . | cpio -o -H newc --quiet > "$initrd.tmp")
+    mv "$initrd.tmp" "$initrd"
+    rm -rf "$work"
+fi
+
+# ---- the share -------------------------------------------------------------------------
+own_share=0
+if [ -z "$share" ]; then
+    mkdir -p "$cache/runs"
+    share=$(mktemp -d "$cache/runs/run.XXXXXX")
+    own_share=1
+fi
+share=$(cd "$share" && pwd)
+rm -rf "$share/.vmtest" && mkdir -p "$share/.vmtest" "$share/bin"
+for b in "${bins[@]+"${bins[@]}"}"; do cp "$b" "$share/bin/"; done
+: > "$share/.vmtest/env"
+for e in "${envs[@]+"${envs[@]}"}"; do printf 'export %q\n' "$e" >> "$share/.vmtest/env"; done
+i=0
+for c in "$@"; do
+    # The wrapper records the command's own status (a pipe to tee would hide it).
+    printf '(\n%s\n)\necho $? > /mnt/host/.vmtest/rc.%d\n' "$c" "$i" > "$share/.vmtest/cmd.$i"
+    i=$((i + 1))
+done
+ncmds=$i
+
+# ---- qemu ------------------------------------------------------------------------------
+qemu_cmd() { # accel timeout-log
+    local a=$1
+    local cmd=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
+        -m "$mem" -smp "$cpus" -serial stdio)
+    if [ "$a" = kvm ]; then cmd+=(-accel kvm -cpu host); else cmd+=(-accel tcg -cpu max); fi
+    local append="console=ttyS0 quiet loglevel=2 panic=-1 reboot=t rdinit=/init"
+    if [ "$machine" = microvm ]; then
+        cmd+=(-M microvm,x-option-roms=off,rtc=on,isa-serial=on -kernel "$kdir/vmlinux"
+            -fsdev "local,id=fs0,path=$share,security_model=none"
+            -device virtio-9p-device,fsdev=fs0,mount_tag=host0)
+    else
+        cmd+=(-M q35 -kernel "$kdir/bzImage" -virtfs "local,path=$share,mount_tag=host0,security_model=none")
+    fi
+    cmd+=(-initrd "$initrd" -append "$append")
+    printf '%q ' "${cmd[@]}"
+}
+
+boot() { # accel timeout logfile -> 0 if VMTEST-EXIT seen
+    local a=$1 t=$2 logf=$3 cmd pid tailpid="" booted=0 start=$SECONDS
+    cmd=$(qemu_cmd "$a")
+    : > "$logf"
+    exec 3>&2
+    # stderr of the monitoring block is dropped so bash's "Killed" job notice does not appear;
+    # messages go to fd 3, the real stderr.
+    {
+        eval "exec $cmd" < /dev/null > "$logf" 2>&1 &
+        pid=$!
+        if [ "$quiet" = 0 ]; then
+            tail -s 0.2 -n +1 -f --pid="$pid" "$logf" | tr -d '\r' >&3 &
+            tailpid=$!
+        fi
+        # A boot that has not reached the commands within $boot_timeout seconds has hung
+        # (microvm under TCG does, now and then): kill it early instead of waiting for the
+        # whole timeout.
+        while kill -0 "$pid" 2>/dev/null; do
+            if [ $booted = 0 ] && grep -q '^VMTEST-BOOTED' "$logf"; then booted=1; fi
+            if [ $booted = 0 ] && [ $((SECONDS - start)) -ge "$boot_timeout" ]; then
+                log "no VMTEST-BOOTED within ${boot_timeout}s: killing the VM" 2>&3
+                kill -KILL "$pid" 2>/dev/null || true
+            elif [ $((SECONDS - start)) -ge "$t" ]; then
+                log "the VM ran past ${t}s: killing it" 2>&3
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+            sleep 0.2
+        done
+        wait "$pid" || true
+        [ -z "$tailpid" ] || wait "$tailpid" || true
+    } 2>/dev/null
+    exec 3>&-
+    grep -q '^VMTEST-EXIT' <(tr -d '\r' < "$logf")
+}
+
+if [ "$accel" = auto ]; then
+    accel=tcg
+    if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+        probe=$cache/kvm-probe-$(uname -r)-$kver
+        if [ ! -f "$probe" ]; then
+            log "probing KVM with a short boot (cached in $probe)"
+            pshare=$(mktemp -d "$cache/probe.XXXXXX"); mkdir -p "$pshare/.vmtest"
+            : > "$pshare/.vmtest/env"
+            printf 'echo 0 > /mnt/host/.vmtest/rc.0\n' > "$pshare/.vmtest/cmd.0"
+            if (share=$pshare quiet=1 boot_timeout=30; boot kvm 30 "$pshare/log"); then echo kvm > "$probe"; else echo tcg > "$probe"; fi
+            rm -rf "$pshare"
+        fi
+        accel=$(cat "$probe")
+    fi
+fi
+
+runlog=$share/.vmtest/serial.log
+started=$(date +%s.%N)
+ok=0
+for attempt in $(seq 1 "$retries"); do
+    log "boot $attempt/$retries: $machine, $accel, $cpus vCPU, ${mem} MiB, kernel $kver"
+    rm -f "$share"/.vmtest/rc.* "$share"/.vmtest/out.*
+    if boot "$accel" "$timeout" "$runlog"; then ok=1; break; fi
+    if tr -d '\r' < "$runlog" | grep -q '^VMTEST-BOOTED'; then
+        log "the VM booted but did not finish within ${timeout}s: not retrying"; break
+    fi
+    log "the VM hung or died before running the commands; retrying"
+done
+elapsed=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+
+passed=0 failed=0
+for i in $(seq 0 $((ncmds - 1))); do
+    rc=$(tr -d '\r' < "$runlog" | awk -v n="$i" '$1 == "VMTEST-RESULT" && $2 == n {print $3}')
+    if [ "$rc" = 0 ]; then passed=$((passed + 1)); verdict=ok; else failed=$((failed + 1)); verdict="FAILED (${rc:-no result})"; fi
+    log "command $i: $verdict: $(head -c 120 "$share/.vmtest/cmd.$i" | sed -n 2p)"
+done
+log "serial log: $runlog (VM run took ${elapsed}s)"
+if [ $own_share = 1 ]; then
+    keep=$cache/last-run.log
+    cp "$runlog" "$keep" && log "kept as $keep"
+    rm -rf "$share"
+fi
+echo "$passed passed, $failed failed"
+[ $ok = 1 ] && [ $failed = 0 ]
