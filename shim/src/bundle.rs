@@ -109,14 +109,14 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
         if ns.typ() == LinuxNamespaceType::User && ns.path().is_none() {
             new_user_ns = true;
         }
-        if let Some(p) = ns.path() {
-            if !p.exists() {
-                return Err(config_error(
-                    file,
-                    format!("linux.namespaces[{i}].path"),
-                    format!("{} does not exist", p.display()),
-                ));
-            }
+        if let Some(p) = ns.path()
+            && !p.exists()
+        {
+            return Err(config_error(
+                file,
+                format!("linux.namespaces[{i}].path"),
+                format!("{} does not exist", p.display()),
+            ));
         }
     }
     if !has_mount_ns {

@@ -425,10 +425,10 @@ pub fn supervise(pid: i32, sigfd: &nix::sys::signalfd::SignalFd, pty: Option<&Ow
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::BorrowedFd;
     let _raw = if pty.is_some() { crate::tty::RawMode::enter(0) } else { None };
-    if let Some(m) = pty {
-        if let Some(ws) = crate::tty::get_winsize(&std::io::stdin()) {
-            let _ = crate::tty::set_winsize(m, ws);
-        }
+    if let Some(m) = pty
+        && let Some(ws) = crate::tty::get_winsize(&std::io::stdin())
+    {
+        let _ = crate::tty::set_winsize(m, ws);
     }
     let mut exit: Option<i32> = None;
     let mut stdin_open = pty.is_some();
@@ -471,36 +471,34 @@ pub fn supervise(pid: i32, sigfd: &nix::sys::signalfd::SignalFd, pty: Option<&Ow
                 }
             }
         }
-        if sig_ready {
-            if let Ok(Some(info)) = sigfd.read_signal() {
-                let sig = info.ssi_signo as i32;
-                if sig == libc::SIGCHLD {
-                    while let Ok(ws) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                        if ws == nix::sys::wait::WaitStatus::StillAlive {
-                            break;
-                        }
-                        if ws.pid().map(|p| p.as_raw()) == Some(pid) {
-                            exit = crate::signals::exit_code(ws);
-                        }
+        if sig_ready && let Ok(Some(info)) = sigfd.read_signal() {
+            let sig = info.ssi_signo as i32;
+            if sig == libc::SIGCHLD {
+                while let Ok(ws) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                    if ws == nix::sys::wait::WaitStatus::StillAlive {
+                        break;
                     }
-                    if let Some(code) = exit {
-                        if pty.is_none() {
-                            return Ok(code);
-                        }
-                        // Drain what the program wrote before it exited.
-                        if let Some(m) = pty {
-                            drain(m, &mut buf);
-                        }
+                    if ws.pid().map(|p| p.as_raw()) == Some(pid) {
+                        exit = crate::signals::exit_code(ws);
+                    }
+                }
+                if let Some(code) = exit {
+                    if pty.is_none() {
                         return Ok(code);
                     }
-                } else if sig == libc::SIGWINCH {
-                    if let (Some(m), Some(ws)) = (pty, crate::tty::get_winsize(&std::io::stdin())) {
-                        let _ = crate::tty::set_winsize(m, ws);
+                    // Drain what the program wrote before it exited.
+                    if let Some(m) = pty {
+                        drain(m, &mut buf);
                     }
-                } else {
-                    // SAFETY: kill(2) takes integers only.
-                    unsafe { libc::kill(pid, sig) };
+                    return Ok(code);
                 }
+            } else if sig == libc::SIGWINCH {
+                if let (Some(m), Some(ws)) = (pty, crate::tty::get_winsize(&std::io::stdin())) {
+                    let _ = crate::tty::set_winsize(m, ws);
+                }
+            } else {
+                // SAFETY: kill(2) takes integers only.
+                unsafe { libc::kill(pid, sig) };
             }
         }
     }

@@ -212,10 +212,8 @@ fn exec_process(
     let c_args = process::cstrings(&argv, "args")?;
     let c_env = process::cstrings(&env, "env")?;
     let nnp = p.no_new_privileges().unwrap_or(false);
-    if !nnp {
-        if let Some(f) = filter {
-            f.install()?;
-        }
+    if !nnp && let Some(f) = filter {
+        f.install()?;
     }
     process::switch_user_and_caps(p.user(), p.capabilities().as_ref())?;
     sys::set_parent_death_signal(0).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;

@@ -178,10 +178,8 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
     // Without no_new_privs the kernel accepts a filter only while CAP_SYS_ADMIN is held, so it
     // is installed before the identity switch; with it, as late as possible.
     let mut listener = None;
-    if !nnp {
-        if let Some(f) = &args.seccomp {
-            listener = f.install()?;
-        }
+    if !nnp && let Some(f) = &args.seccomp {
+        listener = f.install()?;
     }
     process::switch_user_and_caps(proc_.user(), proc_.capabilities().as_ref())?;
 

@@ -102,10 +102,10 @@ pub fn make_rootless(config: &mut Value, uid: u32, gid: u32) {
                 *m = json!({"destination": "/sys", "type": "none", "source": "/sys",
                             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
             }
-            if m["type"] == "devpts" {
-                if let Some(opts) = m["options"].as_array_mut() {
-                    opts.retain(|o| o != "gid=5");
-                }
+            if m["type"] == "devpts"
+                && let Some(opts) = m["options"].as_array_mut()
+            {
+                opts.retain(|o| o != "gid=5");
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Bad input: each case exits non-zero with one clear line naming the file and the field, and
 //! leaves no state directory, cgroup, mount or process behind.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

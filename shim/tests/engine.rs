@@ -1,5 +1,7 @@
 //! Real containers, run as root with the `strata` binary, observed from inside and outside.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -197,7 +199,8 @@ fn no_file_descriptor_leaks() {
     let mut cmd = c.strata(&["run", "--preserve-fds", "1", &c.id]);
     let dup = nix::unistd::dup(&file).unwrap();
     let raw = dup.as_raw_fd();
-    // SAFETY (test): make the duplicate fd 3 in the child before exec.
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2, which is
+    // async-signal-safe.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
@@ -302,7 +305,9 @@ fn terminal_through_console_socket() {
     let mut out = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        match nix::unistd::read(unsafe { std::os::fd::BorrowedFd::borrow_raw(master) }, &mut chunk) {
+        // SAFETY: `master` was received above and stays open until the close below.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(master) };
+        match nix::unistd::read(fd, &mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&chunk[..n]),
         }

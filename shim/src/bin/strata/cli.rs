@@ -494,7 +494,9 @@ mod tests {
             "id1",
         ])
         .unwrap();
-        assert!(matches!(c.command, Command::Create(ref a) if a.id == "id1" && a.bundle == PathBuf::from("/b")));
+        assert!(
+            matches!(c.command, Command::Create(ref a) if a.id == "id1" && a.bundle.as_path() == std::path::Path::new("/b"))
+        );
         let c = Cli::try_parse_from(["strata", "exec", "-t", "id1", "sh", "-c", "echo hi"]).unwrap();
         assert!(matches!(c.command, Command::Exec { ref command, tty: true, .. } if command.len() == 3));
         let c = Cli::try_parse_from(["strata", "kill", "--all", "id1", "KILL"]).unwrap();
