@@ -346,6 +346,18 @@ pub fn resume(root: &StateRoot, id: &str) -> Result<()> {
     Ok(Cgroup::open(st.cgroup_path).thaw()?)
 }
 
+/// Changes the resources of a live container (`strata update`). The host must offer every
+/// controller asked for; nothing is changed otherwise.
+pub fn update(root: &StateRoot, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+    let st = root.load(id)?;
+    let s = status(&st);
+    if s == Status::Stopped {
+        return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "update it" });
+    }
+    Hierarchy::detect()?.check_resources(resources)?;
+    Ok(Cgroup::open(st.cgroup_path).update(resources)?)
+}
+
 /// The pids in the container's cgroup.
 pub fn pids(root: &StateRoot, id: &str) -> Result<Vec<i32>> {
     let st = root.load(id)?;

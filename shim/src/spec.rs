@@ -38,6 +38,29 @@ pub const MASKED_PATHS: [&str; 10] = [
 /// Paths the container sees read-only.
 pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
+/// The device rules of the default configuration: deny everything, then allow the devices
+/// the engine creates in /dev, the pty devices and mknod (opening a node still needs a rule).
+pub fn default_device_rules() -> Value {
+    let allow = |major: i64, minor: Option<i64>| match minor {
+        Some(m) => json!({"allow": true, "type": "c", "major": major, "minor": m, "access": "rwm"}),
+        None => json!({"allow": true, "type": "c", "major": major, "access": "rwm"}),
+    };
+    json!([
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "access": "m"},
+        {"allow": true, "type": "b", "access": "m"},
+        allow(1, Some(3)),
+        allow(1, Some(5)),
+        allow(1, Some(7)),
+        allow(1, Some(8)),
+        allow(1, Some(9)),
+        allow(5, Some(0)),
+        allow(5, Some(1)),
+        allow(5, Some(2)),
+        allow(136, None)
+    ])
+}
+
 /// The default configuration. `terminal` is runc's default (true); `args` the program. The
 /// seccomp profile is Docker's default, resolved against the default capabilities.
 pub fn default_config(args: &[String], terminal: bool) -> Value {
@@ -78,6 +101,7 @@ pub fn default_config(args: &[String], terminal: bool) -> Value {
                 {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
             ],
+            "resources": {"devices": default_device_rules()},
             "seccomp": profile,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS

@@ -175,6 +175,32 @@ pub enum Command {
         /// The container id.
         id: String,
     },
+    /// Change the resource limits of a running container.
+    Update {
+        /// The container id.
+        id: String,
+        /// JSON file with runtime-spec `linux.resources` ("-" for stdin).
+        #[arg(short, long)]
+        resources: Option<PathBuf>,
+        /// Memory limit in bytes (-1 for no limit).
+        #[arg(long, allow_hyphen_values = true)]
+        memory: Option<i64>,
+        /// Memory plus swap limit in bytes (-1 for no limit).
+        #[arg(long, allow_hyphen_values = true)]
+        memory_swap: Option<i64>,
+        /// Maximum number of processes (0 or less for no limit).
+        #[arg(long, allow_hyphen_values = true)]
+        pids_limit: Option<i64>,
+        /// CPU quota in microseconds per period (-1 for no limit).
+        #[arg(long, allow_hyphen_values = true)]
+        cpu_quota: Option<i64>,
+        /// CPU period in microseconds.
+        #[arg(long)]
+        cpu_period: Option<u64>,
+        /// CPU shares (relative weight).
+        #[arg(long)]
+        cpu_share: Option<u64>,
+    },
     /// Print what this runtime supports (runtime-spec features document).
     Features,
     /// Write a default config.json.
@@ -343,6 +369,48 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Resume { id } => {
             container::resume(&state_root(&cli)?, id)?;
+            Ok(0)
+        }
+        Command::Update { id, resources, memory, memory_swap, pids_limit, cpu_quota, cpu_period, cpu_share } => {
+            let mut r = match resources {
+                Some(p) if p.as_os_str() == "-" => {
+                    let mut data = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).context("reading stdin")?;
+                    serde_json::from_slice(&data).context("stdin: invalid linux.resources JSON")?
+                }
+                Some(p) => {
+                    let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                    serde_json::from_slice(&data).with_context(|| format!("{}: invalid linux.resources JSON", p.display()))?
+                }
+                None => serde_json::json!({}),
+            };
+            let set = |r: &mut serde_json::Value, section: &str, key: &str, v: serde_json::Value| {
+                if r.get(section).is_none() {
+                    r[section] = serde_json::json!({});
+                }
+                r[section][key] = v;
+            };
+            if let Some(v) = memory {
+                set(&mut r, "memory", "limit", (*v).into());
+            }
+            if let Some(v) = memory_swap {
+                set(&mut r, "memory", "swap", (*v).into());
+            }
+            if let Some(v) = pids_limit {
+                set(&mut r, "pids", "limit", (*v).into());
+            }
+            if let Some(v) = cpu_quota {
+                set(&mut r, "cpu", "quota", (*v).into());
+            }
+            if let Some(v) = cpu_period {
+                set(&mut r, "cpu", "period", (*v).into());
+            }
+            if let Some(v) = cpu_share {
+                set(&mut r, "cpu", "shares", (*v).into());
+            }
+            let resources: oci_spec::runtime::LinuxResources =
+                serde_json::from_value(r).context("invalid resources")?;
+            container::update(&state_root(&cli)?, id, &resources)?;
             Ok(0)
         }
         Command::Features => {
