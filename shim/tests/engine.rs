@@ -385,7 +385,7 @@ fn spec_then_run() {
 
 #[test]
 fn features_document() {
-    let out = std::process::Command::new(STRATA).arg("features").output().unwrap();
+    let out = std::process::Command::new(strata_bin()).arg("features").output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["linux"]["cgroup"]["v2"], true);
     assert!(v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n == "user"));
@@ -399,7 +399,8 @@ fn device_rules_deny_what_is_not_allowed() {
         "devices",
         "head -c1 /dev/mem >/dev/null 2>&1 && echo mem-open || echo mem-denied; head -c1 /dev/zero | wc -c; echo x > /dev/null && echo null-ok",
     );
-    c.config["linux"]["devices"] = json!([{"path": "/dev/mem", "type": "c", "major": 1, "minor": 1, "fileMode": 0o640}]);
+    c.config["linux"]["devices"] =
+        json!([{"path": "/dev/mem", "type": "c", "major": 1, "minor": 1, "fileMode": 0o640}]);
     let out = c.run_ok();
     assert_eq!(out, "mem-denied\n1\nnull-ok\n");
 }

@@ -10,8 +10,16 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
-pub const CGROUP2: &str = "/sys/fs/cgroup/unified";
+/// The strata binary: `$STRATA_BIN` (the VM suite passes the static one), else cargo's.
+pub fn strata_bin() -> String {
+    std::env::var("STRATA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strata").to_string())
+}
+/// Where cgroup2 is mounted: /sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on a
+/// pure one (the VM).
+pub fn cgroup2_mount() -> PathBuf {
+    let hybrid = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
+    if hybrid.exists() { PathBuf::from("/sys/fs/cgroup/unified") } else { PathBuf::from("/sys/fs/cgroup") }
+}
 
 /// Fails clearly when the tests cannot run here.
 pub fn require_root() {
@@ -24,8 +32,11 @@ pub fn busybox_rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
         require_root();
-        // Built once per test binary into cargo's per-target scratch directory.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("busybox-rootfs-{}", std::process::id()));
+        // Built once per test binary into cargo's per-target scratch directory (or the system's
+        // temporary directory where that does not exist, as inside the VM).
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let base = if scratch.is_dir() { scratch.to_path_buf() } else { std::env::temp_dir() };
+        let dir = base.join(format!("busybox-rootfs-{}", std::process::id()));
         build_busybox_rootfs(&dir);
         dir
     })
@@ -80,7 +91,7 @@ impl TestContainer {
 
     /// `strata --root R <args>` with the bundle as working directory.
     pub fn strata(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(STRATA);
+        let mut c = Command::new(strata_bin());
         c.arg("--root").arg(&self.root).args(args).current_dir(&self.dir);
         c
     }
@@ -131,7 +142,7 @@ impl TestContainer {
     pub fn cgroup_dir(&self) -> PathBuf {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/').to_string();
-        Path::new(CGROUP2).join(rel).join("strata").join(&self.id)
+        cgroup2_mount().join(rel).join("strata").join(&self.id)
     }
 
     /// Asserts that nothing of the container is left: state, cgroup, processes.

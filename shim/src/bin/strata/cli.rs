@@ -380,7 +380,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 }
                 Some(p) => {
                     let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    serde_json::from_slice(&data).with_context(|| format!("{}: invalid linux.resources JSON", p.display()))?
+                    serde_json::from_slice(&data)
+                        .with_context(|| format!("{}: invalid linux.resources JSON", p.display()))?
                 }
                 None => serde_json::json!({}),
             };

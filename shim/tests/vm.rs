@@ -1,0 +1,132 @@
+//! Containers with real cgroup v2 limits, on a pure cgroup2 kernel. The host's hybrid layout
+//! offers none of these controllers, so these tests are ignored on the host and run inside the
+//! VM by `vmtest/containers.sh` (`--include-ignored`, with `STRATA_BIN` naming the static
+//! binary).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const VM_ONLY: &str = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh";
+
+fn wait_stopped(c: &TestContainer, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while c.state()["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "container did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read(path: impl AsRef<std::path::Path>) -> String {
+    std::fs::read_to_string(path.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
+}
+
+fn keyed(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{key} missing in:\n{text}"))
+}
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn memory_limit_oom_kills_and_is_counted() {
+    let _ = VM_ONLY;
+    let mut c = TestContainer::new("oom", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived");
+    c.config["linux"]["resources"]["memory"] = json!({"limit": 33554432, "swap": 33554432});
+    c.create();
+    let cg = c.cgroup_dir();
+    assert_eq!(read(cg.join("memory.max")).trim(), "33554432");
+    c.ok(&["start", &c.id]);
+    wait_stopped(&c, Duration::from_secs(60));
+    let events = read(cg.join("memory.events"));
+    assert!(keyed(&events, "oom_kill ") >= 1, "no oom_kill in memory.events:\n{events}");
+    c.ok(&["delete", &c.id]);
+    c.assert_gone(None);
+}
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn pids_limit_makes_forks_fail() {
+    let mut c = TestContainer::new(
+        "pids",
+        "n=0; for i in $(seq 20); do sleep 2 & n=$((n+1)); done 2>/dev/null; echo started; cat /sys/fs/cgroup/pids.max",
+    );
+    c.config["linux"]["resources"]["pids"] = json!({"limit": 6});
+    c.create();
+    let cg = c.cgroup_dir();
+    c.ok(&["start", &c.id]);
+    wait_stopped(&c, Duration::from_secs(60));
+    let events = read(cg.join("pids.events"));
+    assert!(keyed(&events, "max ") >= 1, "no refused fork in pids.events:\n{events}");
+    c.ok(&["delete", "--force", &c.id]);
+    c.assert_gone(None);
+}
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn cpu_quota_throttles_seen_from_inside() {
+    let mut c = TestContainer::new(
+        "cpu",
+        "(while :; do :; done) & sleep 1; kill $!; grep -E '^(nr_throttled|throttled_usec)' /sys/fs/cgroup/cpu.stat; cat /sys/fs/cgroup/cpu.max",
+    );
+    c.config["linux"]["resources"]["cpu"] = json!({"quota": 10000, "period": 100000, "shares": 512});
+    let out = c.run_ok();
+    assert!(keyed(&out, "nr_throttled ") > 0, "not throttled:\n{out}");
+    assert!(out.contains("10000 100000"), "{out}");
+}
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn io_max_is_written_for_the_device() {
+    let mut c = TestContainer::new("io", "cat /sys/fs/cgroup/io.max");
+    // /dev/loop0 (7:0) exists in the VM.
+    c.config["linux"]["resources"]["blockIO"] = json!({
+        "throttleReadBpsDevice": [{"major": 7, "minor": 0, "rate": 1048576}],
+        "throttleWriteIOPSDevice": [{"major": 7, "minor": 0, "rate": 100}]
+    });
+    let out = c.run_ok();
+    assert!(out.contains("7:0 rbps=1048576 wbps=max riops=max wiops=100"), "{out}");
+}
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn update_pause_resume_and_kill_all_of_a_running_container() {
+    let mut c = TestContainer::new("live", "sleep 100 & sleep 100 & while :; do sleep 0.1; done");
+    c.config["linux"]["resources"]["pids"] = json!({"limit": 100});
+    c.config["linux"]["resources"]["memory"] = json!({"limit": 268435456});
+    c.create();
+    c.ok(&["start", &c.id]);
+    let cg = c.cgroup_dir();
+    c.ok(&["update", "--pids-limit", "50", "--memory", "134217728", &c.id]);
+    assert_eq!(read(cg.join("pids.max")).trim(), "50");
+    assert_eq!(read(cg.join("memory.max")).trim(), "134217728");
+
+    c.ok(&["pause", &c.id]);
+    assert_eq!(c.state()["status"], "paused");
+    assert!(read(cg.join("cgroup.events")).contains("frozen 1"));
+    c.ok(&["resume", &c.id]);
+    assert_eq!(c.state()["status"], "running");
+
+    let pids: Vec<i32> = serde_json::from_str(&c.ok(&["ps", "--format", "json", &c.id])).unwrap();
+    assert!(pids.len() >= 3, "{pids:?}");
+    c.ok(&["kill", "--all", &c.id, "KILL"]);
+    wait_stopped(&c, Duration::from_secs(20));
+    assert!(read(cg.join("cgroup.procs")).trim().is_empty());
+    c.ok(&["delete", &c.id]);
+    c.assert_gone(None);
+}
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn device_rules_in_the_vm() {
+    let mut c = TestContainer::new(
+        "dev",
+        "head -c1 /dev/mem >/dev/null 2>&1 && echo mem-open || echo mem-denied; head -c1 /dev/zero | wc -c",
+    );
+    c.config["linux"]["devices"] = json!([{"path": "/dev/mem", "type": "c", "major": 1, "minor": 1}]);
+    assert_eq!(c.run_ok(), "mem-denied\n1\n");
+}
