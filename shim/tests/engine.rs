@@ -404,3 +404,23 @@ fn device_rules_deny_what_is_not_allowed() {
     let out = c.run_ok();
     assert_eq!(out, "mem-denied\n1\nnull-ok\n");
 }
+
+#[test]
+fn demo_builds_an_image_and_runs_it() {
+    require_root();
+    let root = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(strata_bin())
+        .arg("--root")
+        .arg(root.path())
+        .arg("demo")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("hello from a strata container"), "{text}");
+    assert!(text.contains("hostname: strata-demo"), "{text}");
+    assert!(text.contains("pid:      1 "), "{text}");
+    assert!(text.contains("exited (0) and deleted in"), "{text}");
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "demo left state behind");
+}

@@ -17,7 +17,7 @@ echo "hostname: $(hostname)"
 echo "pid:      $$ (pid 1 means a pid namespace of its own)"
 echo "user:     $(id)"
 echo "kernel:   $(uname -sr)"
-echo "root:     $(ls /)"
+echo "root:     $(echo $(ls /))"
 grep -E '^(CapEff|NoNewPrivs)' /proc/self/status
 "#;
 
