@@ -69,6 +69,19 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
+/// Splits `linux.resources` into everything but the device rules, and the device rules alone.
+fn split_device_rules(
+    r: Option<&oci_spec::runtime::LinuxResources>,
+) -> (Option<oci_spec::runtime::LinuxResources>, Option<oci_spec::runtime::LinuxResources>) {
+    let Some(r) = r else { return (None, None) };
+    let Some(devices) = r.devices().clone() else { return (Some(r.clone()), None) };
+    let mut rest = r.clone();
+    rest.set_devices(None);
+    let mut only = oci_spec::runtime::LinuxResources::default();
+    only.set_devices(Some(devices));
+    (Some(rest), Some(only))
+}
+
 /// The cgroup a container gets: `linux.cgroupsPath`, or `strata/<id>` under the caller's cgroup.
 fn cgroup_location(h: &Hierarchy, bundle: &Bundle, id: &str) -> Result<PathBuf> {
     let path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
@@ -109,7 +122,10 @@ pub fn create(
     let dir = root.create_dir(id)?;
     let mut guard = CreateGuard { root, id: id.to_string(), cgroup: None, pids: Vec::new(), armed: true };
     let cg_rel = cgroup_location(&hierarchy, bundle, id)?;
-    let cgroup = Cgroup::create(&hierarchy, &cg_rel, linux.resources().as_ref())?;
+    // Device rules are applied once the init has made /dev (as runc does): the program also
+    // governs mknod, and the init creates the default nodes inside the cgroup.
+    let (resources, device_rules) = split_device_rules(linux.resources().as_ref());
+    let cgroup = Cgroup::create(&hierarchy, &cg_rel, resources.as_ref())?;
     guard.cgroup = Some(cgroup.clone());
 
     let gate = if gate_channel { Gate::Channel } else { Gate::Socket(listen_start_socket(&dir)?) };
@@ -163,6 +179,9 @@ pub fn create(
             (m, _) => return Err(Error::Init(format!("unexpected {m:?} from the init"))),
         }
     }
+    if let Some(rules) = &device_rules {
+        cgroup.apply(rules)?;
+    }
     let state = ContainerState {
         oci_version: spec.version().clone(),
         id: id.to_string(),
@@ -185,9 +204,20 @@ pub fn create(
     Ok(Created { state, channel: Some(parent_end), pty_master })
 }
 
+/// The caller's user name from /etc/passwd (read directly: NSS modules are slow to load and
+/// the runtime's state needs only the name), or the uid.
 fn owner_name() -> String {
-    let uid = nix::unistd::geteuid();
-    nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+    let uid = nix::unistd::geteuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
 }
 
 /// Writes a pid file atomically, as runc does.

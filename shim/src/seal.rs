@@ -4,20 +4,73 @@
 //! `/proc/<pid>/exe` is the runtime's binary until it executes the user's program. A process
 //! in the container could open that link and, once the runtime exits, write through it to
 //! replace the host's binary. To rule this out, commands that make container processes first
-//! re-execute the runtime from a sealed memfd copy: `/proc/<pid>/exe` then names an anonymous
-//! file that no one can write (F_SEAL_WRITE, F_SEAL_GROW, F_SEAL_SHRINK, F_SEAL_SEAL).
+//! re-execute the runtime through a path no one can write:
+//!
+//! 1. If the binary already lives on a read-only mount, nothing is needed.
+//! 2. Otherwise the runtime moves into a private mount namespace, bind-mounts its binary onto
+//!    itself read-only, opens it, detaches the mount and executes that descriptor: the new
+//!    `/proc/<pid>/exe` refers to the file through a detached read-only mount, so opening it
+//!    for writing fails with EROFS. This costs a few mount calls instead of a copy.
+//! 3. Where mounting is not allowed, it executes a sealed memfd copy (F_SEAL_WRITE,
+//!    F_SEAL_GROW, F_SEAL_SHRINK, F_SEAL_SEAL), which no one can write either.
 
 use crate::error::{Error, Result, SysContext};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 const MEMFD_NAME: &str = "strata-sealed";
+/// Set in the environment of the re-executed runtime.
+const REEXEC_MARK: &str = "_STRATA_REEXEC";
 
 /// Whether the running binary is already the sealed copy.
 pub fn is_sealed() -> bool {
     std::fs::read_link("/proc/self/exe")
         .map(|p| p.to_string_lossy().starts_with(&format!("/memfd:{MEMFD_NAME}")))
         .unwrap_or(false)
+}
+
+/// Whether the running binary cannot be written through `/proc/self/exe`: a sealed copy, or a
+/// file on a read-only mount.
+pub fn is_protected() -> bool {
+    if is_sealed() {
+        return true;
+    }
+    std::fs::File::open("/proc/self/exe")
+        .ok()
+        .and_then(|f| nix::sys::statvfs::fstatvfs(&f).ok())
+        .is_some_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+}
+
+/// Opens the running binary through a read-only bind mount of it, made in a private mount
+/// namespace and detached at once (the descriptor keeps it alive for exec).
+pub fn read_only_view() -> Result<OwnedFd> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let exe = std::fs::read_link("/proc/self/exe").ctx(|| "reading /proc/self/exe".into())?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).ctx(|| "unshare(mount namespace)".into())?;
+    // Nothing mounted from here on may propagate back to the host's namespace.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .ctx(|| "making / a slave mount".into())?;
+    mount(Some(&exe), &exe, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .ctx(|| format!("bind-mounting {}", exe.display()))?;
+    let result = mount(
+        None::<&str>,
+        &exe,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .ctx(|| format!("remounting {} read-only", exe.display()))
+    .and_then(|()| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&exe)
+            .ctx(|| format!("opening {}", exe.display()))?;
+        Ok(OwnedFd::from(f))
+    });
+    umount2(&exe, MntFlags::MNT_DETACH).ctx(|| format!("detaching {}", exe.display()))?;
+    result
 }
 
 /// Makes a sealed memfd copy of the running binary.
@@ -67,13 +120,23 @@ pub fn sealed_copy() -> Result<OwnedFd> {
     Ok(memfd)
 }
 
-/// Re-executes the runtime from a sealed copy unless it already runs from one. Returns only on
-/// failure.
+/// Re-executes the runtime through a read-only view of its binary (or a sealed copy) unless it
+/// already runs from one. Returns only on failure.
 pub fn reexec_sealed() -> Result<()> {
-    if is_sealed() {
+    if is_protected() {
         return Ok(());
     }
-    let memfd = sealed_copy()?;
+    if std::env::var_os(REEXEC_MARK).is_some() {
+        // Already re-executed once; never loop.
+        return Err(Error::Invalid("the runtime binary could not be protected from writes".into()));
+    }
+    let memfd = match read_only_view() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!("read-only view of the runtime binary failed ({e}); using a sealed copy");
+            sealed_copy()?
+        }
+    };
     let args: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())))
         .collect::<std::result::Result<_, _>>()
@@ -85,6 +148,7 @@ pub fn reexec_sealed() -> Result<()> {
             b.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()));
             CString::new(b)
         })
+        .chain(std::iter::once(CString::new(format!("{REEXEC_MARK}=1"))))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::Invalid("environment contains a NUL byte".into()))?;
     let e = nix::unistd::fexecve(&memfd, &args, &env).err().unwrap_or(nix::errno::Errno::EINVAL);

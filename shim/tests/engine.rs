@@ -148,13 +148,8 @@ fn exit_codes_and_signals() {
     // pid 1 gets the signal from `strata kill` and its handler runs.
     let c = TestContainer::new("trap", "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done");
     c.write_config();
-    let child = c.strata(&["run", &c.id]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
-    wait_until(|| {
-        c.strata(&["state", &c.id])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("running"))
-            .unwrap_or(false)
-    });
+    let mut child = c.strata(&["run", &c.id]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+    wait_running(&c, &mut child);
     std::thread::sleep(std::time::Duration::from_millis(200));
     c.ok(&["kill", &c.id, "TERM"]);
     let out = child.wait_with_output().unwrap();
@@ -164,20 +159,30 @@ fn exit_codes_and_signals() {
     // SIGKILL from outside: 128 + 9.
     let c = TestContainer::new("sigkill", "echo ready; exec sleep 100");
     c.write_config();
-    let child = c.strata(&["run", &c.id]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
-    wait_until(|| {
-        c.strata(&["state", &c.id])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("running"))
-            .unwrap_or(false)
-    });
+    let mut child = c.strata(&["run", &c.id]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+    wait_running(&c, &mut child);
     c.ok(&["kill", &c.id, "KILL"]);
     assert_eq!(child.wait_with_output().unwrap().status.code(), Some(137));
     c.assert_gone(None);
 }
 
+/// Waits until a container started by `strata run` (child) is running; fails at once if the
+/// runtime exited first.
+fn wait_running(c: &TestContainer, child: &mut std::process::Child) {
+    wait_until(|| {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("strata run exited early with {status}");
+        }
+        c.strata(&["state", &c.id])
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("running"))
+            .unwrap_or(false)
+    });
+}
+
 fn wait_until(mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !f() {
         assert!(std::time::Instant::now() < deadline, "timed out");
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -232,13 +237,25 @@ fn lifecycle_create_start_exec_pause_kill_delete() {
     let st = c.state();
     assert_eq!(st["status"], "created");
     let pid = st["pid"].as_i64().unwrap() as i32;
-    // The process waiting in the container runs from a sealed copy of the runtime, which
-    // cannot be written through /proc/<pid>/exe.
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    assert!(exe.display().to_string().starts_with("/memfd:strata-sealed"), "{}", exe.display());
-    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/exe")) {
-        use std::io::Write;
-        assert!(f.write_all(b"x").is_err(), "the runtime binary was writable from /proc/pid/exe");
+    // The process waiting in the container is the runtime, seen through a read-only mount
+    // (or a sealed copy): /proc/<pid>/exe cannot be opened for writing, while the binary on
+    // the host stays writable for its owner.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let seen = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap();
+        let binary = std::fs::metadata(strata_bin()).unwrap();
+        // Same file (read-only view), or a copy of the same size (sealed memfd).
+        assert!((seen.dev(), seen.ino()) == (binary.dev(), binary.ino()) || seen.size() == binary.size());
+    }
+    match std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/exe")) {
+        Err(e) => assert!(
+            matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY) | Some(libc::EPERM)),
+            "unexpected error {e}"
+        ),
+        Ok(mut f) => {
+            use std::io::Write;
+            assert!(f.write_all(b"x").is_err(), "the runtime binary was writable through /proc/pid/exe");
+        }
     }
     c.ok(&["start", &c.id]);
     assert_eq!(c.state()["status"], "running");
@@ -394,15 +411,22 @@ fn features_document() {
 
 #[test]
 fn device_rules_deny_what_is_not_allowed() {
-    // /dev/mem exists in the container (linux.devices) but the default rules do not allow it.
+    // A rule set without /dev/zero (c 1:5): the node exists in /dev, but the cgroup's eBPF
+    // device program refuses to open it; /dev/null stays usable.
     let mut c = TestContainer::new(
         "devices",
-        "head -c1 /dev/mem >/dev/null 2>&1 && echo mem-open || echo mem-denied; head -c1 /dev/zero | wc -c; echo x > /dev/null && echo null-ok",
+        "head -c1 /dev/zero >/dev/null 2>/tmp/err && echo zero-open || echo zero-denied; echo x > /dev/null && echo null-ok",
     );
-    c.config["linux"]["devices"] =
-        json!([{"path": "/dev/mem", "type": "c", "major": 1, "minor": 1, "fileMode": 0o640}]);
-    let out = c.run_ok();
-    assert_eq!(out, "mem-denied\n1\nnull-ok\n");
+    c.config["root"]["readonly"] = json!(false);
+    c.config["linux"]["resources"]["devices"] = json!([
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 136, "access": "rwm"}
+    ]);
+    assert_eq!(c.run_ok(), "zero-denied\nnull-ok\n");
+    // With the default rules /dev/zero opens.
+    let c = TestContainer::new("devices2", "head -c1 /dev/zero | wc -c");
+    assert_eq!(c.run_ok().trim(), "1");
 }
 
 #[test]
