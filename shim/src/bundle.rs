@@ -30,7 +30,17 @@ impl Bundle {
         let spec = parse_config(&file)?;
         let rootfs = validate(&file, &dir, &spec)?;
         let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-            Some(sc) => Some(seccomp::compile(sc).map_err(|e| config_error(&file, "linux.seccomp", e.to_string()))?),
+            Some(sc) => {
+                let filter = seccomp::compile(sc).map_err(|e| config_error(&file, "linux.seccomp", e.to_string()))?;
+                if filter.uses_notify() && sc.listener_path().is_none() {
+                    return Err(config_error(
+                        &file,
+                        "linux.seccomp.listenerPath",
+                        "SCMP_ACT_NOTIFY is used but no listener path is given",
+                    ));
+                }
+                Some(filter)
+            }
             None => None,
         };
         Ok(Bundle { dir, spec, rootfs, seccomp })

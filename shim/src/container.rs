@@ -171,10 +171,12 @@ pub fn create(
     guard.pids.retain(|p| *p != stage1);
 
     let mut pty_master = None;
+    let mut seccomp_listener = None;
     loop {
         match parent_end.recv()? {
             (Msg::Ready, _) => break,
             (Msg::Pty, fd) => pty_master = fd,
+            (Msg::SeccompListener, fd) => seccomp_listener = fd,
             (Msg::Error(e), _) => return Err(Error::Init(e)),
             (m, _) => return Err(Error::Init(format!("unexpected {m:?} from the init"))),
         }
@@ -197,6 +199,9 @@ pub fn create(
         started: false,
     };
     root.save(&state)?;
+    if let Some(fd) = seccomp_listener {
+        send_seccomp_listener(linux.seccomp().as_ref(), &fd, &state, init_pid)?;
+    }
     if let Some(p) = &opts.pid_file {
         write_pid_file(p, init_pid)?;
     }
@@ -218,6 +223,47 @@ fn owner_name() -> String {
             })
         })
         .unwrap_or_else(|| uid.to_string())
+}
+
+/// Passes a seccomp user-notification listener to `linux.seccomp.listenerPath` with the
+/// runtime-spec "container process state" document, as runc and crun do.
+pub fn send_seccomp_listener(
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    listener: &OwnedFd,
+    st: &ContainerState,
+    pid: i32,
+) -> Result<()> {
+    let path = seccomp
+        .and_then(|s| s.listener_path().clone())
+        .ok_or_else(|| Error::Invalid("linux.seccomp.listenerPath: SCMP_ACT_NOTIFY needs a listener path".into()))?;
+    let doc = serde_json::json!({
+        "ociVersion": st.oci_version,
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": seccomp.and_then(|s| s.listener_metadata().clone()).unwrap_or_default(),
+        "state": {
+            "ociVersion": st.oci_version,
+            "id": st.id,
+            "status": "creating",
+            "pid": st.pid,
+            "bundle": st.bundle,
+            "annotations": st.annotations,
+        }
+    });
+    let sock = std::os::unix::net::UnixStream::connect(&path)
+        .ctx(|| format!("linux.seccomp.listenerPath: connecting to {}", path.display()))?;
+    let data = doc.to_string();
+    let iov = [std::io::IoSlice::new(data.as_bytes())];
+    let fds = [listener.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .ctx(|| format!("linux.seccomp.listenerPath: sending to {}", path.display()))?;
+    Ok(())
 }
 
 /// Writes a pid file atomically, as runc does.

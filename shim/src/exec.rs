@@ -103,10 +103,12 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
         };
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
         let mut pty = None;
+        let mut seccomp_listener = None;
         loop {
             match parent_end.recv() {
                 Ok((Msg::Ready, _)) => break,
                 Ok((Msg::Pty, fd)) => pty = fd,
+                Ok((Msg::SeccompListener, fd)) => seccomp_listener = fd,
                 Ok((Msg::Error(e), _)) => {
                     reap(pid);
                     return Err(Error::Init(e));
@@ -119,6 +121,13 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
                     reap(pid);
                     return Err(e);
                 }
+            }
+        }
+        if let Some(fd) = seccomp_listener {
+            let sc = bundle.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+            if let Err(e) = container::send_seccomp_listener(sc, &fd, &st, pid) {
+                reap(pid);
+                return Err(e);
             }
         }
         Ok((pid, pty))
@@ -212,14 +221,22 @@ fn exec_process(
     let c_args = process::cstrings(&argv, "args")?;
     let c_env = process::cstrings(&env, "env")?;
     let nnp = p.no_new_privileges().unwrap_or(false);
+    let notify = filter.is_some_and(|f| f.uses_notify());
     if !nnp && let Some(f) = filter {
-        f.install()?;
+        crate::init::send_listener(chan, f.install()?)?;
     }
     process::switch_user_and_caps(p.user(), p.capabilities().as_ref())?;
+    if nnp
+        && notify
+        && let Some(f) = filter
+    {
+        sys::set_no_new_privs().ctx(|| "noNewPrivileges: prctl".into())?;
+        crate::init::send_listener(chan, f.install()?)?;
+    }
     sys::set_parent_death_signal(0).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     chan.send(&Msg::Ready, None)?;
     chan.expect(&Msg::Start)?;
-    if nnp {
+    if nnp && !notify {
         sys::set_no_new_privs().ctx(|| "noNewPrivileges: prctl".into())?;
         if let Some(f) = filter {
             f.install()?;

@@ -175,13 +175,22 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
     nix::unistd::chdir(proc_.cwd()).ctx(|| format!("process.cwd: chdir {}", proc_.cwd().display()))?;
 
     let nnp = proc_.no_new_privileges().unwrap_or(false);
+    let notify = args.seccomp.as_ref().is_some_and(|f| f.uses_notify());
     // Without no_new_privs the kernel accepts a filter only while CAP_SYS_ADMIN is held, so it
-    // is installed before the identity switch; with it, as late as possible.
-    let mut listener = None;
+    // is installed before the identity switch; with it, as late as possible — except that a
+    // filter with a user-notification listener must be in place before `Ready`, so that the
+    // runtime can hand the listener to linux.seccomp.listenerPath.
     if !nnp && let Some(f) = &args.seccomp {
-        listener = f.install()?;
+        send_listener(chan, f.install()?)?;
     }
     process::switch_user_and_caps(proc_.user(), proc_.capabilities().as_ref())?;
+    if nnp
+        && notify
+        && let Some(f) = &args.seccomp
+    {
+        sys::set_no_new_privs().ctx(|| "process.noNewPrivileges: prctl".into())?;
+        send_listener(chan, f.install()?)?;
+    }
 
     sys::set_parent_death_signal(0).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     chan.send(&Msg::Ready, None)?;
@@ -191,18 +200,23 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
         }
         Gate::Socket(listener) => wait_for_start(listener)?,
     }
-    if nnp {
+    if nnp && !notify {
         sys::set_no_new_privs().ctx(|| "process.noNewPrivileges: prctl".into())?;
         if let Some(f) = &args.seccomp {
-            listener = f.install()?;
+            f.install()?;
         }
-    }
-    if listener.is_some() {
-        return Err(Error::Invalid("linux.seccomp: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath".into()));
     }
     sys::reset_signals();
     sys::cloexec_from(3 + args.preserve_fds).ctx(|| "close_range".into())?;
     Err(process::exec(&program, &c_args, &c_env))
+}
+
+/// Hands a seccomp user-notification listener to the runtime, which passes it on.
+pub fn send_listener(chan: &Channel, listener: Option<OwnedFd>) -> Result<()> {
+    match listener {
+        Some(fd) => chan.send(&Msg::SeccompListener, Some(fd.as_raw_fd())),
+        None => Ok(()),
+    }
 }
 
 /// Blocks until `strata start` connects to the gate socket and sends its byte.

@@ -20,6 +20,8 @@ pub enum Msg {
     Pid(i32),
     /// A pty master follows as the attached descriptor.
     Pty,
+    /// A seccomp user-notification listener follows as the attached descriptor.
+    SeccompListener,
     /// The process is set up and waits at the start gate.
     Ready,
     /// Start the user's program.

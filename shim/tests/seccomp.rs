@@ -255,3 +255,67 @@ fn exec_processes_get_the_filter_too() {
     assert!(tried(&out, "linux32").ends_with("Operation not permitted"), "{out}");
     c.ok(&["delete", "--force", &c.id]);
 }
+
+#[test]
+fn notify_listener_is_sent_to_the_listener_path() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut c = TestContainer::new("notify", "mkdir /tmp/made && echo made || echo refused");
+    c.config["root"]["readonly"] = json!(false);
+    let sock_path = c.dir.join("notify.sock");
+    c.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock_path,
+        "listenerMetadata": "test-metadata",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let agent = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = nix::sys::socket::recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = msg
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                nix::sys::socket::ControlMessageOwned::ScmRights(f) => f.first().copied(),
+                _ => None,
+            })
+            .expect("no listener fd");
+        let n = msg.bytes;
+        // SAFETY: the descriptor was just received and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let doc: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+        // Closing the listener makes the kernel fail the waiting syscall (ENOSYS): the agent
+        // here refuses everything, which must never turn into a silent allow.
+        drop(fd);
+        doc
+    });
+    let out = c.run_ok();
+    let doc = agent.join().unwrap();
+    assert_eq!(doc["fds"], json!(["seccompFd"]));
+    assert_eq!(doc["metadata"], "test-metadata");
+    assert_eq!(doc["state"]["id"], c.id);
+    assert!(doc["pid"].as_i64().unwrap() > 0);
+    assert_eq!(out, "refused\n");
+}
+
+#[test]
+fn notify_without_listener_path_is_refused_at_create() {
+    let mut c = TestContainer::new("notify-nopath", "true");
+    c.config["linux"]["seccomp"] =
+        json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]});
+    c.write_config();
+    let out = c.strata(&["create", &c.id]).stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("linux.seccomp.listenerPath"), "{err}");
+    assert!(!c.root.join(&c.id).exists());
+}
