@@ -1,128 +1,35 @@
-//! Content-addressed image store: digests and verified blobs.
+//! Content-addressed image store: verified blobs, images imported from OCI layouts and archives,
+//! layers unpacked once into snapshots keyed by chain ID, files deduplicated into a content pool,
+//! overlay root file systems for containers, reference-counted garbage collection and fsck.
 //!
-//! This crate grows into the full layer store; today it holds the digest type that every other
-//! part of the store is keyed by.
+//! On-disk layout under the store root (every step that makes something visible is a rename):
+//!
+//! ```text
+//! lock                      flock: shared for container refs, exclusive for import and gc
+//! blobs/<alg>/<hex>         verified blobs (manifests, configs, compressed layers), read-only
+//! ingest/                   temp files of blobs being written; never read
+//! snapshots/<chain hex>/fs  one unpacked layer (overlayfs form), renamed into place when complete
+//! pool/<key>                content pool: one inode per (sha256, mode, uid, gid, mtime)
+//! images/<hex(name)>.json   image records: name -> manifest, config, layers, chain IDs
+//! containers/<id>/          ref.json (which image), upper/, work/, rootfs/ (the overlay mount)
+//! tmp/                      snapshots being unpacked and archives being read; cleared by gc and fsck
+//! ```
 
-use sha2::{Digest as _, Sha256, Sha512};
-use std::fmt;
-use std::str::FromStr;
+mod blobs;
+mod digest;
+mod error;
+mod fsutil;
+mod import;
+mod lower;
+mod maintain;
+mod mount;
+mod store;
+mod unpack;
 
-/// Errors of the layer store.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A digest string that is not `sha256:<64 hex>` or `sha512:<128 hex>`.
-    #[error("invalid digest {0:?}: expected sha256:<64 hex digits> or sha512:<128 hex digits>")]
-    InvalidDigest(String),
-}
-
-/// The hash algorithms a digest may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Algorithm {
-    /// SHA-256, the default of every OCI tool.
-    Sha256,
-    /// SHA-512, accepted on input.
-    Sha512,
-}
-
-impl Algorithm {
-    fn name(self) -> &'static str {
-        match self {
-            Algorithm::Sha256 => "sha256",
-            Algorithm::Sha512 => "sha512",
-        }
-    }
-    fn hex_len(self) -> usize {
-        match self {
-            Algorithm::Sha256 => 64,
-            Algorithm::Sha512 => 128,
-        }
-    }
-}
-
-/// A validated content digest such as `sha256:e3b0…`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest {
-    algorithm: Algorithm,
-    hex: String,
-}
-
-impl Digest {
-    /// Computes the digest of `data` with `algorithm`.
-    pub fn of(algorithm: Algorithm, data: &[u8]) -> Digest {
-        let hex = match algorithm {
-            Algorithm::Sha256 => hex::encode(Sha256::digest(data)),
-            Algorithm::Sha512 => hex::encode(Sha512::digest(data)),
-        };
-        Digest { algorithm, hex }
-    }
-
-    /// The algorithm part.
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
-    }
-
-    /// The lowercase hex part, safe to use as a file name.
-    pub fn hex(&self) -> &str {
-        &self.hex
-    }
-
-    /// Whether `data` hashes to this digest.
-    pub fn verify(&self, data: &[u8]) -> bool {
-        Digest::of(self.algorithm, data) == *self
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm.name(), self.hex)
-    }
-}
-
-impl FromStr for Digest {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::InvalidDigest(s.to_string());
-        let (alg, hex) = s.split_once(':').ok_or_else(bad)?;
-        let algorithm = match alg {
-            "sha256" => Algorithm::Sha256,
-            "sha512" => Algorithm::Sha512,
-            _ => return Err(bad()),
-        };
-        let valid =
-            hex.len() == algorithm.hex_len() && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid {
-            return Err(bad());
-        }
-        Ok(Digest { algorithm, hex: hex.to_string() })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn empty_sha256_is_well_known() {
-        let d = Digest::of(Algorithm::Sha256, b"");
-        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-    }
-
-    #[test]
-    fn rejects_traversal_and_uppercase() {
-        for bad in ["sha256:../../etc/passwd", "md5:abcd", "sha256", &format!("sha256:{}", "A".repeat(64))] {
-            assert!(bad.parse::<Digest>().is_err(), "{bad} accepted");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn display_parse_round_trip(data in proptest::collection::vec(any::<u8>(), 0..256), sha512 in any::<bool>()) {
-            let alg = if sha512 { Algorithm::Sha512 } else { Algorithm::Sha256 };
-            let d = Digest::of(alg, &data);
-            let back: Digest = d.to_string().parse().unwrap();
-            prop_assert_eq!(&back, &d);
-            prop_assert!(back.verify(&data));
-        }
-    }
-}
+pub use blobs::{BlobStore, Ingested};
+pub use digest::{Algorithm, Digest, Hasher, HashingReader};
+pub use error::{Error, Result};
+pub use import::host_arch;
+pub use maintain::{DiskUsage, FsckProblem, FsckReport, GcReport};
+pub use store::{ContainerRef, ImageRecord, Store};
+pub use unpack::{UnpackOptions, UnpackStats, unpack_layer};

@@ -214,6 +214,12 @@ pub enum Command {
     },
     /// Build a small image, run a container from it and print its output and start time.
     Demo,
+    /// Manage images: import, ls, inspect, export, rm, du, run.
+    Image(crate::image::ImageArgs),
+    /// Remove blobs, snapshots and pooled files that no image or container uses.
+    Gc(crate::image::GcArgs),
+    /// Verify every blob, snapshot and pooled file of the image store.
+    Fsck(crate::image::FsckArgs),
 }
 
 fn state_root(cli: &Cli) -> Result<StateRoot> {
@@ -222,7 +228,10 @@ fn state_root(cli: &Cli) -> Result<StateRoot> {
 
 /// Runs the command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> Result<i32> {
-    if matches!(cli.command, Command::Create(_) | Command::Run { .. } | Command::Exec { .. } | Command::Demo) {
+    if matches!(
+        cli.command,
+        Command::Create(_) | Command::Run { .. } | Command::Exec { .. } | Command::Demo | Command::Image(_)
+    ) {
         engine::seal::reexec_sealed().context("protecting the runtime binary")?;
     }
     match &cli.command {
@@ -436,6 +445,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Demo => crate::demo::run(&state_root(&cli)?),
+        Command::Image(a) => crate::image::image(&cli.root, a),
+        Command::Gc(a) => crate::image::gc(&cli.root, a),
+        Command::Fsck(a) => crate::image::fsck(a),
     }
 }
 

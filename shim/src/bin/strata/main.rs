@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod image;
 mod output;
 
 use clap::Parser;

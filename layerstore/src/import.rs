@@ -1,0 +1,355 @@
+//! Reading image sources: OCI image layouts (directories), OCI archives and `docker save` archives.
+//!
+//! An archive is first extracted into the store's `tmp/`; every file of a source is then opened with
+//! `openat2(RESOLVE_IN_ROOT)`, so a symlink in an archive (docker save links repeated layers) cannot make
+//! the importer read a file outside the source. What comes out is a list of [`SourceImage`]s: a
+//! manifest, a config and layer descriptors, with blobs still to be verified as they are ingested.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{ImageIndex, ImageManifest};
+use rustix::fs::{Mode, OFlags, ResolveFlags, openat2};
+use serde::Deserialize;
+
+use crate::{Digest, Error, Result};
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The compression a layer media type names, or [`Error::UnknownMediaType`].
+    pub(crate) fn of_media_type(media_type: &str, digest: &Digest) -> Result<Compression> {
+        let known_layer = media_type.starts_with("application/vnd.oci.image.layer.")
+            || media_type.starts_with("application/vnd.docker.image.rootfs.");
+        if known_layer {
+            if media_type.ends_with("tar+gzip") || media_type.ends_with("tar.gzip") {
+                return Ok(Compression::Gzip);
+            }
+            if media_type.ends_with("tar+zstd") {
+                return Ok(Compression::Zstd);
+            }
+            if media_type.ends_with(".tar") || media_type.ends_with("v1.tar") {
+                return Ok(Compression::None);
+            }
+        }
+        Err(Error::UnknownMediaType { digest: digest.clone(), media_type: media_type.to_string() })
+    }
+
+    /// Wraps `reader` in the matching decompressor.
+    pub(crate) fn reader<'a>(self, reader: impl Read + 'a) -> std::io::Result<Box<dyn Read + 'a>> {
+        Ok(match self {
+            Compression::None => Box::new(reader),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+        })
+    }
+}
+
+/// The OCI spelling of this host's architecture (`amd64`, `arm64`, ...).
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// A layer as a manifest describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerDesc {
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+/// One image found in a source.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceImage {
+    /// The name the source gives it, if any.
+    pub name: Option<String>,
+    /// The manifest bytes and digest (synthesized for `docker save`).
+    pub manifest: Vec<u8>,
+    pub manifest_digest: Digest,
+    pub config: Digest,
+    pub layers: Vec<LayerDesc>,
+    /// For `docker save`: where each blob is, since it is not under `blobs/`.
+    pub files: Vec<(Digest, PathBuf)>,
+}
+
+/// A source directory (a layout, or an extracted archive).
+#[derive(Debug)]
+pub(crate) struct Source {
+    pub dir: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Source {
+    pub(crate) fn open(dir: &Path) -> Result<Source> {
+        let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| Error::io("open", dir)(e.into()))?;
+        Ok(Source { dir: dir.to_path_buf(), fd })
+    }
+
+    /// Opens `rel` as if the source directory were `/`.
+    pub(crate) fn open_file(&self, rel: &str) -> std::io::Result<File> {
+        let fd = openat2(
+            &self.fd,
+            rel,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?;
+        Ok(File::from(fd))
+    }
+
+    fn read_small(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        let file = self.open_file(rel).map_err(Error::io("open", self.dir.join(rel)))?;
+        file.take(limit).read_to_end(&mut data).map_err(Error::io("read", self.dir.join(rel)))?;
+        Ok(data)
+    }
+
+    fn blob_rel(digest: &Digest) -> String {
+        format!("blobs/{}/{}", digest.algorithm().name(), digest.hex())
+    }
+
+    /// Opens a blob of an OCI layout, or of a `docker save` archive by its file.
+    pub(crate) fn open_blob(&self, image: &SourceImage, digest: &Digest, referenced_by: &str) -> Result<File> {
+        let rel = image
+            .files
+            .iter()
+            .find(|(d, _)| d == digest)
+            .map(|(_, p)| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| Self::blob_rel(digest));
+        self.open_file(&rel).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::MissingBlob { digest: digest.clone(), referenced_by: referenced_by.to_string() }
+            } else {
+                Error::io("open", self.dir.join(&rel))(e)
+            }
+        })
+    }
+
+    /// Reads a small blob (manifest, index) and checks its digest.
+    fn read_verified(&self, digest: &Digest, referenced_by: &str) -> Result<Vec<u8>> {
+        let rel = Self::blob_rel(digest);
+        if self.open_file(&rel).is_err() {
+            return Err(Error::MissingBlob { digest: digest.clone(), referenced_by: referenced_by.to_string() });
+        }
+        let data = self.read_small(&rel, 16 << 20)?;
+        let actual = Digest::of(digest.algorithm(), &data);
+        if actual != *digest {
+            return Err(Error::DigestMismatch { what: format!("blob {digest}"), expected: digest.clone(), actual });
+        }
+        Ok(data)
+    }
+
+    /// Finds the images of the source.
+    pub(crate) fn images(&self) -> Result<Vec<SourceImage>> {
+        if self.open_file("index.json").is_ok() {
+            self.oci_images()
+        } else if self.open_file("manifest.json").is_ok() {
+            self.docker_images()
+        } else {
+            Err(Error::NotAnImage {
+                path: self.dir.clone(),
+                reason: "neither index.json (OCI layout) nor manifest.json (docker save) found".into(),
+            })
+        }
+    }
+
+    fn oci_images(&self) -> Result<Vec<SourceImage>> {
+        let data = self.read_small("index.json", 16 << 20)?;
+        let index: ImageIndex = serde_json::from_slice(&data).map_err(Error::json("index.json"))?;
+        let mut out = Vec::new();
+        for desc in index.manifests() {
+            let annotations = desc.annotations().clone().unwrap_or_default();
+            let name = annotations
+                .get("io.containerd.image.name")
+                .or_else(|| annotations.get("org.opencontainers.image.ref.name"))
+                .cloned();
+            let digest: Digest = desc.digest().to_string().parse()?;
+            let media_type = desc.media_type().to_string();
+            let manifest_digest = if is_index(&media_type) {
+                let data = self.read_verified(&digest, "index.json")?;
+                let sub: ImageIndex = serde_json::from_slice(&data).map_err(Error::json(format!("index {digest}")))?;
+                pick_platform(&sub, &format!("index {digest}"))?
+            } else if is_manifest(&media_type) {
+                digest
+            } else {
+                return Err(Error::UnknownMediaType { digest, media_type });
+            };
+            out.push(self.oci_image(name, manifest_digest)?);
+        }
+        if out.is_empty() {
+            return Err(Error::NotAnImage { path: self.dir.clone(), reason: "index.json lists no manifest".into() });
+        }
+        Ok(out)
+    }
+
+    fn oci_image(&self, name: Option<String>, manifest_digest: Digest) -> Result<SourceImage> {
+        let manifest = self.read_verified(&manifest_digest, "index.json")?;
+        let what = format!("manifest {manifest_digest}");
+        let parsed: ImageManifest = serde_json::from_slice(&manifest).map_err(Error::json(&what))?;
+        let config: Digest = parsed.config().digest().to_string().parse()?;
+        let mut layers = Vec::new();
+        for l in parsed.layers() {
+            layers.push(LayerDesc { digest: l.digest().to_string().parse()?, media_type: l.media_type().to_string() });
+        }
+        Ok(SourceImage { name, manifest, manifest_digest, config, layers, files: Vec::new() })
+    }
+
+    fn docker_images(&self) -> Result<Vec<SourceImage>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Entry {
+            config: String,
+            #[serde(default)]
+            repo_tags: Option<Vec<String>>,
+            layers: Vec<String>,
+        }
+        let data = self.read_small("manifest.json", 16 << 20)?;
+        let entries: Vec<Entry> = serde_json::from_slice(&data).map_err(Error::json("manifest.json"))?;
+        let mut out = Vec::new();
+        for e in entries {
+            let mut files = Vec::new();
+            let config = self.hash_file(&e.config)?;
+            files.push((config.clone(), PathBuf::from(&e.config)));
+            let mut layers = Vec::new();
+            let mut descs = Vec::new();
+            for rel in &e.layers {
+                let digest = self.hash_file(rel)?;
+                let (media_type, size) = self.sniff_layer(rel, &digest)?;
+                descs.push(serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": size}));
+                layers.push(LayerDesc { digest: digest.clone(), media_type: media_type.to_string() });
+                files.push((digest, PathBuf::from(rel)));
+            }
+            let config_size = self.open_file(&e.config).and_then(|f| f.metadata()).map(|m| m.len()).unwrap_or(0);
+            let manifest = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": config_size},
+                "layers": descs,
+            }))
+            .map_err(Error::json("synthesized manifest"))?;
+            let manifest_digest = Digest::of(crate::Algorithm::Sha256, &manifest);
+            let name = e.repo_tags.and_then(|t| t.into_iter().next());
+            out.push(SourceImage { name, manifest, manifest_digest, config, layers, files });
+        }
+        Ok(out)
+    }
+
+    fn hash_file(&self, rel: &str) -> Result<Digest> {
+        let mut file = self.open_file(rel).map_err(Error::io("open", self.dir.join(rel)))?;
+        let mut hasher = crate::Hasher::new(crate::Algorithm::Sha256);
+        std::io::copy(&mut file, &mut hasher).map_err(Error::io("read", self.dir.join(rel)))?;
+        Ok(hasher.finish())
+    }
+
+    /// `docker save` names no media types: the magic bytes tell.
+    fn sniff_layer(&self, rel: &str, digest: &Digest) -> Result<(&'static str, u64)> {
+        let mut file = self.open_file(rel).map_err(Error::io("open", self.dir.join(rel)))?;
+        let size = file.metadata().map_err(Error::io("stat", self.dir.join(rel)))?.len();
+        let mut magic = [0u8; 4];
+        let n = file.read(&mut magic).map_err(Error::io("read", self.dir.join(rel)))?;
+        let media_type = match &magic[..n] {
+            [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
+            [0x28, 0xb5, 0x2f, 0xfd] => "application/vnd.oci.image.layer.v1.tar+zstd",
+            _ if size % 512 == 0 => "application/vnd.oci.image.layer.v1.tar",
+            _ => {
+                return Err(Error::UnknownMediaType { digest: digest.clone(), media_type: format!("file {rel}") });
+            }
+        };
+        Ok((media_type, size))
+    }
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == "application/vnd.oci.image.index.v1+json"
+        || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+fn is_manifest(media_type: &str) -> bool {
+    media_type == "application/vnd.oci.image.manifest.v1+json"
+        || media_type == "application/vnd.docker.distribution.manifest.v2+json"
+}
+
+/// The manifest for linux/<host arch> in an index.
+fn pick_platform(index: &ImageIndex, what: &str) -> Result<Digest> {
+    let arch = host_arch();
+    let mut offered = Vec::new();
+    for desc in index.manifests() {
+        let Some(p) = desc.platform() else { continue };
+        let (os, a) = (p.os().to_string(), p.architecture().to_string());
+        if os == "linux" && a == arch && is_manifest(desc.media_type().as_ref()) {
+            return desc.digest().to_string().parse();
+        }
+        offered.push(format!("{os}/{a}"));
+    }
+    Err(Error::NoPlatform { index: what.to_string(), arch: arch.to_string(), offered: offered.join(", ") })
+}
+
+/// Extracts an archive (OCI archive or `docker save`) into `dest`: directories, files and symlinks only;
+/// names with `..` or a leading `/` are refused by the tar crate's `unpack_in`.
+pub(crate) fn extract_archive(archive: &Path, dest: &Path) -> Result<()> {
+    let file = File::open(archive).map_err(Error::io("open", archive))?;
+    let mut tar = tar::Archive::new(file);
+    let bad = |e: std::io::Error| Error::NotAnImage { path: archive.to_path_buf(), reason: format!("bad tar: {e}") };
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        use tar::EntryType as T;
+        if !matches!(entry.header().entry_type(), T::Regular | T::Directory | T::Symlink | T::Continuous) {
+            continue;
+        }
+        entry.set_preserve_permissions(false);
+        entry.set_preserve_mtime(false);
+        entry.unpack_in(dest).map_err(bad)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest() -> Digest {
+        Digest::of(crate::Algorithm::Sha256, b"layer")
+    }
+
+    #[test]
+    fn layer_media_types_map_to_their_compression() {
+        let cases = [
+            ("application/vnd.oci.image.layer.v1.tar", Compression::None),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", Compression::Gzip),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", Compression::Zstd),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", Compression::Gzip),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Compression::Gzip),
+            ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", Compression::Gzip),
+        ];
+        for (media_type, want) in cases {
+            assert_eq!(Compression::of_media_type(media_type, &digest()).ok(), Some(want), "{media_type}");
+        }
+    }
+
+    #[test]
+    fn unknown_media_types_name_the_blob() {
+        for media_type in ["application/vnd.oci.image.layer.v1.tar+bzip2", "text/plain", ""] {
+            let err = Compression::of_media_type(media_type, &digest()).expect_err(media_type);
+            assert!(err.to_string().contains(&digest().to_string()), "{err}");
+        }
+    }
+
+    #[test]
+    fn host_arch_uses_oci_spelling() {
+        assert!(!["x86_64", "aarch64"].contains(&host_arch()));
+    }
+}

@@ -1,0 +1,178 @@
+//! Reference-counted gc, fsck, and crash safety of ingest. Needs root (overlay mounts).
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use layerstore::{Digest, FsckProblem, Store};
+
+fn two_images(tmp: &std::path::Path, store: &Store) {
+    let base = busybox_layer();
+    Image::new(vec![(base.clone(), Comp::Gzip), (Layer::new().file("a", b"a").tar(), Comp::Gzip)])
+        .write_layout(&tmp.join("a"), "a");
+    Image::new(vec![(base, Comp::Gzip), (Layer::new().file("b", b"b").tar(), Comp::Gzip)])
+        .write_layout(&tmp.join("b"), "b");
+    store.import(&tmp.join("a"), None).expect("import a");
+    store.import(&tmp.join("b"), None).expect("import b");
+}
+
+#[test]
+fn gc_never_deletes_what_a_container_uses() {
+    let (tmp, store) = store();
+    two_images(tmp.path(), &store);
+    let a = store.image("a").expect("a");
+    let rootfs = Rootfs::new(&store, "uses-a", "a");
+    store.remove_image("a").expect("rm a");
+    store.remove_image("b").expect("rm b");
+    let report = store.gc().expect("gc");
+    eprintln!("gc with a container: {report:?}");
+    for c in &a.chain {
+        assert!(store.snapshot_path(c).exists(), "gc removed snapshot {c} under a container");
+    }
+    assert!(rootfs.path.join("bin/busybox").exists());
+    assert_eq!(fs::read_to_string(rootfs.path.join("a")).expect("read"), "a");
+    assert!(store.fsck(false).expect("fsck").is_clean());
+    drop(rootfs);
+    let report = store.gc().expect("gc");
+    eprintln!("gc after the container: {report:?}");
+    assert!(contents(&store).is_empty(), "left after gc: {:?}", contents(&store));
+}
+
+#[test]
+fn removing_one_image_keeps_the_shared_base_of_another() {
+    let (tmp, store) = store();
+    two_images(tmp.path(), &store);
+    store.remove_image("a").expect("rm a");
+    let report = store.gc().expect("gc");
+    // a's own layer: its blob, config, manifest and snapshot.
+    assert_eq!((report.blobs, report.snapshots), (3, 1), "{report:?}");
+    let rootfs = Rootfs::new(&store, "uses-b", "b");
+    assert!(rootfs.path.join("bin/busybox").exists() && rootfs.path.join("b").exists());
+    assert!(store.image("a").is_err());
+}
+
+#[test]
+fn fsck_detects_and_repairs_a_corrupted_blob() {
+    let (tmp, store) = store();
+    two_images(tmp.path(), &store);
+    let layer = store.image("a").expect("a").layers[1].clone();
+    let path = store.blobs().path(&layer);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::write(&path, b"bit rot").expect("corrupt");
+    let report = store.fsck(false).expect("fsck");
+    eprintln!("fsck: {:?}", report.problems);
+    assert!(matches!(&report.problems[..], [FsckProblem::CorruptBlob { digest, .. }] if *digest == layer));
+    let report = store.fsck(true).expect("fsck --repair");
+    assert_eq!(report.repaired, 1);
+    // The image now lacks that blob: reported until it is imported again.
+    let report = store.fsck(false).expect("fsck");
+    assert!(matches!(&report.problems[..], [FsckProblem::Missing { .. }]), "{:?}", report.problems);
+    store.import(&tmp.path().join("a"), None).expect("re-import restores the blob");
+    assert!(store.fsck(false).expect("fsck").is_clean());
+}
+
+#[test]
+fn fsck_detects_a_changed_deduplicated_file() {
+    let (tmp, store) = store();
+    two_images(tmp.path(), &store);
+    let pool = store.root().join("pool");
+    let entry = fs::read_dir(&pool).expect("pool").next().expect("a pooled file").expect("entry").path();
+    fs::write(&entry, b"changed").expect("write");
+    let report = store.fsck(false).expect("fsck");
+    assert!(report.problems.iter().any(|p| matches!(p, FsckProblem::CorruptPoolFile { .. })), "{:?}", report.problems);
+}
+
+/// A reader that never ends, so the child is killed mid-ingest.
+struct Endless;
+
+impl Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(5));
+        buf.fill(7);
+        Ok(buf.len())
+    }
+}
+
+#[test]
+fn kill_9_mid_ingest_leaves_no_visible_blob() {
+    if let Ok(root) = std::env::var("STRATA_TEST_INGEST_CHILD") {
+        let store = Store::open(std::path::Path::new(&root)).expect("open");
+        let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().expect("digest");
+        let _ = store.blobs().ingest(Endless, Some(&digest), "endless");
+        unreachable!("the endless ingest returned");
+    }
+    let (_tmp, store) = store();
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "kill_9_mid_ingest_leaves_no_visible_blob", "--nocapture"])
+        .env("STRATA_TEST_INGEST_CHILD", store.root())
+        .spawn()
+        .expect("spawn child");
+    let started = Instant::now();
+    let ingest = store.root().join("ingest");
+    let is_writing = || {
+        fs::read_dir(&ingest).expect("ingest").any(|e| {
+            let e = e.expect("entry");
+            e.file_name().to_string_lossy().starts_with("blob-") && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    };
+    while !is_writing() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the child never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(store.blobs().list().expect("list").is_empty(), "a partial blob became visible");
+    let report = store.fsck(false).expect("fsck");
+    assert!(matches!(&report.problems[..], [FsckProblem::Stray { .. }]), "{:?}", report.problems);
+    store.fsck(true).expect("repair");
+    assert!(store.fsck(false).expect("fsck").is_clean());
+}
+
+#[test]
+fn kill_9_mid_unpack_leaves_no_visible_image_or_snapshot() {
+    if let Ok(dir) = std::env::var("STRATA_TEST_IMPORT_CHILD") {
+        let dir = std::path::Path::new(&dir);
+        let store = Store::open(&dir.join("store")).expect("open");
+        let _ = store.import(&dir.join("layout"), None);
+        // Reached only if the parent was too slow to kill us: it then fails its own checks.
+        std::process::exit(0);
+    }
+    let (tmp, store) = store();
+    let big: Vec<u8> = (0..32u32 << 20).map(|i| (i % 253) as u8).collect();
+    Image::new(vec![(Layer::new().file("a", &big).file("b", &big).tar(), Comp::Gzip)])
+        .write_layout(&tmp.path().join("layout"), "big");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "kill_9_mid_unpack_leaves_no_visible_image_or_snapshot", "--nocapture"])
+        .env("STRATA_TEST_IMPORT_CHILD", tmp.path())
+        .spawn()
+        .expect("spawn child");
+    let started = Instant::now();
+    let tmp_dir = store.root().join("tmp");
+    let unpacking = || {
+        fs::read_dir(&tmp_dir).expect("tmp").any(|e| {
+            let p = e.expect("entry").path();
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snap-"))
+                && fs::metadata(p.join("fs/a")).is_ok_and(|m| m.len() > 0)
+        })
+    };
+    while !unpacking() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the child never started unpacking");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(store.images().expect("images").is_empty(), "a half-imported image is visible");
+    assert_eq!(fs::read_dir(store.root().join("snapshots")).expect("snapshots").count(), 0);
+    let report = store.fsck(false).expect("fsck");
+    assert!(report.problems.iter().all(|p| matches!(p, FsckProblem::Stray { .. })), "{:?}", report.problems);
+    store.fsck(true).expect("repair");
+    store.gc().expect("gc");
+    assert!(contents(&store).is_empty(), "{:?}", contents(&store));
+    store.import(&tmp.path().join("layout"), None).expect("import after the crash");
+    assert!(store.fsck(false).expect("fsck").is_clean());
+}

@@ -1,0 +1,222 @@
+//! Importing images in every supported form, layer and file dedup, export, and the overlay root file
+//! system. Needs root (owners, device nodes, overlay mounts), as CI runs it.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+use layerstore::{Digest, Store};
+use serde_json::json;
+
+fn app_layer(name: &str, size: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..size).map(|i| (i * 31 + name.len()) as u8).collect();
+    Layer::new().dir("app").file(&format!("app/{name}"), &data).file("etc/app.conf", name.as_bytes()).tar()
+}
+
+#[test]
+fn oci_layout_with_gzip_busybox_imports_and_runs_in_overlay() {
+    let (tmp, store) = store();
+    let layout = tmp.path().join("layout");
+    let image = Image::new(vec![(busybox_layer(), Comp::Gzip), (app_layer("hello", 1000), Comp::Gzip)]);
+    let w = image.write_layout(&layout, "busybox:latest");
+    let started = Instant::now();
+    let records = store.import(&layout, None).expect("import");
+    eprintln!("import+unpack of busybox layout: {:?}", started.elapsed());
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].name, "busybox:latest");
+    assert_eq!(records[0].layers, w.layers);
+    assert_eq!(store.image("busybox").expect("by short name").manifest, w.manifest);
+    let config = store.image_config("busybox:latest").expect("config");
+    let cmd = config.config().as_ref().and_then(|c| c.cmd().clone()).unwrap_or_default();
+    assert_eq!(cmd, vec!["/bin/sh".to_string()]);
+
+    let rootfs = Rootfs::new(&store, "c1", "busybox:latest");
+    let out = Command::new("chroot")
+        .arg(&rootfs.path)
+        .args(["/bin/sh", "-c", "cat /app/hello | wc -c; cat /etc/app.conf"])
+        .output()
+        .expect("chroot");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // busybox wc may pad; the content is what matters.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1000"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
+    // Writes go to the container's upper directory, never into a snapshot.
+    fs::write(rootfs.path.join("etc/passwd"), "changed").expect("write through overlay");
+    let lower = store.snapshot_path(&records[0].chain[0]).join("fs/etc/passwd");
+    assert!(fs::read_to_string(lower).expect("lower").starts_with("root:"));
+    drop(rootfs);
+    assert!(store.fsck(false).expect("fsck").is_clean());
+}
+
+#[test]
+fn oci_archive_with_zstd_and_uncompressed_layers_imports() {
+    let (tmp, store) = store();
+    let layout = tmp.path().join("layout");
+    let image = Image::new(vec![(busybox_layer(), Comp::Zstd), (app_layer("z", 10), Comp::None)]);
+    image.write_layout(&layout, "mixed:1");
+    let archive = tmp.path().join("image.tar");
+    tar_dir(&layout, &archive);
+    let records = store.import(&archive, Some("renamed:2")).expect("import archive");
+    assert_eq!(records[0].name, "renamed:2");
+    let top = store.snapshot_path(&records[0].chain[1]).join("fs/app/z");
+    assert_eq!(fs::metadata(top).expect("unpacked").len(), 10);
+    // The staging copy of the archive is gone.
+    assert_eq!(fs::read_dir(store.root().join("tmp")).expect("tmp").count(), 0);
+}
+
+#[test]
+fn docker_save_archive_imports_with_repo_tag() {
+    let (tmp, store) = store();
+    let dir = tmp.path().join("save");
+    fs::create_dir_all(dir.join("l1")).expect("mkdir");
+    fs::create_dir_all(dir.join("l2")).expect("mkdir");
+    let l1 = busybox_layer();
+    let l2 = app_layer("d", 100);
+    fs::write(dir.join("l1/layer.tar"), &l1).expect("write");
+    fs::write(dir.join("l2/layer.tar"), &l2).expect("write");
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&l1).to_string(), sha256(&l2).to_string()]},
+    }))
+    .expect("json");
+    let config_name = format!("{}.json", sha256(&config).hex());
+    fs::write(dir.join(&config_name), &config).expect("write");
+    let manifest =
+        json!([{"Config": config_name, "RepoTags": ["saved:v1"], "Layers": ["l1/layer.tar", "l2/layer.tar"]}]);
+    fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest).expect("json")).expect("write");
+    let archive = tmp.path().join("save.tar");
+    tar_dir(&dir, &archive);
+    let records = store.import(&archive, None).expect("import docker save");
+    assert_eq!(records[0].name, "saved:v1");
+    assert_eq!(records[0].diff_ids, vec![sha256(&l1), sha256(&l2)]);
+    assert!(store.snapshot_path(&records[0].chain[1]).join("fs/app/d").exists());
+}
+
+#[test]
+fn index_with_several_platforms_picks_linux_host_arch() {
+    let (tmp, store) = store();
+    let layout = tmp.path().join("layout");
+    let native = Image::new(vec![(app_layer("native", 5), Comp::Gzip)]).blobs(None);
+    let other = Image::new(vec![(app_layer("other", 6), Comp::Gzip)]).blobs(None);
+    let other_arch = if layerstore::host_arch() == "arm64" { "amd64" } else { "arm64" };
+    fs::create_dir_all(layout.join("blobs/sha256")).expect("mkdir");
+    for (d, data) in native.blobs.iter().chain(&other.blobs) {
+        fs::write(layout.join("blobs/sha256").join(d.hex()), data).expect("write");
+    }
+    let desc = |w: &Written, arch: &str| {
+        json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": w.manifest.to_string(),
+               "size": w.manifest_bytes.len(), "platform": {"os": "linux", "architecture": arch}})
+    };
+    let index = serde_json::to_vec(
+        &json!({"schemaVersion": 2, "manifests": [desc(&other, other_arch), desc(&native, layerstore::host_arch())]}),
+    )
+    .expect("json");
+    let index_digest = sha256(&index);
+    fs::write(layout.join("blobs/sha256").join(index_digest.hex()), &index).expect("write");
+    let top = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": index_digest.to_string(), "size": index.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+    fs::write(layout.join("index.json"), serde_json::to_vec(&top).expect("json")).expect("write");
+    fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write");
+    let records = store.import(&layout, None).expect("import index");
+    assert_eq!(records[0].manifest, native.manifest);
+    assert!(!store.blobs().contains(&other.layers[0]), "the other platform's layer was stored");
+}
+
+#[test]
+fn second_image_sharing_the_base_costs_only_its_own_layer() {
+    let (tmp, store) = store();
+    let base = busybox_layer();
+    Image::new(vec![(base.clone(), Comp::Gzip), (app_layer("one", 50_000), Comp::Gzip)])
+        .write_layout(&tmp.path().join("a"), "a");
+    Image::new(vec![(base, Comp::Gzip), (app_layer("two", 70_000), Comp::Gzip)])
+        .write_layout(&tmp.path().join("b"), "b");
+    store.import(&tmp.path().join("a"), None).expect("import a");
+    let before = store.du().expect("du").on_disk_bytes;
+    let snaps_before = fs::read_dir(store.root().join("snapshots")).expect("dir").count();
+    store.import(&tmp.path().join("b"), None).expect("import b");
+    let after = store.du().expect("du");
+    let snaps_after = fs::read_dir(store.root().join("snapshots")).expect("dir").count();
+    assert_eq!(snaps_after, snaps_before + 1, "the base layer was unpacked again");
+    let grown = after.on_disk_bytes - before;
+    eprintln!("second image grew the store by {grown} bytes; du: {after:?}");
+    // Its own layer: ~70 kB unpacked plus a compressed blob, config, manifest and directories.
+    assert!(grown < 300_000, "second image cost {grown} bytes");
+    assert!(after.saved_by_layer_dedup >= fs::metadata("/bin/busybox").expect("busybox").len());
+}
+
+#[test]
+fn identical_files_in_unrelated_layers_share_one_inode_and_show_in_du() {
+    let (tmp, store) = store();
+    // Same files under different layer digests, as when the same Dockerfile is rebuilt.
+    let rebuilt = |stamp: &str| {
+        let mut l = Layer::new();
+        l.dir("bin").file_with("bin/busybox", &fs::read("/bin/busybox").expect("busybox"), 0o755, 0, 0);
+        l.file("etc/build-stamp", stamp.as_bytes());
+        l.tar()
+    };
+    Image::new(vec![(rebuilt("1"), Comp::Gzip)]).write_layout(&tmp.path().join("a"), "a");
+    Image::new(vec![(rebuilt("2"), Comp::Gzip)]).write_layout(&tmp.path().join("b"), "b");
+    let a = store.import(&tmp.path().join("a"), None).expect("import a").remove(0);
+    let b = store.import(&tmp.path().join("b"), None).expect("import b").remove(0);
+    assert_ne!(a.chain, b.chain);
+    let ino = |r: &layerstore::ImageRecord| {
+        fs::metadata(store.snapshot_path(&r.chain[0]).join("fs/bin/busybox")).expect("stat").ino()
+    };
+    assert_eq!(ino(&a), ino(&b), "identical busybox files were not deduplicated");
+    let du = store.du().expect("du");
+    let size = fs::metadata("/bin/busybox").expect("busybox").len();
+    eprintln!("file dedup: {du:?}");
+    assert!(du.saved_by_file_dedup >= size, "du shows {} saved, expected >= {size}", du.saved_by_file_dedup);
+    assert!(du.on_disk_bytes < du.logical_bytes);
+}
+
+#[test]
+fn export_reproduces_the_original_digests_and_reimports() {
+    let (tmp, store) = store();
+    let w = Image::new(vec![(busybox_layer(), Comp::Gzip)]).write_layout(&tmp.path().join("in"), "exp:1");
+    store.import(&tmp.path().join("in"), None).expect("import");
+    let out = tmp.path().join("out");
+    store.export("exp:1", &out).expect("export");
+    for (d, data) in &w.blobs {
+        assert_eq!(&fs::read(out.join("blobs/sha256").join(d.hex())).expect("exported blob"), data);
+    }
+    let other = Store::open(&tmp.path().join("other")).expect("open");
+    let records = other.import(&out, None).expect("re-import");
+    assert_eq!(records[0].manifest, w.manifest);
+    assert_eq!(records[0].name, "exp:1");
+}
+
+#[test]
+fn concurrent_writers_of_one_blob_store_it_once() {
+    let (_tmp, store) = store();
+    let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest: Digest = sha256(&data);
+    let created: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| store.blobs().ingest(data.as_slice(), Some(&digest), "test blob").expect("ingest").1))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(created.iter().filter(|c| **c == layerstore::Ingested::Created).count(), 1);
+    assert_eq!(store.blobs().verify(&digest).expect("verify"), None);
+    assert!(contents(&store).iter().all(|p| !p.starts_with(store.root().join("ingest"))));
+}
+
+#[test]
+fn many_layers_mount() {
+    let (tmp, store) = store();
+    let mut layers = vec![(busybox_layer(), Comp::Gzip)];
+    for i in 0..120 {
+        layers.push((Layer::new().file(&format!("layer-{i}"), i.to_string().as_bytes()).tar(), Comp::None));
+    }
+    Image::new(layers).write_layout(&tmp.path().join("l"), "tall");
+    store.import(&tmp.path().join("l"), None).expect("import");
+    let rootfs = Rootfs::new(&store, "tall-1", "tall");
+    assert_eq!(fs::read_to_string(rootfs.path.join("layer-119")).expect("top"), "119");
+    assert_eq!(fs::read_to_string(rootfs.path.join("layer-0")).expect("bottom"), "0");
+    assert!(rootfs.path.join("bin/busybox").exists());
+}

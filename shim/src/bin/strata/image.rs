@@ -1,0 +1,341 @@
+//! `strata image import|ls|inspect|export|rm|du|run`, `strata gc` and `strata fsck`: the image store's
+//! commands. Thin: parse, call `layerstore` (and the engine for `image run`), print.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use engine::bundle::Bundle;
+use engine::container::{self, CreateOptions};
+use engine::state::StateRoot;
+use layerstore::Store;
+
+/// The image store's default location.
+pub const DEFAULT_STORE: &str = "/var/lib/strata";
+
+/// Where the image store lives.
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// Directory of the image store.
+    #[arg(long, global = true, default_value = DEFAULT_STORE, env = "STRATA_STORE")]
+    pub store: PathBuf,
+}
+
+impl StoreArg {
+    fn open(&self) -> Result<Store> {
+        Store::open(&self.store).with_context(|| format!("opening the image store {}", self.store.display()))
+    }
+}
+
+/// `strata image ...`.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// The image subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI layout directory, OCI archive or `docker save` archive.
+    Import {
+        /// The directory or archive.
+        source: PathBuf,
+        /// Name the image (for a source holding one image).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images.
+    Ls {
+        /// Print only the names.
+        #[arg(short, long)]
+        quiet: bool,
+        /// table or json.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+    /// Print an image's record and OCI config as JSON.
+    Inspect {
+        /// The image name.
+        image: String,
+    },
+    /// Write an image as an OCI layout directory with its original digests.
+    Export {
+        /// The image name.
+        image: String,
+        /// The directory to write.
+        dest: PathBuf,
+    },
+    /// Remove images, then collect what nothing uses any more.
+    Rm {
+        /// The image names.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Print the logical size, bytes on disk and what each kind of dedup saved.
+    Du {
+        /// table or json.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+    /// Run a container from an image; its root file system is removed when it exits.
+    Run {
+        /// Accepted for docker compatibility: the container and its root file system are always removed on exit.
+        #[arg(long)]
+        rm: bool,
+        /// Allocate a pseudo-terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// Set an environment variable (KEY=VALUE), over the image's.
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// The container id (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+        /// The image name.
+        image: String,
+        /// The command, replacing the image's CMD (its ENTRYPOINT stays).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+/// `strata gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `strata fsck`.
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Remove corrupt blobs and pool files and crashed writers' temp files.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+/// Runs an image subcommand.
+pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
+    let store = args.store.open()?;
+    match &args.command {
+        ImageCommand::Import { source, name } => {
+            let started = std::time::Instant::now();
+            for r in store.import(source, name.as_deref())? {
+                println!("{}\t{}\t{} layers", r.name, r.manifest, r.layers.len());
+            }
+            eprintln!("imported in {:.2} s", started.elapsed().as_secs_f64());
+        }
+        ImageCommand::Ls { quiet, format } => {
+            let images = store.images()?;
+            if *quiet {
+                images.iter().for_each(|i| println!("{}", i.name));
+            } else if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&images)?);
+            } else {
+                let mut out = String::from("NAME\tMANIFEST\tLAYERS\n");
+                for i in &images {
+                    out.push_str(&format!("{}\t{}\t{}\n", i.name, &i.manifest.to_string()[..19], i.layers.len()));
+                }
+                print!("{}", crate::demo::align_columns(&out));
+            }
+        }
+        ImageCommand::Inspect { image } => {
+            let record = store.image(image)?;
+            let config = store.image_config(image)?;
+            let doc = serde_json::json!({"image": record, "config": config});
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        ImageCommand::Export { image, dest } => store.export(image, dest)?,
+        ImageCommand::Rm { images } => {
+            for name in images {
+                println!("removed {}", store.remove_image(name)?.name);
+            }
+            print_gc(&store.gc()?);
+        }
+        ImageCommand::Du { format } => {
+            let du = store.du()?;
+            if format == "json" {
+                let doc = serde_json::json!({
+                    "images": du.images, "snapshots": du.snapshots, "logicalBytes": du.logical_bytes,
+                    "onDiskBytes": du.on_disk_bytes, "blobBytes": du.blob_bytes,
+                    "savedByLayerDedup": du.saved_by_layer_dedup, "savedByFileDedup": du.saved_by_file_dedup,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!("images:                {}", du.images);
+                println!("snapshots:             {}", du.snapshots);
+                println!("logical size:          {}", human(du.logical_bytes));
+                println!("on disk:               {}", human(du.on_disk_bytes));
+                println!("  compressed blobs:    {}", human(du.blob_bytes));
+                println!("saved by layer dedup:  {}", human(du.saved_by_layer_dedup));
+                println!("saved by file dedup:   {}", human(du.saved_by_file_dedup));
+            }
+        }
+        ImageCommand::Run { rm: _, tty, env, name, image, command } => {
+            engine::seal::reexec_sealed().context("protecting the runtime binary")?;
+            return run(state_root, &store, image, name.clone(), command, env, *tty);
+        }
+    }
+    Ok(0)
+}
+
+fn print_gc(r: &layerstore::GcReport) {
+    println!(
+        "gc: removed {} blobs, {} snapshots, {} pooled files, {} temp files",
+        r.blobs, r.snapshots, r.pool_files, r.temps
+    );
+}
+
+/// The owner recorded in an `image run` claim: the engine state root that holds the container.
+fn owner(state_root: &Path) -> String {
+    format!("strata state root {}", std::path::absolute(state_root).unwrap_or(state_root.to_path_buf()).display())
+}
+
+/// `strata gc`: first drops the root file systems of `image run` containers that this state root no
+/// longer knows (their `strata` was killed before it could clean up), then collects what nothing uses.
+pub fn gc(state_root: &Path, args: &GcArgs) -> Result<i32> {
+    let store = args.store.open()?;
+    let live = StateRoot::new(state_root)?.list()?;
+    for c in store.containers()? {
+        // A claim younger than a minute may belong to an `image run` still creating its container.
+        let age = std::fs::metadata(store.root().join("containers").join(&c.id).join("ref.json"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if c.owner == owner(state_root) && !live.contains(&c.id) && age > std::time::Duration::from_secs(60) {
+            store.remove_rootfs(&c.id)?;
+            println!("removed the root file system of exited container {}", c.id);
+        }
+    }
+    print_gc(&store.gc()?);
+    Ok(0)
+}
+
+/// `strata fsck`: exit status 1 when something is wrong (and not repaired).
+pub fn fsck(args: &FsckArgs) -> Result<i32> {
+    let r = args.store.open()?.fsck(args.repair)?;
+    for p in &r.problems {
+        println!("{p}");
+    }
+    println!(
+        "fsck: {} blobs, {} snapshots, {} pooled files checked; {} problems, {} repaired",
+        r.blobs_checked,
+        r.snapshots_checked,
+        r.pool_checked,
+        r.problems.len(),
+        r.repaired
+    );
+    Ok(if r.problems.len() > r.repaired { 1 } else { 0 })
+}
+
+/// Looks `name` up in the image's `/etc/passwd` or `/etc/group` (field 3 is the id, 4 the primary group).
+fn lookup(rootfs: &Path, file: &str, name: &str) -> Option<(u32, Option<u32>)> {
+    let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.first() != Some(&name) {
+            return None;
+        }
+        Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|g| g.parse().ok())))
+    })
+}
+
+/// The image's `User` (`uid`, `name`, `uid:gid`, `name:group`) as ids, names resolved in the image.
+fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32)> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(uid) => (uid, lookup(rootfs, "etc/passwd", u).and_then(|(_, g)| g)),
+        Err(_) => lookup(rootfs, "etc/passwd", u).with_context(|| format!("image user {u:?} is not in /etc/passwd"))?,
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                lookup(rootfs, "etc/group", g).with_context(|| format!("image group {g:?} is not in /etc/group"))?.0
+            }
+        },
+        None => primary.unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+/// Builds the bundle from the image config and runs it; the root file system goes when it exits.
+fn run(
+    state_root: &Path,
+    store: &Store,
+    image: &str,
+    name: Option<String>,
+    command: &[String],
+    extra_env: &[String],
+    tty: bool,
+) -> Result<i32> {
+    let config = store.image_config(image)?;
+    let id = name.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        format!("strata-{}-{nanos:x}", std::process::id())
+    });
+    let rootfs = store.create_rootfs(&id, image, &owner(state_root))?;
+    let bundle_dir = rootfs.parent().map(Path::to_path_buf).unwrap_or_default();
+    let result = (|| {
+        let c = config.config().clone().unwrap_or_default();
+        let mut args = c.entrypoint().clone().unwrap_or_default();
+        if command.is_empty() {
+            args.extend(c.cmd().clone().unwrap_or_default());
+        } else {
+            args.extend(command.iter().cloned());
+        }
+        if args.is_empty() {
+            bail!("image {image} has no entrypoint or cmd: give a command");
+        }
+        let mut env = c.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        }
+        for e in extra_env {
+            let key = e.split('=').next().unwrap_or_default();
+            env.retain(|x| x.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        let (uid, gid) = resolve_user(&rootfs, c.user().as_deref().unwrap_or(""))?;
+        let mut spec = engine::spec::default_config(&args, tty);
+        spec["process"]["env"] = serde_json::json!(env);
+        spec["process"]["cwd"] =
+            serde_json::json!(c.working_dir().clone().filter(|w| !w.is_empty()).unwrap_or("/".into()));
+        spec["process"]["user"] = serde_json::json!({"uid": uid, "gid": gid});
+        spec["root"] = serde_json::json!({"path": "rootfs", "readonly": false});
+        spec["hostname"] = serde_json::json!(id.chars().take(63).collect::<String>());
+        let file = bundle_dir.join("config.json");
+        std::fs::write(&file, serde_json::to_string_pretty(&spec)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+        let bundle = Bundle::load(&bundle_dir)?;
+        let root = StateRoot::new(state_root)?;
+        Ok(container::run(&root, &id, &bundle, &CreateOptions::default())?)
+    })();
+    let removed = store.remove_rootfs(&id);
+    let code = result?;
+    removed?;
+    Ok(code)
+}

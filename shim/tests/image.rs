@@ -1,0 +1,105 @@
+//! `strata image import|ls|inspect|du|export|run|rm`, `strata gc` and `strata fsck` through the binary,
+//! on an OCI layout built here from the busybox root file system. Needs root, as CI runs it.
+
+// The shared fixtures unwrap, as the other suites of this crate allow.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+use layerstore::{Algorithm, Digest};
+use serde_json::json;
+
+/// Writes an OCI layout at `dir` with one uncompressed layer holding the busybox tree.
+fn busybox_layout(dir: &Path) {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", busybox_rootfs()).expect("pack rootfs");
+    let layer = tar.into_inner().expect("finish tar");
+    let layer_digest = Digest::of(Algorithm::Sha256, &layer);
+    let config = serde_json::to_vec(&json!({
+        "architecture": layerstore::host_arch(), "os": "linux",
+        "config": {"Cmd": ["sh", "-c", "echo $GREETING from $(pwd) as $(id -u)"], "Env": ["GREETING=hello", "PATH=/bin"],
+                   "WorkingDir": "/tmp", "User": "user"},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest.to_string()]},
+    }))
+    .expect("json");
+    let config_digest = Digest::of(Algorithm::Sha256, &config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest.to_string(), "size": layer.len()}],
+    }))
+    .expect("json");
+    let manifest_digest = Digest::of(Algorithm::Sha256, &manifest);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir");
+    for (d, data) in [(&layer_digest, &layer), (&config_digest, &config), (&manifest_digest, &manifest)] {
+        std::fs::write(blobs.join(d.hex()), data).expect("write blob");
+    }
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest.to_string(), "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "bb"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("json")).expect("write");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write");
+}
+
+fn strata(state: &Path, store: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(strata_bin())
+        .arg("--root")
+        .arg(state)
+        .arg(args[0])
+        .arg("--store")
+        .arg(store)
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run strata");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn image_import_run_du_export_rm_gc_fsck() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (state, store) = (tmp.path().join("state"), tmp.path().join("store"));
+    busybox_layout(&tmp.path().join("layout"));
+    let layout = tmp.path().join("layout");
+    let ok = |args: &[&str]| {
+        let (success, out, err) = strata(&state, &store, args);
+        assert!(success, "strata {args:?}: {out}\n{err}");
+        out
+    };
+    assert!(ok(&["image", "import", layout.to_str().expect("utf8")]).starts_with("bb\t"));
+    assert_eq!(ok(&["image", "ls", "-q"]), "bb\n");
+    assert!(ok(&["image", "inspect", "bb"]).contains("GREETING=hello"));
+    // The image's CMD, ENV, WORKDIR and USER.
+    assert_eq!(ok(&["image", "run", "--rm", "--name", "img-run-1", "bb"]), "hello from /tmp as 1000\n");
+    // A command and an environment variable from the command line.
+    assert_eq!(ok(&["image", "run", "-e", "GREETING=bye", "bb", "sh", "-c", "echo $GREETING"]), "bye\n");
+    let (success, _, _) = strata(&state, &store, &["image", "run", "bb", "sh", "-c", "exit 3"]);
+    assert!(!success, "the exit status was lost");
+    assert_eq!(std::fs::read_dir(store.join("containers")).expect("dir").count(), 0, "a root file system was left");
+    assert!(ok(&["image", "du"]).contains("saved by file dedup"));
+    ok(&["image", "export", "bb", tmp.path().join("exported").to_str().expect("utf8")]);
+    assert!(ok(&["fsck"]).contains("0 problems"));
+    // An `image run` whose strata was killed: its claim and mount stay until `strata gc` sees that the
+    // engine no longer knows the container (after a minute's grace).
+    let owner = format!("strata state root {}", state.display());
+    layerstore::Store::open(&store).unwrap().create_rootfs("orphan", "bb", &owner).unwrap();
+    let claim = store.join("containers/orphan/ref.json");
+    assert!(Command::new("touch").arg("-d").arg("2 minutes ago").arg(&claim).status().unwrap().success());
+    assert!(ok(&["gc"]).contains("removed the root file system of exited container orphan"));
+    assert_eq!(std::fs::read_dir(store.join("containers")).expect("dir").count(), 0);
+    ok(&["image", "rm", "bb"]);
+    assert_eq!(ok(&["image", "ls", "-q"]), "");
+    assert!(ok(&["gc"]).starts_with("gc: removed 0 blobs"));
+    let (success, _, err) = strata(&state, &store, &["image", "run", "bb"]);
+    assert!(!success && err.contains("not found"), "{err}");
+}
