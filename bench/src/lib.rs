@@ -1,6 +1,8 @@
 //! Helpers shared by strata's benchmarks: the peers (runc, crun), a busybox bundle, and timing
 //! of one container life cycle per runtime so that every comparison is made in the same run.
 
+pub mod report;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,0 +1,86 @@
+//! The consistency check CI runs on a produced REPORT.md: no NaN or infinity anywhere, and every
+//! system of every table present with figures, a published figure, or `unavailable: <reason>`.
+
+/// Row labels (prefixes) each section must hold, by section heading.
+pub fn expected_rows() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut start = vec!["strata (direct)", "crun (direct)", "runc (direct)"];
+    start.extend(super::containerd::SYSTEMS);
+    start.extend(["qemu microvm (", "Firecracker"]);
+    vec![
+        ("## 1. Start time", start),
+        (
+            "## 2. Memory per running instance",
+            vec!["strata (direct)", "crun (direct)", "runc (direct)", "qemu microvm ("],
+        ),
+        ("## 3. Density", vec!["strata (direct)", "qemu microvm ("]),
+        ("## 4. Image size", super::images::SYSTEMS.to_vec()),
+    ]
+}
+
+fn has_bad_number(text: &str) -> Option<String> {
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '+')) {
+        let w = word.trim_start_matches(['-', '+']).to_ascii_lowercase();
+        if w == "nan" || w == "inf" || w == "infinity" {
+            return Some(word.to_string());
+        }
+    }
+    None
+}
+
+/// Every problem found in `md`; empty when the report is consistent.
+pub fn check_report(md: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, line) in md.lines().enumerate() {
+        if let Some(w) = has_bad_number(line) {
+            problems.push(format!("line {}: `{w}` in {line:?}", i + 1));
+        }
+    }
+    for (heading, systems) in expected_rows() {
+        let Some(start) = md.find(heading) else {
+            problems.push(format!("section {heading:?} is missing"));
+            continue;
+        };
+        let body = &md[start + heading.len()..];
+        let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+        for system in systems {
+            let prefix = format!("| {system}");
+            let Some(row) = body.lines().find(|l| l.starts_with(&prefix)) else {
+                problems.push(format!("{heading}: no row for {system:?}"));
+                continue;
+            };
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            let figures = cells.iter().skip(2).any(|c| c.chars().next().is_some_and(|ch| ch.is_ascii_digit()));
+            let marked = cells.iter().any(|c| {
+                c.strip_prefix("unavailable: ")
+                    .or_else(|| c.strip_prefix("published, not measured: "))
+                    .is_some_and(|r| !r.trim().is_empty())
+            });
+            if !figures && !marked {
+                problems.push(format!("{heading}: row {system:?} has neither figures nor a reason: {row}"));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_and_inf_are_found_but_not_in_words() {
+        assert!(has_bad_number("| 1.0 | NaN |").is_some());
+        assert!(has_bad_number("| inf ms |").is_some());
+        assert!(has_bad_number("information, infra, nano").is_none());
+    }
+
+    #[test]
+    fn a_row_without_reason_is_reported() {
+        let md = "## 2. Memory per running instance\n| system | x | y |\n| strata (direct) | - | 1.00 MiB |\n\
+                  | crun (direct) | - | unavailable: not installed |\n| runc (direct) | - | unavailable:  |\n";
+        let p = check_report(md);
+        assert!(p.iter().any(|p| p.contains("runc (direct)")), "{p:?}");
+        assert!(p.iter().any(|p| p.contains("qemu microvm")), "{p:?}");
+        assert!(!p.iter().any(|p| p.contains("crun (direct)") || p.contains("\"strata (direct)\"")), "{p:?}");
+    }
+}

@@ -1,0 +1,365 @@
+//! Image size of one busybox-based application set, stored four ways: strata's layer store
+//! (layer dedup; layer + file dedup), containerd's content store, one qcow2 disk per application,
+//! and qcow2 overlays on one shared backing file.
+//!
+//! The set: a base layer (busybox-static and its applet links), a runtime layer shared by every
+//! application (a pseudo-random "library"), and per application a layer with its script, its own
+//! data and a helper file that is byte-identical across applications (only file dedup shares it).
+//! Contents are pseudo-random so compression cannot hide their size.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use layerstore::{Algorithm, Digest, Store};
+use serde_json::json;
+
+use super::{ImageFigure, ImageRow, Options, Outcome, progress};
+
+/// The systems of the image table, as the report names them.
+pub const SYSTEMS: [&str; 5] = [
+    "strata store, layer dedup",
+    "strata store, layer + file dedup",
+    "containerd content store + snapshots",
+    "qcow2 disk per app",
+    "qcow2 overlays on a shared backing file",
+];
+
+fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn io<T>(what: &str, r: std::io::Result<T>) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+/// Writes the trees of the layers under `work`: `base`, `runtime` and `app<i>`.
+fn write_layer_trees(work: &Path, apps: usize, short: bool) -> Result<(), String> {
+    let base = work.join("base");
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+        io("mkdir", std::fs::create_dir_all(base.join(d)))?;
+    }
+    io("/bin/busybox", std::fs::copy("/bin/busybox", base.join("bin/busybox")))?;
+    for applet in ["sh", "true", "sleep", "echo", "cat", "ls", "httpd", "wget"] {
+        io("symlink", std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)))?;
+    }
+    io("etc", std::fs::write(base.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n"))?;
+    let kib = |n: usize| n * 1024;
+    let (runtime_len, data_len, helper_len) =
+        if short { (kib(1024), kib(256), kib(256)) } else { (kib(4096), kib(1024), kib(1024)) };
+    let runtime = work.join("runtime/usr/lib/runtime");
+    io("mkdir", std::fs::create_dir_all(&runtime))?;
+    io("runtime", std::fs::write(runtime.join("libruntime.so"), pseudo_random(1, runtime_len)))?;
+    for i in 0..apps {
+        let app = work.join(format!("app{i}/app"));
+        io("mkdir", std::fs::create_dir_all(&app))?;
+        io("app", std::fs::write(app.join("run.sh"), format!("#!/bin/sh\necho app {i}\nexec sleep 100000\n")))?;
+        io("app", std::fs::write(app.join("data.bin"), pseudo_random(100 + i as u64, data_len)))?;
+        io("app", std::fs::write(app.join("helper.bin"), pseudo_random(2, helper_len)))?;
+    }
+    Ok(())
+}
+
+/// A gzip-compressed layer tar of `dir`: (compressed bytes, diff id).
+fn layer_blob(dir: &Path) -> Result<(Vec<u8>, Digest), String> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.mode(tar::HeaderMode::Deterministic);
+    io("tar", tar.append_dir_all(".", dir))?;
+    let raw = io("tar", tar.into_inner())?;
+    let diff_id = Digest::of(Algorithm::Sha256, &raw);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    io("gzip", gz.write_all(&raw))?;
+    Ok((io("gzip", gz.finish())?, diff_id))
+}
+
+struct Blob {
+    bytes: Vec<u8>,
+    digest: Digest,
+}
+
+impl Blob {
+    fn new(bytes: Vec<u8>) -> Blob {
+        let digest = Digest::of(Algorithm::Sha256, &bytes);
+        Blob { bytes, digest }
+    }
+
+    fn descriptor(&self, media_type: &str) -> serde_json::Value {
+        json!({ "mediaType": media_type, "digest": self.digest.to_string(), "size": self.bytes.len() })
+    }
+}
+
+/// Writes an OCI image layout per application under `work/oci/app<i>`; returns the layouts and
+/// the bytes of the distinct blobs (what a pull of the whole set transfers).
+fn write_layouts(work: &Path, apps: usize) -> Result<(Vec<PathBuf>, u64), String> {
+    let (base, base_id) = layer_blob(&work.join("base"))?;
+    let (runtime, runtime_id) = layer_blob(&work.join("runtime"))?;
+    let shared = [(Blob::new(base), base_id), (Blob::new(runtime), runtime_id)];
+    let mut distinct = std::collections::BTreeMap::new();
+    let mut layouts = Vec::new();
+    for i in 0..apps {
+        let (app, app_id) = layer_blob(&work.join(format!("app{i}")))?;
+        let app = (Blob::new(app), app_id);
+        let layers: Vec<&(Blob, Digest)> = shared.iter().chain(std::iter::once(&app)).collect();
+        let config = Blob::new(
+            json!({
+                "architecture": layerstore::host_arch(), "os": "linux",
+                "config": { "Cmd": ["/app/run.sh"] },
+                "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|(_, d)| d.to_string()).collect::<Vec<_>>() },
+            })
+            .to_string()
+            .into_bytes(),
+        );
+        let manifest = Blob::new(
+            json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config.descriptor("application/vnd.oci.image.config.v1+json"),
+                "layers": layers.iter().map(|(b, _)| b.descriptor("application/vnd.oci.image.layer.v1.tar+gzip")).collect::<Vec<_>>(),
+            })
+            .to_string()
+            .into_bytes(),
+        );
+        let dir = work.join(format!("oci/app{i}"));
+        let blobs = dir.join("blobs/sha256");
+        io("mkdir", std::fs::create_dir_all(&blobs))?;
+        for b in layers.iter().map(|(b, _)| b).chain([&config, &manifest]) {
+            io("blob", std::fs::write(blobs.join(b.digest.hex()), &b.bytes))?;
+            distinct.insert(b.digest.to_string(), b.bytes.len() as u64);
+        }
+        io("oci-layout", std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#))?;
+        let index = json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest.digest.to_string(),
+                "size": manifest.bytes.len(),
+                "annotations": { "org.opencontainers.image.ref.name": format!("strata-report/app{i}:latest") },
+            }],
+        });
+        io("index.json", std::fs::write(dir.join("index.json"), index.to_string()))?;
+        layouts.push(dir);
+    }
+    Ok((layouts, distinct.values().sum()))
+}
+
+/// Imports every layout into a fresh store and reads its disk usage.
+fn strata_store(work: &Path, layouts: &[PathBuf], transfer: u64) -> Result<(ImageFigure, ImageFigure, String), String> {
+    let store = Store::open(&work.join("store")).map_err(|e| e.to_string())?;
+    for (i, l) in layouts.iter().enumerate() {
+        store
+            .import(l, Some(&format!("strata-report/app{i}:latest")))
+            .map_err(|e| format!("layerstore import: {e}"))?;
+    }
+    let du = store.du().map_err(|e| format!("layerstore du: {e}"))?;
+    let layer_only =
+        ImageFigure { on_disk: du.on_disk_bytes + du.saved_by_file_dedup, transfer, logical: du.logical_bytes };
+    let both = ImageFigure { on_disk: du.on_disk_bytes, transfer, logical: du.logical_bytes };
+    let note = format!(
+        "`layerstore::Store::import` + `du`: {} images, {} snapshots; layer dedup saves {}, file dedup {} more ({} of compressed blobs kept)",
+        du.images,
+        du.snapshots,
+        super::markdown::mib(du.saved_by_layer_dedup),
+        super::markdown::mib(du.saved_by_file_dedup),
+        super::markdown::mib(du.blob_bytes),
+    );
+    Ok((layer_only, both, note))
+}
+
+fn allocated(path: &Path) -> Result<u64, String> {
+    Ok(io("stat", std::fs::metadata(path))?.blocks() * 512)
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{:?} failed: {}", cmd.get_program(), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Copies the trees `parts` (under `work`) into `dest` with the kernel at /boot/vmlinuz.
+fn flatten(work: &Path, parts: &[String], dest: &Path, kernel: &Path) -> Result<(), String> {
+    io("mkdir", std::fs::create_dir_all(dest.join("boot")))?;
+    for p in parts {
+        run(Command::new("cp").arg("-a").arg(work.join(p).join(".")).arg(dest))?;
+    }
+    io("kernel", std::fs::copy(kernel, dest.join("boot/vmlinuz")))?;
+    Ok(())
+}
+
+/// An ext4 image of `dir` (fixed UUID, hash seed and time so images of similar trees share blocks).
+fn mkfs(dir: &Path, raw: &Path, size_mib: u64) -> Result<(), String> {
+    const UUID: &str = "5a7a7a00-0000-4000-8000-000000000001";
+    run(Command::new("mke2fs")
+        .env("E2FSPROGS_FAKE_TIME", "1")
+        .args(["-q", "-F", "-t", "ext4", "-U", UUID, "-E"])
+        .arg(format!("hash_seed={UUID}"))
+        .arg("-d")
+        .arg(dir)
+        .arg(raw)
+        .arg(format!("{size_mib}M")))
+}
+
+fn du_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += du_bytes(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// qcow2 disks: one per app, and overlays on a shared backing file.
+fn qcow2_disks(work: &Path, apps: usize, kernel: &Path) -> Result<(ImageFigure, ImageFigure, u64), String> {
+    for tool in ["mke2fs", "qemu-img"] {
+        if Command::new(tool).arg("--help").output().is_err() {
+            return Err(format!("`{tool}` is not installed (apt-get install e2fsprogs qemu-utils)"));
+        }
+    }
+    let disks = work.join("disks");
+    io("mkdir", std::fs::create_dir_all(&disks))?;
+    let base_parts = vec!["base".to_string(), "runtime".to_string()];
+    let base_root = disks.join("root-base");
+    flatten(work, &base_parts, &base_root, kernel)?;
+    let mut roots = Vec::new();
+    for i in 0..apps {
+        let mut parts = base_parts.clone();
+        parts.push(format!("app{i}"));
+        let root = disks.join(format!("root-app{i}"));
+        flatten(work, &parts, &root, kernel)?;
+        roots.push(root);
+    }
+    // One size for every disk (the largest tree plus room), so overlays line up with the base.
+    let largest = roots.iter().map(|r| du_bytes(r)).max().unwrap_or(0);
+    let size_mib = largest * 3 / 2 / (1024 * 1024) + 16;
+    let base_raw = disks.join("base.raw");
+    let base_qcow = disks.join("base.qcow2");
+    mkfs(&base_root, &base_raw, size_mib)?;
+    run(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&base_raw).arg(&base_qcow))?;
+    let mut per_app = ImageFigure::default();
+    let mut shared = ImageFigure {
+        on_disk: allocated(&base_qcow)?,
+        transfer: io("stat", std::fs::metadata(&base_qcow))?.len(),
+        logical: 0,
+    };
+    for (i, root) in roots.iter().enumerate() {
+        progress(format_args!("images: qcow2 disks for app {}/{apps}", i + 1));
+        let raw = disks.join(format!("app{i}.raw"));
+        mkfs(root, &raw, size_mib)?;
+        let qcow = disks.join(format!("app{i}.qcow2"));
+        run(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&qcow))?;
+        let overlay = disks.join(format!("app{i}-overlay.qcow2"));
+        // An empty overlay on the app's own disk, rebased onto the shared base: `rebase` copies
+        // into the overlay exactly the clusters where the app's disk differs from the base.
+        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&raw).arg(&overlay))?;
+        run(Command::new("qemu-img")
+            .args(["rebase", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base_qcow)
+            .arg(&overlay))?;
+        io("remove", std::fs::remove_file(&raw))?;
+        per_app.on_disk += allocated(&qcow)?;
+        per_app.transfer += io("stat", std::fs::metadata(&qcow))?.len();
+        shared.on_disk += allocated(&overlay)?;
+        shared.transfer += io("stat", std::fs::metadata(&overlay))?.len();
+    }
+    per_app.logical = per_app.on_disk;
+    shared.logical = per_app.on_disk;
+    Ok((per_app, shared, size_mib))
+}
+
+/// The image-size rows.
+pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> Vec<ImageRow> {
+    let apps = opts.apps();
+    progress(format_args!("images: building {apps} applications"));
+    let prepared = (|| {
+        let work = tempfile::Builder::new().prefix("strata-report-images-").tempdir().map_err(|e| e.to_string())?;
+        write_layer_trees(work.path(), apps, opts.short)?;
+        let (layouts, transfer) = write_layouts(work.path(), apps)?;
+        Ok::<_, String>((work, layouts, transfer))
+    })();
+    let (work, layouts, transfer) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            return SYSTEMS
+                .iter()
+                .map(|s| ImageRow { system: s.to_string(), note: "-".into(), outcome: Outcome::Unavailable(e.clone()) })
+                .collect();
+        }
+    };
+    let mut rows = Vec::new();
+    progress("images: strata's layer store");
+    match strata_store(work.path(), &layouts, transfer) {
+        Ok((layer_only, both, note)) => {
+            rows.push(ImageRow {
+                system: SYSTEMS[0].into(),
+                note: "on disk = `du` on-disk bytes + what file dedup saved".into(),
+                outcome: Outcome::Measured(layer_only),
+            });
+            rows.push(ImageRow { system: SYSTEMS[1].into(), note, outcome: Outcome::Measured(both) });
+        }
+        Err(e) => {
+            for s in &SYSTEMS[..2] {
+                rows.push(ImageRow {
+                    system: s.to_string(),
+                    note: "-".into(),
+                    outcome: Outcome::Unavailable(e.clone()),
+                });
+            }
+        }
+    }
+    rows.push(ImageRow {
+        system: SYSTEMS[2].into(),
+        note: "-".into(),
+        outcome: Outcome::Unavailable(
+            "not measured in this version: needs a private containerd importing the same OCI layouts".into(),
+        ),
+    });
+    progress("images: qcow2 disks");
+    let qcow = match kernel {
+        Some(k) => qcow2_disks(work.path(), apps, k),
+        None => Err("no cached guest kernel to put in /boot".into()),
+    };
+    match qcow {
+        Ok((per_app, shared, size_mib)) => {
+            rows.push(ImageRow {
+                system: SYSTEMS[3].into(),
+                note: format!(
+                    "{apps} × ext4 ({size_mib} MiB, `mke2fs -d`, kernel in /boot) → `qemu-img convert -O qcow2`"
+                ),
+                outcome: Outcome::Measured(per_app),
+            });
+            rows.push(ImageRow {
+                system: SYSTEMS[4].into(),
+                note: "base.qcow2 (busybox + runtime + kernel) + per app an overlay holding only the clusters that differ (`qemu-img rebase` onto base.qcow2)".into(),
+                outcome: Outcome::Measured(shared),
+            });
+        }
+        Err(e) => {
+            for s in &SYSTEMS[3..] {
+                rows.push(ImageRow {
+                    system: s.to_string(),
+                    note: "-".into(),
+                    outcome: Outcome::Unavailable(e.clone()),
+                });
+            }
+        }
+    }
+    rows
+}

@@ -1,0 +1,195 @@
+//! REPORT.md: the tables, each system on its own row, measured figures with ratios to strata,
+//! published figures labelled as such, and unavailable systems with their reason.
+
+use std::fmt::Write;
+
+use super::{DensityRow, ImageRow, MemRow, Outcome, Report, Samples, StartRow};
+
+/// Bytes as MiB with two decimals.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn kib_as_mib(kib: u64) -> String {
+    format!("{:.2} MiB", kib as f64 / 1024.0)
+}
+
+/// `a / b` with two decimals, or `-` when it has no meaning.
+pub fn ratio(a: f64, b: f64) -> String {
+    let r = a / b;
+    if b > 0.0 && r.is_finite() { format!("{r:.2}") } else { "-".into() }
+}
+
+fn ms(v: f64) -> String {
+    if v.is_finite() { format!("{v:.1}") } else { "-".into() }
+}
+
+fn dist(s: &Samples) -> String {
+    if s.ms.is_empty() {
+        return "-".into();
+    }
+    format!("{} ({}–{})", ms(s.median()), ms(s.min()), ms(s.max()))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn not_measured<T>(o: &Outcome<T>, columns: usize) -> Option<String> {
+    let text = match o {
+        Outcome::Measured(_) => return None,
+        Outcome::Published(t) => format!("published, not measured: {}", escape(t)),
+        Outcome::Unavailable(r) => format!("unavailable: {}", escape(r)),
+    };
+    let mut cells = vec![text];
+    cells.resize(columns, "-".into());
+    Some(cells.join(" | "))
+}
+
+fn start_table(out: &mut String, rows: &[StartRow]) {
+    let strata = rows.iter().find(|r| r.system == "strata (direct)").and_then(|r| r.outcome.measured());
+    out.push_str(
+        "| system | how | runs | `/bin/true` start → exit, ms: median (min–max) | `echo ready` start → first byte, ms | `echo ready` start → exit, ms | ratio system / strata (true → exit) | ratio system / strata (first byte) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let cells = match not_measured(&r.outcome, 6) {
+            Some(c) => c,
+            None => {
+                let Some(s) = r.outcome.measured() else { continue };
+                let (rt, rf) = match strata {
+                    Some(st) => (
+                        ratio(s.true_exit.median(), st.true_exit.median()),
+                        ratio(s.first_byte.median(), st.first_byte.median()),
+                    ),
+                    None => ("-".into(), "-".into()),
+                };
+                format!(
+                    "{} | {} | {} | {} | {rt} | {rf}",
+                    s.true_exit.ms.len(),
+                    dist(&s.true_exit),
+                    dist(&s.first_byte),
+                    dist(&s.echo_exit)
+                )
+            }
+        };
+        let _ = writeln!(out, "| {} | {} | {cells} |", r.system, escape(&r.mode));
+    }
+}
+
+fn memory_table(out: &mut String, rows: &[MemRow]) {
+    let strata = rows.iter().find(|r| r.system == "strata (direct)").and_then(|r| r.outcome.measured()).copied();
+    out.push_str("| system | what is counted | RSS | PSS | ratio PSS system / strata |\n|---|---|---|---|---|\n");
+    for r in rows {
+        let cells = match (not_measured(&r.outcome, 3), r.outcome.measured()) {
+            (Some(c), _) => c,
+            (None, Some(m)) => {
+                let rt = strata.map_or_else(|| "-".into(), |s| ratio(m.pss_kib as f64, s.pss_kib as f64));
+                format!("{} | {} | {rt}", kib_as_mib(m.rss_kib), kib_as_mib(m.pss_kib))
+            }
+            (None, None) => continue,
+        };
+        let _ = writeln!(out, "| {} | {} | {cells} |", r.system, escape(&r.note));
+    }
+}
+
+fn density_table(out: &mut String, rows: &[DensityRow]) {
+    let per = |d: &super::DensityFigure| d.total.pss_kib as f64 / d.ready.max(1) as f64;
+    let strata = rows.iter().find(|r| r.system == "strata (direct)").and_then(|r| r.outcome.measured()).copied();
+    out.push_str(
+        "| system | what | started | ready | time to all ready, ms | total RSS | total PSS | PSS per instance | ratio per-instance PSS system / strata |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let cells = match (not_measured(&r.outcome, 7), r.outcome.measured()) {
+            (Some(c), _) => c,
+            (None, Some(d)) => {
+                let rt = strata.map_or_else(|| "-".into(), |s| ratio(per(d), per(&s)));
+                format!(
+                    "{} | {} | {} | {} | {} | {} | {rt}",
+                    d.started,
+                    d.ready,
+                    ms(d.all_ready_ms),
+                    kib_as_mib(d.total.rss_kib),
+                    kib_as_mib(d.total.pss_kib),
+                    kib_as_mib(per(d) as u64)
+                )
+            }
+            (None, None) => continue,
+        };
+        let _ = writeln!(out, "| {} | {} | {cells} |", r.system, escape(&r.note));
+    }
+}
+
+fn image_table(out: &mut String, rows: &[ImageRow]) {
+    let strata =
+        rows.iter().find(|r| r.system == super::images::SYSTEMS[1]).and_then(|r| r.outcome.measured()).copied();
+    out.push_str(
+        "| system | how | bytes on disk | bytes to transfer | nothing shared | ratio on disk system / strata (layer + file dedup) |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let cells = match (not_measured(&r.outcome, 4), r.outcome.measured()) {
+            (Some(c), _) => c,
+            (None, Some(f)) => {
+                let rt = strata.map_or_else(|| "-".into(), |s| ratio(f.on_disk as f64, s.on_disk as f64));
+                format!("{} | {} | {} | {rt}", mib(f.on_disk), mib(f.transfer), mib(f.logical))
+            }
+            (None, None) => continue,
+        };
+        let _ = writeln!(out, "| {} | {} | {cells} |", r.system, escape(&r.note));
+    }
+}
+
+/// The whole REPORT.md.
+pub fn render(r: &Report, command: &str) -> String {
+    let mut out = String::new();
+    let date = r.machine.iter().find(|(k, _)| k == "date (UTC)").map_or("-", |(_, v)| v.as_str());
+    let _ = writeln!(out, "# strata: containers against VMs\n");
+    let _ = writeln!(
+        out,
+        "Generated by `{command}` ({} mode) on {date} UTC; the run took {:.0} s. Every figure below was measured in \
+         this run unless it is labelled *published, not measured*; systems that could not be measured are listed as \
+         *unavailable* with the reason. Ratios are system / strata (below 1: smaller or faster than strata).\n",
+        if r.short { "short" } else { "full" },
+        r.elapsed_s
+    );
+    out.push_str("## Machine\n\n| | |\n|---|---|\n");
+    for (k, v) in &r.machine {
+        let _ = writeln!(out, "| {k} | {} |", escape(v));
+    }
+    out.push_str(
+        "\n## 1. Start time\n\n\
+         The same workload everywhere: `/bin/true`, and `echo ready` whose first byte on its stdout marks the \
+         workload's first instruction. Containers: a busybox-static bundle with strata's default config (default \
+         namespaces including network, default capabilities, masked paths, Docker's default seccomp profile), `run` \
+         (create + start + wait + delete) timed from spawning the runtime to the first byte on the pipe and to the \
+         runtime's exit; strata, crun and runc interleaved round by round. VM: qemu `-M microvm` from spawning qemu to \
+         `STRATA-READY` on the serial console (printed by /init, a busybox script, as its first command) and to qemu's \
+         exit after /init ran `/bin/true` and `poweroff -f`; the accelerator is in the *how* column.\n\n![start time](start.svg)\n\n",
+    );
+    start_table(&mut out, &r.start);
+    out.push_str(
+        "\n## 2. Memory per running instance\n\n\
+         A container running `sleep` (busybox), created and started detached: RSS and PSS summed from \
+         `/proc/<pid>/smaps_rollup` over the container's processes. strata keeps no resident supervisor for a detached \
+         container (nor do runc and crun without a shim): the *what is counted* column says whether any process of the \
+         runtime was still alive. VM: the qemu process's RSS and PSS once the guest sleeps.\n\n![memory](memory.svg)\n\n",
+    );
+    memory_table(&mut out, &r.memory);
+    out.push_str(
+        "\n## 3. Density\n\n\
+         N sleeping instances at once: time from the first start until all are running (containers: `start` returned; \
+         VMs: `STRATA-READY` seen), and their total memory. Everything is killed and deleted afterwards, also on error.\n\n![density](density.svg)\n\n",
+    );
+    density_table(&mut out, &r.density);
+    out.push_str(
+        "\n## 4. Image size\n\n\
+         One application set built here: a busybox-static base layer, a runtime layer every application shares, and per \
+         application a layer with its script, its own data and a helper file identical across applications (contents \
+         pseudo-random, so compression does not hide them). *Bytes to transfer* is what a machine holding none of it \
+         fetches: the distinct compressed blobs for the store, the qcow2 files for VMs.\n\n![image size](images.svg)\n\n",
+    );
+    image_table(&mut out, &r.images);
+    for n in &r.notes {
+        let _ = writeln!(out, "\n{n}");
+    }
+    out
+}
