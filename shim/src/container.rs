@@ -69,6 +69,21 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
+/// Creates the container's cgroup. The shared `strata/` parent is removed by the `delete` of
+/// the last container in it, which can race with a `create` next to it: a parent that vanished
+/// between two steps is simply made again.
+fn create_cgroup(h: &Hierarchy, rel: &Path, r: Option<&oci_spec::runtime::LinuxResources>) -> Result<Cgroup> {
+    let mut attempt = 0;
+    loop {
+        match Cgroup::create(h, rel, r) {
+            Err(cgroups::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound && attempt < 5 => {
+                attempt += 1;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Splits `linux.resources` into everything but the device rules, and the device rules alone.
 fn split_device_rules(
     r: Option<&oci_spec::runtime::LinuxResources>,
@@ -125,7 +140,7 @@ pub fn create(
     // Device rules are applied once the init has made /dev (as runc does): the program also
     // governs mknod, and the init creates the default nodes inside the cgroup.
     let (resources, device_rules) = split_device_rules(linux.resources().as_ref());
-    let cgroup = Cgroup::create(&hierarchy, &cg_rel, resources.as_ref())?;
+    let cgroup = create_cgroup(&hierarchy, &cg_rel, resources.as_ref())?;
     guard.cgroup = Some(cgroup.clone());
 
     let gate = if gate_channel { Gate::Channel } else { Gate::Socket(listen_start_socket(&dir)?) };

@@ -83,6 +83,15 @@ fn image_import_run_du_export_rm_gc_fsck() {
     assert_eq!(ok(&["image", "run", "--rm", "--name", "img-run-1", "bb"]), "hello from /tmp as 1000\n");
     // A command and an environment variable from the command line.
     assert_eq!(ok(&["image", "run", "-e", "GREETING=bye", "bb", "sh", "-c", "echo $GREETING"]), "bye\n");
+    // The top-level `run IMAGE` form, docker style, from a directory without config.json.
+    assert_eq!(ok(&["run", "--rm", "-e", "GREETING=top", "bb", "sh", "-c", "echo $GREETING"]), "top\n");
+    if std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo").contains(" - cgroup ") {
+        // Hybrid host: a memory limit cannot be enforced and is refused before anything exists.
+        let (success, _, err) = strata(&state, &store, &["run", "--memory", "64m", "bb", "true"]);
+        assert!(!success);
+        assert!(err.contains("`memory`") && err.contains("hybrid"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
     let (success, _, _) = strata(&state, &store, &["image", "run", "bb", "sh", "-c", "exit 3"]);
     assert!(!success, "the exit status was lost");
     assert_eq!(std::fs::read_dir(store.join("containers")).expect("dir").count(), 0, "a root file system was left");

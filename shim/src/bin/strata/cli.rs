@@ -56,6 +56,87 @@ pub struct CreateArgs {
     pub no_new_keyring: bool,
 }
 
+/// Flags of `run` (bundle form and image form).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The bundle directory (bundle form; default: the current directory).
+    #[arg(short, long)]
+    pub bundle: Option<PathBuf>,
+    /// Unix socket that receives the pty master when process.terminal is true.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// File to write the init's pid to.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Pass this many extra file descriptors (from 3 on) to the container.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Return once the container runs.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep the container's state after it exits (not supported).
+    #[arg(long)]
+    pub keep: bool,
+    /// Accepted for runc compatibility (strata always pivots).
+    #[arg(long, hide = true)]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long, hide = true)]
+    pub no_new_keyring: bool,
+    /// Image form: remove the container when it exits (always done; accepted for docker users).
+    #[arg(long)]
+    pub rm: bool,
+    /// Image form: keep stdin open (the container always gets the runtime's stdin).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Image form: allocate a pseudo-terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Image form: set an environment variable (KEY=VALUE), over the image's.
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// Image form: the container id (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image form: memory limit (bytes, or with a k, m or g suffix).
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// Image form: directory of the image store.
+    #[arg(long, default_value = crate::image::DEFAULT_STORE, env = "STRATA_STORE")]
+    pub store: PathBuf,
+    /// ID (bundle form), or IMAGE [COMMAND...] (image form).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+impl RunArgs {
+    /// Whether this is the image form.
+    pub fn is_image_form(&self) -> bool {
+        let image_flags = self.rm
+            || self.interactive
+            || self.tty
+            || !self.env.is_empty()
+            || self.name.is_some()
+            || self.memory.is_some();
+        let has_bundle = self.bundle.is_some() || std::path::Path::new("config.json").exists();
+        image_flags || self.args.len() > 1 || !has_bundle
+    }
+}
+
+/// Parses a docker-style size: `1048576`, `512k`, `64m`, `1g`.
+pub fn parse_size(s: &str) -> Result<i64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (num, mult) = match lower.trim_end_matches('b').chars().last() {
+        Some('k') => (&lower[..lower.trim_end_matches('b').len() - 1], 1i64 << 10),
+        Some('m') => (&lower[..lower.trim_end_matches('b').len() - 1], 1 << 20),
+        Some('g') => (&lower[..lower.trim_end_matches('b').len() - 1], 1 << 30),
+        _ => (lower.trim_end_matches('b'), 1),
+    };
+    let n: i64 =
+        num.parse().with_context(|| format!("--memory {s:?}: expected a size such as 67108864, 512k, 64m or 1g"))?;
+    n.checked_mul(mult).with_context(|| format!("--memory {s:?} is too large"))
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -67,16 +148,12 @@ pub enum Command {
         id: String,
     },
     /// Create and start a container and wait for it (unless --detach).
-    Run {
-        #[command(flatten)]
-        create: CreateArgs,
-        /// Return once the container runs.
-        #[arg(short, long)]
-        detach: bool,
-        /// Keep the container's state after it exits.
-        #[arg(long)]
-        keep: bool,
-    },
+    ///
+    /// Two forms: `strata run [--bundle DIR] ID` runs a bundle as runc does; `strata run [--rm]
+    /// [-it] [-e K=V] [--name N] [--memory M] IMAGE [COMMAND...]` runs an image from the store.
+    /// The image form is chosen when an image flag or a command is given, or when there is no
+    /// bundle (no --bundle and no config.json in the current directory).
+    Run(Box<RunArgs>),
     /// Print the runtime-spec state of a container as JSON.
     State {
         /// The container id.
@@ -230,7 +307,7 @@ fn state_root(cli: &Cli) -> Result<StateRoot> {
 pub fn dispatch(cli: Cli) -> Result<i32> {
     if matches!(
         cli.command,
-        Command::Create(_) | Command::Run { .. } | Command::Exec { .. } | Command::Demo | Command::Image(_)
+        Command::Create(_) | Command::Run(_) | Command::Exec { .. } | Command::Demo | Command::Image(_)
     ) {
         engine::seal::reexec_sealed().context("protecting the runtime binary")?;
     }
@@ -246,19 +323,39 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             container::start(&state_root(&cli)?, id)?;
             Ok(0)
         }
-        Command::Run { create, detach, keep } => {
+        Command::Run(r) if r.is_image_form() => {
+            if r.detach {
+                bail!("run IMAGE: --detach is not supported yet; run it in the foreground");
+            }
+            let memory = r.memory.as_deref().map(parse_size).transpose()?;
+            let req = crate::image::ImageRun {
+                image: r.args[0].clone(),
+                command: r.args[1..].to_vec(),
+                env: r.env.clone(),
+                name: r.name.clone(),
+                tty: r.tty,
+                memory,
+            };
+            crate::image::run_image(&cli.root, &r.store, &req)
+        }
+        Command::Run(r) => {
             let root = state_root(&cli)?;
-            let bundle = Bundle::load(&create.bundle)?;
-            let opts = create_options(create);
-            if *detach {
-                container::create(&root, &create.id, &bundle, &opts, false)?;
-                container::start(&root, &create.id)?;
+            let id = &r.args[0];
+            let bundle = Bundle::load(r.bundle.as_deref().unwrap_or(std::path::Path::new(".")))?;
+            let opts = CreateOptions {
+                console_socket: r.console_socket.clone(),
+                preserve_fds: r.preserve_fds,
+                pid_file: r.pid_file.clone(),
+            };
+            if r.detach {
+                container::create(&root, id, &bundle, &opts, false)?;
+                container::start(&root, id)?;
                 return Ok(0);
             }
-            if *keep {
+            if r.keep {
                 bail!("--keep is not supported: the container is deleted when it exits");
             }
-            Ok(container::run(&root, &create.id, &bundle, &opts)?)
+            Ok(container::run(&root, id, &bundle, &opts)?)
         }
         Command::State { id } => {
             let st = container::oci_state(&state_root(&cli)?, id)?;
@@ -555,6 +652,16 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2gb").unwrap(), 2 << 30);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -580,6 +687,11 @@ mod tests {
         );
         let c = Cli::try_parse_from(["strata", "exec", "-t", "id1", "sh", "-c", "echo hi"]).unwrap();
         assert!(matches!(c.command, Command::Exec { ref command, tty: true, .. } if command.len() == 3));
+        let c = Cli::try_parse_from(["strata", "run", "--bundle", "/b", "id1"]).unwrap();
+        assert!(matches!(c.command, Command::Run(ref r) if !r.is_image_form() && r.args == ["id1"]));
+        let c = Cli::try_parse_from(["strata", "run", "--rm", "-it", "-e", "A=b", "busybox", "sh", "-c", "echo hi"])
+            .unwrap();
+        assert!(matches!(c.command, Command::Run(ref r) if r.is_image_form() && r.tty && r.args.len() == 4));
         let c = Cli::try_parse_from(["strata", "kill", "--all", "id1", "KILL"]).unwrap();
         assert!(matches!(c.command, Command::Kill { all: true, ref signal, .. } if signal == "KILL"));
     }

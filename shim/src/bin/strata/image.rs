@@ -189,7 +189,15 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
         }
         ImageCommand::Run { rm: _, tty, env, name, image, command } => {
             engine::seal::reexec_sealed().context("protecting the runtime binary")?;
-            return run(state_root, &store, image, name.clone(), command, env, *tty);
+            let req = ImageRun {
+                image: image.clone(),
+                command: command.clone(),
+                env: env.clone(),
+                name: name.clone(),
+                tty: *tty,
+                memory: None,
+            };
+            return run(state_root, &store, &req);
         }
     }
     Ok(0)
@@ -283,17 +291,39 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32)> {
 }
 
 /// Builds the bundle from the image config and runs it; the root file system goes when it exits.
-fn run(
-    state_root: &Path,
-    store: &Store,
-    image: &str,
-    name: Option<String>,
-    command: &[String],
-    extra_env: &[String],
-    tty: bool,
-) -> Result<i32> {
+/// What `strata run IMAGE` (or `strata image run`) runs.
+#[derive(Debug, Clone)]
+pub struct ImageRun {
+    /// The image name or digest.
+    pub image: String,
+    /// The command, replacing the image's CMD.
+    pub command: Vec<String>,
+    /// Extra environment (KEY=VALUE).
+    pub env: Vec<String>,
+    /// The container id.
+    pub name: Option<String>,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+}
+
+/// `strata run IMAGE ...`: opens the store at `store` and runs the image.
+pub fn run_image(state_root: &Path, store: &Path, req: &ImageRun) -> Result<i32> {
+    let store = Store::open(store).with_context(|| format!("opening the image store {}", store.display()))?;
+    run(state_root, &store, req)
+}
+
+fn run(state_root: &Path, store: &Store, req: &ImageRun) -> Result<i32> {
+    let (image, command, extra_env, tty) = (req.image.as_str(), &req.command, &req.env, req.tty);
     let config = store.image_config(image)?;
-    let id = name.unwrap_or_else(|| {
+    // Refuse limits the host cannot enforce before anything is made.
+    let resources = req.memory.map(|m| serde_json::json!({"memory": {"limit": m}}));
+    if let Some(r) = &resources {
+        let r: oci_spec::runtime::LinuxResources = serde_json::from_value(r.clone())?;
+        cgroups::Hierarchy::detect()?.check_resources(&r)?;
+    }
+    let id = req.name.clone().unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         format!("strata-{}-{nanos:x}", std::process::id())
     });
@@ -327,6 +357,9 @@ fn run(
         spec["process"]["user"] = serde_json::json!({"uid": uid, "gid": gid});
         spec["root"] = serde_json::json!({"path": "rootfs", "readonly": false});
         spec["hostname"] = serde_json::json!(id.chars().take(63).collect::<String>());
+        if let Some(r) = &resources {
+            spec["linux"]["resources"]["memory"] = r["memory"].clone();
+        }
         let file = bundle_dir.join("config.json");
         std::fs::write(&file, serde_json::to_string_pretty(&spec)?)
             .with_context(|| format!("writing {}", file.display()))?;
