@@ -82,11 +82,12 @@ impl BusyboxBundle {
     }
 }
 
-/// One `run` of the bundle (create, start, wait, delete) with `rt`; returns the wall time.
-pub fn run_once(rt: &Runtime, bundle: &Path, state_root: &Path, id: &str) -> Result<Duration, String> {
+/// A command of `rt` with its state under `root`. crun gets a private mount namespace with a
+/// tmpfs over /sys/fs/cgroup/unified, as it refuses the hybrid layout otherwise; the bench
+/// does that for it, strata needs no such help.
+pub fn runtime_command(rt: &Runtime, root: &Path) -> Command {
     let mut cmd = Command::new(&rt.binary);
-    cmd.arg("--root").arg(state_root).args(["run", "--bundle"]).arg(bundle).arg(id);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("--root").arg(root);
     if rt.hide_hybrid_cgroup2 {
         // SAFETY: the closure runs in the forked child before exec and only makes system calls.
         unsafe {
@@ -110,6 +111,14 @@ pub fn run_once(rt: &Runtime, bundle: &Path, state_root: &Path, id: &str) -> Res
             });
         }
     }
+    cmd
+}
+
+/// One `run` of the bundle (create, start, wait, delete) with `rt`; returns the wall time.
+pub fn run_once(rt: &Runtime, bundle: &Path, state_root: &Path, id: &str) -> Result<Duration, String> {
+    let mut cmd = runtime_command(rt, state_root);
+    cmd.args(["run", "--bundle"]).arg(bundle).arg(id);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let t = Instant::now();
     let out = cmd.output().map_err(|e| format!("{}: {e}", rt.name))?;
     let elapsed = t.elapsed();

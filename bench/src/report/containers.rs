@@ -5,7 +5,6 @@
 //! dropped, so an error half-way leaves no container, cgroup or process behind.
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,35 +19,9 @@ fn next_id(rt: &Runtime) -> String {
     format!("report-{}-{}-{}", rt.name, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A command of `rt` with its state under `root`; crun gets its private mount namespace with a
-/// tmpfs over /sys/fs/cgroup/unified, as in [`crate::run_once`].
+/// A command of `rt` with its state under `root` (see [`crate::runtime_command`]).
 fn runtime_command(rt: &Runtime, root: &Path) -> Command {
-    let mut cmd = Command::new(&rt.binary);
-    cmd.arg("--root").arg(root);
-    if rt.hide_hybrid_cgroup2 {
-        // SAFETY: the closure runs in the forked child before exec and only makes system calls.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-                nix::mount::mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
-                    None::<&str>,
-                )?;
-                nix::mount::mount(
-                    Some("tmpfs"),
-                    "/sys/fs/cgroup/unified",
-                    Some("tmpfs"),
-                    nix::mount::MsFlags::empty(),
-                    None::<&str>,
-                )?;
-                Ok(())
-            });
-        }
-    }
-    cmd
+    crate::runtime_command(rt, root)
 }
 
 /// Runs a runtime command to completion. Its stderr goes to a file, not a pipe: the container

@@ -39,6 +39,13 @@ pub struct CreateArgs {
     /// The bundle directory (holding config.json).
     #[arg(short, long, default_value = ".")]
     pub bundle: PathBuf,
+    #[command(flatten)]
+    pub flags: CreateFlags,
+}
+
+/// The runc flags `create` and `run` share.
+#[derive(Debug, clap::Args)]
+pub struct CreateFlags {
     /// Unix socket that receives the pty master when process.terminal is true.
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
@@ -62,27 +69,14 @@ pub struct RunArgs {
     /// The bundle directory (bundle form; default: the current directory).
     #[arg(short, long)]
     pub bundle: Option<PathBuf>,
-    /// Unix socket that receives the pty master when process.terminal is true.
-    #[arg(long)]
-    pub console_socket: Option<PathBuf>,
-    /// File to write the init's pid to.
-    #[arg(long)]
-    pub pid_file: Option<PathBuf>,
-    /// Pass this many extra file descriptors (from 3 on) to the container.
-    #[arg(long, default_value_t = 0)]
-    pub preserve_fds: u32,
+    #[command(flatten)]
+    pub flags: CreateFlags,
     /// Return once the container runs.
     #[arg(short, long)]
     pub detach: bool,
     /// Keep the container's state after it exits (not supported).
     #[arg(long)]
     pub keep: bool,
-    /// Accepted for runc compatibility (strata always pivots).
-    #[arg(long, hide = true)]
-    pub no_pivot: bool,
-    /// Accepted for runc compatibility.
-    #[arg(long, hide = true)]
-    pub no_new_keyring: bool,
     /// Image form: remove the container when it exits (always done; accepted for docker users).
     #[arg(long)]
     pub rm: bool,
@@ -315,7 +309,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Create(a) => {
             let root = state_root(&cli)?;
             let bundle = Bundle::load(&a.bundle)?;
-            let created = container::create(&root, &a.id, &bundle, &create_options(a), false)?;
+            let created = container::create(&root, &a.id, &bundle, &create_options(&a.flags), false)?;
             drop(created);
             Ok(0)
         }
@@ -342,11 +336,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let root = state_root(&cli)?;
             let id = &r.args[0];
             let bundle = Bundle::load(r.bundle.as_deref().unwrap_or(std::path::Path::new(".")))?;
-            let opts = CreateOptions {
-                console_socket: r.console_socket.clone(),
-                preserve_fds: r.preserve_fds,
-                pid_file: r.pid_file.clone(),
-            };
+            let opts = create_options(&r.flags);
             if r.detach {
                 container::create(&root, id, &bundle, &opts, false)?;
                 container::start(&root, id)?;
@@ -548,7 +538,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-fn create_options(a: &CreateArgs) -> CreateOptions {
+fn create_options(a: &CreateFlags) -> CreateOptions {
     CreateOptions {
         console_socket: a.console_socket.clone(),
         preserve_fds: a.preserve_fds,
