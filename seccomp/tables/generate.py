@@ -13,7 +13,7 @@ refetch it without touching the system's apt configuration or installing anythin
 
     mkdir -p /tmp/apt-forky/lists/partial /tmp/apt-forky/cache/archives/partial /tmp/apt-forky/work
     echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
-        http://deb.debian.org/debian forky main' > /tmp/apt-forky/sources.list
+        <the machine's Debian mirror> forky main' > /tmp/apt-forky/sources.list
     APT="-o Dir::Etc::SourceList=/tmp/apt-forky/sources.list -o Dir::Etc::SourceParts=/dev/null
          -o Dir::State::Lists=/tmp/apt-forky/lists -o Dir::Cache=/tmp/apt-forky/cache"
     apt-get $APT update

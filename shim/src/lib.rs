@@ -21,6 +21,7 @@ pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod seal;
+pub mod shimv2;
 pub mod signals;
 pub mod spec;
 pub mod state;

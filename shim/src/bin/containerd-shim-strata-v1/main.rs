@@ -1,0 +1,19 @@
+//! `containerd-shim-strata-v1`: containerd's runtime v2 shim for strata (`io.containerd.strata.v1`).
+//! Thin: the version flag and the helper are dispatched here, everything else is
+//! `engine::shimv2` on the containerd-shim crate.
+
+use engine::shimv2::{self, StrataShim, helper};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(helper::HELPER_ARG) {
+        std::process::exit(helper::main(&args[2..]));
+    }
+    if args.iter().skip(1).any(|a| matches!(a.as_str(), "-v" | "--v" | "-version" | "--version")) {
+        println!("containerd-shim-strata-v1:");
+        println!("  Version:  {}", env!("CARGO_PKG_VERSION"));
+        println!("  Runtime:  {}", shimv2::RUNTIME_ID);
+        return;
+    }
+    containerd_shim::run::<StrataShim>(shimv2::RUNTIME_ID, Some(shimv2::config()));
+}

@@ -1,0 +1,309 @@
+//! A private containerd for one test: its own root, state, socket and config (CRI disabled),
+//! with the strata shim first on its PATH; and a guard that leaves nothing behind — tasks,
+//! containers, shims, containers' processes, cgroups, mounts and directories — even when the
+//! test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The image every scenario runs: busybox-static in one layer.
+pub const IMAGE: &str = "docker.io/library/strata-busybox:test";
+
+/// The runtime under test.
+pub const RUNTIME: &str = "io.containerd.strata.v1";
+
+/// The shim binary cargo built for this package.
+pub fn shim_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-strata-v1"))
+}
+
+/// The containerd binary: `$STRATA_CONTAINERD` (a cached 1.7 or 2.1), else the one on PATH.
+pub fn containerd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("STRATA_CONTAINERD") {
+        return PathBuf::from(p);
+    }
+    let found = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join("containerd"))
+        .chain([PathBuf::from("/usr/bin/containerd"), PathBuf::from("/usr/sbin/containerd")])
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "containerd is not installed: `apt-get install containerd` (Debian bookworm's 1.6.20; bash .ci/run does)"
+        )
+    })
+}
+
+/// `ctr` next to containerd.
+fn ctr_bin() -> PathBuf {
+    let beside = containerd_bin().with_file_name("ctr");
+    if beside.exists() { beside } else { PathBuf::from("ctr") }
+}
+
+/// The image archive, built once per test binary by `make-image.sh`.
+fn image_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("strata-busybox-image.tar");
+        let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/containerd/make-image.sh");
+        let st = Command::new("sh").arg(script).arg(&tmp).arg(IMAGE).status().expect("running make-image.sh");
+        assert!(st.success(), "make-image.sh failed");
+        std::fs::rename(&tmp, &out).expect("renaming the image archive");
+        out
+    })
+}
+
+/// A running private containerd; dropping it cleans everything up.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    namespace: String,
+    daemon: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd and imports the test image.
+    pub fn start() -> Containerd {
+        assert!(nix::unistd::geteuid().is_root(), "these tests run containerd and containers: run them as root");
+        static N: AtomicU32 = AtomicU32::new(0);
+        // Socket paths must stay under 108 bytes: a short directory in /tmp.
+        let dir = tempfile::Builder::new().prefix("ctd").tempdir_in("/tmp").expect("temporary directory");
+        let namespace = format!("strata-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let p = dir.path();
+        std::fs::write(
+            p.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{sock}\"\n[debug]\n  level = \"debug\"\n",
+                root = p.join("root").display(),
+                state = p.join("state").display(),
+                sock = p.join("c.sock").display(),
+            ),
+        )
+        .expect("writing config.toml");
+        let mut c = Containerd { dir, namespace, daemon: None };
+        c.spawn_daemon();
+        eprintln!("{}", c.ok(&["version"]).lines().filter(|l| l.contains("Version")).collect::<Vec<_>>().join(" / "));
+        let import = c.ctr(&["images", "import", &image_archive().display().to_string()]);
+        assert!(import.status.success(), "ctr images import: {}", String::from_utf8_lossy(&import.stderr));
+        c
+    }
+
+    fn spawn_daemon(&mut self) {
+        let p = self.dir.path();
+        let shim_dir = shim_bin().parent().expect("shim directory").to_path_buf();
+        let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p.join("containerd.log"))
+            .expect("containerd.log");
+        let daemon = Command::new(containerd_bin())
+            .arg("--config")
+            .arg(p.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd");
+        self.daemon = Some(daemon);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while d.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    /// Stops containerd and starts it again on the same root, state and socket.
+    pub fn restart(&mut self) {
+        self.stop_daemon();
+        self.spawn_daemon();
+    }
+
+    /// The daemon's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The containerd namespace of this test.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// `ctr` against this containerd, in this test's namespace, killed after 60 s.
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("60").arg(ctr_bin());
+        self.ctr_args(&mut cmd, args);
+        cmd
+    }
+
+    /// `ctr` without a time limit, for commands the test stops itself (`ctr events`).
+    pub fn ctr_cmd_untimed(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(ctr_bin());
+        self.ctr_args(&mut cmd, args);
+        cmd
+    }
+
+    fn ctr_args(&self, cmd: &mut Command, args: &[&str]) {
+        cmd.arg("--address")
+            .arg(self.dir.path().join("c.sock"))
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args)
+            .stdin(Stdio::null());
+    }
+
+    /// Runs `ctr` and collects its output.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_cmd(args).output().expect("running ctr")
+    }
+
+    /// Runs `ctr` and asserts it succeeded; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr run` arguments for the strata runtime. `--cpu-shares 0` drops ctr's default
+    /// cpu.shares, which strata refuses on hosts whose cgroup2 lacks the cpu controller.
+    pub fn run_args<'a>(&self, flags: &[&'a str], id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["run", "--runtime", RUNTIME, "--cpu-shares", "0"];
+        v.extend_from_slice(flags);
+        v.push(IMAGE);
+        v.push(id);
+        v.extend_from_slice(cmd);
+        v
+    }
+
+    /// The task's (pid, status) as `ctr task ls` shows it, if listed.
+    pub fn task(&self, id: &str) -> Option<(i32, String)> {
+        let out = self.ok(&["task", "ls"]);
+        out.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id))
+                .then(|| (f.get(1).and_then(|p| p.parse().ok()).unwrap_or(0), f.get(2).unwrap_or(&"").to_string()))
+        })
+    }
+
+    /// Waits until `id`'s status is `want`.
+    pub fn wait_status(&self, id: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.task(id).map(|t| t.1);
+            if now.as_deref() == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "task {id} is {now:?}, not {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The pids of this test's shim daemons (their command line names our socket).
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let sock = self.dir.path().join("c.sock").display().to_string();
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let is_shim = args.first().is_some_and(|a| a.ends_with("containerd-shim-strata-v1"));
+            if is_shim && args.contains(&sock) && args.contains(&self.namespace) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// The bundle containerd made for task `id` (where the shim's `address` file is).
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir.path().join("state/io.containerd.runtime.v2.task").join(&self.namespace).join(id)
+    }
+
+    /// The engine's state directory for this test's namespace.
+    pub fn state_root(&self) -> PathBuf {
+        engine::shimv2::service::state_root(&self.namespace)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Through containerd first, while it runs: kill and delete every task and container.
+        let tasks = self.ctr(&["task", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&tasks.stdout).lines() {
+            let _ = self.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for id in String::from_utf8_lossy(&tasks.stdout).lines() {
+            let _ = self.ctr(&["task", "delete", "-f", id]);
+        }
+        let containers = self.ctr(&["containers", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&containers.stdout).lines() {
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+        // Then by force: shims, containerd, containers the engine still knows, mounts, files.
+        for pid in self.shim_pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Some(mut d) = self.daemon.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while d.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        let root = self.state_root();
+        if let Ok(sr) = engine::state::StateRoot::new(&root) {
+            for id in sr.list().unwrap_or_default() {
+                let _ = engine::container::delete(&sr, &id, true);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        // containerd's default cgroupsPath is /<namespace>/<id>: the namespace's parent goes too.
+        for mount in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let _ = std::fs::remove_dir(Path::new(mount).join(&self.namespace));
+        }
+        let prefix = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut targets: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).collect();
+        targets.reverse();
+        for t in targets {
+            let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- containerd log (end) ---\n{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+        }
+    }
+}

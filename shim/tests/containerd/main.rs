@@ -1,0 +1,328 @@
+//! containerd runs strata through `containerd-shim-strata-v1`: each test starts its own
+//! containerd (private root, state, socket; CRI disabled) with the shim first on its PATH,
+//! imports a busybox image it builds, and drives it with `ctr`, as a user would.
+//!
+//! Needs root and Debian's `containerd` package (1.6.20 on bookworm); `$STRATA_CONTAINERD`
+//! selects another containerd binary (with its `ctr` beside it).
+
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+use harness::{Containerd, shim_bin};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `ctr events` in the background, keeping this test's namespace's topics in order.
+struct Events {
+    child: std::process::Child,
+    topics: Arc<Mutex<Vec<String>>>,
+}
+
+impl Events {
+    fn watch(c: &Containerd) -> Events {
+        let mut child = c.ctr_cmd_untimed(&["events"]).stdout(Stdio::piped()).spawn().expect("ctr events");
+        let out = child.stdout.take().expect("stdout");
+        let topics = Arc::new(Mutex::new(Vec::new()));
+        let (t, ns) = (topics.clone(), c.namespace().to_string());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // TIMESTAMP(3 fields) NAMESPACE TOPIC EVENT...
+                if let Some(i) = f.iter().position(|x| *x == ns)
+                    && let Some(topic) = f.get(i + 1)
+                    && topic.starts_with("/tasks/")
+                {
+                    t.lock().unwrap().push(topic.to_string());
+                }
+            }
+        });
+        // Let the subscription reach containerd before anything happens.
+        std::thread::sleep(Duration::from_millis(300));
+        Events { child, topics }
+    }
+
+    /// Waits until `topic` has been seen, then returns every topic so far.
+    fn until(&self, topic: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.topics.lock().unwrap().clone();
+            if seen.iter().any(|t| t == topic) || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn version_flag_prints_the_runtime() {
+    let out = Command::new(shim_bin()).arg("-v").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("io.containerd.strata.v1"));
+}
+
+#[test]
+fn run_exit_code_stdout_stderr_stdin_and_event_order() {
+    let c = Containerd::start();
+    let events = Events::watch(&c);
+    let out = c.ctr(&c.run_args(&["--rm"], "exits", &["sh", "-c", "echo out; echo err >&2; exit 3"]));
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+    let seen = events.until("/tasks/delete");
+    assert_eq!(seen, ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], "event order");
+
+    let mut child = c.ctr_cmd(&c.run_args(&["--rm"], "stdin", &["sh", "-c", "read x; echo got:$x"]));
+    let mut child = child.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"line-in\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got:line-in\n");
+    assert!(c.task("exits").is_none() && c.task("stdin").is_none());
+    assert!(c.shim_pids().is_empty(), "a shim outlived its task");
+}
+
+#[test]
+fn run_with_a_terminal() {
+    let c = Containerd::start();
+    // ctr -t needs a terminal of its own: script(1) gives it one.
+    let args = c.run_args(&["--rm", "-t"], "tty", &["sh", "-c", "tty; echo term-ok; exit 4"]);
+    let cmd = c.ctr_cmd(&args);
+    let line = std::iter::once(format!("{:?}", cmd.get_program()))
+        .chain(cmd.get_args().map(|a| format!("'{}'", a.to_string_lossy())))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('"', "");
+    let out = Command::new("script").args(["-qefc", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(text.contains("term-ok"), "{text}");
+    assert_eq!(out.status.code(), Some(4), "{text}");
+}
+
+#[test]
+fn exec_pause_resume_metrics_kill_and_delete() {
+    let c = Containerd::start();
+    let events = Events::watch(&c);
+    c.ok(&c.run_args(&["-d"], "long", &["sleep", "1000"]));
+    c.wait_status("long", "RUNNING");
+    let (pid, _) = c.task("long").unwrap();
+
+    let out = c.ctr(&["task", "exec", "--exec-id", "e1", "long", "sh", "-c", "echo from-exec; exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-exec\n");
+
+    c.ok(&["task", "pause", "long"]);
+    c.wait_status("long", "PAUSED");
+    c.ok(&["task", "resume", "long"]);
+    c.wait_status("long", "RUNNING");
+
+    let metrics = c.ok(&["task", "metrics", "long"]);
+    assert!(metrics.contains("cpu.usage_usec"), "{metrics}");
+    let ps = c.ok(&["task", "ps", "long"]);
+    assert!(ps.contains(&pid.to_string()), "{ps}");
+
+    c.ok(&["task", "kill", "-s", "SIGKILL", "long"]);
+    c.wait_status("long", "STOPPED");
+    c.ok(&["task", "delete", "long"]);
+    c.ok(&["containers", "rm", "long"]);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the init survived");
+    assert!(!c.state_root().join("long").exists(), "engine state left behind");
+
+    let seen = events.until("/tasks/delete");
+    let want = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    assert_eq!(seen, want, "event order");
+}
+
+#[test]
+fn two_containers_run_side_by_side() {
+    let c = Containerd::start();
+    for id in ["one", "two"] {
+        c.ok(&c.run_args(&["-d"], id, &["sleep", "1000"]));
+    }
+    for id in ["one", "two"] {
+        c.wait_status(id, "RUNNING");
+        let out = c.ok(&["task", "exec", "--exec-id", "hello", id, "sh", "-c", "echo $HOSTNAME-ok"]);
+        assert!(out.ends_with("-ok\n"), "{out}");
+    }
+    assert_eq!(c.shim_pids().len(), 2, "one shim per container");
+    // Each shim listens on a path socket in a directory only root can enter.
+    for id in ["one", "two"] {
+        let address = std::fs::read_to_string(c.bundle(id).join("address")).unwrap();
+        let path =
+            address.trim().strip_prefix("unix:///run/containerd/s/").expect("a path socket in /run/containerd/s");
+        let md = std::fs::metadata(format!("/run/containerd/s/{path}")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()));
+    }
+    let dir = std::fs::metadata("/run/containerd/s").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((dir.uid(), dir.mode() & 0o777), (0, 0o700), "/run/containerd/s must be root-only");
+    for id in ["one", "two"] {
+        c.ok(&["task", "kill", "-s", "SIGKILL", id]);
+        c.wait_status(id, "STOPPED");
+        c.ok(&["task", "delete", id]);
+        c.ok(&["containers", "rm", id]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.shim_pids().is_empty() {
+        assert!(Instant::now() < deadline, "shims did not exit after their tasks were deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killed_shim_is_cleaned_up_by_delete() {
+    let c = Containerd::start();
+    c.ok(&c.run_args(&["-d"], "orphan", &["sleep", "1000"]));
+    c.wait_status("orphan", "RUNNING");
+    let (pid, _) = c.task("orphan").unwrap();
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1);
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let address = std::fs::read_to_string(c.bundle("orphan").join("address")).unwrap();
+    let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // containerd notices, runs `containerd-shim-strata-v1 delete`, and forgets the task.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.task("orphan").is_some() {
+        assert!(Instant::now() < deadline, "the task outlived its shim");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the container's init survived the shim's cleanup");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!c.state_root().join("orphan").exists(), "engine state left behind");
+    assert!(!socket.exists(), "the dead shim's socket was left behind");
+    for line in cgroup.lines().filter(|l| l.starts_with("0::")) {
+        let rel = line.trim_start_matches("0::");
+        let dir = std::path::Path::new("/sys/fs/cgroup/unified").join(rel.trim_start_matches('/'));
+        let pure = std::path::Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+        assert!(!dir.exists() && !pure.exists(), "cgroup {rel} left behind");
+    }
+    c.ok(&["containers", "rm", "orphan"]);
+}
+
+#[test]
+fn container_survives_a_containerd_restart() {
+    let mut c = Containerd::start();
+    c.ok(&c.run_args(&["-d"], "steady", &["sleep", "1000"]));
+    c.wait_status("steady", "RUNNING");
+    let (pid, _) = c.task("steady").unwrap();
+    c.restart();
+    // containerd reconnects to the shim through the bundle's address file.
+    assert_eq!(c.task("steady"), Some((pid, "RUNNING".to_string())));
+    let out = c.ok(&["task", "exec", "--exec-id", "after", "steady", "echo", "still-here"]);
+    assert_eq!(out, "still-here\n");
+    let events = Events::watch(&c);
+    c.ok(&["task", "kill", "-s", "SIGKILL", "steady"]);
+    c.wait_status("steady", "STOPPED");
+    // The shim reconnected to the new containerd to publish the exit.
+    assert!(events.until("/tasks/exit").iter().any(|t| t == "/tasks/exit"), "no exit event after the restart");
+    c.ok(&["task", "delete", "steady"]);
+    c.ok(&["containers", "rm", "steady"]);
+}
+
+#[test]
+fn log_uri_file_receives_the_output() {
+    let c = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("out.log");
+    let uri = format!("file://{}", log.display());
+    let out =
+        c.ctr(&c.run_args(&["--rm", "--log-uri", &uri], "logged", &["sh", "-c", "echo to-file; echo err-too >&2"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("to-file\n") && text.contains("err-too\n"), "{text:?}");
+}
+
+#[test]
+fn containers_of_one_pod_share_a_shim() {
+    let c = Containerd::start();
+    let pod = "io.kubernetes.cri.sandbox-id=pod1";
+    for id in ["pod1", "sidecar"] {
+        c.ok(&c.run_args(&["-d", "--annotation", pod], id, &["sleep", "1000"]));
+        c.wait_status(id, "RUNNING");
+    }
+    assert_eq!(c.shim_pids().len(), 1, "one shim for the pod");
+    let out = c.ok(&["task", "exec", "--exec-id", "x", "sidecar", "echo", "in-pod"]);
+    assert_eq!(out, "in-pod\n");
+    // The shim stays while one of its tasks is left, and goes with the last.
+    for id in ["sidecar", "pod1"] {
+        c.ok(&["task", "kill", "-s", "SIGKILL", id]);
+        c.wait_status(id, "STOPPED");
+        c.ok(&["task", "delete", id]);
+        c.ok(&["containers", "rm", id]);
+        if id == "sidecar" {
+            assert_eq!(c.shim_pids().len(), 1, "the pod's shim left with a task still running");
+            assert_eq!(c.task("pod1").map(|t| t.1), Some("RUNNING".to_string()));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.shim_pids().is_empty() {
+        assert!(Instant::now() < deadline, "the pod's shim did not exit after its last task");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_all_reaches_every_process_and_checkpoint_is_refused() {
+    let c = Containerd::start();
+    c.ok(&c.run_args(&["-d"], "many", &["sleep", "1000"]));
+    c.wait_status("many", "RUNNING");
+    // An exec that runs until killed, waited on by its own ctr.
+    let exec =
+        c.ctr_cmd(&["task", "exec", "--exec-id", "bg", "many", "sleep", "999"]).stdout(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.ok(&["task", "ps", "many"]).lines().count() < 3 {
+        assert!(Instant::now() < deadline, "the exec did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = c.ctr(&["task", "checkpoint", "many"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not implemented"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    c.ok(&["task", "kill", "--all", "-s", "SIGKILL", "many"]);
+    c.wait_status("many", "STOPPED");
+    let exec = exec.wait_with_output().unwrap();
+    assert_eq!(exec.status.code(), Some(137), "the exec's exit status");
+    c.ok(&["task", "delete", "many"]);
+    c.ok(&["containers", "rm", "many"]);
+}
+
+#[test]
+fn cri_style_runtime_options_are_accepted() {
+    // For a runtime that is not runc, containerd sends runtimeoptions.v1.Options (a config
+    // path), as CRI does: strata ignores them rather than failing the container.
+    let c = Containerd::start();
+    let out =
+        c.ok(&c.run_args(&["--rm", "--runtime-config-path", "/nonexistent/strata.toml"], "opts", &["echo", "ran"]));
+    assert_eq!(out, "ran\n");
+}

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Builds a one-layer OCI image archive of busybox-static for `ctr images import`.
+# usage: make-image.sh OUT.tar REF   (REF like docker.io/library/strata-busybox:test)
+set -eu
+out=$1
+ref=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp" "$work/rootfs/proc" "$work/rootfs/sys" \
+    "$work/rootfs/dev" "$work/blobs/sha256"
+cp /bin/busybox "$work/rootfs/bin/busybox"
+for applet in sh echo cat sleep true false ls ps id env printf grep kill; do
+    ln -s busybox "$work/rootfs/bin/$applet"
+done
+echo 'root:x:0:0:root:/:/bin/sh' > "$work/rootfs/etc/passwd"
+echo 'root:x:0:' > "$work/rootfs/etc/group"
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/rootfs" -cf "$work/layer.tar" .
+blob() { # file media-type -> descriptor JSON, and the blob stored by digest
+    d=$(sha256sum "$1" | cut -d' ' -f1)
+    cp "$1" "$work/blobs/sha256/$d"
+    printf '{"mediaType":"%s","digest":"sha256:%s","size":%s}' "$2" "$d" "$(stat -c %s "$1")"
+}
+layer=$(blob "$work/layer.tar" application/vnd.oci.image.layer.v1.tar)
+diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$diff_id" > "$work/config.json"
+config=$(blob "$work/config.json" application/vnd.oci.image.config.v1+json)
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":%s,"layers":[%s]}' \
+    "$config" "$layer" > "$work/manifest.json"
+manifest=$(blob "$work/manifest.json" application/vnd.oci.image.manifest.v1+json)
+manifest=${manifest%\}}
+printf '{"schemaVersion":2,"manifests":[%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"test"}}]}' \
+    "$manifest" "$ref" > "$work/index.json"
+echo '{"imageLayoutVersion":"1.0.0"}' > "$work/oci-layout"
+tar -C "$work" -cf "$out" oci-layout index.json blobs
