@@ -145,6 +145,26 @@ pub enum Error {
         /// What uses it.
         by: String,
     },
+    /// An image reference that does not parse (`registry/repository[:tag][@digest]`).
+    #[error("invalid image reference {reference:?}: {reason}")]
+    BadReference {
+        /// The reference as given.
+        reference: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A registry request that failed or was refused.
+    #[error("pull {reference}: {url}: {}{reason}", status.map(|s| format!("HTTP {s}: ")).unwrap_or_default())]
+    Registry {
+        /// The image reference being pulled.
+        reference: String,
+        /// The request (`GET <url>`).
+        url: String,
+        /// The HTTP status, when the registry answered.
+        status: Option<u16>,
+        /// What went wrong and what the user can do.
+        reason: String,
+    },
     /// Mounting the overlay root file system failed.
     #[error("mount overlay at {target}: {step}: {source}")]
     Mount {

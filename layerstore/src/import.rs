@@ -273,18 +273,18 @@ impl Source {
     }
 }
 
-fn is_index(media_type: &str) -> bool {
+pub(crate) fn is_index(media_type: &str) -> bool {
     media_type == "application/vnd.oci.image.index.v1+json"
         || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
-fn is_manifest(media_type: &str) -> bool {
+pub(crate) fn is_manifest(media_type: &str) -> bool {
     media_type == "application/vnd.oci.image.manifest.v1+json"
         || media_type == "application/vnd.docker.distribution.manifest.v2+json"
 }
 
 /// The manifest for linux/<host arch> in an index.
-fn pick_platform(index: &ImageIndex, what: &str) -> Result<Digest> {
+pub(crate) fn pick_platform(index: &ImageIndex, what: &str) -> Result<Digest> {
     let arch = host_arch();
     let mut offered = Vec::new();
     for desc in index.manifests() {

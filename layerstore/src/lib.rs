@@ -7,7 +7,7 @@
 //! ```text
 //! lock                      flock: shared for container refs, exclusive for import and gc
 //! blobs/<alg>/<hex>         verified blobs (manifests, configs, compressed layers), read-only
-//! ingest/                   temp files of blobs being written; never read
+//! ingest/                   temp files of blobs being written; never read (`*.partial`: resumable pulls)
 //! snapshots/<chain hex>/fs  one unpacked layer (overlayfs form), renamed into place when complete
 //! pool/<key>                content pool: one inode per (sha256, mode, uid, gid, mtime)
 //! images/<hex(name)>.json   image records: name -> manifest, config, layers, chain IDs
@@ -23,6 +23,7 @@ mod import;
 mod lower;
 mod maintain;
 mod mount;
+mod pull;
 mod store;
 mod unpack;
 
@@ -31,5 +32,6 @@ pub use digest::{Algorithm, Digest, Hasher, HashingReader};
 pub use error::{Error, Result};
 pub use import::host_arch;
 pub use maintain::{DiskUsage, FsckProblem, FsckReport, GcReport};
+pub use pull::{NoProgress, PullOptions, PullProgress, PullReport, Reference};
 pub use store::{ContainerRef, ImageRecord, Store};
 pub use unpack::{UnpackOptions, UnpackStats, unpack_layer};

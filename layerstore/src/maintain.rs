@@ -252,7 +252,9 @@ impl Store {
         for dir in [self.root.join("tmp"), self.root.join("ingest")] {
             for entry in fs::read_dir(&dir).map_err(Error::io("read directory", &dir))? {
                 let path = entry.map_err(Error::io("read directory", &dir))?.path();
-                if !path.to_string_lossy().ends_with(".lock") {
+                // A `.partial` file is an interrupted pull's download, kept so the next pull resumes it.
+                let name = path.to_string_lossy();
+                if !name.ends_with(".lock") && !name.ends_with(".partial") {
                     strays.push(path);
                 }
             }

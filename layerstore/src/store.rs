@@ -150,7 +150,7 @@ impl Store {
             }
             let mut records = Vec::new();
             for image in &images {
-                records.push(self.import_image(&src, image, name, &mut created)?);
+                records.push(self.import_image(Some(&src), image, name, &mut created)?);
             }
             Ok(records)
         })();
@@ -160,8 +160,7 @@ impl Store {
         match result {
             Ok(records) => {
                 for r in &records {
-                    let json = serde_json::to_vec_pretty(r).map_err(Error::json("image record"))?;
-                    write_atomic(&self.image_path(&r.name), &json)?;
+                    self.write_record(r)?;
                 }
                 Ok(records)
             }
@@ -172,7 +171,14 @@ impl Store {
         }
     }
 
-    fn roll_back(&self, created: Created) {
+    /// Writes an image's record, which makes it visible.
+    pub(crate) fn write_record(&self, record: &ImageRecord) -> Result<()> {
+        let json = serde_json::to_vec_pretty(record).map_err(Error::json("image record"))?;
+        write_atomic(&self.image_path(&record.name), &json)
+    }
+
+    /// Removes what a failed import or pull created.
+    pub(crate) fn roll_back(&self, created: Created) {
         for dir in created.snapshots {
             let _ = remove_any(&dir);
         }
@@ -183,9 +189,11 @@ impl Store {
         let _ = self.sweep_pool();
     }
 
-    fn import_image(
+    /// Stores one image: its blobs from `src` unless present (a pull has fetched them all already, and
+    /// passes no source), then its snapshots.
+    pub(crate) fn import_image(
         &self,
-        src: &Source,
+        src: Option<&Source>,
         image: &SourceImage,
         name: Option<&str>,
         created: &mut Created,
@@ -203,9 +211,13 @@ impl Store {
             }
             Ok(())
         };
+        let open = |digest: &Digest| match src {
+            Some(src) => src.open_blob(image, digest, &manifest_what),
+            None => Err(Error::MissingBlob { digest: digest.clone(), referenced_by: manifest_what.clone() }),
+        };
         ingest(&mut image.manifest.as_slice(), &image.manifest_digest, &manifest_what)?;
         if !self.blobs.contains(&image.config) {
-            let mut f = src.open_blob(image, &image.config, &manifest_what)?;
+            let mut f = open(&image.config)?;
             ingest(&mut f, &image.config, &format!("config {}", image.config))?;
         }
         let config_bytes = self.blobs.read(&image.config)?;
@@ -230,7 +242,7 @@ impl Store {
         }
         for layer in &image.layers {
             if !self.blobs.contains(&layer.digest) {
-                let mut f = src.open_blob(image, &layer.digest, &manifest_what)?;
+                let mut f = open(&layer.digest)?;
                 ingest(&mut f, &layer.digest, &format!("layer {}", layer.digest))?;
             }
         }
@@ -469,9 +481,9 @@ impl Store {
 
 /// What a failing import must remove again.
 #[derive(Default)]
-struct Created {
-    blobs: Vec<Digest>,
-    snapshots: Vec<PathBuf>,
+pub(crate) struct Created {
+    pub(crate) blobs: Vec<Digest>,
+    pub(crate) snapshots: Vec<PathBuf>,
 }
 
 #[cfg(test)]

@@ -285,7 +285,7 @@ pub enum Command {
     },
     /// Build a small image, run a container from it and print its output and start time.
     Demo,
-    /// Manage images: import, ls, inspect, export, rm, du, run.
+    /// Manage images: import, pull, ls, inspect, export, rm, du, run.
     Image(crate::image::ImageArgs),
     /// Remove blobs, snapshots and pooled files that no image or container uses.
     Gc(crate::image::GcArgs),
@@ -682,6 +682,11 @@ mod tests {
         let c = Cli::try_parse_from(["strata", "run", "--rm", "-it", "-e", "A=b", "busybox", "sh", "-c", "echo hi"])
             .unwrap();
         assert!(matches!(c.command, Command::Run(ref r) if r.is_image_form() && r.tty && r.args.len() == 4));
+        let c =
+            Cli::try_parse_from(["strata", "image", "pull", "--user", "u:p", "--insecure", "reg.lan/app:v1"]).unwrap();
+        assert!(matches!(c.command, Command::Image(ref a) if matches!(a.command,
+            crate::image::ImageCommand::Pull { ref reference, ref user, insecure: true, parallel: 3, .. }
+                if reference == "reg.lan/app:v1" && user.as_deref() == Some("u:p"))));
         let c = Cli::try_parse_from(["strata", "kill", "--all", "id1", "KILL"]).unwrap();
         assert!(matches!(c.command, Command::Kill { all: true, ref signal, .. } if signal == "KILL"));
     }

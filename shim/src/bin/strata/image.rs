@@ -1,4 +1,4 @@
-//! `strata image import|ls|inspect|export|rm|du|run`, `strata gc` and `strata fsck`: the image store's
+//! `strata image import|pull|ls|inspect|export|rm|du|run`, `strata gc` and `strata fsck`: the image store's
 //! commands. Thin: parse, call `layerstore` (and the engine for `image run`), print.
 
 use std::path::{Path, PathBuf};
@@ -46,6 +46,23 @@ pub enum ImageCommand {
         /// Name the image (for a source holding one image).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Pull an image from a registry (HTTPS; plain HTTP for localhost and 127.0.0.1, or with --insecure).
+    Pull {
+        /// `host[:port]/repository[:tag][@digest]`, e.g. `127.0.0.1:5000/busybox:latest`.
+        reference: String,
+        /// Credentials for the registry or its token service.
+        #[arg(long, value_name = "USER:PASS")]
+        user: Option<String>,
+        /// Use plain HTTP for a registry that is not on this host.
+        #[arg(long)]
+        insecure: bool,
+        /// Store the image under this name instead of the reference.
+        #[arg(long)]
+        name: Option<String>,
+        /// Blobs downloaded at a time.
+        #[arg(long, default_value_t = 3)]
+        parallel: usize,
     },
     /// List images.
     Ls {
@@ -140,6 +157,28 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
                 println!("{}\t{}\t{} layers", r.name, r.manifest, r.layers.len());
             }
             eprintln!("imported in {:.2} s", started.elapsed().as_secs_f64());
+        }
+        ImageCommand::Pull { reference, user, insecure, name, parallel } => {
+            let credentials = match user {
+                Some(u) => match u.split_once(':') {
+                    Some((user, pass)) => Some((user.to_string(), pass.to_string())),
+                    None => bail!("--user {u:?}: expected USER:PASS"),
+                },
+                None => None,
+            };
+            let opts =
+                layerstore::PullOptions { credentials, insecure: *insecure, parallel: *parallel, name: name.clone() };
+            let started = std::time::Instant::now();
+            let report = store.pull(reference, &opts, &crate::progress::Bars::new())?;
+            let r = &report.record;
+            println!("{}\t{}\t{} layers", r.name, r.manifest, r.layers.len());
+            eprintln!(
+                "pulled in {:.2} s: {} blobs fetched ({}), {} already present",
+                started.elapsed().as_secs_f64(),
+                report.blobs_fetched,
+                human(report.bytes_fetched),
+                report.blobs_present
+            );
         }
         ImageCommand::Ls { quiet, format } => {
             let images = store.images()?;

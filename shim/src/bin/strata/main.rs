@@ -4,6 +4,7 @@ mod cli;
 mod demo;
 mod image;
 mod output;
+mod progress;
 
 use clap::Parser;
 

@@ -1,0 +1,236 @@
+//! A blocking client for the distribution v2 API: GET with an `Accept` and an optional `Range`, and the
+//! auth dance — on a 401, the `WWW-Authenticate` challenge is answered (Bearer: a token from the realm,
+//! anonymous or with the user's basic credentials; Basic: the credentials themselves) and the request
+//! is made once more. One token serves every thread of a pull.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ureq::Agent;
+use ureq::http::Response;
+
+use crate::pull::Reference;
+use crate::{Error, Result};
+
+/// A registry session for one repository.
+pub(crate) struct Client {
+    agent: Agent,
+    /// `http://host:port` or `https://host`.
+    base: String,
+    reference: String,
+    repository: String,
+    credentials: Option<(String, String)>,
+    /// The `Authorization` header value earned by the last challenge.
+    auth: Mutex<Option<String>>,
+}
+
+/// A response with its body still to read.
+pub(crate) type Reply = Response<ureq::Body>;
+
+impl Client {
+    pub(crate) fn new(reference: &Reference, credentials: Option<(String, String)>, insecure: bool) -> Client {
+        let scheme = if insecure || reference.is_local() { "http" } else { "https" };
+        let config = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Client {
+            agent: config.new_agent(),
+            base: format!("{scheme}://{}", reference.registry),
+            reference: reference.to_string(),
+            repository: reference.repository.clone(),
+            credentials,
+            auth: Mutex::new(None),
+        }
+    }
+
+    /// The URL of `/v2/<repository>/<path>`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repository)
+    }
+
+    /// An [`Error::Registry`] for `url`.
+    pub(crate) fn error(&self, url: &str, status: Option<u16>, reason: impl Into<String>) -> Error {
+        Error::Registry { reference: self.reference.clone(), url: format!("GET {url}"), status, reason: reason.into() }
+    }
+
+    /// GETs `url`, answering one auth challenge. Any status comes back; the caller judges it.
+    pub(crate) fn get(&self, url: &str, accept: Option<&str>, range_from: Option<u64>) -> Result<Reply> {
+        let mut challenged = false;
+        loop {
+            let mut req = self.agent.get(url);
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            if let Some(from) = range_from {
+                req = req.header("Range", format!("bytes={from}-"));
+            }
+            if let Some(auth) = self.auth.lock().map(|a| a.clone()).unwrap_or_default() {
+                req = req.header("Authorization", auth);
+            }
+            let reply = req.call().map_err(|e| self.error(url, None, e.to_string()))?;
+            if reply.status().as_u16() != 401 || challenged {
+                return Ok(reply);
+            }
+            challenged = true;
+            let challenge = reply
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| self.error(url, Some(401), "unauthorized, and no WWW-Authenticate challenge"))?
+                .to_string();
+            let auth = self.answer(url, &challenge)?;
+            if let Ok(mut slot) = self.auth.lock() {
+                *slot = Some(auth);
+            }
+        }
+    }
+
+    /// The `Authorization` value that answers `challenge`.
+    fn answer(&self, url: &str, challenge: &str) -> Result<String> {
+        let (scheme, params) = parse_challenge(challenge);
+        let basic = self.credentials.as_ref().map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes())));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return basic.ok_or_else(|| {
+                self.error(url, Some(401), "the registry wants a user name and password: pass --user USER:PASS")
+            });
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(self.error(url, Some(401), format!("unsupported auth challenge {challenge:?}")));
+        }
+        let param = |k: &str| params.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
+        let realm = param("realm").ok_or_else(|| self.error(url, Some(401), "Bearer challenge without a realm"))?;
+        let scope = param("scope").map_or_else(|| format!("repository:{}:pull", self.repository), str::to_string);
+        let mut token_url = format!("{realm}?scope={}", query_escape(&scope));
+        if let Some(service) = param("service") {
+            token_url.push_str(&format!("&service={}", query_escape(service)));
+        }
+        let mut req = self.agent.get(&token_url);
+        if let Some(b) = &basic {
+            req = req.header("Authorization", b);
+        }
+        let token_error = |status, reason: String| Error::Registry {
+            reference: self.reference.clone(),
+            url: format!("GET {token_url} (token for {url})"),
+            status,
+            reason,
+        };
+        let mut reply = req.call().map_err(|e| token_error(None, e.to_string()))?;
+        let status = reply.status().as_u16();
+        if status != 200 {
+            let hint = if basic.is_some() { "check --user" } else { "the registry may need --user USER:PASS" };
+            return Err(token_error(Some(status), format!("token refused; {hint}")));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let body = reply
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .map_err(|e| token_error(None, e.to_string()))?;
+        let t: Token =
+            serde_json::from_slice(&body).map_err(|e| token_error(Some(status), format!("bad token JSON: {e}")))?;
+        let token = t.token.or(t.access_token).ok_or_else(|| token_error(Some(status), "no token in reply".into()))?;
+        Ok(format!("Bearer {token}"))
+    }
+}
+
+/// Splits `Bearer realm="...",service="...",scope="..."` into its scheme and parameters.
+pub(crate) fn parse_challenge(challenge: &str) -> (String, Vec<(String, String)>) {
+    let challenge = challenge.trim();
+    let (scheme, rest) = challenge.split_once(' ').unwrap_or((challenge, ""));
+    let mut params = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.next_if(|c| *c == ',' || c.is_whitespace()).is_some() {}
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=')).collect();
+        if key.is_empty() || chars.next().is_none() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => value.extend(chars.next()),
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value.extend(std::iter::from_fn(|| chars.next_if(|c| *c != ',')));
+        }
+        params.push((key.trim().to_string(), value.trim().to_string()));
+    }
+    (scheme.to_string(), params)
+}
+
+/// Percent-encodes a query value (scopes hold `:` and `/`, which are left as they are).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Standard base64 with padding, for a Basic `Authorization` header.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_parse_into_their_parameters() {
+        let (scheme, params) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(scheme, "Bearer");
+        let want = [
+            ("realm", "https://auth.example/token"),
+            ("service", "registry.example"),
+            ("scope", "repository:a/b:pull,push"),
+        ];
+        let got: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, want);
+        let (scheme, params) = parse_challenge("Basic realm=registry");
+        assert_eq!((scheme.as_str(), params[0].1.as_str()), ("Basic", "registry"));
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (plain, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+            assert_eq!(base64(plain.as_bytes()), enc);
+        }
+    }
+
+    #[test]
+    fn scopes_keep_colons_and_slashes_in_queries() {
+        assert_eq!(query_escape("repository:a/b:pull,push"), "repository:a/b:pull%2Cpush");
+    }
+}

@@ -1,0 +1,337 @@
+//! Pulling images from a registry over the OCI distribution v2 API.
+//!
+//! The manifest is resolved first (an index or manifest list picks `linux/<host arch>`); then the config
+//! and the layers not yet in the store are downloaded, a few at a time on std threads, each into
+//! `ingest/pull-<alg>-<hex>.partial`. A download that breaks off leaves that file, and the next pull
+//! resumes it with a `Range` request. A finished download goes through [`BlobStore::ingest`](crate::BlobStore),
+//! so its digest is verified before it becomes visible, exactly as for an import; then the image is
+//! unpacked by the import path. The whole pull holds the store's lock, like an import, and a failed
+//! pull removes every blob it made visible.
+//!
+//! The HTTP client is `ureq` (blocking, rustls) rather than `oci-client`: the latter is built on tokio
+//! and reqwest, which every build of the workspace would then compile, for a protocol that is a handful
+//! of GETs.
+
+mod client;
+mod reference;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use oci_spec::image::{ImageIndex, ImageManifest};
+
+use self::client::Client;
+pub use self::reference::Reference;
+use crate::import::{Compression, LayerDesc, SourceImage, is_index, is_manifest, pick_platform};
+use crate::store::{Created, ImageRecord, Store};
+use crate::{Algorithm, Digest, Error, Ingested, Result};
+
+/// The manifest media types a pull accepts.
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// How to pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// `USER` and `PASS` for Basic auth or for the token service.
+    pub credentials: Option<(String, String)>,
+    /// Plain HTTP even for a registry that is not on this host.
+    pub insecure: bool,
+    /// Downloads at a time (0: 3).
+    pub parallel: usize,
+    /// The name to store the image under (default: the reference as given).
+    pub name: Option<String>,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct PullReport {
+    /// The stored image.
+    pub record: ImageRecord,
+    /// Blobs downloaded (config and layers).
+    pub blobs_fetched: usize,
+    /// Bytes received for them.
+    pub bytes_fetched: u64,
+    /// Blobs skipped because the store had them.
+    pub blobs_present: usize,
+}
+
+/// Progress of the blob downloads, called from the download threads.
+pub trait PullProgress: Sync {
+    /// A download of `size` bytes starts, `resumed_at` of them already on disk.
+    fn started(&self, _digest: &Digest, _size: u64, _resumed_at: u64) {}
+    /// `bytes` more arrived.
+    fn advanced(&self, _digest: &Digest, _bytes: u64) {}
+    /// The blob is verified and stored (or failed).
+    fn finished(&self, _digest: &Digest) {}
+}
+
+/// Progress that shows nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl PullProgress for NoProgress {}
+
+/// A blob to download.
+struct Wanted {
+    digest: Digest,
+    size: u64,
+    what: String,
+}
+
+impl Store {
+    /// Pulls `reference` (`host[:port]/repository[:tag][@digest]`) into the store.
+    pub fn pull(&self, reference: &str, opts: &PullOptions, progress: &dyn PullProgress) -> Result<PullReport> {
+        let parsed = Reference::parse(reference)?;
+        let client = Client::new(&parsed, opts.credentials.clone(), opts.insecure);
+        let _lock = self.lock(true)?;
+        let (manifest, manifest_digest) = fetch_manifest(&client, &parsed)?;
+        let what = format!("manifest {manifest_digest}");
+        let parsed_manifest: ImageManifest = serde_json::from_slice(&manifest).map_err(Error::json(&what))?;
+        let config: Digest = parsed_manifest.config().digest().to_string().parse()?;
+        let mut layers = Vec::new();
+        let mut wanted = vec![Wanted {
+            digest: config.clone(),
+            size: parsed_manifest.config().size(),
+            what: format!("config {config}"),
+        }];
+        for l in parsed_manifest.layers() {
+            let digest: Digest = l.digest().to_string().parse()?;
+            // An unknown layer type fails before anything is downloaded.
+            Compression::of_media_type(l.media_type().as_ref(), &digest)?;
+            layers.push(LayerDesc { digest: digest.clone(), media_type: l.media_type().to_string() });
+            wanted.push(Wanted { digest: digest.clone(), size: l.size(), what: format!("layer {digest}") });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        wanted.retain(|w| seen.insert(w.digest.clone()));
+        let total = wanted.len();
+        wanted.retain(|w| !self.blobs.contains(&w.digest));
+        let blobs_present = total - wanted.len();
+        let image = SourceImage { name: None, manifest, manifest_digest, config, layers, files: Vec::new() };
+        let name = opts.name.clone().unwrap_or_else(|| reference.to_string());
+
+        let created = Mutex::new(Created::default());
+        let bytes = AtomicU64::new(0);
+        let result = self.download_all(&client, wanted, opts.parallel, progress, &created, &bytes).and_then(|n| {
+            let mut created = created.lock().map_err(|_| poisoned())?;
+            let record = self.import_image(None, &image, Some(&name), &mut created)?;
+            self.write_record(&record)?;
+            Ok((record, n))
+        });
+        match result {
+            Ok((record, blobs_fetched)) => {
+                Ok(PullReport { record, blobs_fetched, bytes_fetched: bytes.into_inner(), blobs_present })
+            }
+            Err(e) => {
+                self.roll_back(created.into_inner().unwrap_or_default());
+                Err(e)
+            }
+        }
+    }
+
+    /// Downloads `wanted` on up to `parallel` threads; stops starting new ones after the first error.
+    fn download_all(
+        &self,
+        client: &Client,
+        wanted: Vec<Wanted>,
+        parallel: usize,
+        progress: &dyn PullProgress,
+        created: &Mutex<Created>,
+        bytes: &AtomicU64,
+    ) -> Result<usize> {
+        let threads = if parallel == 0 { 3 } else { parallel }.min(wanted.len()).max(1);
+        let queue = Mutex::new(wanted.into_iter().collect::<VecDeque<_>>());
+        let failed = AtomicBool::new(false);
+        let first_error = Mutex::new(None);
+        let fetched = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    while !failed.load(Ordering::SeqCst) {
+                        let Some(w) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { break };
+                        let result = self.download_blob(client, &w, progress, bytes);
+                        progress.finished(&w.digest);
+                        match result {
+                            Ok(Ingested::Created) => {
+                                fetched.fetch_add(1, Ordering::SeqCst);
+                                if let Ok(mut c) = created.lock() {
+                                    c.blobs.push(w.digest.clone());
+                                }
+                            }
+                            Ok(Ingested::Present) => {}
+                            Err(e) => {
+                                failed.store(true, Ordering::SeqCst);
+                                if let Ok(mut slot) = first_error.lock() {
+                                    slot.get_or_insert(e);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        match first_error.into_inner().map_err(|_| poisoned())? {
+            Some(e) => Err(e),
+            None => Ok(fetched.into_inner()),
+        }
+    }
+
+    /// Downloads one blob into its `.partial` file (resuming what is there) and ingests it.
+    fn download_blob(
+        &self,
+        client: &Client,
+        w: &Wanted,
+        progress: &dyn PullProgress,
+        bytes: &AtomicU64,
+    ) -> Result<Ingested> {
+        let partial = self.partial_path(&w.digest);
+        let mut have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if have > w.size {
+            fs::remove_file(&partial).map_err(Error::io("remove", &partial))?;
+            have = 0;
+        }
+        let url = client.url(&format!("blobs/{}", w.digest));
+        progress.started(&w.digest, w.size, have);
+        if have < w.size || w.size == 0 {
+            let mut reply = client.get(&url, None, (have > 0).then_some(have))?;
+            let status = reply.status().as_u16();
+            let mut file = match status {
+                206 => OpenOptions::new().append(true).open(&partial).map_err(Error::io("open", &partial))?,
+                200 => File::create(&partial).map_err(Error::io("create", &partial))?,
+                416 => {
+                    // What we have is no prefix the registry recognizes: start over on the next pull.
+                    let _ = fs::remove_file(&partial);
+                    return Err(client.error(&url, Some(status), "range not satisfiable; pull again"));
+                }
+                404 => {
+                    return Err(client.error(
+                        &url,
+                        Some(status),
+                        format!("blob unknown: the registry lacks {}", w.what),
+                    ));
+                }
+                _ => return Err(client.error(&url, Some(status), format!("fetching {} failed", w.what))),
+            };
+            let mut body = reply.body_mut().with_config().limit(u64::MAX).reader();
+            let mut buf = vec![0u8; 128 * 1024];
+            loop {
+                let n = match body.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = file.sync_all();
+                        return Err(client.error(
+                            &url,
+                            Some(status),
+                            format!("{} broke off: {e}; pull again to resume", w.what),
+                        ));
+                    }
+                };
+                file.write_all(&buf[..n]).map_err(Error::io("write", &partial))?;
+                bytes.fetch_add(n as u64, Ordering::Relaxed);
+                progress.advanced(&w.digest, n as u64);
+            }
+            file.sync_all().map_err(Error::io("fsync", &partial))?;
+        }
+        let file = File::open(&partial).map_err(Error::io("open", &partial))?;
+        let result = self.blobs.ingest(file, Some(&w.digest), &format!("{} from {url}", w.what));
+        // Verified and stored, or wrong: either way the partial file has served its purpose.
+        let _ = fs::remove_file(&partial);
+        result.map(|(_, how)| how)
+    }
+
+    fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("ingest").join(format!("pull-{}-{}.partial", digest.algorithm().name(), digest.hex()))
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Io {
+        op: "lock",
+        path: PathBuf::from("pull state"),
+        source: std::io::Error::other("a download thread panicked"),
+    }
+}
+
+/// GETs and verifies the manifest of `reference`, resolving an index to `linux/<host arch>`.
+fn fetch_manifest(client: &Client, reference: &Reference) -> Result<(Vec<u8>, Digest)> {
+    let (data, media_type, digest) =
+        get_manifest(client, reference, &reference.manifest_ref(), reference.digest.as_ref())?;
+    if is_manifest(&media_type) {
+        return Ok((data, digest));
+    }
+    if !is_index(&media_type) {
+        return Err(Error::UnknownMediaType { digest, media_type });
+    }
+    let what = format!("index {digest} of {reference}");
+    let index: ImageIndex = serde_json::from_slice(&data).map_err(Error::json(&what))?;
+    let picked = pick_platform(&index, &what)?;
+    let (data, media_type, digest) = get_manifest(client, reference, &picked.to_string(), Some(&picked))?;
+    if !is_manifest(&media_type) {
+        return Err(Error::UnknownMediaType { digest, media_type });
+    }
+    Ok((data, digest))
+}
+
+/// One manifest GET: its bytes, media type and digest (checked against `expected`, else against the
+/// registry's `Docker-Content-Digest`).
+fn get_manifest(
+    client: &Client,
+    reference: &Reference,
+    what: &str,
+    expected: Option<&Digest>,
+) -> Result<(Vec<u8>, String, Digest)> {
+    let url = client.url(&format!("manifests/{what}"));
+    let mut reply = client.get(&url, Some(ACCEPT), None)?;
+    let status = reply.status().as_u16();
+    if status == 404 {
+        return Err(client.error(
+            &url,
+            Some(status),
+            format!("manifest unknown: {reference} has no tag or digest {what}"),
+        ));
+    }
+    if status != 200 {
+        return Err(client.error(&url, Some(status), format!("fetching the manifest of {reference} failed")));
+    }
+    let header = |name: &str| reply.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let content_type = header("content-type");
+    let registry_digest = header("docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+    let data = reply
+        .body_mut()
+        .with_config()
+        .limit(16 << 20)
+        .read_to_vec()
+        .map_err(|e| client.error(&url, Some(status), e.to_string()))?;
+    let want = expected.cloned().or(registry_digest);
+    let digest = Digest::of(want.as_ref().map_or(Algorithm::Sha256, Digest::algorithm), &data);
+    if let Some(want) = want
+        && want != digest
+    {
+        return Err(Error::DigestMismatch { what: format!("manifest from {url}"), expected: want, actual: digest });
+    }
+    let media_type = content_type
+        .map(|c| c.split(';').next().unwrap_or_default().trim().to_string())
+        .filter(|c| is_manifest(c) || is_index(c))
+        .or_else(|| {
+            let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
+            let declared = v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string);
+            declared.or_else(|| {
+                Some(
+                    if v.get("manifests").is_some() {
+                        "application/vnd.oci.image.index.v1+json"
+                    } else {
+                        "application/vnd.oci.image.manifest.v1+json"
+                    }
+                    .into(),
+                )
+            })
+        })
+        .unwrap_or_default();
+    Ok((data, media_type, digest))
+}

@@ -1,0 +1,337 @@
+//! Pulling over the distribution v2 API: from Debian's `docker-registry` (started here on 127.0.0.1 with
+//! a private config, images pushed by skopeo), and from a small in-memory registry that demands Bearer
+//! tokens and answers Range requests. Needs root for the overlay mount, as CI runs it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use layerstore::{Error, NoProgress, PullOptions, Store};
+use serde_json::json;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A `docker-registry` on 127.0.0.1 with its storage in a temp dir; killed on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let data = dir.path().join("data");
+        let config = dir.path().join("config.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            data.display()
+        );
+        std::fs::write(&config, yaml).expect("write registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian's docker-registry package) is needed");
+        let registry = Registry { child, port, data, _dir: dir };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "docker-registry did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pushes an OCI layout's `tag` as `name` with skopeo (`format`: `oci` or `v2s2`).
+    fn push(&self, layout: &Path, tag: &str, name: &str, format: &str) {
+        let out = Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false", "--format", format])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{name}", self.host()))
+            .output()
+            .expect("skopeo is needed");
+        assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The registry's file for a blob.
+    fn blob_file(&self, digest: &layerstore::Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.data.join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn app_layer(size: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    Layer::new().dir("app").file("app/data", &data).file("etc/app.conf", b"pulled").tar()
+}
+
+fn busybox_image(dir: &Path) -> (PathBuf, Written) {
+    let layout = dir.join("layout");
+    let image = Image::new(vec![(busybox_layer(), Comp::Gzip), (app_layer(300_000), Comp::Gzip)]);
+    let w = image.write_layout(&layout, "latest");
+    (layout, w)
+}
+
+fn assert_fsck_clean(store: &Store) {
+    let report = store.fsck(false).expect("fsck");
+    assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
+}
+
+#[test]
+fn pull_from_docker_registry_gives_the_source_digests_runs_and_dedups() {
+    let registry = Registry::start();
+    let (tmp, store) = store();
+    let (layout, w) = busybox_image(tmp.path());
+    registry.push(&layout, "latest", "busybox:latest", "oci");
+    let reference = format!("{}/busybox:latest", registry.host());
+
+    let first = store.pull(&reference, &PullOptions::default(), &NoProgress).expect("pull");
+    assert_eq!(first.record.name, reference);
+    assert_eq!(first.record.manifest, w.manifest);
+    assert_eq!(first.record.config, w.config);
+    assert_eq!(first.record.layers, w.layers);
+    assert_eq!((first.blobs_fetched, first.blobs_present), (3, 0));
+
+    // The image runs: its overlay root holds a working busybox.
+    {
+        let rootfs = Rootfs::new(&store, "pulled", &reference);
+        let out = Command::new("chroot").arg(&rootfs.path).args(["/bin/sh", "-c", "cat /etc/app.conf"]).output();
+        let out = out.expect("chroot");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled", "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // Layer dedup: a second pull, by tag or by digest, downloads no blob.
+    let again = store.pull(&reference, &PullOptions::default(), &NoProgress).expect("second pull");
+    assert_eq!((again.blobs_fetched, again.bytes_fetched, again.blobs_present), (0, 0, 3));
+    let by_digest = format!("{}/busybox@{}", registry.host(), w.manifest);
+    let pinned = store.pull(&by_digest, &PullOptions::default(), &NoProgress).expect("pull by digest");
+    assert_eq!((pinned.record.manifest.clone(), pinned.bytes_fetched), (w.manifest.clone(), 0));
+    assert_fsck_clean(&store);
+}
+
+#[test]
+fn pull_of_a_docker_schema2_manifest_keeps_the_layers() {
+    let registry = Registry::start();
+    let (tmp, store) = store();
+    let (layout, w) = busybox_image(tmp.path());
+    registry.push(&layout, "latest", "busybox:v2s2", "v2s2");
+    let reference = format!("{}/busybox:v2s2", registry.host());
+    let pulled = store.pull(&reference, &PullOptions::default(), &NoProgress).expect("pull schema2");
+    assert_eq!(pulled.record.layers, w.layers);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.blobs().read(&pulled.record.manifest).expect("manifest")).expect("json");
+    assert_eq!(manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert!(store.snapshot_path(&pulled.record.chain[1]).join("fs/etc/app.conf").exists());
+    assert_fsck_clean(&store);
+}
+
+#[test]
+fn pull_of_a_missing_tag_is_one_error_naming_it() {
+    let registry = Registry::start();
+    let (_tmp, store) = store();
+    let reference = format!("{}/busybox:nope", registry.host());
+    let err = store.pull(&reference, &PullOptions::default(), &NoProgress).expect_err("missing tag pulled");
+    let msg = err.to_string();
+    assert!(msg.contains(&reference) && msg.contains("HTTP 404") && msg.contains("/manifests/nope"), "{msg}");
+    assert!(contents(&store).is_empty());
+}
+
+#[test]
+fn blob_corrupted_in_the_registry_is_a_digest_error_and_stores_nothing() {
+    let registry = Registry::start();
+    let (tmp, store) = store();
+    let (layout, w) = busybox_image(tmp.path());
+    registry.push(&layout, "latest", "busybox:latest", "oci");
+    let file = registry.blob_file(&w.layers[1]);
+    let mut data = std::fs::read(&file).expect("registry blob");
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&file, data).expect("corrupt blob");
+
+    let reference = format!("{}/busybox:latest", registry.host());
+    let err = store.pull(&reference, &PullOptions::default(), &NoProgress).expect_err("corrupt blob pulled");
+    assert!(matches!(err, Error::DigestMismatch { ref expected, .. } if *expected == w.layers[1]), "{err}");
+    assert!(err.to_string().contains(&w.layers[1].to_string()), "{err}");
+    assert!(contents(&store).is_empty(), "left behind: {:?}", contents(&store));
+    assert_fsck_clean(&store);
+}
+
+/// What the in-memory registry saw.
+#[derive(Default)]
+struct Seen {
+    token_auth: Vec<Option<String>>,
+    ranges: Vec<(String, String)>,
+    unauthorized: usize,
+}
+
+/// A registry thread serving blobs and manifests from memory, behind a Bearer token that needs the
+/// basic credentials `u:p`; it answers `Range: bytes=N-` with 206.
+struct FakeRegistry {
+    port: u16,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl FakeRegistry {
+    fn start(manifests: BTreeMap<String, (String, Vec<u8>)>, blobs: BTreeMap<String, Vec<u8>>) -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let _ = serve(stream, port, &manifests, &blobs, &seen2);
+            }
+        });
+        FakeRegistry { port, seen }
+    }
+}
+
+fn respond(mut s: TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    s.flush()
+}
+
+fn serve(
+    stream: TcpStream,
+    port: u16,
+    manifests: &BTreeMap<String, (String, Vec<u8>)>,
+    blobs: &BTreeMap<String, Vec<u8>>,
+    seen: &Mutex<Seen>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut seen = seen.lock().expect("seen");
+    if let Some(query) = path.strip_prefix("/token?") {
+        seen.token_auth.push(headers.get("authorization").cloned());
+        let basic_ok = headers.get("authorization").map(String::as_str) == Some("Basic dTpw");
+        let query_ok = query.contains("scope=repository:app:pull") && query.contains("service=fake");
+        return if basic_ok && query_ok {
+            respond(stream, "200 OK", &[], br#"{"token":"t0k"}"#)
+        } else {
+            respond(stream, "401 Unauthorized", &[], b"{}")
+        };
+    }
+    if headers.get("authorization").map(String::as_str) != Some("Bearer t0k") {
+        seen.unauthorized += 1;
+        let challenge =
+            format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake",scope="repository:app:pull""#);
+        return respond(stream, "401 Unauthorized", &[("WWW-Authenticate", challenge)], b"{}");
+    }
+    if let Some(r) = path.strip_prefix("/v2/app/manifests/") {
+        return match manifests.get(r) {
+            Some((mt, data)) => respond(stream, "200 OK", &[("Content-Type", mt.clone())], data),
+            None => respond(stream, "404 Not Found", &[], br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#),
+        };
+    }
+    let Some(data) = path.strip_prefix("/v2/app/blobs/").and_then(|d| blobs.get(d)) else {
+        return respond(stream, "404 Not Found", &[], b"{}");
+    };
+    let digest = path.rsplit('/').next().unwrap_or_default().to_string();
+    match headers.get("range").and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')) {
+        Some(from) => {
+            seen.ranges.push((digest, from.to_string()));
+            let from: usize = from.parse().expect("range start");
+            let range = format!("bytes {from}-{}/{}", data.len() - 1, data.len());
+            respond(stream, "206 Partial Content", &[("Content-Range", range)], &data[from..])
+        }
+        None => respond(stream, "200 OK", &[], data),
+    }
+}
+
+#[test]
+fn token_auth_index_and_resumed_download_against_an_in_memory_registry() {
+    let (tmp, store) = store();
+    let (_layout, w) = busybox_image(tmp.path());
+    let blobs: BTreeMap<String, Vec<u8>> = w.blobs.iter().map(|(d, b)| (d.to_string(), b.clone())).collect();
+    let oci_manifest = "application/vnd.oci.image.manifest.v1+json".to_string();
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": oci_manifest, "digest": format!("sha256:{}", "0".repeat(64)), "size": 10,
+             "platform": {"os": "linux", "architecture": "s390x"}},
+            {"mediaType": oci_manifest, "digest": w.manifest.to_string(), "size": w.manifest_bytes.len(),
+             "platform": {"os": "linux", "architecture": layerstore::host_arch()}},
+        ],
+    }))
+    .expect("index json");
+    let mut manifests = BTreeMap::new();
+    manifests.insert("latest".to_string(), ("application/vnd.oci.image.index.v1+json".to_string(), index));
+    manifests.insert(w.manifest.to_string(), (oci_manifest.clone(), w.manifest_bytes.clone()));
+    let fake = FakeRegistry::start(manifests, blobs);
+
+    // Half of the big layer is already on disk, as an interrupted pull leaves it.
+    let big = &w.layers[1];
+    let half = w.blobs[big].len() / 2;
+    let partial = store.root().join("ingest").join(format!("pull-sha256-{}.partial", big.hex()));
+    std::fs::write(&partial, &w.blobs[big][..half]).expect("write partial");
+    assert_fsck_clean(&store);
+
+    let reference = format!("127.0.0.1:{}/app:latest", fake.port);
+    let anonymous = store.pull(&reference, &PullOptions::default(), &NoProgress).expect_err("pulled without a token");
+    assert!(anonymous.to_string().contains("--user"), "{anonymous}");
+
+    let opts = PullOptions { credentials: Some(("u".into(), "p".into())), ..PullOptions::default() };
+    let pulled = store.pull(&reference, &opts, &NoProgress).expect("pull with token");
+    assert_eq!(pulled.record.manifest, w.manifest, "the index did not resolve to linux/{}", layerstore::host_arch());
+    assert_eq!(pulled.record.layers, w.layers);
+    assert_eq!(pulled.blobs_fetched, 3);
+    let total: usize = [&w.config, &w.layers[0], &w.layers[1]].iter().map(|d| w.blobs[*d].len()).sum();
+    assert_eq!(pulled.bytes_fetched as usize, total - half, "the partial layer was downloaded again");
+    let seen = fake.seen.lock().expect("seen");
+    assert_eq!(seen.ranges, vec![(big.to_string(), half.to_string())]);
+    assert!(seen.token_auth.contains(&Some("Basic dTpw".into())));
+    assert!(!partial.exists());
+    drop(seen);
+    assert!(store.snapshot_path(&pulled.record.chain[1]).join("fs/app/data").exists());
+    assert_fsck_clean(&store);
+
+    // A digest reference whose manifest the registry lacks is one error naming it.
+    let missing = format!("127.0.0.1:{}/app@sha256:{}", fake.port, "1".repeat(64));
+    let err = store.pull(&missing, &opts, &NoProgress).expect_err("missing digest pulled");
+    assert!(err.to_string().contains(&missing) && err.to_string().contains("HTTP 404"), "{err}");
+}
