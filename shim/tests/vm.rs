@@ -133,3 +133,33 @@ fn device_rules_in_the_vm() {
     ]);
     assert_eq!(c.run_ok(), "zero-denied\nnull-ok\n");
 }
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn shim_publishes_task_oom_when_the_memory_limit_kills() {
+    // The shim on its own (`strata shim run`, containerd-shim-strata-v1 beside strata): a
+    // process allocating past 32 MiB is OOM-killed and the shim publishes /tasks/oom.
+    let mut c = TestContainer::new("shimoom", "dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1; echo survived");
+    c.config["linux"]["resources"]["memory"] = json!({"limit": 33554432, "swap": 33554432});
+    c.write_config();
+    let out = std::process::Command::new(strata_bin())
+        .args(["shim", "run", "--namespace", "strata-vm-test", "--bundle"])
+        .arg(&c.dir)
+        .arg(&c.id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let context =
+        format!("status {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{context}");
+    assert!(stdout.lines().any(|l| l == "survived"), "{context}");
+    let topics: Vec<&str> =
+        stdout.lines().filter_map(|l| l.strip_prefix("event ")).filter_map(|l| l.split(' ').next()).collect();
+    let oom = topics.iter().position(|t| *t == "/tasks/oom");
+    let exit = topics.iter().position(|t| *t == "/tasks/exit");
+    assert!(oom.is_some_and(|o| exit.is_some_and(|e| o < e)), "no /tasks/oom before /tasks/exit: {context}");
+    assert!(stdout.contains(&format!("event /tasks/oom {{container_id: \"{}\"}}", c.id)), "{context}");
+    assert_eq!(topics.last(), Some(&"/tasks/delete"), "{context}");
+    c.assert_gone(None);
+}

@@ -291,6 +291,8 @@ pub enum Command {
     Gc(crate::image::GcArgs),
     /// Verify every blob, snapshot and pooled file of the image store.
     Fsck(crate::image::FsckArgs),
+    /// Drive the containerd shim without containerd: `strata shim run --bundle DIR ID`.
+    Shim(crate::shim::ShimArgs),
 }
 
 fn state_root(cli: &Cli) -> Result<StateRoot> {
@@ -535,6 +537,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Image(a) => crate::image::image(&cli.root, a),
         Command::Gc(a) => crate::image::gc(&cli.root, a),
         Command::Fsck(a) => crate::image::fsck(a),
+        Command::Shim(a) => crate::shim::shim(a, cli.debug),
     }
 }
 

@@ -5,6 +5,7 @@ mod demo;
 mod image;
 mod output;
 mod progress;
+mod shim;
 
 use clap::Parser;
 
