@@ -10,14 +10,17 @@ use common::TestContainer;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-/// The namespace these tests start their shims in.
-const NAMESPACE: &str = "strata-standalone-test";
+/// The namespace a test's shim runs in: one per container, so that a test can remove the
+/// namespace's state directory without racing another test.
+fn namespace(c: &TestContainer) -> String {
+    format!("strata-standalone-{}", c.id)
+}
 
 /// `strata shim run` on the container's bundle, with `extra` arguments.
 fn shim_run(c: &TestContainer, extra: &[&str]) -> Output {
     c.write_config();
     Command::new(common::strata_bin())
-        .args(["shim", "run", "--namespace", NAMESPACE, "--bundle"])
+        .args(["shim", "run", "--namespace", &namespace(c), "--bundle"])
         .arg(&c.dir)
         .arg(&c.id)
         .args(extra)
@@ -40,8 +43,11 @@ fn events(stdout: &str) -> Vec<(String, String)> {
 
 /// Asserts that no shim daemon, state directory, cgroup or bundle file of the run is left.
 fn assert_nothing_left(c: &TestContainer) {
-    let state = Path::new("/run/containerd/strata").join(NAMESPACE).join(&c.id);
+    let ns_dir = Path::new("/run/containerd/strata").join(namespace(c));
+    let state = ns_dir.join(&c.id);
     assert!(!state.exists(), "state directory {} left behind", state.display());
+    // The shim makes the namespace's directory as containerd's runtimes do; the test's own goes.
+    let _ = std::fs::remove_dir(&ns_dir);
     assert!(!c.cgroup_dir().exists(), "cgroup {} left behind", c.cgroup_dir().display());
     for name in ["log", "address"] {
         assert!(!c.dir.join(name).exists(), "bundle file {name} left behind");
@@ -133,7 +139,7 @@ fn a_signal_to_strata_is_passed_on_to_the_container() {
     let c = TestContainer::new("shimsig", "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done");
     c.write_config();
     let mut child = Command::new(common::strata_bin())
-        .args(["shim", "run", "--namespace", NAMESPACE, "--bundle"])
+        .args(["shim", "run", "--namespace", &namespace(&c), "--bundle"])
         .arg(&c.dir)
         .arg(&c.id)
         .stdin(Stdio::null())

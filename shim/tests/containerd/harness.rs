@@ -165,12 +165,19 @@ impl Containerd {
     }
 
     fn ctr_args(&self, cmd: &mut Command, args: &[&str]) {
-        cmd.arg("--address")
-            .arg(self.dir.path().join("c.sock"))
-            .arg("--namespace")
-            .arg(&self.namespace)
-            .args(args)
-            .stdin(Stdio::null());
+        cmd.arg("--address").arg(self.dir.path().join("c.sock")).arg("--namespace").arg(&self.namespace);
+        // ctr keeps the FIFOs of `run` and `task exec` in /run/containerd/fifo unless told
+        // otherwise; a test's go in its own directory, which the guard removes.
+        let sub = match args {
+            ["run", ..] => 1,
+            ["task", "exec", ..] => 2,
+            _ => 0,
+        };
+        cmd.args(&args[..sub]);
+        if sub > 0 {
+            cmd.arg("--fifo-dir").arg(self.dir.path().join("fifo"));
+        }
+        cmd.args(&args[sub..]).stdin(Stdio::null());
     }
 
     /// Runs `ctr` and collects its output.
