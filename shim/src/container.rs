@@ -176,34 +176,16 @@ pub fn create(
         write_id_maps(stage1, bundle)?;
         parent_end.send(&Msg::Go, None)?;
     }
-    // Stage 1 (the init's pid) and the init (pty, listener, Ready) write to the same channel
-    // from two processes, so the init's messages may come before its pid.
-    let mut pty_master = None;
-    let mut seccomp_listener = None;
-    let mut ready = false;
-    let init_pid = loop {
-        match parent_end.recv()? {
-            (Msg::Pid(p), _) => break p,
-            (Msg::Pty, fd) => pty_master = fd,
-            (Msg::SeccompListener, fd) => seccomp_listener = fd,
-            (Msg::Ready, _) => ready = true,
-            (Msg::Error(e), _) => return Err(Error::Init(e)),
-            (m, _) => return Err(Error::Init(format!("unexpected {m:?} from stage 1"))),
-        }
-    };
-    guard.pids.insert(0, init_pid);
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
-    guard.pids.retain(|p| *p != stage1);
-
-    while !ready {
-        match parent_end.recv()? {
-            (Msg::Ready, _) => ready = true,
-            (Msg::Pty, fd) => pty_master = fd,
-            (Msg::SeccompListener, fd) => seccomp_listener = fd,
-            (Msg::Error(e), _) => return Err(Error::Init(e)),
-            (m, _) => return Err(Error::Init(format!("unexpected {m:?} from the init"))),
-        }
-    }
+    let report = sync::receive_setup(
+        &parent_end,
+        |pid| {
+            guard.pids.insert(0, pid);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
+            guard.pids.retain(|p| *p != stage1);
+        },
+        |_| {},
+    )?;
+    let (init_pid, pty_master, seccomp_listener) = (report.pid, report.pty, report.seccomp_listener);
     if let Some(rules) = &device_rules {
         cgroup.apply(rules)?;
     }

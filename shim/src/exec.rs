@@ -96,41 +96,14 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     let setup = (|| -> Result<(i32, Option<OwnedFd>)> {
         Cgroup::open(st.cgroup_path.clone()).add_process(stage1)?;
         parent_end.send(&Msg::Go, None)?;
-        // Stage 1 (its pid) and the process (pty, listener, Ready) write to the same channel
-        // from two processes, so the process's messages may come before the pid.
-        let mut pty = None;
-        let mut seccomp_listener = None;
-        let mut ready = false;
-        let pid = loop {
-            match parent_end.recv()? {
-                (Msg::Pid(p), _) => break p,
-                (Msg::Pty, fd) => pty = fd,
-                (Msg::SeccompListener, fd) => seccomp_listener = fd,
-                (Msg::Ready, _) => ready = true,
-                (Msg::Error(e), _) => return Err(Error::Init(e)),
-                (m, _) => return Err(Error::Init(format!("unexpected {m:?}"))),
-            }
-        };
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
-        while !ready {
-            match parent_end.recv() {
-                Ok((Msg::Ready, _)) => ready = true,
-                Ok((Msg::Pty, fd)) => pty = fd,
-                Ok((Msg::SeccompListener, fd)) => seccomp_listener = fd,
-                Ok((Msg::Error(e), _)) => {
-                    reap(pid);
-                    return Err(Error::Init(e));
-                }
-                Ok((m, _)) => {
-                    reap(pid);
-                    return Err(Error::Init(format!("unexpected {m:?}")));
-                }
-                Err(e) => {
-                    reap(pid);
-                    return Err(e);
-                }
-            }
-        }
+        let report = sync::receive_setup(
+            &parent_end,
+            |_| {
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
+            },
+            reap,
+        )?;
+        let (pid, pty, seccomp_listener) = (report.pid, report.pty, report.seccomp_listener);
         if let Some(fd) = seccomp_listener {
             let sc = bundle.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
             if let Err(e) = container::send_seccomp_listener(sc, &fd, &st, pid) {

@@ -132,6 +132,55 @@ impl AsRawFd for Channel {
     }
 }
 
+/// What a container process reported while it was set up.
+#[derive(Debug)]
+pub struct SetupReport {
+    /// The process's pid in the runtime's pid namespace (from stage 1).
+    pub pid: i32,
+    /// The pty master, when the runtime relays the terminal.
+    pub pty: Option<OwnedFd>,
+    /// A seccomp user-notification listener to pass on.
+    pub seccomp_listener: Option<OwnedFd>,
+}
+
+/// Receives stage 1's `Pid` and the process's own messages up to `Ready`. Both processes write
+/// to the same channel, so the process's messages may come before its pid. `on_pid` runs as
+/// soon as the pid is known (to reap stage 1, or to remember whom to kill); `cleanup` runs
+/// with the pid when a later message reports a failure.
+pub fn receive_setup(chan: &Channel, mut on_pid: impl FnMut(i32), cleanup: impl Fn(i32)) -> Result<SetupReport> {
+    let (mut pid, mut pty, mut seccomp_listener, mut ready) = (None, None, None, false);
+    while pid.is_none() || !ready {
+        let msg = chan.recv();
+        let failure = match msg {
+            Ok((Msg::Pid(p), _)) if pid.is_none() => {
+                pid = Some(p);
+                on_pid(p);
+                continue;
+            }
+            Ok((Msg::Pty, fd)) => {
+                pty = fd;
+                continue;
+            }
+            Ok((Msg::SeccompListener, fd)) => {
+                seccomp_listener = fd;
+                continue;
+            }
+            Ok((Msg::Ready, _)) => {
+                ready = true;
+                continue;
+            }
+            Ok((Msg::Error(e), _)) => Error::Init(e),
+            Ok((m, _)) => Error::Init(format!("unexpected {m:?} while the process was set up")),
+            Err(e) => e,
+        };
+        if let Some(p) = pid {
+            cleanup(p);
+        }
+        return Err(failure);
+    }
+    Ok(SetupReport { pid: pid.unwrap_or_default(), pty, seccomp_listener })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +199,20 @@ mod tests {
         assert!(matches!(b.expect(&Msg::Ready), Err(Error::Init(e)) if e == "boom"));
         drop(a);
         assert!(b.recv().is_err());
+    }
+
+    #[test]
+    fn setup_messages_may_come_before_the_pid() {
+        let (a, b) = pair().unwrap();
+        a.send(&Msg::Ready, None).unwrap();
+        a.send(&Msg::Pid(42), None).unwrap();
+        let mut seen = None;
+        let r = receive_setup(&b, |p| seen = Some(p), |_| panic!("no failure")).unwrap();
+        assert_eq!((r.pid, seen), (42, Some(42)));
+        a.send(&Msg::Pid(7), None).unwrap();
+        a.send(&Msg::Error("mount failed".into()), None).unwrap();
+        let cleaned = std::cell::Cell::new(0);
+        let err = receive_setup(&b, |_| {}, |p| cleaned.set(p)).unwrap_err().to_string();
+        assert_eq!((err.as_str(), cleaned.get()), ("mount failed", 7));
     }
 }
