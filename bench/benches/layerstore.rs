@@ -1,0 +1,310 @@
+//! The image store on real images: a Debian bookworm minbase rootfs (debootstrap, cached under
+//! `<repo>/.cache/bench/`) as a gzip layer, plus five ~30 MB application layers.
+//!
+//! Protects three figures, each measured against containerd in the same run:
+//! - import + unpack of the base image: strata ≤ 1.0× `ctr images import` (containerd unpacks into
+//!   its overlayfs snapshotter on import); plain `tar -xzf` of the layer is printed as the floor;
+//! - bytes on disk for five applications on one shared base: strata ≤ 0.75× containerd's root
+//!   (content store + snapshots + metadata);
+//! - the same for five images whose bases were rebuilt separately (same files, new digests):
+//!   strata ≤ 0.5× containerd's.
+//!
+//! Each round uses a fresh store and a fresh private containerd (own root, state and socket, CRI
+//! disabled; `$STRATA_CONTAINERD` picks another binary). Rounds: env STRATA_BENCH_ROUNDS
+//! (default 5). Needs root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use layerstore::Store;
+use strata_bench::images::{
+    LayerBlob, app_layer_tar, debian_rootfs_tar, disk_usage, extract_rootfs, gzip_layer, rebuilt_base_tar,
+    write_oci_archive,
+};
+use strata_bench::median;
+
+const APPS: u32 = 5;
+const NAMESPACE: &str = "strata-bench";
+/// gzip level of every layer (what docker and buildkit use).
+const GZIP_LEVEL: u32 = 6;
+
+/// A private containerd that stops and unmounts everything under its directory when dropped.
+struct Containerd {
+    dir: tempfile::TempDir,
+    daemon: Child,
+}
+
+impl Containerd {
+    fn start() -> Result<Containerd, String> {
+        // Short and in /tmp: the socket path must fit in sockaddr_un.
+        let dir = tempfile::Builder::new().prefix("ctdl").tempdir_in("/tmp").map_err(|e| format!("tempdir: {e}"))?;
+        let p = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{}\"\n",
+            p.join("root").display(),
+            p.join("state").display(),
+            p.join("c.sock").display()
+        );
+        std::fs::write(p.join("config.toml"), config).map_err(|e| format!("config.toml: {e}"))?;
+        let log = std::fs::File::create(p.join("containerd.log")).map_err(|e| format!("containerd.log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| format!("containerd.log: {e}"))?;
+        let containerd = std::env::var("STRATA_CONTAINERD").unwrap_or_else(|_| "containerd".into());
+        let daemon = Command::new(&containerd)
+            .arg("--config")
+            .arg(p.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log2)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("{containerd}: {e} (apt-get install containerd)"))?;
+        // From here on, Drop stops the daemon whatever happens.
+        let c = Containerd { dir, daemon };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"])?.status.success() {
+            if Instant::now() > deadline {
+                return Err("containerd did not answer within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(c)
+    }
+
+    fn ctr(&self, args: &[&str]) -> Result<std::process::Output, String> {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("c.sock"))
+            .arg("--namespace")
+            .arg(NAMESPACE)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("ctr: {e}"))
+    }
+
+    /// `ctr images import` (which unpacks into the overlayfs snapshotter); returns its wall time.
+    fn import(&self, archive: &Path) -> Result<Duration, String> {
+        let t = Instant::now();
+        let out = self.ctr(&["images", "import", &archive.display().to_string()])?;
+        let elapsed = t.elapsed();
+        if out.status.success() {
+            Ok(elapsed)
+        } else {
+            Err(format!("ctr images import {}: {}", archive.display(), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.daemon.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // Snapshotter mounts (an unpack interrupted by an error) must go before the TempDir is removed.
+        let prefix = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut targets: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).collect();
+        targets.reverse();
+        for t in targets {
+            let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// The images every measurement reads, built once per run under a temp directory.
+struct Images {
+    _work: tempfile::TempDir,
+    /// The base layer's blob (for `tar -xzf`).
+    base: LayerBlob,
+    /// The base alone.
+    base_archive: PathBuf,
+    /// Set (a): application i on the shared base.
+    shared: Vec<PathBuf>,
+    /// Set (b): application i on its own rebuild of the base.
+    rebuilt: Vec<PathBuf>,
+}
+
+fn build_images() -> Result<Images, String> {
+    let rootfs_tar = debian_rootfs_tar()?;
+    let work =
+        tempfile::Builder::new().prefix("strata-bench-images-").tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let w = work.path();
+    let rootfs = w.join("rootfs");
+    extract_rootfs(&rootfs_tar, &rootfs)?;
+    // App layers read the base's files; build their tars before the rebuilds touch mtimes.
+    let mut tars = vec![(rootfs_tar.clone(), w.join("base.gz"))];
+    for app in 1..=APPS {
+        tars.push((app_layer_tar(&rootfs, app, &w.join(format!("app{app}.tar")))?, w.join(format!("app{app}.gz"))));
+    }
+    for build in 1..=APPS {
+        let tar = rebuilt_base_tar(&rootfs, build, &w.join(format!("base{build}.tar")))?;
+        tars.push((tar, w.join(format!("base{build}.gz"))));
+    }
+    // Compress on every core: gzip is most of the setup time.
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut blobs: Vec<Option<LayerBlob>> = vec![None; tars.len()];
+    for chunk in tars.iter().zip(blobs.iter_mut()).collect::<Vec<_>>().chunks_mut(jobs) {
+        std::thread::scope(|s| -> Result<(), String> {
+            let handles: Vec<_> = chunk
+                .iter_mut()
+                .map(|((tar, gz), slot)| s.spawn(move || gzip_layer(tar, gz, GZIP_LEVEL).map(|b| **slot = Some(b))))
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| "gzip thread panicked".to_string())??;
+            }
+            Ok(())
+        })?;
+    }
+    let blobs: Vec<LayerBlob> = blobs.into_iter().map(|b| b.ok_or("missing layer")).collect::<Result<_, _>>()?;
+    let (base, rest) = blobs.split_first().ok_or("no layers")?;
+    let (apps, bases) = rest.split_at(APPS as usize);
+    let archive = |name: &str, layers: &[&LayerBlob]| -> Result<PathBuf, String> {
+        let out = w.join(format!("{name}.oci.tar"));
+        write_oci_archive(&w.join(format!("{name}.layout")), &format!("docker.io/library/{name}:bench"), layers, &out)?;
+        Ok(out)
+    };
+    let base_archive = archive("debian", &[base])?;
+    let mut shared = Vec::new();
+    let mut rebuilt = Vec::new();
+    for (i, (app, own_base)) in apps.iter().zip(bases).enumerate() {
+        shared.push(archive(&format!("app{}", i + 1), &[base, app])?);
+        rebuilt.push(archive(&format!("rebuilt{}", i + 1), &[own_base, app])?);
+    }
+    // The uncompressed tars and the extracted rootfs are not needed any more.
+    let _ = std::process::Command::new("rm").arg("-rf").arg(&rootfs).status();
+    for (tar, _) in tars.iter().skip(1) {
+        let _ = std::fs::remove_file(tar);
+    }
+    Ok(Images { base: base.clone(), base_archive, shared, rebuilt, _work: work })
+}
+
+fn fresh_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new().prefix(prefix).tempdir().map_err(|e| format!("tempdir: {e}"))
+}
+
+/// Imports `archive` into a fresh store; returns the time and the store's directory.
+fn strata_import(archive: &Path) -> Result<(Duration, tempfile::TempDir), String> {
+    let dir = fresh_dir("strata-bench-store-")?;
+    let t = Instant::now();
+    let store = Store::open(&dir.path().join("store")).map_err(|e| e.to_string())?;
+    store.import(archive, None).map_err(|e| format!("strata import {}: {e}", archive.display()))?;
+    Ok((t.elapsed(), dir))
+}
+
+fn tar_extract(layer: &Path) -> Result<Duration, String> {
+    let dir = fresh_dir("strata-bench-tar-")?;
+    let t = Instant::now();
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .args(["--numeric-owner", "-xzpf"])
+        .arg(layer)
+        .output()
+        .map_err(|e| format!("tar: {e}"))?;
+    let elapsed = t.elapsed();
+    if !out.status.success() {
+        return Err(format!("tar -xzf: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(elapsed)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn import_times(images: &Images, rounds: usize) -> Result<(), String> {
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..rounds {
+        times[0].push(strata_import(&images.base_archive)?.0);
+        let ctd = Containerd::start()?;
+        times[1].push(ctd.import(&images.base_archive)?);
+        drop(ctd);
+        times[2].push(tar_extract(&images.base.path)?);
+    }
+    let [s, c, t] = times.map(|mut v| median(&mut v));
+    println!(
+        "\nlayerstore: import + unpack of debian bookworm minbase ({:.1} MB gzip layer); {rounds} interleaved rounds",
+        mb(images.base.size)
+    );
+    println!("layerstore: strata          median {:>8.1} ms", ms(s));
+    println!("layerstore: ctr images import median {:>6.1} ms", ms(c));
+    println!("layerstore: tar -xzf          median {:>6.1} ms", ms(t));
+    let r = s.as_secs_f64() / c.as_secs_f64();
+    println!("layerstore: ratio strata/containerd = {r:.2} (target ≤ 1.00: {})", met(r <= 1.0));
+    println!("layerstore: ratio strata/tar = {:.2}", s.as_secs_f64() / t.as_secs_f64());
+    Ok(())
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+/// Bytes on disk of strata's store and containerd's root after importing every archive of a set.
+fn disk_set(label: &str, archives: &[PathBuf], target: f64) -> Result<(), String> {
+    let dir = fresh_dir("strata-bench-store-")?;
+    let store = Store::open(&dir.path().join("store")).map_err(|e| e.to_string())?;
+    for a in archives {
+        store.import(a, None).map_err(|e| format!("strata import {}: {e}", a.display()))?;
+    }
+    let strata = disk_usage(store.root())?;
+    let du = store.du().map_err(|e| e.to_string())?;
+    let ctd = Containerd::start()?;
+    for a in archives {
+        ctd.import(a)?;
+    }
+    let containerd = disk_usage(&ctd.root())?;
+    let r = strata as f64 / containerd as f64;
+    println!("\nlayerstore: bytes on disk, {label}");
+    println!(
+        "layerstore: strata     {:>8.1} MB (logical {:.1} MB; blobs {:.1} MB; saved by layer dedup {:.1} MB, by file dedup {:.1} MB)",
+        mb(strata),
+        mb(du.logical_bytes),
+        mb(du.blob_bytes),
+        mb(du.saved_by_layer_dedup),
+        mb(du.saved_by_file_dedup)
+    );
+    println!("layerstore: containerd {:>8.1} MB (content store + overlayfs snapshots + metadata)", mb(containerd));
+    println!("layerstore: ratio strata/containerd = {r:.2} (target ≤ {target:.2}: {})", met(r <= target));
+    Ok(())
+}
+
+fn layerstore(c: &mut Criterion) {
+    let t = Instant::now();
+    let images = build_images().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("layerstore: images built in {:.1} s", t.elapsed().as_secs_f64());
+    let rounds: usize = std::env::var("STRATA_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    import_times(&images, rounds).unwrap_or_else(|e| panic!("{e}"));
+    disk_set("(a) five applications on one shared base layer", &images.shared, 0.75).unwrap_or_else(|e| panic!("{e}"));
+    disk_set("(b) five applications, each on its own rebuild of the base", &images.rebuilt, 0.5)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let mut group = c.benchmark_group("layerstore");
+    group.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_millis(1));
+    group.bench_function("strata import+unpack debian", |b| {
+        b.iter_batched(
+            || (),
+            |()| strata_import(&images.base_archive).unwrap_or_else(|e| panic!("{e}")).1,
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, layerstore);
+criterion_main!(benches);
