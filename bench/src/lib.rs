@@ -1,6 +1,7 @@
 //! Helpers shared by strata's benchmarks: the peers (runc, crun), a busybox bundle, and timing
 //! of one container life cycle per runtime so that every comparison is made in the same run.
 
+pub mod containerd;
 pub mod images;
 pub mod report;
 

@@ -1,7 +1,8 @@
 //! The report end to end in short mode: runs the `report` binary into a temporary directory and
 //! checks that REPORT.md and every chart exist and that the report is consistent (no NaN or
 //! infinity, every system present or marked unavailable with a reason). Needs root, as CI runs
-//! it; it uses `$STRATA_BIN` or strata's release binary (`cargo build --release -p strata-shim --bin strata`).
+//! it; it uses `$STRATA_BIN` or strata's release binary (`cargo build --release -p strata-shim`), and
+//! for the containerd rows `containerd-shim-strata-v1` next to it (or `$STRATA_SHIM_BIN`).
 //! How long it takes is not asserted: timings belong to the report itself, not to a test.
 
 use std::process::Command;

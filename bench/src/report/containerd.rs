@@ -1,51 +1,134 @@
-//! Rows for the runtimes as containerd drives them (`ctr run --rm`). They are measured only
-//! where containerd and strata's shim both exist; otherwise each row says why it is missing.
+//! containerd's rows: start time of strata (its shim), runc (containerd's runc v2 shim) and crun
+//! (the runc shim with `--runc-binary crun`) as `ctr run --rm` drives them, and the bytes
+//! containerd's content store and snapshots take for the image-size application set. Each uses a
+//! private containerd ([`crate::containerd::Containerd`]) that is stopped, and its mounts undone,
+//! when the measurement ends, also on error.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Options, Outcome, StartRow};
+use super::{ImageFigure, Options, Outcome, StartRow, StartStats, progress};
+use crate::containerd::{Containerd, Peer, disk_usage, peers, shim_binary};
 
 /// The systems of this family, as the report names them.
 pub const SYSTEMS: [&str; 3] = ["strata via containerd", "runc via containerd", "crun via containerd"];
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn next_id(peer: &Peer) -> String {
+    format!("report-{}-{}-{}", peer.name, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
-fn shim_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("STRATA_SHIM_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    which("containerd-shim-strata-v1").or_else(|| {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/containerd-shim-strata-v1");
-        p.is_file().then_some(p)
-    })
+fn system_name(peer: &Peer) -> String {
+    format!("{} via containerd", peer.name)
 }
 
-/// Why the containerd rows cannot be measured here, or `None` when everything they need exists.
-pub fn missing() -> Option<String> {
-    if which("containerd").is_none() || which("ctr").is_none() {
-        return Some("containerd and ctr are not installed".into());
-    }
-    if shim_binary().is_none() {
-        return Some("containerd-shim-strata-v1 is not built or installed (another engineer's shim work)".into());
-    }
-    None
+fn mode_of(peer: &Peer) -> String {
+    let shim = match peer.name {
+        "strata" => "strata's shim (`io.containerd.strata.v1`)",
+        "crun" => "runc v2 shim, `--runc-binary crun`",
+        _ => "runc v2 shim (`io.containerd.runc.v2`)",
+    };
+    format!("`ctr run --rm --cpu-shares 0`, {shim}")
 }
 
-/// The containerd rows of the start-time table.
-pub fn start_rows(_opts: &Options) -> Vec<StartRow> {
-    let reason = missing().unwrap_or_else(|| {
-        "containerd and containerd-shim-strata-v1 are present, but this report does not drive a private \
-         containerd yet; `cargo bench -p strata-bench --bench shim` measures `ctr run --rm` for these"
-            .into()
-    });
-    SYSTEMS
+/// A private containerd with strata's shim first on its PATH.
+fn start_containerd() -> Result<Containerd, String> {
+    let shim = shim_binary()?;
+    let dir = shim.parent().ok_or_else(|| format!("{} has no directory", shim.display()))?;
+    Containerd::start(dir)
+}
+
+/// One round for one peer: `/bin/true` start to exit, `echo ready` first byte and exit, ms.
+fn one_round(ctd: &Containerd, peer: &Peer) -> Result<(f64, f64, f64), String> {
+    let t = ctd.run(peer, &["--rm"], &next_id(peer), &["/bin/true"])?;
+    let (first, exit) = ctd.run_first_byte(peer, &next_id(peer), &["echo", "ready"])?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    Ok((ms(t), ms(first), ms(exit)))
+}
+
+/// The containerd rows of the start-time table; strata, runc and crun interleaved round by round.
+pub fn start_rows(opts: &Options) -> Vec<StartRow> {
+    let peers = peers();
+    let unavailable = |reason: &str| -> Vec<StartRow> {
+        peers
+            .iter()
+            .map(|p| StartRow {
+                system: system_name(p),
+                mode: mode_of(p),
+                outcome: Outcome::Unavailable(reason.to_string()),
+            })
+            .collect()
+    };
+    progress("start: private containerd");
+    let ctd = match start_containerd().and_then(|c| c.import_busybox().map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => return unavailable(&e),
+    };
+    // A warm-up run that also tells whether the runtime works here (crun refuses hybrid cgroups).
+    let mut stats: Vec<Result<StartStats, String>> =
+        peers.iter().map(|p| one_round(&ctd, p).map(|_| StartStats::default())).collect();
+    let rounds = opts.containerd_rounds();
+    for round in 0..rounds {
+        progress(format_args!("start: containerd round {}/{rounds}", round + 1));
+        for (peer, st) in peers.iter().zip(stats.iter_mut()) {
+            let Ok(s) = st else { continue };
+            match one_round(&ctd, peer) {
+                Ok((t, first, exit)) => {
+                    s.true_exit.ms.push(t);
+                    s.first_byte.ms.push(first);
+                    s.echo_exit.ms.push(exit);
+                }
+                Err(e) => *st = Err(format!("failed in round {}: {e}", round + 1)),
+            }
+        }
+    }
+    drop(ctd);
+    peers
         .iter()
-        .map(|s| StartRow {
-            system: s.to_string(),
-            mode: "`ctr run --rm`".into(),
-            outcome: Outcome::Unavailable(reason.clone()),
-        })
+        .zip(stats)
+        .map(|(p, s)| StartRow { system: system_name(p), mode: mode_of(p), outcome: s.into() })
         .collect()
+}
+
+/// Packs an OCI image layout into the archive `ctr images import` reads.
+fn archive(layout: &Path, out: &Path) -> Result<(), String> {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(layout)
+        .arg("-cf")
+        .arg(out)
+        .args(["oci-layout", "index.json", "blobs"])
+        .status()
+        .map_err(|e| format!("tar: {e}"))?;
+    if st.success() { Ok(()) } else { Err(format!("tar of {} failed: {st}", layout.display())) }
+}
+
+/// Imports every OCI layout with `ctr images import` (which unpacks into overlayfs snapshots) into
+/// a fresh containerd and returns the bytes its root takes on disk, each inode counted once.
+/// `transfer` and `logical` are the set's figures, the same as for strata's store.
+pub fn content_store(layouts: &[PathBuf], transfer: u64, logical: u64) -> Result<(ImageFigure, String), String> {
+    let ctd = start_containerd()?;
+    let empty = disk_usage(&ctd.root())?;
+    for (i, layout) in layouts.iter().enumerate() {
+        progress(format_args!("images: ctr images import app {}/{}", i + 1, layouts.len()));
+        let tar = ctd.scratch().join(format!("app{i}.tar"));
+        archive(layout, &tar)?;
+        ctd.import(&tar)?;
+        std::fs::remove_file(&tar).map_err(|e| format!("{}: {e}", tar.display()))?;
+    }
+    let images = ctd.ctr(&["images", "ls", "-q"])?;
+    let names = String::from_utf8_lossy(&images.stdout).lines().count();
+    let snapshots = ctd.ctr(&["snapshots", "ls"])?;
+    let snaps = String::from_utf8_lossy(&snapshots.stdout).lines().skip(1).count();
+    let total = disk_usage(&ctd.root())?;
+    drop(ctd);
+    let note = format!(
+        "`ctr images import` of the same OCI archives into a private containerd (overlayfs snapshotter): {names} images, \
+         {snaps} snapshots; on disk = its root (blobs, unpacked snapshots, metadata.db) with hardlinked inodes counted \
+         once, minus the {} an empty root takes",
+        super::markdown::mib(empty)
+    );
+    Ok((ImageFigure { on_disk: total.saturating_sub(empty), transfer, logical }, note))
 }

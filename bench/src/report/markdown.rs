@@ -161,7 +161,11 @@ pub fn render(r: &Report, command: &str) -> String {
          workload's first instruction. Containers: a busybox-static bundle with strata's default config (default \
          namespaces including network, default capabilities, masked paths, Docker's default seccomp profile), `run` \
          (create + start + wait + delete) timed from spawning the runtime to the first byte on the pipe and to the \
-         runtime's exit; strata, crun and runc interleaved round by round. VM: qemu `-M microvm` from spawning qemu to \
+         runtime's exit; strata, crun and runc interleaved round by round. Through containerd: a private containerd \
+         (own root, state and socket, CRI disabled, strata's shim first on its PATH) with the same busybox as a \
+         one-layer OCI image imported from an archive built here; `ctr run --rm` timed from spawning `ctr` to the \
+         first byte on its stdout and to its exit; strata's shim, runc's v2 shim, and crun through the runc v2 shim \
+         interleaved round by round. VM: qemu `-M microvm` from spawning qemu to \
          `STRATA-READY` on the serial console (printed by /init, a busybox script, as its first command) and to qemu's \
          exit after /init ran `/bin/true` and `poweroff -f`; the accelerator is in the *how* column.\n\n![start time](start.svg)\n\n",
     );

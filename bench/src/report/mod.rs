@@ -33,6 +33,11 @@ impl Options {
         if self.short { 5 } else { 30 }
     }
 
+    /// Interleaved rounds of each `ctr run` start measurement.
+    pub fn containerd_rounds(&self) -> usize {
+        if self.short { 3 } else { 20 }
+    }
+
     /// VM boots per start measurement.
     pub fn vm_rounds(&self) -> usize {
         if self.short { 2 } else { 8 }
@@ -43,9 +48,10 @@ impl Options {
         if self.short { 5 } else { 50 }
     }
 
-    /// At most this many VMs run at once (TCG on a small machine).
+    /// At most this many VMs boot at once: one per core (at most 4). Under TCG every VM keeps a
+    /// core busy while it boots; 4 at once on 2 cores never became ready within a minute.
     pub fn vm_density_cap(&self) -> usize {
-        if self.short { 2 } else { 4 }
+        std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4)
     }
 
     /// Applications in the image-size set.

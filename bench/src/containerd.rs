@@ -1,0 +1,324 @@
+//! A private containerd for the benches and the report: its own root, state and socket, the CRI
+//! plugin disabled, strata's shim first on its PATH. [`Containerd`] kills every task, removes
+//! every container, stops the daemon and unmounts whatever it left mounted under its directory
+//! when dropped, so an error half-way leaves nothing behind.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The containerd namespace every bench container lives in.
+pub const NAMESPACE: &str = "strata-bench";
+
+/// The busybox image the start-time measurements run.
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/strata-busybox:bench";
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// strata's shim: `$STRATA_SHIM_BIN`, else `containerd-shim-strata-v1` next to the strata binary
+/// ([`crate::strata_binary`]).
+pub fn shim_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("STRATA_SHIM_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let strata = crate::strata_binary()?;
+    let p = strata.with_file_name("containerd-shim-strata-v1");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("{} is missing: build it next to {} (`cargo build -p strata-shim`)", p.display(), strata.display()))
+    }
+}
+
+/// A runtime as `ctr run` selects it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Display name.
+    pub name: &'static str,
+    /// `ctr run` flags selecting the runtime.
+    pub flags: Vec<&'static str>,
+    /// The shim binary's name, to find its process.
+    pub shim: &'static str,
+}
+
+/// strata through its shim, runc through containerd's runc v2 shim, and crun through the same
+/// shim with `--runc-binary crun` (whether it works here is for the caller to find out).
+pub fn peers() -> Vec<Peer> {
+    vec![
+        Peer { name: "strata", flags: vec!["--runtime", "io.containerd.strata.v1"], shim: "containerd-shim-strata-v1" },
+        Peer { name: "runc", flags: vec!["--runtime", "io.containerd.runc.v2"], shim: "containerd-shim-runc-v2" },
+        Peer {
+            name: "crun",
+            flags: vec!["--runtime", "io.containerd.runc.v2", "--runc-binary", "crun"],
+            shim: "containerd-shim-runc-v2",
+        },
+    ]
+}
+
+/// A private containerd that cleans up after itself.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    daemon: Child,
+}
+
+impl Containerd {
+    /// Starts containerd (`$STRATA_CONTAINERD`, else `containerd` on the PATH) with `shim_dir`
+    /// first on its PATH, and waits until it answers.
+    pub fn start(shim_dir: &Path) -> Result<Containerd, String> {
+        for tool in ["containerd", "ctr"] {
+            if std::env::var_os("STRATA_CONTAINERD").is_none() && which(tool).is_none() {
+                return Err(format!("`{tool}` is not installed (apt-get install containerd)"));
+            }
+        }
+        // Short and in /tmp: the socket path must fit in sockaddr_un.
+        let dir = tempfile::Builder::new().prefix("ctdb").tempdir_in("/tmp").map_err(|e| format!("tempdir: {e}"))?;
+        let p = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{}\"\n",
+            p.join("root").display(),
+            p.join("state").display(),
+            p.join("c.sock").display()
+        );
+        std::fs::write(p.join("config.toml"), config).map_err(|e| format!("config.toml: {e}"))?;
+        let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let containerd = std::env::var("STRATA_CONTAINERD").unwrap_or_else(|_| "containerd".into());
+        let log = std::fs::File::create(p.join("containerd.log")).map_err(|e| format!("containerd.log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| format!("containerd.log: {e}"))?;
+        let daemon = Command::new(&containerd)
+            .arg("--config")
+            .arg(p.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log2)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("{containerd}: {e} (apt-get install containerd)"))?;
+        // From here on, Drop stops the daemon whatever happens.
+        let c = Containerd { dir, daemon };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"])?.status.success() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(c.dir.path().join("containerd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!("containerd did not answer within 30 s: {}", tail.join(" / ")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(c)
+    }
+
+    /// containerd's root directory (content store, snapshots, metadata).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// A scratch directory that goes away with this containerd.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `ctr` command against this containerd, in [`NAMESPACE`].
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(self.dir.path().join("c.sock")).arg("--namespace").arg(NAMESPACE).args(args);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `ctr` to completion.
+    pub fn ctr(&self, args: &[&str]) -> Result<Output, String> {
+        self.ctr_command(args).output().map_err(|e| format!("ctr: {e}"))
+    }
+
+    /// `ctr images import` of an image archive.
+    pub fn import(&self, archive: &Path) -> Result<(), String> {
+        let out = self.ctr(&["images", "import", &archive.display().to_string()])?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ctr images import {}: {}", archive.display(), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    /// Builds the busybox image archive (shim/tests/containerd/make-image.sh) and imports it as
+    /// [`BUSYBOX_IMAGE`].
+    pub fn import_busybox(&self) -> Result<(), String> {
+        let archive = self.dir.path().join("busybox.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/containerd/make-image.sh");
+        let out = Command::new("sh")
+            .arg(&script)
+            .arg(&archive)
+            .arg(BUSYBOX_IMAGE)
+            .output()
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!("{}: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        self.import(&archive)
+    }
+
+    fn run_args<'a>(peer: &'a Peer, extra: &[&'a str], id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+        // `--cpu-shares 0`: strata refuses cpu.shares on hosts whose cgroup2 lacks the cpu
+        // controller, and every runtime must run the same spec.
+        let mut args = vec!["run", "--cpu-shares", "0"];
+        args.extend_from_slice(&peer.flags);
+        args.extend_from_slice(extra);
+        args.push(BUSYBOX_IMAGE);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        args
+    }
+
+    fn failed(&self, peer: &Peer, id: &str, stderr: &[u8]) -> String {
+        // A failed `ctr run --rm` leaves the container record behind.
+        let _ = self.ctr(&["containers", "rm", id]);
+        format!("{} ctr run: {}", peer.name, String::from_utf8_lossy(stderr).trim())
+    }
+
+    /// `ctr run` of [`BUSYBOX_IMAGE`] with `peer`; returns the wall time.
+    pub fn run(&self, peer: &Peer, extra: &[&str], id: &str, cmd: &[&str]) -> Result<Duration, String> {
+        let t = Instant::now();
+        let out = self.ctr(&Self::run_args(peer, extra, id, cmd))?;
+        let elapsed = t.elapsed();
+        if out.status.success() { Ok(elapsed) } else { Err(self.failed(peer, id, &out.stderr)) }
+    }
+
+    /// `ctr run --rm` of a command writing to stdout: (spawn to first byte, spawn to exit).
+    pub fn run_first_byte(&self, peer: &Peer, id: &str, cmd: &[&str]) -> Result<(Duration, Duration), String> {
+        let mut ctr = self.ctr_command(&Self::run_args(peer, &["--rm"], id, cmd));
+        ctr.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let t = Instant::now();
+        let mut child = ctr.spawn().map_err(|e| format!("ctr: {e}"))?;
+        let mut stdout = child.stdout.take().ok_or("ctr: no stdout pipe")?;
+        let mut byte = [0u8; 1];
+        let first = match stdout.read(&mut byte) {
+            Ok(1) => Some(t.elapsed()),
+            _ => None,
+        };
+        let mut rest = Vec::new();
+        let _ = stdout.read_to_end(&mut rest);
+        let out = child.wait_with_output().map_err(|e| format!("ctr: {e}"))?;
+        let exit = t.elapsed();
+        if !out.status.success() {
+            return Err(self.failed(peer, id, &out.stderr));
+        }
+        let first = first.ok_or_else(|| format!("{}: the workload wrote nothing", peer.name))?;
+        Ok((first, exit))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let lines = |out: Result<Output, String>| -> Vec<String> {
+            out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap_or_default()
+        };
+        let tasks = lines(self.ctr(&["task", "ls", "-q"]));
+        for id in &tasks {
+            let _ = self.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id]);
+        }
+        if !tasks.is_empty() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        for id in &tasks {
+            let _ = self.ctr(&["task", "delete", "-f", id]);
+        }
+        for id in lines(self.ctr(&["containers", "ls", "-q"])) {
+            let _ = self.ctr(&["containers", "rm", &id]);
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.daemon.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // containerd's default cgroupsPath is /<namespace>/<id>: the namespace's parent goes too,
+        // and so does the shim's (empty) state directory for the namespace.
+        for mount in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let _ = std::fs::remove_dir(Path::new(mount).join(NAMESPACE));
+        }
+        let _ = std::fs::remove_dir(engine::shimv2::service::state_root(NAMESPACE));
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Detaches every mount at or below `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let prefix = dir.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut targets: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).collect();
+    targets.reverse();
+    for t in targets {
+        let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Bytes allocated on disk under `dir`, each inode counted once however many links it has.
+/// Does not cross into other file systems (mounts below `dir`).
+pub fn disk_usage(dir: &Path) -> Result<u64, String> {
+    fn walk(dir: &Path, dev: u64, seen: &mut HashSet<(u64, u64)>, total: &mut u64) -> Result<(), String> {
+        for e in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let m = e.path().symlink_metadata().map_err(|err| format!("{}: {err}", e.path().display()))?;
+            if m.dev() != dev {
+                continue;
+            }
+            if seen.insert((m.dev(), m.ino())) {
+                *total += m.blocks() * 512;
+            }
+            if m.is_dir() {
+                walk(&e.path(), dev, seen, total)?;
+            }
+        }
+        Ok(())
+    }
+    let m = dir.metadata().map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut seen = HashSet::new();
+    let mut total = m.blocks() * 512;
+    seen.insert((m.dev(), m.ino()));
+    walk(dir, m.dev(), &mut seen, &mut total)?;
+    Ok(total)
+}
+
+/// The pid of the shim serving container `id` (its command line names the id, after `-id`).
+pub fn shim_pid(shim: &str, id: &str) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.first().is_some_and(|a| a.ends_with(shim))
+            && args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+            && args.iter().any(|a| a == NAMESPACE)
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hardlinks_are_counted_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let a = dir.path().join("a");
+        std::fs::write(&a, vec![7u8; 256 * 1024]).unwrap_or_else(|e| panic!("write: {e}"));
+        let one = disk_usage(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::hard_link(&a, dir.path().join("b")).unwrap_or_else(|e| panic!("link: {e}"));
+        let two = disk_usage(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(one >= 256 * 1024, "{one}");
+        assert_eq!(one, two);
+    }
+}
