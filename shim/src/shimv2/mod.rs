@@ -6,8 +6,10 @@
 //!   process table and exits in `service`, the task API's calls in `task_api`).
 //! - The daemon never forks a container itself: [`helper`] explains why and how a fresh
 //!   single-threaded helper process does it.
-//! - [`stdio`] connects a process to containerd's FIFOs; [`metrics`] converts cgroup statistics.
+//! - [`stdio`] connects a process to containerd's FIFOs (or a [`binary_log`] logger program);
+//!   [`metrics`] converts cgroup statistics.
 
+pub mod binary_log;
 pub mod helper;
 pub mod metrics;
 pub mod options;

@@ -4,7 +4,7 @@
 //! execs. The calls themselves are in `task_api`.
 
 use super::helper::{self, HelperRequest};
-use super::stdio::{StdioPaths, StdioRelay};
+use super::stdio::{StdioOwner, StdioPaths, StdioRelay};
 use crate::error::Error;
 use crate::state::StateRoot;
 use cgroups::Cgroup;
@@ -362,12 +362,15 @@ impl Service {
         self.wait_helper(pid as i32, &report)
     }
 
-    /// Prepares stdio and runs a helper; for a terminal, relays the pty master it sends back.
+    /// Prepares stdio for a process of container `id` and runs a helper; for a terminal, relays
+    /// the pty master it sends back.
     pub(super) fn launch(
         &self,
+        id: &str,
         paths: &StdioPaths,
         make: impl FnOnce(Option<PathBuf>) -> HelperRequest,
     ) -> TtrpcResult<(i32, StdioRelay, Option<JoinHandle<()>>)> {
+        let owner = StdioOwner { container_id: id, namespace: &self.inner.namespace };
         if paths.terminal {
             let console = ConsoleSocket::bind(&self.inner.root).map_err(engine_err)?;
             let null = || {
@@ -380,10 +383,10 @@ impl Service {
             };
             let pid = self.run_helper(&make(Some(console.path.clone())), [null()?, null()?, null()?])?;
             let master = receive_master(&console.listener).map_err(engine_err)?;
-            let (relay, done) = StdioRelay::terminal(paths, master).map_err(engine_err)?;
+            let (relay, done) = StdioRelay::terminal(paths, owner, master).map_err(engine_err)?;
             Ok((pid, relay, Some(done)))
         } else {
-            let (relay, fds) = StdioRelay::plain(paths).map_err(engine_err)?;
+            let (relay, fds) = StdioRelay::plain(paths, owner).map_err(engine_err)?;
             let pid = self.run_helper(&make(None), fds)?;
             Ok((pid, relay, None))
         }

@@ -1,7 +1,9 @@
 //! A task's stdio: the FIFOs containerd passes (or `file://` paths), given to the container
 //! directly where possible and relayed by threads where the shim must stay in between (stdin,
-//! so that `CloseIO` can end it, and a terminal's pty master).
+//! so that `CloseIO` can end it, and a terminal's pty master). A `binary://` stdout starts a
+//! logger program that reads both output streams (see [`super::binary_log`]).
 
+use super::binary_log::{BinaryLogger, StartedLogger};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -29,6 +31,26 @@ pub struct StdioRelay {
     stdin: Arc<Mutex<Option<File>>>,
     /// The pty master, for `ResizePty`.
     pub pty_master: Option<Arc<OwnedFd>>,
+    /// The `binary://` logger reading the output; ended when the process is deleted.
+    logger: Option<BinaryLogger>,
+}
+
+/// Whose process the stdio belongs to, as a `binary://` logger is told.
+#[derive(Debug, Clone, Copy)]
+pub struct StdioOwner<'a> {
+    /// The container's id.
+    pub container_id: &'a str,
+    /// Its containerd namespace.
+    pub namespace: &'a str,
+}
+
+/// Starts the logger when stdout is a `binary://` URI (containerd's rule: stdout's URI decides,
+/// and the logger gets both streams).
+fn start_logger(paths: &StdioPaths, owner: StdioOwner) -> Result<Option<StartedLogger>> {
+    if !paths.stdout.starts_with("binary://") {
+        return Ok(None);
+    }
+    BinaryLogger::start(&paths.stdout, owner.container_id, owner.namespace).map(Some)
 }
 
 fn dev_null(write: bool) -> Result<OwnedFd> {
@@ -54,7 +76,7 @@ fn open_output(uri: &str) -> Result<OwnedFd> {
             .map_err(|e| Error::io(format!("opening log file {path}"), e));
     }
     if uri.starts_with("binary://") {
-        return Err(Error::Invalid(format!("log URI {uri}: binary loggers are not supported by strata's shim")));
+        return Err(Error::Invalid(format!("log URI {uri}: a binary logger must be the stdout URI too")));
     }
     let path = uri.strip_prefix("fifo://").unwrap_or(uri);
     // containerd opens its reading end before it calls the shim, so a non-blocking open finds a
@@ -96,10 +118,19 @@ fn spawn_stdin_copy(stdin_path: String, sink: Arc<Mutex<Option<File>>>) {
 
 impl StdioRelay {
     /// Prepares the stdio for a process without a terminal: the three descriptors to give it.
-    pub fn plain(paths: &StdioPaths) -> Result<(StdioRelay, [OwnedFd; 3])> {
-        let stdout = open_output(&paths.stdout)?;
-        let stderr = if paths.stderr.is_empty() { dev_null(true)? } else { open_output(&paths.stderr)? };
-        let relay = StdioRelay::default();
+    pub fn plain(paths: &StdioPaths, owner: StdioOwner) -> Result<(StdioRelay, [OwnedFd; 3])> {
+        let mut relay = StdioRelay::default();
+        let (stdout, stderr) = match start_logger(paths, owner)? {
+            Some(started) => {
+                relay.logger = Some(started.logger);
+                (started.stdout, started.stderr)
+            }
+            None => {
+                let stdout = open_output(&paths.stdout)?;
+                let stderr = if paths.stderr.is_empty() { dev_null(true)? } else { open_output(&paths.stderr)? };
+                (stdout, stderr)
+            }
+        };
         let stdin = if paths.stdin.is_empty() {
             dev_null(false)?
         } else {
@@ -113,10 +144,19 @@ impl StdioRelay {
 
     /// Relays a pty master: stdin FIFO → master, master → stdout FIFO. The returned handle
     /// finishes when the terminal's last slave closes, so waiters can let the output drain.
-    pub fn terminal(paths: &StdioPaths, master: OwnedFd) -> Result<(StdioRelay, std::thread::JoinHandle<()>)> {
+    pub fn terminal(
+        paths: &StdioPaths,
+        owner: StdioOwner,
+        master: OwnedFd,
+    ) -> Result<(StdioRelay, std::thread::JoinHandle<()>)> {
         let master = Arc::new(master);
-        let mut out = File::from(open_output(&paths.stdout)?);
-        let relay = StdioRelay { stdin: Arc::new(Mutex::new(None)), pty_master: Some(master.clone()) };
+        // A terminal has one stream: the logger's stderr pipe closes at once.
+        let (out, logger) = match start_logger(paths, owner)? {
+            Some(started) => (started.stdout, Some(started.logger)),
+            None => (open_output(&paths.stdout)?, None),
+        };
+        let mut out = File::from(out);
+        let relay = StdioRelay { stdin: Arc::new(Mutex::new(None)), pty_master: Some(master.clone()), logger };
         if !paths.stdin.is_empty() {
             let w = master.as_fd().try_clone_to_owned().map_err(|e| Error::io("dup pty master", e))?;
             *relay.stdin.lock().unwrap_or_else(|p| p.into_inner()) = Some(File::from(w));

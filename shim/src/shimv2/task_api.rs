@@ -88,7 +88,7 @@ impl Service {
             (p.paths.clone(), spec)
         };
         let root = self.root_of(id).path().to_path_buf();
-        let (pid, relay, pty_done) = self.launch(&paths, |console_socket| HelperRequest::Exec {
+        let (pid, relay, pty_done) = self.launch(id, &paths, |console_socket| HelperRequest::Exec {
             root,
             id: id.to_string(),
             process: spec,
@@ -155,7 +155,7 @@ impl containerd_shim::Task for Service {
         }
         let paths = paths_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let root = state_root.path().to_path_buf();
-        let launched = self.launch(&paths, |console_socket| HelperRequest::Create {
+        let launched = self.launch(&req.id, &paths, |console_socket| HelperRequest::Create {
             root,
             id: req.id.clone(),
             bundle: bundle.clone(),

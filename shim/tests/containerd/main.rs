@@ -260,6 +260,46 @@ fn log_uri_file_receives_the_output() {
 }
 
 #[test]
+fn binary_log_uri_starts_a_logger_that_gets_both_streams() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // containerd's protocol: stdout on fd 3, stderr on fd 4, readiness by closing fd 5 (which
+    // the copies must not keep open), the query as `key value` arguments.
+    let script = dir.path().join("logger.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             cat <&3 >{d}/stdout 5>&- &\n\
+             cat <&4 >{d}/stderr 5>&- &\n\
+             echo \"$CONTAINER_ID $CONTAINER_NAMESPACE $*\" >{d}/meta\n\
+             exec 5>&-\n\
+             wait\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?--mode=test", script.display());
+    let out = c.ctr(&c.run_args(&["--rm", "--log-uri", &uri], "binlog", &["sh", "-c", "echo to-out; echo to-err >&2"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    // The copies finish on EOF, a moment after the container is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(read("stdout") == "to-out\n" && read("stderr") == "to-err\n") {
+        assert!(Instant::now() < deadline, "stdout {:?}, stderr {:?}", read("stdout"), read("stderr"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(read("meta"), format!("binlog {} --mode test\n", c.namespace()));
+    // A logger that cannot start fails the run, naming it.
+    let missing = format!("binary://{d}/no-such-logger");
+    let out = c.ctr(&c.run_args(&["--rm", "--log-uri", &missing], "nolog", &["true"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no-such-logger"), "{err}");
+}
+
+#[test]
 fn containers_of_one_pod_share_a_shim() {
     let c = Containerd::start();
     let pod = "io.kubernetes.cri.sandbox-id=pod1";
