@@ -37,6 +37,19 @@ pub fn config() -> Config {
     Config::default()
 }
 
+/// The configuration for one invocation: `start` only spawns the daemon and prints its address,
+/// so it neither reaps children nor becomes a subreaper. Registering the crate's SIGCHLD handler
+/// there served no purpose and once left a `start` spinning while its handler state was torn
+/// down (seen with containerd 2.1 in the pod test); without it `start` has nothing to race.
+pub fn config_for(args: &[String]) -> Config {
+    let mut c = config();
+    if args.len() > 1 && args.last().is_some_and(|a| a == "start") {
+        c.no_reaper = true;
+        c.no_sub_reaper = true;
+    }
+    c
+}
+
 /// The shim: one per container, or per pod when grouped.
 pub struct StrataShim {
     namespace: String,

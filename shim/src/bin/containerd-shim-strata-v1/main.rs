@@ -15,5 +15,5 @@ fn main() {
         println!("  Runtime:  {}", shimv2::RUNTIME_ID);
         return;
     }
-    containerd_shim::run::<StrataShim>(shimv2::RUNTIME_ID, Some(shimv2::config()));
+    containerd_shim::run::<StrataShim>(shimv2::RUNTIME_ID, Some(shimv2::config_for(&args)));
 }
