@@ -241,13 +241,28 @@ impl Drop for Containerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-        // containerd's default cgroupsPath is /<namespace>/<id>: the namespace's parent goes too,
-        // and so does the shim's (empty) state directory for the namespace.
-        for mount in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-            let _ = std::fs::remove_dir(Path::new(mount).join(NAMESPACE));
-        }
+        // containerd's default cgroupsPath is /<namespace>/<id>: the namespace's parent goes too
+        // (runc makes it in every v1 hierarchy here), and so does the shim's (empty) state
+        // directory for the namespace.
+        remove_empty_cgroup_everywhere(NAMESPACE);
         let _ = std::fs::remove_dir(engine::shimv2::service::state_root(NAMESPACE));
         unmount_under(self.dir.path());
+    }
+}
+
+/// Removes the cgroup `name` (relative to each hierarchy's root) from every mounted cgroup
+/// hierarchy, v1 and v2, where it is empty: what a runtime left after its containers went.
+/// `rmdir` fails on a cgroup that still has processes or children, which is left alone.
+pub fn remove_empty_cgroup_everywhere(name: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        if !matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")) {
+            continue;
+        }
+        if let Some(mount) = left.split(' ').nth(4) {
+            let _ = std::fs::remove_dir(Path::new(mount).join(name));
+        }
     }
 }
 

@@ -295,9 +295,16 @@ impl Drop for Containerd {
             }
         }
         let _ = std::fs::remove_dir_all(&root);
-        // containerd's default cgroupsPath is /<namespace>/<id>: the namespace's parent goes too.
-        for mount in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-            let _ = std::fs::remove_dir(Path::new(mount).join(&self.namespace));
+        // containerd's default cgroupsPath is /<namespace>/<id>: the namespace's parent goes too,
+        // in every mounted hierarchy (rmdir leaves a cgroup that is still in use alone).
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            if matches!(right.split(' ').next(), Some("cgroup" | "cgroup2"))
+                && let Some(mount) = left.split(' ').nth(4)
+            {
+                let _ = std::fs::remove_dir(Path::new(mount).join(&self.namespace));
+            }
         }
         let prefix = self.dir.path().display().to_string();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
