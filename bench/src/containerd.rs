@@ -4,7 +4,6 @@
 //! when dropped, so an error half-way leaves nothing behind.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -191,20 +190,8 @@ impl Containerd {
 
     /// `ctr run --rm` of a command writing to stdout: (spawn to first byte, spawn to exit).
     pub fn run_first_byte(&self, peer: &Peer, id: &str, cmd: &[&str]) -> Result<(Duration, Duration), String> {
-        let mut ctr = self.ctr_command(&Self::run_args(peer, &["--rm"], id, cmd));
-        ctr.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let t = Instant::now();
-        let mut child = ctr.spawn().map_err(|e| format!("ctr: {e}"))?;
-        let mut stdout = child.stdout.take().ok_or("ctr: no stdout pipe")?;
-        let mut byte = [0u8; 1];
-        let first = match stdout.read(&mut byte) {
-            Ok(1) => Some(t.elapsed()),
-            _ => None,
-        };
-        let mut rest = Vec::new();
-        let _ = stdout.read_to_end(&mut rest);
-        let out = child.wait_with_output().map_err(|e| format!("ctr: {e}"))?;
-        let exit = t.elapsed();
+        let ctr = self.ctr_command(&Self::run_args(peer, &["--rm"], id, cmd));
+        let (first, exit, out) = crate::time_first_byte(ctr).map_err(|e| format!("ctr: {e}"))?;
         if !out.status.success() {
             return Err(self.failed(peer, id, &out.stderr));
         }

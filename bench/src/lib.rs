@@ -130,6 +130,25 @@ pub fn run_once(rt: &Runtime, bundle: &Path, state_root: &Path, id: &str) -> Res
     Ok(elapsed)
 }
 
+/// Spawns `cmd` with stdout and stderr piped and times it: (spawn to its first byte on stdout,
+/// spawn to exit, its output). The first byte marks the workload's first instruction.
+pub fn time_first_byte(mut cmd: Command) -> std::io::Result<(Option<Duration>, Duration, std::process::Output)> {
+    use std::io::Read;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let t = Instant::now();
+    let mut child = cmd.spawn()?;
+    let mut stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
+    let mut byte = [0u8; 1];
+    let first = match stdout.read(&mut byte) {
+        Ok(1) => Some(t.elapsed()),
+        _ => None,
+    };
+    let mut rest = Vec::new();
+    let _ = stdout.read_to_end(&mut rest);
+    let out = child.wait_with_output()?;
+    Ok((first, t.elapsed(), out))
+}
+
 /// The median of some durations.
 pub fn median(v: &mut [Duration]) -> Duration {
     v.sort();

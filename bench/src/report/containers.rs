@@ -4,6 +4,7 @@
 //! Every detached container is held by a [`Detached`] guard that kills and deletes it when
 //! dropped, so an error half-way leaves no container, cgroup or process behind.
 
+use crate::runtime_command;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,11 +18,6 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn next_id(rt: &Runtime) -> String {
     format!("report-{}-{}-{}", rt.name, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
-}
-
-/// A command of `rt` with its state under `root` (see [`crate::runtime_command`]).
-fn runtime_command(rt: &Runtime, root: &Path) -> Command {
-    crate::runtime_command(rt, root)
 }
 
 /// Runs a runtime command to completion. Its stderr goes to a file, not a pipe: the container
@@ -44,19 +40,8 @@ fn run_checked(rt: &Runtime, mut cmd: Command, what: &str) -> Result<String, Str
 pub fn run_first_byte(rt: &Runtime, bundle: &Path, root: &Path) -> Result<(f64, f64), String> {
     let mut cmd = runtime_command(rt, root);
     cmd.args(["run", "--bundle"]).arg(bundle).arg(next_id(rt));
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let t = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", rt.name))?;
-    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let mut byte = [0u8; 1];
-    let first = match stdout.read(&mut byte) {
-        Ok(1) => Some(t.elapsed()),
-        _ => None,
-    };
-    let mut rest = Vec::new();
-    let _ = stdout.read_to_end(&mut rest);
-    let out = child.wait_with_output().map_err(|e| format!("{}: {e}", rt.name))?;
-    let exit = t.elapsed();
+    cmd.stdin(Stdio::null());
+    let (first, exit, out) = crate::time_first_byte(cmd).map_err(|e| format!("{}: {e}", rt.name))?;
     if !out.status.success() {
         return Err(format!("{} run failed: {}", rt.name, String::from_utf8_lossy(&out.stderr).trim()));
     }
