@@ -21,7 +21,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -94,6 +94,8 @@ pub(super) struct Inner {
     pub(super) state: Mutex<State>,
     pub(super) changed: Condvar,
     pub(super) events: Mutex<Sender<Event>>,
+    /// Tells, once the event queue is closed, that everything queued was published.
+    published: Mutex<Option<Receiver<()>>>,
     pub(super) exit_signal: Arc<ExitSignal>,
 }
 
@@ -202,6 +204,7 @@ impl Service {
         // One publisher thread keeps events in the order they happened. When containerd
         // restarts, the connection breaks: reconnect to its ttrpc address and send again.
         let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+        let (done_tx, done_rx) = channel::<()>();
         std::thread::spawn(move || {
             let mut publisher = publisher;
             for (topic, event) in rx {
@@ -220,6 +223,7 @@ impl Service {
                     }
                 }
             }
+            let _ = done_tx.send(());
         });
         let inner = Arc::new(Inner {
             namespace: namespace.to_string(),
@@ -227,6 +231,7 @@ impl Service {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             events: Mutex::new(tx),
+            published: Mutex::new(Some(done_rx)),
             exit_signal,
         });
         // Subscribe before any child exists so that no exit is missed.
@@ -259,6 +264,20 @@ impl Service {
 
     pub(super) fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
         let _ = self.inner.events.lock().unwrap_or_else(|p| p.into_inner()).send((topic, event));
+    }
+
+    /// Before the daemon exits: closes the event queue and waits (at most `limit`) until what
+    /// was queued reached containerd, so that the last `/tasks/delete` is not lost with the
+    /// process. Events published afterwards are dropped.
+    pub(super) fn flush_events(&self, limit: Duration) {
+        let (closed, _) = channel::<Event>();
+        drop(std::mem::replace(&mut *self.inner.events.lock().unwrap_or_else(|p| p.into_inner()), closed));
+        let done = self.inner.published.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(done) = done
+            && done.recv_timeout(limit).is_err()
+        {
+            log::warn!("events still unpublished after {limit:?}: exiting without them");
+        }
     }
 
     /// Records the exit of `pid`: a task's process, or a helper (kept until claimed).

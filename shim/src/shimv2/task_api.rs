@@ -454,6 +454,7 @@ impl containerd_shim::Task for Service {
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
         if self.lock().tasks.is_empty() {
             log::info!("no task left in namespace {}: shutting down", self.inner.namespace);
+            self.flush_events(std::time::Duration::from_secs(10));
             self.inner.exit_signal.signal();
         }
         Ok(Empty::new())

@@ -58,6 +58,19 @@ fn image_archive() -> &'static Path {
     })
 }
 
+/// Everything `r` yields until end of file or an error (a pty master ends with EIO).
+fn read_all(r: &mut impl std::io::Read) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(0) | Err(_) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// A running private containerd; dropping it cleans everything up.
 pub struct Containerd {
     dir: tempfile::TempDir,
@@ -180,9 +193,116 @@ impl Containerd {
         cmd.args(&args[sub..]).stdin(Stdio::null());
     }
 
-    /// Runs `ctr` and collects its output.
+    /// Runs `ctr` and collects its output. A `ctr` still running after 60 s fails the test
+    /// with what every process of this test was waiting on.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_cmd(args).output().expect("running ctr")
+        let mut cmd = self.ctr_cmd_untimed(args);
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("running ctr");
+        let out = std::thread::spawn({
+            let mut o = child.stdout.take().expect("stdout");
+            move || read_all(&mut o)
+        });
+        let err = std::thread::spawn({
+            let mut e = child.stderr.take().expect("stderr");
+            move || read_all(&mut e)
+        });
+        let status = self.wait_or_diagnose(&mut child, &format!("ctr {args:?}"));
+        Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+    }
+
+    /// `ctr` on a terminal of its own: a new session whose controlling terminal is a fresh pty.
+    /// Returns the exit status and everything written to the terminal.
+    pub fn ctr_with_terminal(&self, args: &[&str]) -> (std::process::ExitStatus, String) {
+        use std::os::unix::process::CommandExt;
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let mut cmd = self.ctr_cmd_untimed(args);
+        cmd.stdin(pty.slave.try_clone().expect("pty"))
+            .stdout(pty.slave.try_clone().expect("pty"))
+            .stderr(pty.slave.try_clone().expect("pty"));
+        // SAFETY: only async-signal-safe calls between fork and exec: setsid, then the
+        // terminal on stdin becomes the new session's controlling terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("running ctr on a pty");
+        drop(cmd);
+        drop(pty.slave);
+        let master = std::fs::File::from(pty.master);
+        // The terminal reads until every slave is closed (EIO), i.e. until ctr is gone.
+        let reader = std::thread::spawn(move || {
+            let mut m = master;
+            read_all(&mut m)
+        });
+        let status = self.wait_or_diagnose(&mut child, &format!("ctr {args:?} on a terminal"));
+        let text = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+        (status, text)
+    }
+
+    /// Waits for `child`; after 60 s, kills it and fails with the state of every process of
+    /// this test (ctr, shims, containers): what each waits on in the kernel.
+    fn wait_or_diagnose(&self, child: &mut Child, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(st) = child.try_wait().expect("waiting for ctr") {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let report = self.processes_report();
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish in 60 s; processes of this test:\n{report}");
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Every process whose command line names this test's directory or namespace, and their
+    /// descendants: pid, parent, state, kernel wait channel and stack, command line.
+    pub fn processes_report(&self) -> String {
+        let marks = [self.dir.path().display().to_string(), self.namespace.clone()];
+        let mut procs = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+            let mut f = after.split(' ');
+            let state = f.next().unwrap_or("?").to_string();
+            let ppid: i32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            procs.push((pid, ppid, state, cmd));
+        }
+        let mut keep: Vec<i32> =
+            procs.iter().filter(|p| marks.iter().any(|m| p.3.contains(m.as_str()))).map(|p| p.0).collect();
+        loop {
+            let more: Vec<i32> =
+                procs.iter().filter(|p| keep.contains(&p.1) && !keep.contains(&p.0)).map(|p| p.0).collect();
+            if more.is_empty() {
+                break;
+            }
+            keep.extend(more);
+        }
+        let mut report = String::new();
+        for (pid, ppid, state, cmd) in procs.iter().filter(|p| keep.contains(&p.0)) {
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+            let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+            report.push_str(&format!("{pid} (parent {ppid}) {state} wchan={wchan} {cmd}\n"));
+            for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+                let tw = std::fs::read_to_string(task.path().join("wchan")).unwrap_or_default();
+                report.push_str(&format!("    thread {} wchan={tw}\n", task.file_name().to_string_lossy()));
+            }
+            for l in stack.lines() {
+                report.push_str(&format!("    {l}\n"));
+            }
+        }
+        report
     }
 
     /// Runs `ctr` and asserts it succeeded; returns stdout.

@@ -96,19 +96,11 @@ fn run_exit_code_stdout_stderr_stdin_and_event_order() {
 #[test]
 fn run_with_a_terminal() {
     let c = Containerd::start();
-    // ctr -t needs a terminal of its own: script(1) gives it one.
     let args = c.run_args(&["--rm", "-t"], "tty", &["sh", "-c", "tty; echo term-ok; exit 4"]);
-    let cmd = c.ctr_cmd(&args);
-    let line = std::iter::once(format!("{:?}", cmd.get_program()))
-        .chain(cmd.get_args().map(|a| format!("'{}'", a.to_string_lossy())))
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace('"', "");
-    let out = Command::new("script").args(["-qefc", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (status, text) = c.ctr_with_terminal(&args);
     assert!(text.contains("/dev/pts/0"), "{text}");
     assert!(text.contains("term-ok"), "{text}");
-    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert_eq!(status.code(), Some(4), "{text}");
 }
 
 #[test]
