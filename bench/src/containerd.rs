@@ -200,6 +200,29 @@ impl Containerd {
     }
 }
 
+impl Containerd {
+    /// `ctr run --detach --net-host` of the HTTP workload on a fresh port with `peer`: spawn to
+    /// the first HTTP answer. The task and container are removed afterwards, also on error.
+    pub fn run_http(&self, peer: &Peer, id: &str) -> Result<Duration, String> {
+        let port = crate::free_port()?;
+        let workload = crate::http_workload(&format!("127.0.0.1:{port}"));
+        let cmd: Vec<&str> = workload.iter().map(String::as_str).collect();
+        let mut ctr = self.ctr_command(&Self::run_args(peer, &["--detach", "--net-host"], id, &cmd));
+        ctr.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let t = Instant::now();
+        let child = ctr.spawn().map_err(|e| format!("ctr: {e}"))?;
+        let answered = crate::first_http_response(port, t, Duration::from_secs(30));
+        let out = child.wait_with_output().map_err(|e| format!("ctr: {e}"))?;
+        // `task delete --force` kills the task and waits for it before deleting.
+        let _ = self.ctr(&["task", "delete", "--force", id]);
+        let _ = self.ctr(&["containers", "rm", id]);
+        if !out.status.success() {
+            return Err(format!("{} ctr run --detach: {}", peer.name, String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        answered.map_err(|e| format!("{}: {e}", peer.name))
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         let lines = |out: Result<Output, String>| -> Vec<String> {

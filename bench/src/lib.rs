@@ -82,6 +82,63 @@ impl BusyboxBundle {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Rewrites config.json to run `args` in the host's network namespace (the other
+    /// namespaces stay), so that a server in the container is reachable on the loopback.
+    pub fn set_host_network_args(&self, args: &[String]) -> Result<(), String> {
+        let mut config = engine::spec::default_config(args, false);
+        if let Some(ns) = config.pointer_mut("/linux/namespaces").and_then(|n| n.as_array_mut()) {
+            ns.retain(|n| n["type"] != "network");
+        }
+        std::fs::write(self.dir.path().join("config.json"), config.to_string()).map_err(|e| e.to_string())
+    }
+}
+
+/// The page the HTTP workload serves.
+pub const HTTP_PAGE: &str = "strata-http";
+
+/// The HTTP workload: busybox httpd in the foreground serving one page from /dev/shm (the root
+/// file system is read-only) on `listen` (`127.0.0.1:PORT` for containers in the host's network
+/// namespace).
+pub fn http_workload(listen: &str) -> Vec<String> {
+    let script = format!("echo {HTTP_PAGE} > /dev/shm/index.html && exec httpd -f -p {listen} -h /dev/shm");
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound and released for the workload).
+pub fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// Asks `http://127.0.0.1:port/` until the page comes back; returns the time from `since` to
+/// the first complete answer. A refused connection (nothing listens yet) is retried at once,
+/// so the figure is within a fraction of a millisecond of the server's readiness.
+pub fn first_http_response(port: u16, since: Instant, limit: Duration) -> Result<Duration, String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut last = String::from("no attempt");
+    while since.elapsed() < limit {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut answer = Vec::new();
+                let asked = s.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+                let read = asked.and_then(|()| s.read_to_end(&mut answer));
+                let text = String::from_utf8_lossy(&answer);
+                if text.starts_with("HTTP/1.") && text.contains(HTTP_PAGE) {
+                    return Ok(since.elapsed());
+                }
+                last = match read {
+                    Err(e) => format!("reading the answer: {e}"),
+                    Ok(_) => format!("unexpected answer {:?}", text.chars().take(80).collect::<String>()),
+                };
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Err(format!("no HTTP answer on 127.0.0.1:{port} within {} s ({last})", limit.as_secs()))
 }
 
 /// A command of `rt` with its state under `root`. crun gets a private mount namespace with a

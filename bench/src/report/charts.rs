@@ -82,7 +82,9 @@ fn start_chart(path: &Path, r: &Report) -> Result<(), Err> {
         r.start.iter().filter_map(|row| row.outcome.measured().map(|s| (row.system.clone(), s))).collect();
     let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
-    let (lo, hi) = log_range(rows.iter().flat_map(|(_, s)| s.true_exit.ms.iter().chain(&s.first_byte.ms).copied()));
+    let (lo, hi) = log_range(
+        rows.iter().flat_map(|(_, s)| s.true_exit.ms.iter().chain(&s.first_byte.ms).chain(&s.http_answer.ms).copied()),
+    );
     let n = rows.len().max(1);
     let cats: Vec<String> = rows.iter().map(|(n, _)| n.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
@@ -103,9 +105,10 @@ fn start_chart(path: &Path, r: &Report) -> Result<(), Err> {
         .y_desc("ms")
         .draw()
         .map_err(e)?;
-    let measures: [(&str, SampleOf, f64); 2] = [
-        ("/bin/true: start → exit", |s| &s.true_exit.ms, 0.3),
-        ("echo: start → first byte", |s| &s.first_byte.ms, 0.7),
+    let measures: [(&str, SampleOf, f64); 3] = [
+        ("/bin/true: start → exit", |s| &s.true_exit.ms, 0.25),
+        ("echo: start → first byte", |s| &s.first_byte.ms, 0.5),
+        ("HTTP server: start → first answer", |s| &s.http_answer.ms, 0.75),
     ];
     for (m, (label, get, offset)) in measures.iter().enumerate() {
         let color = COLORS[m];

@@ -40,12 +40,14 @@ fn start_containerd() -> Result<Containerd, String> {
     Containerd::start(dir)
 }
 
-/// One round for one peer: `/bin/true` start to exit, `echo ready` first byte and exit, ms.
-fn one_round(ctd: &Containerd, peer: &Peer) -> Result<(f64, f64, f64), String> {
+/// One round for one peer: `/bin/true` start to exit, `echo ready` first byte and exit, and
+/// the HTTP server's first answer, ms.
+fn one_round(ctd: &Containerd, peer: &Peer) -> Result<(f64, f64, f64, f64), String> {
     let t = ctd.run(peer, &["--rm"], &next_id(peer), &["/bin/true"])?;
     let (first, exit) = ctd.run_first_byte(peer, &next_id(peer), &["echo", "ready"])?;
+    let http = ctd.run_http(peer, &next_id(peer))?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    Ok((ms(t), ms(first), ms(exit)))
+    Ok((ms(t), ms(first), ms(exit), ms(http)))
 }
 
 /// The containerd rows of the start-time table; strata, runc and crun interleaved round by round.
@@ -75,10 +77,11 @@ pub fn start_rows(opts: &Options) -> Vec<StartRow> {
         for (peer, st) in peers.iter().zip(stats.iter_mut()) {
             let Ok(s) = st else { continue };
             match one_round(&ctd, peer) {
-                Ok((t, first, exit)) => {
+                Ok((t, first, exit, http)) => {
                     s.true_exit.ms.push(t);
                     s.first_byte.ms.push(first);
                     s.echo_exit.ms.push(exit);
+                    s.http_answer.ms.push(http);
                 }
                 Err(e) => *st = Err(format!("failed in round {}: {e}", round + 1)),
             }

@@ -49,7 +49,34 @@ pub fn run_first_byte(rt: &Runtime, bundle: &Path, root: &Path) -> Result<(f64, 
     Ok((first.as_secs_f64() * 1e3, exit.as_secs_f64() * 1e3))
 }
 
-/// Start times of `/bin/true` and `echo ready` for every runtime found, in interleaved rounds.
+/// `run --detach` of the HTTP workload on a fresh port: start to the first HTTP answer, ms. The
+/// container is killed and deleted afterwards, also on error.
+pub fn run_http(rt: &Runtime, bundle: &BusyboxBundle, root: &Path) -> Result<f64, String> {
+    let port = crate::free_port()?;
+    bundle.set_host_network_args(&crate::http_workload(&format!("127.0.0.1:{port}")))?;
+    let guard = Detached { rt: rt.clone(), root: root.to_path_buf(), id: next_id(rt), pid: 0 };
+    let mut err = tempfile::tempfile().map_err(|e| format!("{}: {e}", rt.name))?;
+    let mut run = runtime_command(rt, root);
+    run.args(["run", "--detach", "--bundle"]).arg(bundle.path()).arg(&guard.id);
+    run.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err.try_clone().map_err(|e| e.to_string())?);
+    let t = Instant::now();
+    let mut child = run.spawn().map_err(|e| format!("{}: {e}", rt.name))?;
+    let answered = crate::first_http_response(port, t, std::time::Duration::from_secs(20));
+    let status = child.wait().map_err(|e| format!("{}: {e}", rt.name))?;
+    match answered {
+        Ok(d) if status.success() => Ok(d.as_secs_f64() * 1e3),
+        other => {
+            use std::io::Seek;
+            let mut msg = String::new();
+            let _ = err.seek(std::io::SeekFrom::Start(0)).and_then(|_| err.read_to_string(&mut msg));
+            let why = other.err().unwrap_or_default();
+            Err(format!("{} run --detach ({status}): {} {why}", rt.name, msg.trim()))
+        }
+    }
+}
+
+/// Start times of `/bin/true`, `echo ready` and the HTTP server for every runtime found, in
+/// interleaved rounds.
 pub fn start_times(opts: &Options) -> Vec<StartRow> {
     let rts = match runtimes() {
         Ok(r) => r,
@@ -57,8 +84,12 @@ pub fn start_times(opts: &Options) -> Vec<StartRow> {
             return vec![unavailable_start("strata", &e), unavailable_start("crun", &e), unavailable_start("runc", &e)];
         }
     };
-    let bundles = (BusyboxBundle::new(&["/bin/true"]), BusyboxBundle::new(&["/bin/echo", "ready"]));
-    let (Ok(true_bundle), Ok(echo_bundle)) = bundles else {
+    let bundles = (
+        BusyboxBundle::new(&["/bin/true"]),
+        BusyboxBundle::new(&["/bin/echo", "ready"]),
+        BusyboxBundle::new(&["/bin/true"]),
+    );
+    let (Ok(true_bundle), Ok(echo_bundle), Ok(http_bundle)) = bundles else {
         let e = "cannot build the busybox bundle (install busybox-static)".to_string();
         return rts.iter().map(|rt| unavailable_start(rt.name, &e)).collect();
     };
@@ -70,7 +101,8 @@ pub fn start_times(opts: &Options) -> Vec<StartRow> {
     for rt in rts {
         // A warm-up run that also tells whether the runtime works here.
         let probe = crate::run_once(&rt, true_bundle.path(), state.path(), &next_id(&rt))
-            .and_then(|_| run_first_byte(&rt, echo_bundle.path(), state.path()));
+            .and_then(|_| run_first_byte(&rt, echo_bundle.path(), state.path()))
+            .and_then(|_| run_http(&rt, &http_bundle, state.path()));
         usable.push((rt, probe.map(|_| StartStats::default())));
     }
     let rounds = opts.container_rounds();
@@ -80,13 +112,15 @@ pub fn start_times(opts: &Options) -> Vec<StartRow> {
             let Ok(s) = stats else { continue };
             let r = crate::run_once(rt, true_bundle.path(), state.path(), &next_id(rt)).and_then(|t| {
                 let (first, exit) = run_first_byte(rt, echo_bundle.path(), state.path())?;
-                Ok((t.as_secs_f64() * 1e3, first, exit))
+                let http = run_http(rt, &http_bundle, state.path())?;
+                Ok((t.as_secs_f64() * 1e3, first, exit, http))
             });
             match r {
-                Ok((t, first, exit)) => {
+                Ok((t, first, exit, http)) => {
                     s.true_exit.ms.push(t);
                     s.first_byte.ms.push(first);
                     s.echo_exit.ms.push(exit);
+                    s.http_answer.ms.push(http);
                 }
                 Err(e) => *stats = Err(format!("failed in round {}: {e}", round + 1)),
             }

@@ -49,26 +49,28 @@ fn not_measured<T>(o: &Outcome<T>, columns: usize) -> Option<String> {
 fn start_table(out: &mut String, rows: &[StartRow]) {
     let strata = rows.iter().find(|r| r.system == "strata (direct)").and_then(|r| r.outcome.measured());
     out.push_str(
-        "| system | how | runs | `/bin/true` start → exit, ms: median (min–max) | `echo ready` start → first byte, ms | `echo ready` start → exit, ms | ratio system / strata (true → exit) | ratio system / strata (first byte) |\n|---|---|---|---|---|---|---|---|\n",
+        "| system | how | runs | `/bin/true` start → exit, ms: median (min–max) | `echo ready` start → first byte, ms | `echo ready` start → exit, ms | HTTP server start → first answer, ms | ratio system / strata (true → exit) | ratio system / strata (first byte) | ratio system / strata (HTTP answer) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let cells = match not_measured(&r.outcome, 6) {
+        let cells = match not_measured(&r.outcome, 8) {
             Some(c) => c,
             None => {
                 let Some(s) = r.outcome.measured() else { continue };
-                let (rt, rf) = match strata {
+                let (rt, rf, rh) = match strata {
                     Some(st) => (
                         ratio(s.true_exit.median(), st.true_exit.median()),
                         ratio(s.first_byte.median(), st.first_byte.median()),
+                        ratio(s.http_answer.median(), st.http_answer.median()),
                     ),
-                    None => ("-".into(), "-".into()),
+                    None => ("-".into(), "-".into(), "-".into()),
                 };
                 format!(
-                    "{} | {} | {} | {} | {rt} | {rf}",
+                    "{} | {} | {} | {} | {} | {rt} | {rf} | {rh}",
                     s.true_exit.ms.len(),
                     dist(&s.true_exit),
                     dist(&s.first_byte),
-                    dist(&s.echo_exit)
+                    dist(&s.echo_exit),
+                    dist(&s.http_answer)
                 )
             }
         };
@@ -157,8 +159,14 @@ pub fn render(r: &Report, command: &str) -> String {
     }
     out.push_str(
         "\n## 1. Start time\n\n\
-         The same workload everywhere: `/bin/true`, and `echo ready` whose first byte on its stdout marks the \
-         workload's first instruction. Containers: a busybox-static bundle with strata's default config (default \
+         The same workloads everywhere: `/bin/true`; `echo ready`, whose first byte on its stdout marks the \
+         workload's first instruction; and a small HTTP server, busybox `httpd` serving one page, timed from the start \
+         until the host has the page back (the host asks again at once while the connection is refused). The HTTP \
+         containers share the host's network namespace and listen on a fresh loopback port each run (`run --detach`, \
+         resp. `ctr run --detach --net-host`), and are killed and deleted after the answer. The HTTP VM boots with the \
+         virtio-net drivers in its initramfs; its /init brings up the address of qemu's user network, starts httpd and \
+         prints `STRATA-READY`, after which the host asks through qemu's forward of a loopback port (asking before that \
+         would only measure the retransmission backoff of qemu's user network). Containers: a busybox-static bundle with strata's default config (default \
          namespaces including network, default capabilities, masked paths, Docker's default seccomp profile), `run` \
          (create + start + wait + delete) timed from spawning the runtime to the first byte on the pipe and to the \
          runtime's exit; strata, crun and runc interleaved round by round. Through containerd: a private containerd \

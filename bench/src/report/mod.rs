@@ -141,6 +141,8 @@ pub struct StartStats {
     pub first_byte: Samples,
     /// `echo ready`: start to exit.
     pub echo_exit: Samples,
+    /// busybox httpd: start to the first HTTP answer received by the host.
+    pub http_answer: Samples,
 }
 
 /// Memory of one running instance.

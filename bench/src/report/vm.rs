@@ -26,6 +26,18 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 const DENSITY_BOOT_TIMEOUT: Duration = Duration::from_secs(12);
 
 const INIT: &str = r#"#!/bin/sh
+if [ "$strata_mode" = http ]; then
+    for m in virtio_mmio failover net_failover virtio_net; do insmod /lib/modules/$m.ko; done
+    ifconfig lo 127.0.0.1 up
+    n=0
+    until ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up 2>/dev/null; do
+        n=$((n + 1)); [ $n -lt 500 ] || break; usleep 10000
+    done
+    echo strata-http > /tmp/index.html
+    httpd -p 80 -h /tmp
+    echo STRATA-READY
+    while :; do sleep 1000; done
+fi
 echo STRATA-READY
 /bin/true
 if [ "$strata_mode" = sleep ]; then
@@ -128,7 +140,7 @@ impl VmEnv {
                 find_kernel().ok_or_else(|| format!("vmtest/run.sh did not cache a 6.12 kernel ({st})"))?
             }
         };
-        let initrd = build_initramfs()?;
+        let initrd = build_initramfs(&kernel)?;
         Ok((kernel, initrd))
     }
 
@@ -143,8 +155,15 @@ impl VmEnv {
     }
 
     fn parts(&self) -> Result<(&Kernel, PathBuf), String> {
+        self.parts_for(false)
+    }
+
+    /// The kernel and the initramfs: with the network drivers for the HTTP workload, else the
+    /// smallest one.
+    fn parts_for(&self, net: bool) -> Result<(&Kernel, PathBuf), String> {
+        let name = if net { "initramfs-net.cpio" } else { "initramfs.cpio" };
         match &self.ready {
-            Ok((k, dir)) => Ok((k, dir.path().join("initramfs.cpio"))),
+            Ok((k, dir)) => Ok((k, dir.path().join(name))),
             Err(e) => Err(e.clone()),
         }
     }
@@ -154,27 +173,55 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
-fn build_initramfs() -> Result<tempfile::TempDir, String> {
+/// Modules the HTTP guest loads, in dependency order.
+const NET_MODULES: [&str; 4] = ["virtio_mmio", "failover", "net_failover", "virtio_net"];
+
+/// Two initramfs archives from one busybox root: `initramfs.cpio`, and `initramfs-net.cpio`
+/// which adds the network drivers of `kernel` (decompressed) for the HTTP workload.
+fn build_initramfs(kernel: &Kernel) -> Result<tempfile::TempDir, String> {
     let dir = tempfile::Builder::new().prefix("strata-report-vm-").tempdir().map_err(|e| e.to_string())?;
     let root = dir.path().join("root");
     for d in ["bin", "dev", "proc", "sys", "tmp"] {
         std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| format!("/bin/busybox: {e}"))?;
-    for applet in ["sh", "echo", "true", "sleep", "poweroff", "mount"] {
+    let applets = ["sh", "echo", "true", "sleep", "usleep", "poweroff", "mount", "insmod", "ifconfig", "httpd"];
+    for applet in applets {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).map_err(|e| e.to_string())?;
     }
     std::fs::write(root.join("init"), INIT).map_err(|e| e.to_string())?;
-    let script = "chmod 755 init && mknod -m 600 dev/console c 5 1 && mknod -m 666 dev/null c 1 3 \
-                  && find . | cpio -o -H newc --quiet > ../initramfs.cpio";
-    let st = Command::new("sh")
-        .args(["-c", script])
-        .current_dir(&root)
-        .status()
-        .map_err(|e| format!("building the initramfs: {e}"))?;
-    if !st.success() {
-        return Err(format!("building the initramfs (needs cpio and root): {st}"));
+    let cpio = |script: &str| -> Result<(), String> {
+        let st = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("building the initramfs: {e}"))?;
+        if st.success() { Ok(()) } else { Err(format!("building the initramfs (needs cpio, xz and root): {st}")) }
+    };
+    cpio(
+        "chmod 755 init && mknod -m 600 dev/console c 5 1 && mknod -m 666 dev/null c 1 3 \
+          && find . | cpio -o -H newc --quiet > ../initramfs.cpio",
+    )?;
+    let moddir = kernel.vmlinux.with_file_name("modules").join(&kernel.release).join("kernel");
+    std::fs::create_dir_all(root.join("lib/modules")).map_err(|e| e.to_string())?;
+    for m in NET_MODULES {
+        let found = ["drivers/virtio", "net/core", "drivers/net"]
+            .iter()
+            .flat_map(|d| [moddir.join(d).join(format!("{m}.ko.xz")), moddir.join(d).join(format!("{m}.ko"))])
+            .find(|p| p.is_file())
+            .ok_or_else(|| format!("module {m} not found under {}", moddir.display()))?;
+        let dest = root.join("lib/modules").join(format!("{m}.ko"));
+        if found.extension().is_some_and(|e| e == "xz") {
+            let out = Command::new("xz").arg("-dc").arg(&found).output().map_err(|e| format!("xz: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("xz -dc {}: {}", found.display(), String::from_utf8_lossy(&out.stderr)));
+            }
+            std::fs::write(&dest, out.stdout).map_err(|e| e.to_string())?;
+        } else {
+            std::fs::copy(&found, &dest).map_err(|e| e.to_string())?;
+        }
     }
+    cpio("find . | cpio -o -H newc --quiet > ../initramfs-net.cpio")?;
     Ok(dir)
 }
 
@@ -188,7 +235,13 @@ pub struct RunningVm {
 impl RunningVm {
     /// Boots a VM running `mode` (`true` or `sleep`).
     pub fn boot(env: &VmEnv, accel: &Accel, mode: &str) -> Result<RunningVm, String> {
-        let (kernel, initrd) = env.parts()?;
+        Self::boot_with(env, accel, mode, None)
+    }
+
+    /// Boots a VM running `mode`; with `http_port`, the HTTP workload with that loopback port of
+    /// the host forwarded to the guest's port 80.
+    fn boot_with(env: &VmEnv, accel: &Accel, mode: &str, http_port: Option<u16>) -> Result<RunningVm, String> {
+        let (kernel, initrd) = env.parts_for(http_port.is_some())?;
         let append = format!("console=ttyS0 quiet loglevel=2 panic=-1 reboot=t rdinit=/init strata_mode={mode}");
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-smp", "1", "-m"])
@@ -200,10 +253,12 @@ impl RunningVm {
             .arg("-initrd")
             .arg(&initrd)
             .arg("-append")
-            .arg(append)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .arg(append);
+        if let Some(port) = http_port {
+            cmd.args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80")])
+                .args(["-device", "virtio-net-device,netdev=n0"]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|e| format!("qemu-system-x86_64: {e}"))?;
         let mut out = child.stdout.take().ok_or("no qemu stdout")?;
@@ -267,9 +322,18 @@ impl Drop for RunningVm {
 /// Boots until READY, retrying a boot that hangs (up to 3 attempts); returns the VM, the time
 /// to READY and the number of hung boots.
 fn boot_ready(env: &VmEnv, accel: &Accel, mode: &str) -> Result<(RunningVm, f64, usize), String> {
+    boot_ready_with(env, accel, mode, None)
+}
+
+fn boot_ready_with(
+    env: &VmEnv,
+    accel: &Accel,
+    mode: &str,
+    http_port: Option<u16>,
+) -> Result<(RunningVm, f64, usize), String> {
     let mut hung = 0;
     loop {
-        let mut vm = RunningVm::boot(env, accel, mode)?;
+        let mut vm = RunningVm::boot_with(env, accel, mode, http_port)?;
         match vm.wait_ready(BOOT_TIMEOUT) {
             Ok(ms) => return Ok((vm, ms, hung)),
             Err(e) if hung < 2 => {
@@ -332,9 +396,19 @@ pub fn start_rows(opts: &Options, env: &VmEnv, accel: &Accel) -> Vec<StartRow> {
             s.first_byte.ms.push(ready);
             s.true_exit.ms.push(exit);
             s.echo_exit.ms.push(exit);
+            drop(vm);
+            // The HTTP workload: READY says httpd listens; the host then asks for the page
+            // through qemu's port forward (asking earlier only queues SYNs in qemu's user
+            // network, whose retransmission backoff would be measured instead of the guest).
+            let port = crate::free_port()?;
+            let (vm, _, hung) = boot_ready_with(env, accel, "http", Some(port))?;
+            hung_total += hung;
+            let answer = crate::first_http_response(port, vm.started, Duration::from_secs(90))?;
+            s.http_answer.ms.push(answer.as_secs_f64() * 1e3);
         }
         let mode = format!(
-            "{}, 1 vCPU, {GUEST_MEM_MIB} MiB, {}; /init echoes then runs /bin/true, poweroff -f; {hung_total} hung boot(s) retried",
+            "{}, 1 vCPU, {GUEST_MEM_MIB} MiB, {}; /init echoes then runs /bin/true, poweroff -f (HTTP: /init loads \
+             virtio-net, starts httpd, qemu user network forwards a host port); {hung_total} hung boot(s) retried",
             accel.label(),
             kernel.package
         );
