@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ImageFigure, Options, Outcome, StartRow, StartStats, progress};
-use crate::containerd::{Containerd, Peer, disk_usage, peers, shim_binary};
+use super::{ImageFigure, MemRow, Options, Outcome, StartRow, StartStats, procmem, progress};
+use crate::containerd::{Containerd, Peer, disk_usage, peers, shim_binary, shim_pid};
 
 /// The systems of this family, as the report names them.
 pub const SYSTEMS: [&str; 3] = ["strata via containerd", "runc via containerd", "crun via containerd"];
@@ -92,6 +92,43 @@ pub fn start_rows(opts: &Options) -> Vec<StartRow> {
         .iter()
         .zip(stats)
         .map(|(p, s)| StartRow { system: system_name(p), mode: mode_of(p), outcome: s.into() })
+        .collect()
+}
+
+/// Memory of one sleeping busybox container per shim: the shim process plus the container's
+/// processes under it (`ctr run --detach`), as containerd leaves them running.
+pub fn memory_rows() -> Vec<MemRow> {
+    let peers = peers();
+    progress("memory: private containerd");
+    let ctd = start_containerd().and_then(|c| c.import_busybox().map(|()| c));
+    peers
+        .iter()
+        .map(|peer| {
+            progress(format_args!("memory: {} via containerd", peer.name));
+            let r = ctd.as_ref().map_err(Clone::clone).and_then(|ctd| {
+                let id = next_id(peer);
+                ctd.run(peer, &["--detach"], &id, &["sleep", "100000"])?;
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let shim = shim_pid(peer.shim, &id).ok_or_else(|| format!("no {} process for {id}", peer.shim))?;
+                let pids = procmem::tree(shim as u32);
+                let shim_mem = procmem::process_memory(shim as u32)?;
+                let total = procmem::sum_memory(&pids)?;
+                let _ = ctd.ctr(&["task", "delete", "--force", &id]);
+                let _ = ctd.ctr(&["containers", "rm", &id]);
+                let note = format!(
+                    "`{}` ({} RSS, {} PSS alone) and the {} container process(es) under it",
+                    peer.shim,
+                    super::markdown::kib_as_mib(shim_mem.rss_kib),
+                    super::markdown::kib_as_mib(shim_mem.pss_kib),
+                    pids.len() - 1
+                );
+                Ok::<_, String>((total, note))
+            });
+            match r {
+                Ok((total, note)) => MemRow { system: system_name(peer), note, outcome: Outcome::Measured(total) },
+                Err(e) => MemRow { system: system_name(peer), note: "-".into(), outcome: Outcome::Unavailable(e) },
+            }
+        })
         .collect()
 }
 

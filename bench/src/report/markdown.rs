@@ -10,7 +10,7 @@ pub fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn kib_as_mib(kib: u64) -> String {
+pub(super) fn kib_as_mib(kib: u64) -> String {
     format!("{:.2} MiB", kib as f64 / 1024.0)
 }
 
@@ -183,7 +183,9 @@ pub fn render(r: &Report, command: &str) -> String {
          A container running `sleep` (busybox), created and started detached: RSS and PSS summed from \
          `/proc/<pid>/smaps_rollup` over the container's processes. strata keeps no resident supervisor for a detached \
          container (nor do runc and crun without a shim): the *what is counted* column says whether any process of the \
-         runtime was still alive. VM: the qemu process's RSS and PSS once the guest sleeps.\n\n![memory](memory.svg)\n\n",
+         runtime was still alive. Through containerd (`ctr run --detach`): the shim process and the container's \
+         processes under it, as containerd keeps them while the container runs. VM: the qemu process's RSS and PSS \
+         once the guest sleeps.\n\n![memory](memory.svg)\n\n",
     );
     memory_table(&mut out, &r.memory);
     out.push_str(

@@ -254,6 +254,7 @@ pub fn run_suite(opts: &Options) -> Report {
 
     progress("memory per instance");
     report.memory = containers::memory_rows();
+    report.memory.extend(containerd::memory_rows());
     report.memory.extend(vm::memory_rows(&vm_env, &accel));
 
     progress("density");
