@@ -97,6 +97,19 @@ fn split_device_rules(
     (Some(rest), Some(only))
 }
 
+/// Forks the stage-1 process of a container (or of an exec) into `cgroup`: born there with
+/// `CLONE_INTO_CGROUP` where the kernel allows it (`true`), else forked where the runtime is
+/// (`false`), for the caller to move it with [`Cgroup::add_process`].
+pub(crate) fn fork_in(cgroup: &Cgroup) -> Result<(Fork, bool)> {
+    let dir = std::fs::File::open(cgroup.path());
+    if let Ok(dir) = &dir
+        && let Some(f) = sys::fork_into_cgroup(std::os::fd::AsFd::as_fd(dir)).ctx(|| "clone3".into())?
+    {
+        return Ok((f, true));
+    }
+    Ok((sys::fork(0).ctx(|| "fork".into())?, false))
+}
+
 /// The cgroup a container gets: `linux.cgroupsPath`, or `strata/<id>` under the caller's cgroup.
 fn cgroup_location(h: &Hierarchy, bundle: &Bundle, id: &str) -> Result<PathBuf> {
     let path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
@@ -153,7 +166,8 @@ pub fn create(
         preserve_fds: opts.preserve_fds,
         seccomp: bundle.seccomp.clone(),
     };
-    let stage1 = match sys::fork(0).ctx(|| "fork".into())? {
+    let (forked, born_in_cgroup) = fork_in(&cgroup)?;
+    let stage1 = match forked {
         Fork::Child => {
             drop(parent_end);
             init::stage1(args, child_end)
@@ -164,7 +178,9 @@ pub fn create(
     drop(args);
     guard.pids.push(stage1);
 
-    cgroup.add_process(stage1)?;
+    if !born_in_cgroup {
+        cgroup.add_process(stage1)?;
+    }
     if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
         std::fs::write(format!("/proc/{stage1}/oom_score_adj"), adj.to_string())
             .ctx(|| format!("process.oomScoreAdj: writing {adj}"))?;

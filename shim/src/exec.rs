@@ -72,7 +72,9 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     };
     let sigfd = if req.detach { None } else { Some(container::block_signals()?) };
     let (parent_end, child_end) = sync::pair()?;
-    let stage1 = match sys::fork(0).ctx(|| "fork".into())? {
+    let cgroup = Cgroup::open(st.cgroup_path.clone());
+    let (forked, born_in_cgroup) = container::fork_in(&cgroup)?;
+    let stage1 = match forked {
         Fork::Child => {
             drop(parent_end);
             let code = match exec_stage1(&child_end, &pidfd, ns_flags, req, console.as_ref(), seccomp_filter.as_ref()) {
@@ -94,7 +96,9 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     };
     let setup = (|| -> Result<(i32, Option<OwnedFd>)> {
-        Cgroup::open(st.cgroup_path.clone()).add_process(stage1)?;
+        if !born_in_cgroup {
+            cgroup.add_process(stage1)?;
+        }
         parent_end.send(&Msg::Go, None)?;
         let report = sync::receive_setup(
             &parent_end,

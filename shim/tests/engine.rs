@@ -269,6 +269,9 @@ fn lifecycle_create_start_exec_pause_kill_delete() {
     assert!(exec_pid > 1, "exec ran as pid {exec_pid}, not inside the container's pid namespace");
     let pids: Vec<i32> = serde_json::from_str(&c.ok(&["ps", "--format", "json", &c.id])).unwrap();
     assert!(pids.contains(&pid));
+    // The exec'd process is born in the container's cgroup: the root of its cgroup namespace.
+    let cg = c.ok(&["exec", &c.id, "cat", "/proc/self/cgroup"]);
+    assert!(cg.lines().any(|l| l == "0::/"), "exec outside the container's cgroup: {cg}");
 
     c.ok(&["pause", &c.id]);
     assert_eq!(c.state()["status"], "paused");
