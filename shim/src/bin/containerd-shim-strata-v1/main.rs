@@ -5,6 +5,10 @@
 use engine::shimv2::{self, StrataShim, helper};
 
 fn main() {
+    // One malloc arena for all threads: the daemon's threads mostly sleep in system calls, and
+    // an arena per thread costs resident memory beside every container for no contention won.
+    // SAFETY: mallopt only sets an allocator parameter; no thread exists yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(helper::HELPER_ARG) {
         std::process::exit(helper::main(&args[2..]));
