@@ -53,6 +53,90 @@ impl Compression {
     }
 }
 
+/// Bytes decompressed per chunk handed from the decompressing thread to the unpacker.
+const CHUNK: usize = 256 << 10;
+/// Chunks in flight between the two threads.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+impl Compression {
+    /// Decompresses `input` on a thread of its own and returns the uncompressed stream: unpacking
+    /// (parsing, hashing and writing files) then runs beside decompression instead of after it,
+    /// on another core. A decompression error reaches the reader as a read error; when the
+    /// reader is dropped early, the thread stops at its next chunk.
+    pub(crate) fn threaded_reader(self, input: impl Read + Send + 'static) -> Box<dyn Read> {
+        if self == Compression::None {
+            return Box::new(input);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+        std::thread::spawn(move || {
+            let mut dec = match self.reader(std::io::BufReader::with_capacity(CHUNK, input)) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                let result = loop {
+                    match dec.read(&mut buf[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == buf.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                buf.truncate(filled);
+                let end = filled < CHUNK;
+                if filled > 0 && tx.send(Ok(buf)).is_err() {
+                    return;
+                }
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                if end {
+                    return;
+                }
+            }
+        });
+        Box::new(ChunkReader { rx, chunk: Vec::new(), pos: 0 })
+    }
+}
+
+/// The receiving end of [`Compression::threaded_reader`].
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The thread is done: end of stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// The OCI spelling of this host's architecture (`amd64`, `arm64`, ...).
 pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {

@@ -285,11 +285,7 @@ impl Store {
         let result = (|| {
             mkdir_p(&tmp.join("fs"))?;
             let blob = self.blobs.open_blob(layer)?;
-            let reader = c.reader(std::io::BufReader::new(blob)).map_err(|e| Error::BadArchive {
-                layer: layer.clone(),
-                entry: None,
-                reason: e.to_string(),
-            })?;
+            let reader = c.threaded_reader(blob);
             let opts = UnpackOptions { pool: Some(self.root.join("pool")), lowers: Some(lowers) };
             let stats = unpack_layer(reader, &tmp.join("fs"), layer, &opts)?;
             let actual = stats.diff_id.clone().unwrap_or_else(|| diff_id.clone());
