@@ -27,3 +27,53 @@ fn corpus_unpacks_or_fails_inside_its_root() {
     }
     assert!(replayed >= 10, "only {replayed} corpus files in {}", dir.display());
 }
+
+/// The corpus of `fuzz/fuzz_targets/image_archive.rs`, with its checks: every archive imports or
+/// fails, and a failed import leaves no image, blob or snapshot behind and `fsck` clean.
+#[test]
+fn image_archive_corpus_imports_or_leaves_the_store_untouched() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/image_archive");
+    let (mut imported, mut refused) = (0, 0);
+    for entry in fs::read_dir(&dir).expect("corpus directory exists") {
+        let path = entry.expect("corpus entry").path();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = layerstore::Store::open(&tmp.path().join("store")).expect("store");
+        let result = store.import(&path, None);
+        eprintln!("{}: {:?}", path.display(), result.as_ref().map(Vec::len).map_err(ToString::to_string));
+        let report = store.fsck(false).expect("fsck");
+        assert!(report.problems.is_empty(), "{}: {:?}", path.display(), report.problems);
+        match result {
+            Ok(images) => {
+                assert_eq!(store.images().expect("images").len(), images.len(), "{}", path.display());
+                imported += 1;
+            }
+            Err(_) => {
+                assert!(store.images().expect("images").is_empty(), "{}", path.display());
+                assert_eq!((report.blobs_checked, report.snapshots_checked), (0, 0), "{}", path.display());
+                refused += 1;
+            }
+        }
+    }
+    // The seeds hold good images and bad ones: both paths are taken.
+    assert!(imported >= 3 && refused >= 5, "{imported} imported, {refused} refused in {}", dir.display());
+}
+
+/// The corpus of `fuzz/fuzz_targets/registry_challenge.rs`: challenges and references parse or
+/// fail without panicking, and the well-formed Bearer challenge yields its parameters.
+#[test]
+fn registry_challenge_corpus_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/registry_challenge");
+    let mut replayed = 0;
+    for entry in fs::read_dir(&dir).expect("corpus directory exists") {
+        let path = entry.expect("corpus entry").path();
+        let text = fs::read_to_string(&path).expect("utf-8 corpus file");
+        let (scheme, params) = layerstore::parse_challenge(&text);
+        if path.file_name().is_some_and(|n| n == "bearer") {
+            assert_eq!(scheme, "Bearer");
+            assert!(params.iter().any(|(k, v)| k == "service" && v == "registry"), "{params:?}");
+        }
+        let _ = layerstore::Reference::parse(&text);
+        replayed += 1;
+    }
+    assert!(replayed >= 5, "only {replayed} corpus files in {}", dir.display());
+}

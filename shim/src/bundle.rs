@@ -151,17 +151,7 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
             ));
         }
     }
-    if let Some(hooks) = spec.hooks() {
-        let any = hooks.prestart().is_some()
-            || hooks.create_runtime().is_some()
-            || hooks.create_container().is_some()
-            || hooks.start_container().is_some()
-            || hooks.poststart().is_some()
-            || hooks.poststop().is_some();
-        if any {
-            return Err(config_error(file, "hooks", "hooks are not supported yet"));
-        }
-    }
+    crate::hooks::check(spec.hooks().as_ref()).map_err(|(field, reason)| config_error(file, field, reason))?;
     if let Some(caps) = process.capabilities() {
         for (set, list) in [
             ("bounding", caps.bounding()),

@@ -10,7 +10,7 @@ use crate::sync::{self, Channel, Msg};
 use crate::sys::{self, Fork};
 use cgroups::{Cgroup, Hierarchy};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -192,6 +192,23 @@ pub fn create(
         write_id_maps(stage1, bundle)?;
         parent_end.send(&Msg::Go, None)?;
     }
+    let hooks = spec.hooks().as_ref();
+    // prestart and createRuntime, when the init has mounted everything: in the runtime's
+    // namespaces, with the state the init then uses for its own hooks.
+    let run_create_hooks = |pid: i32| -> Result<String> {
+        let state = serde_json::json!({
+            "ociVersion": spec.version(),
+            "id": id,
+            "status": "creating",
+            "pid": pid,
+            "bundle": bundle.dir,
+            "annotations": spec.annotations().clone().unwrap_or_default(),
+        });
+        let bytes = serde_json::to_vec(&state).map_err(|e| Error::Invalid(format!("hook state: {e}")))?;
+        crate::hooks::run(hooks, crate::hooks::Kind::Prestart, &bytes)?;
+        crate::hooks::run(hooks, crate::hooks::Kind::CreateRuntime, &bytes)?;
+        String::from_utf8(bytes).map_err(|e| Error::Invalid(format!("hook state: {e}")))
+    };
     let report = sync::receive_setup(
         &parent_end,
         |pid| {
@@ -199,6 +216,7 @@ pub fn create(
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
             guard.pids.retain(|p| *p != stage1);
         },
+        run_create_hooks,
         |_| {},
     )?;
     let (init_pid, pty_master, seccomp_listener) = (report.pid, report.pty, report.seccomp_listener);
@@ -218,6 +236,7 @@ pub fn create(
         owner: owner_name(),
         annotations: spec.annotations().clone().unwrap_or_default(),
         started: false,
+        hooks: spec.hooks().clone(),
     };
     root.save(&state)?;
     if let Some(fd) = seccomp_listener {
@@ -386,13 +405,28 @@ pub fn start(root: &StateRoot, id: &str) -> Result<()> {
             .ctx(|| format!("connecting to {}/{START_SOCKET}", dir.display()))
     })?;
     nix::unistd::write(&fd, b"s").ctx(|| "sending start".into())?;
-    // The init keeps the connection until exec closes it.
-    let mut b = [0u8; 1];
-    let _ = nix::unistd::read(&fd, &mut b);
+    // The init keeps the connection until exec closes it, or writes why it could not start (a
+    // startContainer hook failed) and exits.
+    let mut why = [0u8; 4096];
+    let n = loop {
+        match nix::unistd::read(&fd, &mut why) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r.unwrap_or(0),
+        }
+    };
     st.started = true;
     root.save(&st)?;
     let _ = std::fs::remove_file(dir.join(START_SOCKET));
+    if n > 0 {
+        return Err(Error::Init(String::from_utf8_lossy(&why[..n]).into_owned()));
+    }
+    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststart, &hook_bytes(&st, "running"));
     Ok(())
+}
+
+/// The state document a hook of `st` receives, with `status`.
+fn hook_bytes(st: &ContainerState, status: &str) -> Vec<u8> {
+    serde_json::to_vec(&st.hook_state(status)).unwrap_or_default()
 }
 
 /// Sends `signal` to the init, or with `all` to every process in the container's cgroup.
@@ -495,7 +529,9 @@ pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<()> {
     if let Some(parent) = cg.path().parent().filter(|p| p.file_name().is_some_and(|n| n == "strata")) {
         let _ = std::fs::remove_dir(parent);
     }
-    root.remove(id)
+    root.remove(id)?;
+    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststop, &hook_bytes(&st, "stopped"));
+    Ok(())
 }
 
 fn wait_gone(st: &ContainerState, limit: Duration) {
@@ -635,8 +671,6 @@ fn write_all(fd: i32, mut data: &[u8]) {
     }
 }
 
-use std::os::fd::AsFd;
-
 /// `run`: create, start and supervise in one process, then delete. Returns the exit code.
 pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<i32> {
     let sigfd = block_signals()?;
@@ -648,6 +682,9 @@ pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions) ->
         st.started = true;
         root.save(&st)?;
         chan.send(&Msg::Start, None)?;
+        if !crate::hooks::of(st.hooks.as_ref(), crate::hooks::Kind::Poststart).is_empty() && program_started(chan) {
+            crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststart, &hook_bytes(&st, "running"));
+        }
         let code = supervise(pid, &sigfd, created.pty_master.as_ref())?;
         match crate::exec::exec_failure(chan) {
             Some(e) => Err(e),
@@ -658,4 +695,22 @@ pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions) ->
     let code = result?;
     cleanup?;
     Ok(code)
+}
+
+/// After `Start`: waits until the init has executed the program (its end of the channel closes
+/// on exec) or reported a failure (a message is waiting, left for the caller). True when the
+/// program runs.
+fn program_started(chan: &Channel) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let mut fds = [PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+            Ok(_) => {
+                let ev = fds[0].revents().unwrap_or(PollFlags::empty());
+                return !ev.contains(PollFlags::POLLIN) && ev.contains(PollFlags::POLLHUP);
+            }
+        }
+    }
 }

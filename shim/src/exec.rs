@@ -105,6 +105,8 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
             |_| {
                 let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stage1), None);
             },
+            // An exec'd process runs no hooks and never asks.
+            |_| Err(Error::Init("an exec'd process asked for hooks".into())),
             reap,
         )?;
         let (pid, pty, seccomp_listener) = (report.pid, report.pty, report.seccomp_listener);

@@ -120,11 +120,31 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
     nix::unistd::setsid().ctx(|| "setsid".into())?;
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
 
+    // The `create` hooks, once everything is mounted and before pivot_root: the runtime runs
+    // its own (prestart, createRuntime) and hands back the state for the init's.
+    let hooks = spec.hooks().as_ref();
+    let hook_state: std::cell::RefCell<Option<Vec<u8>>> = std::cell::RefCell::new(None);
+    let before_pivot = || -> Result<()> {
+        if !crate::hooks::any_before_start(hooks) {
+            return Ok(());
+        }
+        chan.send(&Msg::Hooks, None)?;
+        let state = match chan.recv()? {
+            (Msg::State(s), _) => s.into_bytes(),
+            (Msg::Error(e), _) => return Err(Error::Init(e)),
+            (m, _) => return Err(Error::Init(format!("unexpected {m:?} while waiting for the container's state"))),
+        };
+        let creating = crate::hooks::with_status(&state, "creating");
+        crate::hooks::run(hooks, crate::hooks::Kind::CreateContainer, &creating)?;
+        *hook_state.borrow_mut() = Some(state);
+        Ok(())
+    };
     RootfsSetup {
         spec,
         rootfs: &args.bundle.rootfs,
         cgroup_dir: Some(&args.cgroup_dir),
         in_user_ns: plan.has(LinuxNamespaceType::User),
+        before_pivot: Some(&before_pivot),
     }
     .run()?;
 
@@ -194,12 +214,26 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
 
     sys::set_parent_death_signal(0).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     chan.send(&Msg::Ready, None)?;
-    match &args.gate {
+    let gate = match &args.gate {
         Gate::Channel => {
             chan.expect(&Msg::Start)?;
+            None
         }
-        Gate::Socket(listener) => wait_for_start(listener)?,
+        Gate::Socket(listener) => Some(wait_for_start(listener)?),
+    };
+    // startContainer hooks: in the container, before its program. A failure is told to `start`
+    // through the gate connection (or to `run` through the channel) before the init exits.
+    if let Some(state) = hook_state.borrow().as_ref()
+        && let Err(e) =
+            crate::hooks::run(hooks, crate::hooks::Kind::StartContainer, &crate::hooks::with_status(state, "created"))
+    {
+        if let Some(conn) = &gate {
+            let _ = nix::unistd::write(conn, e.to_string().as_bytes());
+        }
+        return Err(e);
     }
+    // The gate connection closes on exec (close-on-exec): that tells `start` the program runs.
+    std::mem::forget(gate);
     if nnp && !notify {
         sys::set_no_new_privs().ctx(|| "process.noNewPrivileges: prctl".into())?;
         if let Some(f) = &args.seccomp {
@@ -219,8 +253,9 @@ pub fn send_listener(chan: &Channel, listener: Option<OwnedFd>) -> Result<()> {
     }
 }
 
-/// Blocks until `strata start` connects to the gate socket and sends its byte.
-fn wait_for_start(listener: &OwnedFd) -> Result<()> {
+/// Blocks until `strata start` connects to the gate socket and sends its byte; returns the
+/// connection, which `start` keeps open until the program runs.
+fn wait_for_start(listener: &OwnedFd) -> Result<OwnedFd> {
     loop {
         match nix::sys::socket::accept4(listener.as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC) {
             Ok(fd) => {
@@ -228,12 +263,7 @@ fn wait_for_start(listener: &OwnedFd) -> Result<()> {
                 let conn = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
                 let mut b = [0u8; 1];
                 match nix::unistd::read(&conn, &mut b) {
-                    Ok(1) => {
-                        // Keep the connection open: it closes on exec (close-on-exec), which
-                        // tells `start` that the program is running.
-                        std::mem::forget(conn);
-                        return Ok(());
-                    }
+                    Ok(1) => return Ok(conn),
                     _ => continue,
                 }
             }

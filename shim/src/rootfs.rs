@@ -261,6 +261,8 @@ pub struct RootfsSetup<'a> {
     pub cgroup_dir: Option<&'a Path>,
     /// Whether the container has its own user namespace (mknod is then not allowed).
     pub in_user_ns: bool,
+    /// Runs once everything is mounted, before `pivot_root` (the `create` hooks).
+    pub before_pivot: Option<&'a dyn Fn() -> Result<()>>,
 }
 
 impl RootfsSetup<'_> {
@@ -293,6 +295,9 @@ impl RootfsSetup<'_> {
             create_in_root(&root, &cwd, true).map_err(|e| Error::Init(format!("process.cwd: {e}")))?;
         }
         drop(root);
+        if let Some(f) = self.before_pivot {
+            f()?;
+        }
         pivot(self.rootfs)?;
         if prop.contains(MsFlags::MS_SHARED) {
             mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).ctx(|| "linux.rootfsPropagation".into())?;

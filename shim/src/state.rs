@@ -72,6 +72,24 @@ pub struct ContainerState {
     /// Whether `start` has been run.
     #[serde(default)]
     pub started: bool,
+    /// The bundle's hooks as they were at `create` (`poststart` and `poststop` run later, and
+    /// the bundle may have changed or gone by then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
+}
+
+impl ContainerState {
+    /// The runtime-spec state document a hook receives on its stdin, with `status`.
+    pub fn hook_state(&self, status: &str) -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": self.oci_version,
+            "id": self.id,
+            "status": status,
+            "pid": self.pid,
+            "bundle": self.bundle,
+            "annotations": self.annotations,
+        })
+    }
 }
 
 /// The runtime-spec `state` document as `strata state` prints it.
@@ -275,6 +293,7 @@ mod tests {
             owner: "root".into(),
             annotations: HashMap::new(),
             started: false,
+            hooks: None,
         };
         root.save(&st).unwrap();
         assert_eq!(root.load("c1").unwrap().pid, 42);

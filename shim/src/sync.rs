@@ -26,6 +26,11 @@ pub enum Msg {
     Ready,
     /// Start the user's program.
     Start,
+    /// The init reached the hooks of `create` (its mounts exist, `pivot_root` is next): the
+    /// runtime runs `prestart` and `createRuntime` and answers with `State`.
+    Hooks,
+    /// The container's state for the init's own hooks (`createContainer`, `startContainer`).
+    State(String),
     /// Setup failed; the text says what and where.
     Error(String),
 }
@@ -145,16 +150,39 @@ pub struct SetupReport {
 
 /// Receives stage 1's `Pid` and the process's own messages up to `Ready`. Both processes write
 /// to the same channel, so the process's messages may come before its pid. `on_pid` runs as
-/// soon as the pid is known (to reap stage 1, or to remember whom to kill); `cleanup` runs
-/// with the pid when a later message reports a failure.
-pub fn receive_setup(chan: &Channel, mut on_pid: impl FnMut(i32), cleanup: impl Fn(i32)) -> Result<SetupReport> {
+/// soon as the pid is known (to reap stage 1, or to remember whom to kill); `on_hooks` runs
+/// the runtime's hooks when the process asks (once its pid is known) and returns the state the
+/// process gets back; `cleanup` runs with the pid when a later message reports a failure.
+pub fn receive_setup(
+    chan: &Channel,
+    mut on_pid: impl FnMut(i32),
+    mut on_hooks: impl FnMut(i32) -> Result<String>,
+    cleanup: impl Fn(i32),
+) -> Result<SetupReport> {
     let (mut pid, mut pty, mut seccomp_listener, mut ready) = (None, None, None, false);
+    let mut hooks_asked = false;
     while pid.is_none() || !ready {
+        if let (true, Some(p)) = (hooks_asked, pid) {
+            hooks_asked = false;
+            match on_hooks(p) {
+                Ok(state) => chan.send(&Msg::State(state), None)?,
+                Err(e) => {
+                    let _ = chan.send(&Msg::Error(e.to_string()), None);
+                    cleanup(p);
+                    return Err(e);
+                }
+            }
+            continue;
+        }
         let msg = chan.recv();
         let failure = match msg {
             Ok((Msg::Pid(p), _)) if pid.is_none() => {
                 pid = Some(p);
                 on_pid(p);
+                continue;
+            }
+            Ok((Msg::Hooks, _)) => {
+                hooks_asked = true;
                 continue;
             }
             Ok((Msg::Pty, fd)) => {
@@ -207,12 +235,32 @@ mod tests {
         a.send(&Msg::Ready, None).unwrap();
         a.send(&Msg::Pid(42), None).unwrap();
         let mut seen = None;
-        let r = receive_setup(&b, |p| seen = Some(p), |_| panic!("no failure")).unwrap();
+        let r = receive_setup(&b, |p| seen = Some(p), |_| Ok(String::new()), |_| panic!("no failure")).unwrap();
         assert_eq!((r.pid, seen), (42, Some(42)));
         a.send(&Msg::Pid(7), None).unwrap();
         a.send(&Msg::Error("mount failed".into()), None).unwrap();
         let cleaned = std::cell::Cell::new(0);
-        let err = receive_setup(&b, |_| {}, |p| cleaned.set(p)).unwrap_err().to_string();
+        let err = receive_setup(&b, |_| {}, |_| Ok(String::new()), |p| cleaned.set(p)).unwrap_err().to_string();
         assert_eq!((err.as_str(), cleaned.get()), ("mount failed", 7));
+    }
+
+    #[test]
+    fn hooks_asked_before_the_pid_run_once_it_is_known() {
+        let (a, b) = pair().unwrap();
+        a.send(&Msg::Hooks, None).unwrap();
+        a.send(&Msg::Pid(9), None).unwrap();
+        let asked = std::cell::Cell::new(0);
+        let replier = std::thread::spawn(move || {
+            let (m, _) = a.recv().unwrap();
+            a.send(&Msg::Ready, None).unwrap();
+            m
+        });
+        let hooks = |p: i32| {
+            asked.set(p);
+            Ok(format!("state of {p}"))
+        };
+        let r = receive_setup(&b, |_| {}, hooks, |_| panic!("no failure")).unwrap();
+        assert_eq!((r.pid, asked.get()), (9, 9));
+        assert_eq!(replier.join().unwrap(), Msg::State("state of 9".into()));
     }
 }

@@ -130,3 +130,26 @@ fn symlink_in_the_image_cannot_redirect_a_mount_outside() {
     assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "the mount went outside the rootfs");
     assert_eq!(mounts_mentioning(&outside.path().display().to_string()), 0);
 }
+
+/// The corpus of `fuzz/fuzz_targets/runtime_config.rs`, with its check: loading a bundle with
+/// each config.json succeeds or fails with an error naming config.json, never a panic; the
+/// default config loads and every broken one is refused.
+#[test]
+fn runtime_config_corpus_loads_or_names_the_file() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/runtime_config");
+    let mut refused = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus directory exists") {
+        let path = entry.expect("corpus entry").path();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(&path, tmp.path().join("config.json")).expect("copy");
+        std::fs::create_dir(tmp.path().join("rootfs")).expect("rootfs");
+        match engine::bundle::Bundle::load(tmp.path()) {
+            Ok(_) => assert!(path.ends_with("default.json"), "{} was accepted", path.display()),
+            Err(e) => {
+                assert!(e.to_string().contains("config.json"), "{}: {e}", path.display());
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 5, "only {refused} refusals in {}", dir.display());
+}

@@ -451,3 +451,87 @@ fn demo_builds_an_image_and_runs_it() {
     assert!(text.contains("exited (0) and deleted in"), "{text}");
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "demo left state behind");
 }
+
+/// A hook of `kind` that saves its stdin (the state) as `<dir>/<kind>.json` and appends its
+/// kind to `<dir>/order`; `dir` is seen through the path the hook runs in.
+fn recording_hook(kind: &str, dir: &str) -> serde_json::Value {
+    json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {dir}/{kind}.json; echo $KIND >> {dir}/order")],
+           "env": [format!("KIND={kind}")], "timeout": 20})
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state() {
+    let mut c = TestContainer::new("hooks", "echo main >> /hooks/order; exec sleep 1000");
+    let out = c.dir.join("hooks-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let host = out.display().to_string();
+    c.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/hooks", "type": "bind", "source": host, "options": ["rbind", "rw"]}));
+    c.config["hooks"] = json!({
+        "prestart": [recording_hook("prestart", &host)],
+        "createRuntime": [recording_hook("createRuntime", &host)],
+        // Before pivot_root: the path and the file resolve in the runtime's file system.
+        "createContainer": [recording_hook("createContainer", &host)],
+        // In the container: its /bin/sh, its /hooks.
+        "startContainer": [recording_hook("startContainer", "/hooks")],
+        "poststart": [recording_hook("poststart", &host)],
+        "poststop": [recording_hook("poststop", &host)],
+    });
+    let read = |kind: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(format!("{kind}.json"))).unwrap()).unwrap()
+    };
+    let order = || std::fs::read_to_string(out.join("order")).unwrap_or_default();
+
+    c.create();
+    let pid = c.state()["pid"].as_i64().unwrap();
+    assert_eq!(order(), "prestart\ncreateRuntime\ncreateContainer\n");
+    for kind in ["prestart", "createRuntime", "createContainer"] {
+        let st = read(kind);
+        assert_eq!(
+            (st["id"].as_str(), st["status"].as_str(), st["pid"].as_i64()),
+            (Some(&*c.id), Some("creating"), Some(pid))
+        );
+        assert_eq!(st["bundle"].as_str(), Some(&*c.dir.display().to_string()));
+    }
+
+    c.ok(&["start", &c.id]);
+    wait_until(|| order().contains("main"));
+    let lines: Vec<String> = order().lines().map(str::to_string).collect();
+    assert_eq!(lines[3], "startContainer", "{lines:?}");
+    assert!(lines[4..].contains(&"main".to_string()) && lines[4..].contains(&"poststart".to_string()), "{lines:?}");
+    assert_eq!(read("startContainer")["status"], "created");
+    assert_eq!(read("poststart")["status"], "running");
+    assert!(!out.join("poststop.json").exists());
+
+    c.ok(&["delete", "--force", &c.id]);
+    assert_eq!(read("poststop")["status"], "stopped");
+    assert_eq!(order().lines().last(), Some("poststop"));
+    c.assert_gone(Some(pid as i32));
+}
+
+#[test]
+fn a_failing_create_hook_fails_create_and_leaves_nothing() {
+    let mut c = TestContainer::new("hookfail", "sleep 1000");
+    c.config["hooks"] =
+        json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 3"]}]});
+    c.write_config();
+    let out = c.strata(&["create", &c.id]).stdin(Stdio::null()).stdout(Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hooks.createRuntime[0] (/bin/sh)") && err.contains("no network for you"), "{err}");
+    c.assert_gone(None);
+
+    // A startContainer hook that fails makes `start` fail with its message; the container stops.
+    c.config["hooks"] = json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo refused; exit 1"]}]});
+    c.create();
+    let out = c.strata(&["start", &c.id]).stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hooks.startContainer[0] (/bin/sh): exit status: 1: refused")
+    );
+    wait_until(|| c.state()["status"] == "stopped");
+    c.ok(&["delete", &c.id]);
+    c.assert_gone(None);
+}

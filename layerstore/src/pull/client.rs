@@ -142,8 +142,9 @@ impl Client {
     }
 }
 
-/// Splits `Bearer realm="...",service="...",scope="..."` into its scheme and parameters.
-pub(crate) fn parse_challenge(challenge: &str) -> (String, Vec<(String, String)>) {
+/// Splits a registry's `WWW-Authenticate` challenge, `Bearer realm="...",service="...",scope="..."`,
+/// into its scheme and parameters. Untrusted input: never panics, whatever the text.
+pub fn parse_challenge(challenge: &str) -> (String, Vec<(String, String)>) {
     let challenge = challenge.trim();
     let (scheme, rest) = challenge.split_once(' ').unwrap_or((challenge, ""));
     let mut params = Vec::new();
