@@ -127,7 +127,7 @@ impl Containerd {
             .expect("starting containerd");
         self.daemon = Some(daemon);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.ctr(&["version"]).status.success() {
+        while !self.ctr_for_cleanup(&["version"]).is_some_and(|o| o.status.success()) {
             assert!(Instant::now() < deadline, "containerd did not come up:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -206,8 +206,33 @@ impl Containerd {
             let mut e = child.stderr.take().expect("stderr");
             move || read_all(&mut e)
         });
-        let status = self.wait_or_diagnose(&mut child, &format!("ctr {args:?}"));
+        let status = match self.wait_until(&mut child, Duration::from_secs(60)) {
+            Some(st) => st,
+            None => self.diagnose_and_fail(&mut child, &format!("ctr {args:?}")),
+        };
         Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+    }
+
+    /// `ctr` for the guard and for polling: never panics (the guard may run while a test is
+    /// already failing); a `ctr` still running after 10 s is killed and counts as failed.
+    fn ctr_for_cleanup(&self, args: &[&str]) -> Option<Output> {
+        let mut cmd = self.ctr_cmd_untimed(args);
+        let file = tempfile::tempfile().ok()?;
+        let mut child = cmd.stdout(file.try_clone().ok()?).stderr(Stdio::null()).spawn().ok()?;
+        let status = match self.wait_until(&mut child, Duration::from_secs(10)) {
+            Some(st) => st,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        };
+        use std::io::{Read, Seek};
+        let mut stdout = Vec::new();
+        let mut file = file;
+        file.seek(std::io::SeekFrom::Start(0)).ok()?;
+        file.read_to_end(&mut stdout).ok()?;
+        Some(Output { status, stdout, stderr: Vec::new() })
     }
 
     /// `ctr` on a terminal of its own: a new session whose controlling terminal is a fresh pty.
@@ -238,29 +263,36 @@ impl Containerd {
             let mut m = master;
             read_all(&mut m)
         });
-        let status = self.wait_or_diagnose(&mut child, &format!("ctr {args:?} on a terminal"));
+        let status = match self.wait_until(&mut child, Duration::from_secs(60)) {
+            Some(st) => st,
+            None => self.diagnose_and_fail(&mut child, &format!("ctr {args:?} on a terminal")),
+        };
         let text = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
         (status, text)
     }
 
-    /// Waits for `child`; after 60 s, kills it and fails with the state of every process of
-    /// this test (ctr, shims, containers): what each waits on in the kernel.
-    fn wait_or_diagnose(&self, child: &mut Child, what: &str) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    /// Waits for `child` at most `limit`; `None` if it still runs.
+    fn wait_until(&self, child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
         let mut pause = Duration::from_millis(1);
         loop {
-            if let Some(st) = child.try_wait().expect("waiting for ctr") {
-                return st;
-            }
-            if Instant::now() >= deadline {
-                let report = self.processes_report();
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{what} did not finish in 60 s; processes of this test:\n{report}");
+            match child.try_wait() {
+                Ok(Some(st)) => return Some(st),
+                Ok(None) if Instant::now() < deadline => {}
+                _ => return None,
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         }
+    }
+
+    /// Fails the test with the state of every process of this test (ctr, shims, containers):
+    /// what each waits on in the kernel; then kills `child`.
+    fn diagnose_and_fail(&self, child: &mut Child, what: &str) -> ! {
+        let report = self.processes_report();
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not finish in 60 s; processes of this test:\n{report}");
     }
 
     /// Every process whose command line names this test's directory or namespace, and their
@@ -382,17 +414,19 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Through containerd first, while it runs: kill and delete every task and container.
-        let tasks = self.ctr(&["task", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&tasks.stdout).lines() {
-            let _ = self.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id]);
+        let ids = |out: Option<Output>| -> Vec<String> {
+            out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap_or_default()
+        };
+        let tasks = ids(self.ctr_for_cleanup(&["task", "ls", "-q"]));
+        for id in &tasks {
+            let _ = self.ctr_for_cleanup(&["task", "kill", "-a", "-s", "SIGKILL", id]);
         }
         std::thread::sleep(Duration::from_millis(200));
-        for id in String::from_utf8_lossy(&tasks.stdout).lines() {
-            let _ = self.ctr(&["task", "delete", "-f", id]);
+        for id in &tasks {
+            let _ = self.ctr_for_cleanup(&["task", "delete", "-f", id]);
         }
-        let containers = self.ctr(&["containers", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&containers.stdout).lines() {
-            let _ = self.ctr(&["containers", "rm", id]);
+        for id in ids(self.ctr_for_cleanup(&["containers", "ls", "-q"])) {
+            let _ = self.ctr_for_cleanup(&["containers", "rm", &id]);
         }
         // Then by force: shims, containerd, containers the engine still knows, mounts, files.
         for pid in self.shim_pids() {
