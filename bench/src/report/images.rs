@@ -1,11 +1,13 @@
-//! Image size of one busybox-based application set, stored four ways: strata's layer store
-//! (layer dedup; layer + file dedup), containerd's content store, one qcow2 disk per application,
-//! and qcow2 overlays on one shared backing file.
+//! Image size of one application set, stored four ways: strata's layer store (layer dedup, and
+//! layer and file dedup), containerd's content store, one qcow2 disk per application, and qcow2
+//! overlays on one shared backing file.
 //!
-//! The set: a base layer (busybox-static and its applet links), a runtime layer shared by every
-//! application (a pseudo-random "library"), and per application a layer with its script, its own
-//! data and a helper file that is byte-identical across applications (only file dedup shares it).
-//! Contents are pseudo-random so compression cannot hide their size.
+//! The set: a base layer — Debian bookworm minbase from debootstrap (cached under
+//! `<repo>/.cache/bench/`) in a full run, busybox-static and its applet links in a short run or
+//! where debootstrap cannot run —, a runtime layer shared by every application (a pseudo-random
+//! "library"), and per application a layer with its script, its own data and a helper file that
+//! is byte-identical across applications (only file dedup shares it). Contents are pseudo-random
+//! so compression cannot hide their size.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -43,9 +45,25 @@ fn io<T>(what: &str, r: std::io::Result<T>) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-/// Writes the trees of the layers under `work`: `base`, `runtime` and `app<i>`.
-fn write_layer_trees(work: &Path, apps: usize, short: bool) -> Result<(), String> {
+/// Writes the trees of the layers under `work`: `base`, `runtime` and `app<i>`. Returns what the
+/// base is.
+fn write_layer_trees(work: &Path, apps: usize, short: bool) -> Result<String, String> {
     let base = work.join("base");
+    let mut what = "busybox-static and its applet links".to_string();
+    if !short {
+        match crate::images::debian_rootfs_tar().and_then(|tar| crate::images::extract_rootfs(&tar, &base)) {
+            Ok(()) => what = "Debian bookworm minbase (debootstrap --variant=minbase)".into(),
+            Err(e) => {
+                progress(format_args!("images: no Debian base ({e}); using busybox"));
+                let _ = std::fs::remove_dir_all(&base);
+                what = format!("busybox-static (Debian minbase unavailable: {e})");
+            }
+        }
+    }
+    if base.exists() {
+        write_app_trees(work, apps, short)?;
+        return Ok(what);
+    }
     for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
         io("mkdir", std::fs::create_dir_all(base.join(d)))?;
     }
@@ -54,6 +72,12 @@ fn write_layer_trees(work: &Path, apps: usize, short: bool) -> Result<(), String
         io("symlink", std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)))?;
     }
     io("etc", std::fs::write(base.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n"))?;
+    write_app_trees(work, apps, short)?;
+    Ok(what)
+}
+
+/// The runtime and application trees (`runtime`, `app<i>`) under `work`.
+fn write_app_trees(work: &Path, apps: usize, short: bool) -> Result<(), String> {
     let kib = |n: usize| n * 1024;
     let (runtime_len, data_len, helper_len) =
         if short { (kib(1024), kib(256), kib(256)) } else { (kib(4096), kib(1024), kib(1024)) };
@@ -336,11 +360,12 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> Vec<ImageRow> {
     progress(format_args!("images: building {apps} applications"));
     let prepared = (|| {
         let work = tempfile::Builder::new().prefix("strata-report-images-").tempdir().map_err(|e| e.to_string())?;
-        write_layer_trees(work.path(), apps, opts.short)?;
+        let base = write_layer_trees(work.path(), apps, opts.short)?;
+        progress("images: packing the layers");
         let (layouts, transfer) = write_layouts(work.path(), apps)?;
-        Ok::<_, String>((work, layouts, transfer))
+        Ok::<_, String>((work, layouts, transfer, base))
     })();
-    let (work, layouts, transfer) = match prepared {
+    let (work, layouts, transfer, base) = match prepared {
         Ok(p) => p,
         Err(e) => {
             return SYSTEMS
@@ -355,7 +380,7 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> Vec<ImageRow> {
         Ok((layer_only, both, note)) => {
             rows.push(ImageRow {
                 system: SYSTEMS[0].into(),
-                note: "on disk = `du` on-disk bytes + what file dedup saved".into(),
+                note: format!("base layer: {base}; on disk = `du` on-disk bytes + what file dedup saved"),
                 outcome: Outcome::Measured(layer_only),
             });
             rows.push(ImageRow { system: SYSTEMS[1].into(), note, outcome: Outcome::Measured(both) });
@@ -392,7 +417,7 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> Vec<ImageRow> {
             });
             rows.push(ImageRow {
                 system: SYSTEMS[4].into(),
-                note: "base.qcow2 (busybox + runtime + kernel) + per app an overlay holding only the clusters where the app's disk (a clone of the base disk with the app written in by `debugfs`) differs from the base (`qemu-img rebase` onto base.qcow2)".into(),
+                note: "base.qcow2 (base + runtime + kernel) + per app an overlay holding only the clusters where the app's disk (a clone of the base disk with the app written in by `debugfs`) differs from the base (`qemu-img rebase` onto base.qcow2)".into(),
                 outcome: Outcome::Measured(shared),
             });
         }

@@ -196,7 +196,8 @@ pub fn render(r: &Report, command: &str) -> String {
     density_table(&mut out, &r.density);
     out.push_str(
         "\n## 4. Image size\n\n\
-         One application set built here: a busybox-static base layer, a runtime layer every application shares, and per \
+         One application set built here: a base layer (Debian bookworm minbase from debootstrap in a full run, \
+         busybox-static in a short one; the first row says which), a runtime layer every application shares, and per \
          application a layer with its script, its own data and a helper file identical across applications (contents \
          pseudo-random, so compression does not hide them). *Bytes to transfer* is what a machine holding none of it \
          fetches: the distinct compressed blobs for the store, the qcow2 files for VMs.\n\n![image size](images.svg)\n\n",
