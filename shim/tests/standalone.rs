@@ -157,3 +157,18 @@ fn a_signal_to_strata_is_passed_on_to_the_container() {
     assert_eq!(stdout.lines().last(), Some("exit status 9"), "{stdout}");
     assert_nothing_left(&c);
 }
+
+#[test]
+fn io_uid_and_gid_own_the_stdio_pipes() {
+    // The FIFO strata's driver made for stdout, seen from inside through /proc/self/fd/1.
+    let c = TestContainer::new("shimio", "stat -L -c 'owner %u:%g' /proc/self/fd/1");
+    let out = shim_run(&c, &["--io-uid", "1234", "--io-gid", "4321"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(stdout.lines().any(|l| l == "owner 1234:4321"), "{}", describe(&out));
+    assert_nothing_left(&c);
+    // Without the options the FIFO stays root's.
+    let out = shim_run(&c, &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "owner 0:0"), "{}", describe(&out));
+    assert_nothing_left(&c);
+}

@@ -1,5 +1,6 @@
 //! Runtime options: the `Options` message containerd passes with `Create` (runc's, which CRI's
-//! runtime `options` table and `ctr run --runc-*` fill). strata honours the state root, refuses
+//! runtime `options` table and `ctr run --runc-*` fill). strata honours the state root and the
+//! owner of the stdio pipes (`IoUid`/`IoGid`, set by CRI for pods in a user namespace), refuses
 //! what it cannot do rather than ignoring it (a systemd cgroup driver), and logs what does not
 //! apply to it; other option types (CRI's `runtimeoptions.v1.Options`) are ignored.
 
@@ -16,6 +17,9 @@ use std::path::PathBuf;
 pub struct RuntimeOptions {
     /// The state root (`Root`), to which the namespace is appended as runc's shim does.
     pub root: Option<PathBuf>,
+    /// Who owns the pipes and FIFOs given to the task's processes as stdio (`IoUid`, `IoGid`),
+    /// so that a process in a user namespace can reopen them (`/proc/self/fd/1`, `/dev/stdout`).
+    pub io_owner: Option<(u32, u32)>,
 }
 
 /// Decodes and checks the options of a `Create` request.
@@ -42,7 +46,10 @@ pub fn parse(any: &MessageField<Any>) -> TtrpcResult<RuntimeOptions> {
             "runtime options BinaryName, NoPivotRoot, NoNewKeyring and ShimCgroup do not apply to strata and are ignored"
         );
     }
-    Ok(RuntimeOptions { root: (!o.root.is_empty()).then(|| PathBuf::from(&o.root)) })
+    Ok(RuntimeOptions {
+        root: (!o.root.is_empty()).then(|| PathBuf::from(&o.root)),
+        io_owner: (o.io_uid != 0 || o.io_gid != 0).then_some((o.io_uid, o.io_gid)),
+    })
 }
 
 #[cfg(test)]
@@ -63,6 +70,9 @@ mod tests {
         assert_eq!(parse(&any(&o)).unwrap().root, Some(PathBuf::from("/run/elsewhere")));
         let o = Options { systemd_cgroup: true, ..Default::default() };
         assert!(parse(&any(&o)).is_err());
+        let o = Options { io_uid: 1000, io_gid: 1001, ..Default::default() };
+        assert_eq!(parse(&any(&o)).unwrap().io_owner, Some((1000, 1001)));
+        assert_eq!(parse(&any(&Options::default())).unwrap().io_owner, None);
         let mut other = Any::new();
         other.type_url = "runtimeoptions.v1.Options".into();
         other.value = vec![1];

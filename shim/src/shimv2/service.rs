@@ -69,6 +69,8 @@ pub(super) struct Task {
     pub(super) init: Proc,
     pub(super) execs: HashMap<String, Proc>,
     pub(super) oom_stop: Arc<AtomicBool>,
+    /// The stdio owner from the runtime options, for the init and every exec.
+    pub(super) io_owner: Option<(u32, u32)>,
 }
 
 impl Task {
@@ -387,6 +389,7 @@ impl Service {
         &self,
         id: &str,
         paths: &StdioPaths,
+        io_owner: Option<(u32, u32)>,
         make: impl FnOnce(Option<PathBuf>) -> HelperRequest,
     ) -> TtrpcResult<(i32, StdioRelay, Option<JoinHandle<()>>)> {
         let owner = StdioOwner { container_id: id, namespace: &self.inner.namespace };
@@ -406,6 +409,11 @@ impl Service {
             Ok((pid, relay, Some(done)))
         } else {
             let (relay, fds) = StdioRelay::plain(paths, owner).map_err(engine_err)?;
+            if let Some((uid, gid)) = io_owner {
+                for fd in &fds {
+                    give_pipe(fd, uid, gid).map_err(|e| status(Code::INTERNAL, format!("IoUid/IoGid: {e}")))?;
+                }
+            }
             let pid = self.run_helper(&make(None), fds)?;
             Ok((pid, relay, None))
         }
@@ -429,4 +437,14 @@ impl Service {
             }
         });
     }
+}
+
+/// Makes `uid`:`gid` the owner of `fd` when it is a pipe or a FIFO (what containerd's stdio
+/// are); `/dev/null` and log files are left alone.
+fn give_pipe(fd: &OwnedFd, uid: u32, gid: u32) -> nix::Result<()> {
+    let st = nix::sys::stat::fstat(fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Ok(());
+    }
+    nix::unistd::fchown(fd, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
 }

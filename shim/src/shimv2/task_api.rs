@@ -77,18 +77,19 @@ impl Service {
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<StartResponse> {
-        let (paths, spec) = {
+        let (paths, spec, io_owner) = {
             let mut st = self.lock();
             let t = st.tasks.get_mut(id).ok_or_else(|| status(Code::NOT_FOUND, format!("task {id} not found")))?;
+            let io_owner = t.io_owner;
             let p = t.proc_mut(exec_id)?;
             let spec = p
                 .spec
                 .take()
                 .ok_or_else(|| status(Code::FAILED_PRECONDITION, format!("exec {exec_id} was already started")))?;
-            (p.paths.clone(), spec)
+            (p.paths.clone(), spec, io_owner)
         };
         let root = self.root_of(id).path().to_path_buf();
-        let (pid, relay, pty_done) = self.launch(id, &paths, |console_socket| HelperRequest::Exec {
+        let (pid, relay, pty_done) = self.launch(id, &paths, io_owner, |console_socket| HelperRequest::Exec {
             root,
             id: id.to_string(),
             process: spec,
@@ -132,7 +133,8 @@ impl containerd_shim::Task for Service {
             return Err(status(Code::UNIMPLEMENTED, "strata cannot restore from a checkpoint"));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let state_root = match options::parse(&req.options)?.root {
+        let options = options::parse(&req.options)?;
+        let state_root = match options.root {
             Some(dir) => {
                 let dir = dir.join(&self.inner.namespace);
                 // Recorded in the bundle for `delete` after a dead shim.
@@ -155,7 +157,7 @@ impl containerd_shim::Task for Service {
         }
         let paths = paths_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let root = state_root.path().to_path_buf();
-        let launched = self.launch(&req.id, &paths, |console_socket| HelperRequest::Create {
+        let launched = self.launch(&req.id, &paths, options.io_owner, |console_socket| HelperRequest::Create {
             root,
             id: req.id.clone(),
             bundle: bundle.clone(),
@@ -180,6 +182,7 @@ impl containerd_shim::Task for Service {
             init: Proc { pid, paths, started: true, relay, pty_done, ..Default::default() },
             execs: HashMap::new(),
             oom_stop: oom_stop.clone(),
+            io_owner: options.io_owner,
         };
         self.lock().tasks.insert(req.id.clone(), task);
         self.publish(

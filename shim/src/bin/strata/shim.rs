@@ -76,6 +76,12 @@ pub struct ShimRunArgs {
     /// Run this command in the container once it started, then kill the container.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     pub exec: Vec<String>,
+    /// Pass runc's `IoUid` runtime option: the uid that owns the processes' stdio pipes.
+    #[arg(long, value_name = "UID")]
+    pub io_uid: Option<u32>,
+    /// Pass runc's `IoGid` runtime option: the gid that owns the processes' stdio pipes.
+    #[arg(long, value_name = "GID")]
+    pub io_gid: Option<u32>,
 }
 
 /// Runs `strata shim` commands; returns the exit code.
@@ -416,11 +422,25 @@ fn drive(task: &TaskClient, a: &ShimRunArgs, bundle: &Path, work: &Path, events:
     let id = a.id.clone();
     let mut stdout = Relay::new(work.join("stdout"), false)?;
     let mut stderr = Relay::new(work.join("stderr"), true)?;
+    let options = if a.io_uid.is_some() || a.io_gid.is_some() {
+        let o = containerd_shim_protos::shim::oci::Options {
+            io_uid: a.io_uid.unwrap_or(0),
+            io_gid: a.io_gid.unwrap_or(0),
+            ..Default::default()
+        };
+        let mut any = Any::new();
+        any.type_url = "containerd.runc.v1.Options".into();
+        any.value = containerd_shim_protos::protobuf::Message::write_to_bytes(&o).context("encoding the options")?;
+        MessageField::some(any)
+    } else {
+        MessageField::none()
+    };
     let create = CreateTaskRequest {
         id: id.clone(),
         bundle: bundle.display().to_string(),
         stdout: stdout.uri(),
         stderr: stderr.uri(),
+        options,
         ..Default::default()
     };
     call("Create", task.create(ctx(), &create))?;
