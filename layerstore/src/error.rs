@@ -137,6 +137,14 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// An image that cannot be written out with the digests it was imported with.
+    #[error("cannot export image {image:?} with its original digests: {reason}")]
+    CannotExport {
+        /// The image.
+        image: String,
+        /// Why.
+        reason: String,
+    },
     /// Something in use cannot be removed.
     #[error("{what} is in use by {by}; remove those first")]
     InUse {

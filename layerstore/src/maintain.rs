@@ -171,7 +171,9 @@ impl Store {
         for image in self.images()? {
             blobs.insert(image.manifest);
             blobs.insert(image.config);
-            blobs.extend(image.layers);
+            if !image.layer_blobs_dropped {
+                blobs.extend(image.layers);
+            }
             snaps.extend(image.chain.iter().map(|c| c.hex().to_string()));
         }
         for c in self.containers()? {
@@ -229,7 +231,8 @@ impl Store {
         }
         for image in self.images()? {
             let owner = format!("image {}", image.name);
-            for d in [&image.manifest, &image.config].into_iter().chain(&image.layers) {
+            let layers = if image.layer_blobs_dropped { &[][..] } else { &image.layers[..] };
+            for d in [&image.manifest, &image.config].into_iter().chain(layers) {
                 if !self.blobs.contains(d) {
                     r.problems.push(FsckProblem::Missing { owner: owner.clone(), what: format!("blob {d}") });
                 }

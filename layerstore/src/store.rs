@@ -39,6 +39,20 @@ pub struct ImageRecord {
     pub chain: Vec<Digest>,
     /// Seconds since the epoch when it was imported.
     pub imported: u64,
+    /// Its compressed layer blobs were removed once its snapshots were verified
+    /// ([`ImportOptions::drop_layer_blobs`]): it runs, but cannot be exported as it came.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub layer_blobs_dropped: bool,
+}
+
+/// How [`Store::import_with`] stores images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Remove each image's compressed layer blobs once its snapshots are unpacked and verified
+    /// against their diff IDs, keeping only what running needs (Docker's choice). By default they
+    /// are kept (containerd's), so that `export` reproduces every original digest; an image
+    /// imported this way cannot be exported, and says so. A blob another image keeps stays.
+    pub drop_layer_blobs: bool,
 }
 
 /// A container's claim on an image's snapshots.
@@ -124,6 +138,11 @@ impl Store {
     /// Imports every image of an OCI layout directory, OCI archive or `docker save` archive. `name`
     /// renames the image (only for a source holding one). Nothing is left behind when it fails.
     pub fn import(&self, source: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>> {
+        self.import_with(source, name, ImportOptions::default())
+    }
+
+    /// [`Store::import`] with options.
+    pub fn import_with(&self, source: &Path, name: Option<&str>, opts: ImportOptions) -> Result<Vec<ImageRecord>> {
         let _lock = self.lock(true)?;
         let meta = fs::metadata(source).map_err(Error::io("stat", source))?;
         let staging = if meta.is_dir() {
@@ -158,9 +177,15 @@ impl Store {
             remove_any(dir)?;
         }
         match result {
-            Ok(records) => {
-                for r in &records {
+            Ok(mut records) => {
+                for r in records.iter_mut() {
+                    r.layer_blobs_dropped = opts.drop_layer_blobs;
                     self.write_record(r)?;
+                }
+                if opts.drop_layer_blobs {
+                    // The records say so before a blob goes: a crash in between leaves blobs
+                    // that gc removes, never a record that claims blobs it lacks.
+                    self.drop_unkept_layer_blobs(&records)?;
                 }
                 Ok(records)
             }
@@ -169,6 +194,18 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Removes the layer blobs of `records` that no image keeping its blobs references.
+    fn drop_unkept_layer_blobs(&self, records: &[ImageRecord]) -> Result<()> {
+        let kept: std::collections::HashSet<Digest> =
+            self.images()?.into_iter().filter(|i| !i.layer_blobs_dropped).flat_map(|i| i.layers).collect();
+        for d in records.iter().flat_map(|r| &r.layers) {
+            if !kept.contains(d) {
+                self.blobs.remove(d)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes an image's record, which makes it visible.
@@ -269,6 +306,7 @@ impl Store {
             diff_ids,
             chain,
             imported: now(),
+            layer_blobs_dropped: false,
         })
     }
 
@@ -365,6 +403,14 @@ impl Store {
     pub fn export(&self, name: &str, dest: &Path) -> Result<()> {
         let _lock = self.lock(false)?;
         let image = self.image(name)?;
+        if image.layer_blobs_dropped && image.layers.iter().any(|d| !self.blobs.contains(d)) {
+            return Err(Error::CannotExport {
+                image: image.name,
+                reason: "it was imported with its compressed layer blobs dropped (only the unpacked layers were \
+                         kept); import or pull it again without dropping them"
+                    .into(),
+            });
+        }
         let blobs_dir = dest.join("blobs").join("sha256");
         mkdir_p(&blobs_dir)?;
         mkdir_p(&dest.join("blobs").join("sha512"))?;

@@ -176,3 +176,48 @@ fn kill_9_mid_unpack_leaves_no_visible_image_or_snapshot() {
     store.import(&tmp.path().join("layout"), None).expect("import after the crash");
     assert!(store.fsck(false).expect("fsck").is_clean());
 }
+
+#[test]
+fn dropped_layer_blobs_free_the_disk_run_the_image_and_refuse_export() {
+    use layerstore::{Error, ImportOptions};
+    let (tmp, store) = store();
+    let base = busybox_layer();
+    let own = Layer::new().file("a", b"a").tar();
+    Image::new(vec![(base.clone(), Comp::Gzip), (own, Comp::Gzip)]).write_layout(&tmp.path().join("a"), "a");
+    Image::new(vec![(base, Comp::Gzip), (Layer::new().file("b", b"b").tar(), Comp::Gzip)])
+        .write_layout(&tmp.path().join("b"), "b");
+    // b keeps its blobs; a drops its own: the shared base blob stays for b.
+    store.import(&tmp.path().join("b"), None).expect("import b");
+    let dropped = ImportOptions { drop_layer_blobs: true };
+    let a = store.import_with(&tmp.path().join("a"), None, dropped).expect("import a").remove(0);
+    assert!(a.layer_blobs_dropped);
+    let b = store.image("b").expect("b");
+    assert!(store.blobs().contains(&a.layers[0]), "the base blob b keeps was dropped");
+    assert!(!store.blobs().contains(&a.layers[1]), "a's own layer blob is still there");
+    assert!(store.blobs().contains(&a.manifest) && store.blobs().contains(&a.config));
+    assert!(store.fsck(false).expect("fsck").is_clean());
+    // It runs from its snapshots.
+    let rootfs = Rootfs::new(&store, "uses-a", "a");
+    assert_eq!(fs::read_to_string(rootfs.path.join("a")).expect("read"), "a");
+    drop(rootfs);
+    // Export says why it cannot, and writes nothing of the image.
+    let out = tmp.path().join("export-a");
+    match store.export("a", &out) {
+        Err(e @ Error::CannotExport { .. }) => assert!(e.to_string().contains("dropped"), "{e}"),
+        other => panic!("export of an image without its blobs: {other:?}"),
+    }
+    assert!(!out.join("index.json").exists());
+    // gc keeps what the images need; removing b drops the base blob too, not a's snapshots.
+    store.gc().expect("gc");
+    store.remove_image("b").expect("rm b");
+    store.gc().expect("gc");
+    assert!(!store.blobs().contains(&b.layers[0]));
+    assert!(a.chain.iter().all(|c| store.snapshot_path(c).exists()));
+    assert!(store.fsck(false).expect("fsck").is_clean());
+    // Imported again with its blobs, it exports with the original digests.
+    store.import(&tmp.path().join("a"), None).expect("import a again");
+    assert!(!store.image("a").expect("a").layer_blobs_dropped);
+    store.export("a", &out).expect("export");
+    assert!(out.join("blobs/sha256").join(a.layers[1].hex()).exists());
+    assert!(store.fsck(false).expect("fsck").is_clean());
+}

@@ -112,3 +112,25 @@ fn image_import_run_du_export_rm_gc_fsck() {
     let (success, _, err) = strata(&state, &store, &["image", "run", "bb"]);
     assert!(!success && err.contains("not found"), "{err}");
 }
+
+#[test]
+fn import_with_dropped_blobs_runs_and_export_refuses_in_one_line() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (state, store) = (tmp.path().join("state"), tmp.path().join("store"));
+    let layout = tmp.path().join("layout");
+    busybox_layout(&layout);
+    let (success, out, err) =
+        strata(&state, &store, &["image", "import", "--drop-blobs", layout.to_str().expect("utf8")]);
+    assert!(success, "{out}\n{err}");
+    let (success, out, err) = strata(&state, &store, &["image", "run", "--rm", "bb", "sh", "-c", "echo $GREETING"]);
+    assert!(success && out == "hello\n", "{out}\n{err}");
+    let dest = tmp.path().join("exported");
+    let (success, _, err) = strata(&state, &store, &["image", "export", "bb", dest.to_str().expect("utf8")]);
+    assert!(!success);
+    assert!(err.contains("cannot export image \"bb\"") && err.contains("dropped"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!dest.join("index.json").exists());
+    let (success, out, _) = strata(&state, &store, &["fsck"]);
+    assert!(success && out.contains("0 problems"), "{out}");
+}

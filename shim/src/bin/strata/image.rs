@@ -46,6 +46,10 @@ pub enum ImageCommand {
         /// Name the image (for a source holding one image).
         #[arg(long)]
         name: Option<String>,
+        /// Remove the compressed layer blobs once the layers are unpacked and verified: less disk,
+        /// but `image export` of the image then refuses (its original digests cannot be rebuilt).
+        #[arg(long)]
+        drop_blobs: bool,
     },
     /// Pull an image from a registry (HTTPS; plain HTTP for localhost and 127.0.0.1, or with --insecure).
     Pull {
@@ -151,9 +155,10 @@ fn human(bytes: u64) -> String {
 pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
     let store = args.store.open()?;
     match &args.command {
-        ImageCommand::Import { source, name } => {
+        ImageCommand::Import { source, name, drop_blobs } => {
             let started = std::time::Instant::now();
-            for r in store.import(source, name.as_deref())? {
+            let opts = layerstore::ImportOptions { drop_layer_blobs: *drop_blobs };
+            for r in store.import_with(source, name.as_deref(), opts)? {
                 println!("{}\t{}\t{} layers", r.name, r.manifest, r.layers.len());
             }
             eprintln!("imported in {:.2} s", started.elapsed().as_secs_f64());
