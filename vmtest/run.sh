@@ -12,7 +12,7 @@
 #   --env K=V        export K=V inside the VM (repeatable)
 #   --timeout S      seconds per boot attempt before the VM is killed (default 900)
 #   --boot-timeout S seconds for the VM to reach the commands, else it is killed (default 45)
-#   --retries N      boot attempts when the VM hangs or dies before reporting (default 3)
+#   --retries N      boot attempts when the VM hangs before the commands, or its kernel crashes (default 3)
 #   --mem MB         guest memory (default 2048)      --cpus N   guest vCPUs (default 2)
 #   --machine M      microvm (default; uncompressed vmlinux, PVH) or q35 (bzImage)
 #   --accel A        auto (default: KVM if a probe boot works, cached), kvm or tcg
@@ -236,8 +236,17 @@ for attempt in $(seq 1 "$retries"); do
     log "boot $attempt/$retries: $machine, $accel, $cpus vCPU, ${mem} MiB, kernel $kver"
     rm -f "$share"/.vmtest/rc.* "$share"/.vmtest/out.*
     if boot "$accel" "$timeout" "$runlog"; then ok=1; break; fi
+    # A guest kernel that oopses or panics is a fault of the kernel or of the emulator (under
+    # TCG a CPU can hit the int3 of another CPU's live text patching), not a result of the
+    # commands: boot again. The serial log of every attempt is kept.
+    crash=$(tr -d '\r' < "$runlog" | grep -m1 -E 'Oops: |Kernel panic - not syncing|BUG: unable to handle' || true)
+    if [ -n "$crash" ]; then
+        cp "$runlog" "$cache/last-crash.log"
+        log "the guest kernel crashed (${crash#*] }); its log is kept as $cache/last-crash.log; booting again"
+        continue
+    fi
     if tr -d '\r' < "$runlog" | grep -q '^VMTEST-BOOTED'; then
-        log "the VM booted but did not finish within ${timeout}s: not retrying"; break
+        log "the VM booted but stopped without reporting every command (timeout ${timeout}s): not retrying"; break
     fi
     log "the VM hung or died before running the commands; retrying"
 done
