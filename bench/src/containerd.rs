@@ -252,10 +252,13 @@ impl Drop for Containerd {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
         // containerd's default cgroupsPath is /<namespace>/<id>: the namespace's parent goes too
-        // (runc makes it in every v1 hierarchy here), and so does the shim's (empty) state
-        // directory for the namespace.
+        // (runc makes it in every v1 hierarchy here), and so do the shims' (empty) state
+        // directories for the namespace.
         remove_empty_cgroup_everywhere(NAMESPACE);
         let _ = std::fs::remove_dir(engine::shimv2::service::state_root(NAMESPACE));
+        // runc's shim keeps its state in /run/containerd/runc/<namespace> and leaves the
+        // directory behind, empty, when its last container is gone.
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(NAMESPACE));
         unmount_under(self.dir.path());
     }
 }
