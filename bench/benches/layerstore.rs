@@ -17,11 +17,12 @@
 //! (default 5). Needs root.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use layerstore::{ImportOptions, Store};
+use strata_bench::containerd::Containerd;
 use strata_bench::images::{
     LayerBlob, app_layer_tar, debian_rootfs_tar, disk_usage, extract_rootfs, gzip_layer, rebuilt_base_tar,
     write_oci_archive,
@@ -29,101 +30,15 @@ use strata_bench::images::{
 use strata_bench::median;
 
 const APPS: u32 = 5;
-const NAMESPACE: &str = "strata-bench";
 /// gzip level of every layer (what docker and buildkit use).
 const GZIP_LEVEL: u32 = 6;
 
-/// A private containerd that stops and unmounts everything under its directory when dropped.
-struct Containerd {
-    dir: tempfile::TempDir,
-    daemon: Child,
-}
-
-impl Containerd {
-    fn start() -> Result<Containerd, String> {
-        // Short and in /tmp: the socket path must fit in sockaddr_un.
-        let dir = tempfile::Builder::new().prefix("ctdl").tempdir_in("/tmp").map_err(|e| format!("tempdir: {e}"))?;
-        let p = dir.path();
-        let config = format!(
-            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{}\"\n",
-            p.join("root").display(),
-            p.join("state").display(),
-            p.join("c.sock").display()
-        );
-        std::fs::write(p.join("config.toml"), config).map_err(|e| format!("config.toml: {e}"))?;
-        let log = std::fs::File::create(p.join("containerd.log")).map_err(|e| format!("containerd.log: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| format!("containerd.log: {e}"))?;
-        let containerd = std::env::var("STRATA_CONTAINERD").unwrap_or_else(|_| "containerd".into());
-        let daemon = Command::new(&containerd)
-            .arg("--config")
-            .arg(p.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log2)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("{containerd}: {e} (apt-get install containerd)"))?;
-        // From here on, Drop stops the daemon whatever happens.
-        let c = Containerd { dir, daemon };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.ctr(&["version"])?.status.success() {
-            if Instant::now() > deadline {
-                return Err("containerd did not answer within 30 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(c)
-    }
-
-    fn ctr(&self, args: &[&str]) -> Result<std::process::Output, String> {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(self.dir.path().join("c.sock"))
-            .arg("--namespace")
-            .arg(NAMESPACE)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("ctr: {e}"))
-    }
-
-    /// `ctr images import` (which unpacks into the overlayfs snapshotter); returns its wall time.
-    fn import(&self, archive: &Path) -> Result<Duration, String> {
-        let t = Instant::now();
-        let out = self.ctr(&["images", "import", &archive.display().to_string()])?;
-        let elapsed = t.elapsed();
-        if out.status.success() {
-            Ok(elapsed)
-        } else {
-            Err(format!("ctr images import {}: {}", archive.display(), String::from_utf8_lossy(&out.stderr).trim()))
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.daemon.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        // Snapshotter mounts (an unpack interrupted by an error) must go before the TempDir is removed.
-        let prefix = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut targets: Vec<&str> =
-            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).collect();
-        targets.reverse();
-        for t in targets {
-            let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
+/// `ctr images import` of `archive` (containerd unpacks into its overlayfs snapshotter); its
+/// wall time.
+fn ctr_import(ctd: &Containerd, archive: &Path) -> Result<Duration, String> {
+    let t = Instant::now();
+    ctd.import(archive)?;
+    Ok(t.elapsed())
 }
 
 /// The images every measurement reads, built once per run under a temp directory.
@@ -253,8 +168,8 @@ fn import_times(images: &Images, rounds: usize) -> Result<(), String> {
         times[0].push(t);
         kept_dirs.push(dir);
         settle();
-        let ctd = Containerd::start()?;
-        times[1].push(ctd.import(&images.base_archive)?);
+        let ctd = Containerd::start(None)?;
+        times[1].push(ctr_import(&ctd, &images.base_archive)?);
         kept_containerds.push(ctd);
         settle();
         let (t, dir) = tar_extract(&images.base.path)?;
@@ -298,7 +213,7 @@ fn strata_set(archives: &[PathBuf], opts: ImportOptions) -> Result<(u64, layerst
 fn disk_set(label: &str, archives: &[PathBuf], target: f64) -> Result<(), String> {
     let (kept, du) = strata_set(archives, ImportOptions::default())?;
     let (dropped, _) = strata_set(archives, ImportOptions { drop_layer_blobs: true })?;
-    let ctd = Containerd::start()?;
+    let ctd = Containerd::start(None)?;
     for a in archives {
         ctd.import(a)?;
     }

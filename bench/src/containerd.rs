@@ -66,9 +66,9 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd (`$STRATA_CONTAINERD`, else `containerd` on the PATH) with `shim_dir`
-    /// first on its PATH, and waits until it answers.
-    pub fn start(shim_dir: &Path) -> Result<Containerd, String> {
+    /// Starts containerd (`$STRATA_CONTAINERD`, else `containerd` on the PATH), with `shim_dir`
+    /// (where strata's shim is) first on its PATH if given, and waits until it answers.
+    pub fn start(shim_dir: Option<&Path>) -> Result<Containerd, String> {
         for tool in ["containerd", "ctr"] {
             if std::env::var_os("STRATA_CONTAINERD").is_none() && which(tool).is_none() {
                 return Err(format!("`{tool}` is not installed (apt-get install containerd)"));
@@ -85,7 +85,11 @@ impl Containerd {
             p.join("c.sock").display()
         );
         std::fs::write(p.join("config.toml"), config).map_err(|e| format!("config.toml: {e}"))?;
-        let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let path = std::env::var("PATH").unwrap_or_default();
+        let path = match shim_dir {
+            Some(dir) => format!("{}:{path}", dir.display()),
+            None => path,
+        };
         let containerd = std::env::var("STRATA_CONTAINERD").unwrap_or_else(|_| "containerd".into());
         let log = std::fs::File::create(p.join("containerd.log")).map_err(|e| format!("containerd.log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("containerd.log: {e}"))?;

@@ -34,14 +34,17 @@ fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if hi <= 0.0 { (0.1, 10.0) } else { (lo / 2.0, hi * 2.0) }
 }
 
-/// One series of grouped values per category (bars side by side), log scale.
-fn bars(path: &Path, title: &str, unit: &str, categories: &[String], series: &[(&str, Vec<f64>)]) -> Result<(), Err> {
-    let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
-    root.fill(&WHITE).map_err(e)?;
-    let (lo, hi) = log_range(series.iter().flat_map(|(_, v)| v.iter().copied()));
-    let n = categories.len().max(1);
-    let cats = categories.to_vec();
-    let mut chart = ChartBuilder::on(&root)
+/// The chart every figure uses: one slot per category along x, labelled in its middle, and a log
+/// scale from `lo` to `hi` along y; its mesh is drawn.
+fn category_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    unit: &str,
+    cats: &[String],
+    (lo, hi): (f64, f64),
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, LogCoord<f64>>>, Err> {
+    let n = cats.len().max(1);
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(70)
@@ -59,6 +62,15 @@ fn bars(path: &Path, title: &str, unit: &str, categories: &[String], series: &[(
         .y_desc(unit)
         .draw()
         .map_err(e)?;
+    Ok(chart)
+}
+
+/// One series of grouped values per category (bars side by side), log scale.
+fn bars(path: &Path, title: &str, unit: &str, categories: &[String], series: &[(&str, Vec<f64>)]) -> Result<(), Err> {
+    let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let (lo, hi) = log_range(series.iter().flat_map(|(_, v)| v.iter().copied()));
+    let mut chart = category_chart(&root, title, unit, categories, (lo, hi))?;
     let width = 0.8 / series.len().max(1) as f64;
     for (s, (name, values)) in series.iter().enumerate() {
         let color = COLORS[s % COLORS.len()];
@@ -82,29 +94,11 @@ fn start_chart(path: &Path, r: &Report) -> Result<(), Err> {
         r.start.iter().filter_map(|row| row.outcome.measured().map(|s| (row.system.clone(), s))).collect();
     let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
-    let (lo, hi) = log_range(
+    let range = log_range(
         rows.iter().flat_map(|(_, s)| s.true_exit.ms.iter().chain(&s.first_byte.ms).chain(&s.http_answer.ms).copied()),
     );
-    let n = rows.len().max(1);
     let cats: Vec<String> = rows.iter().map(|(n, _)| n.clone()).collect();
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Start time per run (each dot one run)", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(70)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..n as f64, (lo..hi).log_scale())
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 0.01 { cats.get(i).cloned().unwrap_or_default() } else { String::new() }
-        })
-        .y_desc("ms")
-        .draw()
-        .map_err(e)?;
+    let mut chart = category_chart(&root, "Start time per run (each dot one run)", "ms", &cats, range)?;
     let measures: [(&str, SampleOf, f64); 3] = [
         ("/bin/true: start → exit", |s| &s.true_exit.ms, 0.25),
         ("echo: start → first byte", |s| &s.first_byte.ms, 0.5),

@@ -37,7 +37,7 @@ fn mode_of(peer: &Peer) -> String {
 fn start_containerd() -> Result<Containerd, String> {
     let shim = shim_binary()?;
     let dir = shim.parent().ok_or_else(|| format!("{} has no directory", shim.display()))?;
-    Containerd::start(dir)
+    Containerd::start(Some(dir))
 }
 
 /// One round for one peer: `/bin/true` start to exit, `echo ready` first byte and exit, and
@@ -77,12 +77,7 @@ pub fn start_rows(opts: &Options) -> Vec<StartRow> {
         for (peer, st) in peers.iter().zip(stats.iter_mut()) {
             let Ok(s) = st else { continue };
             match one_round(&ctd, peer) {
-                Ok((t, first, exit, http)) => {
-                    s.true_exit.ms.push(t);
-                    s.first_byte.ms.push(first);
-                    s.echo_exit.ms.push(exit);
-                    s.http_answer.ms.push(http);
-                }
+                Ok(round) => s.record(round),
                 Err(e) => *st = Err(format!("failed in round {}: {e}", round + 1)),
             }
         }

@@ -116,12 +116,7 @@ pub fn start_times(opts: &Options) -> Vec<StartRow> {
                 Ok((t.as_secs_f64() * 1e3, first, exit, http))
             });
             match r {
-                Ok((t, first, exit, http)) => {
-                    s.true_exit.ms.push(t);
-                    s.first_byte.ms.push(first);
-                    s.echo_exit.ms.push(exit);
-                    s.http_answer.ms.push(http);
-                }
+                Ok(round) => s.record(round),
                 Err(e) => *stats = Err(format!("failed in round {}: {e}", round + 1)),
             }
         }

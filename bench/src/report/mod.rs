@@ -145,6 +145,16 @@ pub struct StartStats {
     pub http_answer: Samples,
 }
 
+impl StartStats {
+    /// Adds one round: `/bin/true` start to exit, `echo` first byte and exit, HTTP answer (ms).
+    pub fn record(&mut self, (true_exit, first_byte, echo_exit, http_answer): (f64, f64, f64, f64)) {
+        self.true_exit.ms.push(true_exit);
+        self.first_byte.ms.push(first_byte);
+        self.echo_exit.ms.push(echo_exit);
+        self.http_answer.ms.push(http_answer);
+    }
+}
+
 /// Memory of one running instance.
 #[derive(Debug, Clone)]
 pub struct MemRow {
