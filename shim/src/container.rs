@@ -196,15 +196,8 @@ pub fn create(
     // prestart and createRuntime, when the init has mounted everything: in the runtime's
     // namespaces, with the state the init then uses for its own hooks.
     let run_create_hooks = |pid: i32| -> Result<String> {
-        let state = serde_json::json!({
-            "ociVersion": spec.version(),
-            "id": id,
-            "status": "creating",
-            "pid": pid,
-            "bundle": bundle.dir,
-            "annotations": spec.annotations().clone().unwrap_or_default(),
-        });
-        let bytes = serde_json::to_vec(&state).map_err(|e| Error::Invalid(format!("hook state: {e}")))?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let bytes = crate::hooks::state_document(spec.version(), id, "creating", pid, &bundle.dir, &annotations);
         crate::hooks::run(hooks, crate::hooks::Kind::Prestart, &bytes)?;
         crate::hooks::run(hooks, crate::hooks::Kind::CreateRuntime, &bytes)?;
         String::from_utf8(bytes).map_err(|e| Error::Invalid(format!("hook state: {e}")))
@@ -420,13 +413,8 @@ pub fn start(root: &StateRoot, id: &str) -> Result<()> {
     if n > 0 {
         return Err(Error::Init(String::from_utf8_lossy(&why[..n]).into_owned()));
     }
-    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststart, &hook_bytes(&st, "running"));
+    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststart, || st.hook_state("running"));
     Ok(())
-}
-
-/// The state document a hook of `st` receives, with `status`.
-fn hook_bytes(st: &ContainerState, status: &str) -> Vec<u8> {
-    serde_json::to_vec(&st.hook_state(status)).unwrap_or_default()
 }
 
 /// Sends `signal` to the init, or with `all` to every process in the container's cgroup.
@@ -530,7 +518,7 @@ pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<()> {
         let _ = std::fs::remove_dir(parent);
     }
     root.remove(id)?;
-    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststop, &hook_bytes(&st, "stopped"));
+    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststop, || st.hook_state("stopped"));
     Ok(())
 }
 
@@ -683,7 +671,7 @@ pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions) ->
         root.save(&st)?;
         chan.send(&Msg::Start, None)?;
         if !crate::hooks::of(st.hooks.as_ref(), crate::hooks::Kind::Poststart).is_empty() && program_started(chan) {
-            crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststart, &hook_bytes(&st, "running"));
+            crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststart, || st.hook_state("running"));
         }
         let code = supervise(pid, &sigfd, created.pty_master.as_ref())?;
         match crate::exec::exec_failure(chan) {

@@ -114,9 +114,12 @@ pub fn run(hooks: Option<&Hooks>, kind: Kind, state: &[u8]) -> Result<()> {
 }
 
 /// Runs the hooks of `kind` and reports a failure as a warning instead of returning it
-/// (`poststart`, `poststop`).
-pub fn run_or_warn(hooks: Option<&Hooks>, kind: Kind, state: &[u8]) {
-    if let Err(e) = run(hooks, kind, state) {
+/// (`poststart`, `poststop`). `state` is made only when there is a hook to give it to.
+pub fn run_or_warn(hooks: Option<&Hooks>, kind: Kind, state: impl FnOnce() -> Vec<u8>) {
+    if of(hooks, kind).is_empty() {
+        return;
+    }
+    if let Err(e) = run(hooks, kind, &state()) {
         tracing::warn!("{e}");
         eprintln!("strata: warning: {e}");
     }
@@ -187,6 +190,26 @@ fn output_file() -> std::io::Result<std::fs::File> {
     }
     // SAFETY: the descriptor was just created and nothing else owns it.
     Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The runtime-spec state document a hook reads on its stdin.
+pub fn state_document(
+    oci_version: &str,
+    id: &str,
+    status: &str,
+    pid: i32,
+    bundle: &std::path::Path,
+    annotations: &std::collections::HashMap<String, String>,
+) -> Vec<u8> {
+    let doc = serde_json::json!({
+        "ociVersion": oci_version,
+        "id": id,
+        "status": status,
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": annotations,
+    });
+    serde_json::to_vec(&doc).unwrap_or_default()
 }
 
 /// `state` (a runtime-spec state document) with `status` set for the point reached, as bytes.

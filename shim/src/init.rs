@@ -134,8 +134,8 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
             (Msg::Error(e), _) => return Err(Error::Init(e)),
             (m, _) => return Err(Error::Init(format!("unexpected {m:?} while waiting for the container's state"))),
         };
-        let creating = crate::hooks::with_status(&state, "creating");
-        crate::hooks::run(hooks, crate::hooks::Kind::CreateContainer, &creating)?;
+        // The runtime's state says "creating", which is where the container is.
+        crate::hooks::run(hooks, crate::hooks::Kind::CreateContainer, &state)?;
         *hook_state.borrow_mut() = Some(state);
         Ok(())
     };

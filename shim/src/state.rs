@@ -80,15 +80,8 @@ pub struct ContainerState {
 
 impl ContainerState {
     /// The runtime-spec state document a hook receives on its stdin, with `status`.
-    pub fn hook_state(&self, status: &str) -> serde_json::Value {
-        serde_json::json!({
-            "ociVersion": self.oci_version,
-            "id": self.id,
-            "status": status,
-            "pid": self.pid,
-            "bundle": self.bundle,
-            "annotations": self.annotations,
-        })
+    pub fn hook_state(&self, status: &str) -> Vec<u8> {
+        crate::hooks::state_document(&self.oci_version, &self.id, status, self.pid, &self.bundle, &self.annotations)
     }
 }
 

@@ -127,7 +127,7 @@ impl Containerd {
             .expect("starting containerd");
         self.daemon = Some(daemon);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.ctr_for_cleanup(&["version"]).is_some_and(|o| o.status.success()) {
+        while !self.ctr_bounded(&["version"]).is_some_and(|o| o.status.success()) {
             assert!(Instant::now() < deadline, "containerd did not come up:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -215,7 +215,7 @@ impl Containerd {
 
     /// `ctr` for the guard and for polling: never panics (the guard may run while a test is
     /// already failing); a `ctr` still running after 10 s is killed and counts as failed.
-    fn ctr_for_cleanup(&self, args: &[&str]) -> Option<Output> {
+    fn ctr_bounded(&self, args: &[&str]) -> Option<Output> {
         let mut cmd = self.ctr_cmd_untimed(args);
         let file = tempfile::tempfile().ok()?;
         let mut child = cmd.stdout(file.try_clone().ok()?).stderr(Stdio::null()).spawn().ok()?;
@@ -400,6 +400,15 @@ impl Containerd {
         pids
     }
 
+    /// Waits (at most 10 s) until no shim of this test runs any more; `why` is the failure.
+    pub fn wait_shims_gone(&self, why: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.shim_pids().is_empty() {
+            assert!(Instant::now() < deadline, "{why}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The bundle containerd made for task `id` (where the shim's `address` file is).
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.dir.path().join("state/io.containerd.runtime.v2.task").join(&self.namespace).join(id)
@@ -417,31 +426,22 @@ impl Drop for Containerd {
         let ids = |out: Option<Output>| -> Vec<String> {
             out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap_or_default()
         };
-        let tasks = ids(self.ctr_for_cleanup(&["task", "ls", "-q"]));
+        let tasks = ids(self.ctr_bounded(&["task", "ls", "-q"]));
         for id in &tasks {
-            let _ = self.ctr_for_cleanup(&["task", "kill", "-a", "-s", "SIGKILL", id]);
+            let _ = self.ctr_bounded(&["task", "kill", "-a", "-s", "SIGKILL", id]);
         }
         std::thread::sleep(Duration::from_millis(200));
         for id in &tasks {
-            let _ = self.ctr_for_cleanup(&["task", "delete", "-f", id]);
+            let _ = self.ctr_bounded(&["task", "delete", "-f", id]);
         }
-        for id in ids(self.ctr_for_cleanup(&["containers", "ls", "-q"])) {
-            let _ = self.ctr_for_cleanup(&["containers", "rm", &id]);
+        for id in ids(self.ctr_bounded(&["containers", "ls", "-q"])) {
+            let _ = self.ctr_bounded(&["containers", "rm", &id]);
         }
         // Then by force: shims, containerd, containers the engine still knows, mounts, files.
         for pid in self.shim_pids() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
-        if let Some(mut d) = self.daemon.take() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while d.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = d.kill();
-            let _ = d.wait();
-        }
+        self.stop_daemon();
         let root = self.state_root();
         if let Ok(sr) = engine::state::StateRoot::new(&root) {
             for id in sr.list().unwrap_or_default() {

@@ -176,11 +176,7 @@ fn two_containers_run_side_by_side() {
         c.ok(&["task", "delete", id]);
         c.ok(&["containers", "rm", id]);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !c.shim_pids().is_empty() {
-        assert!(Instant::now() < deadline, "shims did not exit after their tasks were deleted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.wait_shims_gone("shims did not exit after their tasks were deleted");
 }
 
 #[test]
@@ -313,11 +309,7 @@ fn containers_of_one_pod_share_a_shim() {
             assert_eq!(c.task("pod1").map(|t| t.1), Some("RUNNING".to_string()));
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !c.shim_pids().is_empty() {
-        assert!(Instant::now() < deadline, "the pod's shim did not exit after its last task");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.wait_shims_gone("the pod's shim did not exit after its last task");
 }
 
 #[test]
