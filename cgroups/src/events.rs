@@ -72,6 +72,11 @@ impl MemoryEventStream {
         Ok(MemoryEventStream { inotify, file, last, gone: false })
     }
 
+    /// Whether the cgroup is gone (the stream has ended).
+    pub fn gone(&self) -> bool {
+        self.gone
+    }
+
     /// The counters as last seen.
     pub fn last(&self) -> MemoryEvents {
         self.last
@@ -144,6 +149,14 @@ impl MemoryEventStream {
                 off += header + ev.len as usize;
             }
         }
+    }
+}
+
+/// The inotify descriptor, readable when memory.events may have changed: an event loop waits on
+/// it and then calls `wait(Some(Duration::ZERO))`.
+impl std::os::fd::AsFd for MemoryEventStream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.inotify)
     }
 }
 

@@ -28,7 +28,13 @@ pub fn cap_mask(set: Option<&Capabilities>) -> u64 {
         .fold(0u64, |m, i| m | (1u64 << i))
 }
 
-fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
+/// `setrlimit`'s resource type: an enum in glibc, an int in musl.
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
+
+fn rlimit_resource(t: PosixRlimitType) -> RlimitResource {
     match t {
         PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
         PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,

@@ -218,20 +218,54 @@ impl BinaryLogger {
     }
 }
 
+impl BinaryLogger {
+    /// Lets the logger finish once its process is deleted: it gets [`EXIT_GRACE`] to exit on
+    /// its own (its pipes are at EOF), then SIGTERM, then after [`TERM_TIMEOUT`] SIGKILL. The
+    /// daemon calls [`RetiringLogger::step`] when the returned deadline passes.
+    pub fn retire(mut self) -> Option<RetiringLogger> {
+        let pidfd = self.pidfd.take()?;
+        Some(RetiringLogger { pidfd, deadline: std::time::Instant::now() + EXIT_GRACE, termed: false })
+    }
+}
+
+/// A logger on its way out (see [`BinaryLogger::retire`]).
+#[derive(Debug)]
+pub struct RetiringLogger {
+    pidfd: OwnedFd,
+    /// When the next step is due.
+    pub deadline: std::time::Instant,
+    termed: bool,
+}
+
+impl RetiringLogger {
+    /// Whether the logger has exited (its pidfd is readable).
+    pub fn exited(&self) -> bool {
+        wait_readable(&self.pidfd, Duration::ZERO)
+    }
+
+    /// The next step once the deadline passed: SIGTERM, then SIGKILL. Returns false when done.
+    pub fn step(&mut self) -> bool {
+        if self.exited() {
+            return false;
+        }
+        if self.termed {
+            log::warn!("a binary logger ignored SIGTERM for {TERM_TIMEOUT:?}: killing it");
+            pidfd_signal(&self.pidfd, libc::SIGKILL);
+            return false;
+        }
+        pidfd_signal(&self.pidfd, libc::SIGTERM);
+        self.termed = true;
+        self.deadline = std::time::Instant::now() + TERM_TIMEOUT;
+        true
+    }
+}
+
 impl Drop for BinaryLogger {
+    /// A logger dropped without being retired (its process never started) is terminated.
     fn drop(&mut self) {
-        let Some(pidfd) = self.pidfd.take() else { return };
-        // Off the caller's thread: `Delete` need not wait for the logger to flush.
-        std::thread::spawn(move || {
-            if wait_readable(&pidfd, EXIT_GRACE) {
-                return;
-            }
+        if let Some(pidfd) = self.pidfd.take() {
             pidfd_signal(&pidfd, libc::SIGTERM);
-            if !wait_readable(&pidfd, TERM_TIMEOUT) {
-                log::warn!("a binary logger ignored SIGTERM for {TERM_TIMEOUT:?}: killing it");
-                pidfd_signal(&pidfd, libc::SIGKILL);
-            }
-        });
+        }
     }
 }
 

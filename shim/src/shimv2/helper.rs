@@ -1,15 +1,16 @@
 //! The helper process that creates containers and execs into them for the shim daemon.
 //!
-//! The daemon is multi-threaded (the ttrpc server, the reaper, the event publisher and the stdio
-//! relays are threads), and the engine forks with a raw `clone` whose child allocates before it
-//! executes the user's program: a fork from a multi-threaded process could inherit an allocator
-//! lock held by another thread and deadlock. So the daemon never calls `create` or `exec` itself.
-//! It spawns a fresh, single-threaded copy of its own binary (through `std::process::Command`,
-//! whose child only calls async-signal-safe functions before `execve`), with the container's
-//! stdio as the helper's stdio; the helper first re-executes itself through a path no container
-//! can write ([`crate::seal`]), as the `strata` CLI does. The helper runs the engine call and exits; the
-//! container's processes, which the engine makes the helper's children, are then reparented to
-//! the daemon, the child subreaper, exactly as runc's are to containerd-shim-runc-v2.
+//! The daemon never forks a container itself. It stays small (no engine code for creating
+//! containers is in its binary, see [`super`]), and the engine's create path wants a fresh
+//! single-threaded process (it forks with a raw `clone` whose child allocates before it executes
+//! the user's program). So for `Create` and an exec's `Start` the daemon spawns `strata
+//! __strata-shim-helper REQUEST REPORT` (through `std::process::Command`, whose child only calls
+//! async-signal-safe functions before `execve`), with the container's stdio as the helper's
+//! stdio; the helper first re-executes itself through a path no container can write
+//! ([`crate::seal`]), as every `strata` command does. The helper runs the engine call, writes
+//! its report and exits; the container's processes, which the engine makes the helper's
+//! children, are then reparented to the daemon, the child subreaper, exactly as runc's are to
+//! containerd-shim-runc-v2.
 
 use crate::container::{self, CreateOptions};
 use crate::error::{Error, Result};
@@ -43,8 +44,8 @@ pub enum HelperRequest {
         root: PathBuf,
         /// The container id.
         id: String,
-        /// The OCI process.
-        process: serde_json::Value,
+        /// The OCI process (JSON, as containerd sent it).
+        process: String,
         /// Where the pty master goes when the process has a terminal.
         console_socket: Option<PathBuf>,
     },
@@ -59,13 +60,12 @@ pub struct HelperReport {
     pub error: Option<String>,
 }
 
-/// Spawns the helper for `req` with the given stdio and returns its pid. The caller learns of
-/// its exit through the reaper and then reads `report`.
-pub fn spawn(req: &HelperRequest, report: &Path, stdio: [OwnedFd; 3]) -> Result<u32> {
+/// Spawns the helper (`strata`, the binary `helper`) for `req` with the given stdio and
+/// returns its pid. The caller waits for its exit and then reads `report`.
+pub fn spawn(helper: &Path, req: &HelperRequest, report: &Path, stdio: [OwnedFd; 3]) -> Result<u32> {
     let json = serde_json::to_string(req).map_err(|e| Error::Invalid(format!("helper request: {e}")))?;
     let [stdin, stdout, stderr] = stdio;
-    // The daemon's own binary (the inode it runs, even if the file was since replaced).
-    let child = Command::new("/proc/self/exe")
+    let child = Command::new(helper)
         .arg(HELPER_ARG)
         .arg(json)
         .arg(report)
@@ -73,7 +73,7 @@ pub fn spawn(req: &HelperRequest, report: &Path, stdio: [OwnedFd; 3]) -> Result<
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
         .spawn()
-        .map_err(|e| Error::io("spawning the shim helper", e))?;
+        .map_err(|e| Error::io(format!("spawning the shim helper {}", helper.display()), e))?;
     // The daemon's reaper waits for it; dropping a Child neither waits nor kills.
     Ok(child.id())
 }
@@ -126,8 +126,8 @@ fn run(req: &HelperRequest) -> Result<i32> {
         }
         HelperRequest::Exec { root, id, process, console_socket } => {
             let root = StateRoot::new(root)?;
-            let process = serde_json::from_value(process.clone())
-                .map_err(|e| Error::Invalid(format!("exec process spec: {e}")))?;
+            let process =
+                serde_json::from_str(process).map_err(|e| Error::Invalid(format!("exec process spec: {e}")))?;
             let pid_file = root.container_dir(id)?.join(format!(".exec-{}.pid", std::process::id()));
             let opts = CreateOptions {
                 console_socket: console_socket.clone(),
@@ -165,7 +165,7 @@ mod tests {
         let req = HelperRequest::Exec {
             root: "/run/x".into(),
             id: "c1".into(),
-            process: serde_json::json!({"args": ["sh"], "cwd": "/"}),
+            process: r#"{"args": ["sh"], "cwd": "/"}"#.into(),
             console_socket: None,
         };
         let back: HelperRequest = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();

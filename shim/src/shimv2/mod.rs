@@ -1,11 +1,12 @@
 //! The containerd shim (runtime v2, task API v2 over ttrpc) on the engine: what
-//! `containerd-shim-strata-v1` runs.
+//! `containerd-shim-strata-v1` runs ([`main`]).
 //!
-//! - [`StrataShim`] is the shim's life: `start` spawns the daemon and prints its address,
-//!   `delete` cleans up after a dead daemon, and the daemon serves [`service::Service`] (its
-//!   process table and exits in `service`, the task API's calls in `task_api`).
-//! - The daemon never forks a container itself: [`helper`] explains why and how a fresh
-//!   single-threaded helper process does it.
+//! - `start` spawns the daemon (the crate's `spawn`: the same binary with `-socket`) and prints
+//!   its address; `delete` cleans up after a dead daemon; the daemon is [`service::Daemon`], one
+//!   thread and one epoll loop (its process table, reaper, copies and events in `service`, the
+//!   task API's calls in `task_api`, the ttrpc wire in [`ttrpc`]).
+//! - The daemon never forks a container itself: [`helper`] explains why and how the `strata`
+//!   binary does it in a process of its own.
 //! - [`stdio`] connects a process to containerd's FIFOs (or a [`binary_log`] logger program);
 //!   [`metrics`] converts cgroup statistics.
 
@@ -13,50 +14,25 @@ pub mod binary_log;
 pub mod helper;
 pub mod metrics;
 pub mod options;
+mod rootfs_mount;
 pub mod service;
 pub mod stdio;
 mod task_api;
+pub mod ttrpc;
 
 use containerd_shim::api::DeleteResponse;
-use containerd_shim::protos::protobuf::MessageField;
-use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{Config, ExitSignal, Flags, StartOpts};
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::{Flags, StartOpts};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 
 /// The runtime name containerd knows the shim by.
 pub const RUNTIME_ID: &str = "io.containerd.strata.v1";
 
 /// The annotation that groups a pod's containers into one shim.
 const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
-
-/// The shim's configuration for the containerd-shim crate: its own reaper and subreaper are
-/// used (the helper's orphans, the containers' processes, come back to the daemon).
-pub fn config() -> Config {
-    Config::default()
-}
-
-/// The configuration for one invocation: `start` only spawns the daemon and prints its address,
-/// so it neither reaps children nor becomes a subreaper. Registering the crate's SIGCHLD handler
-/// there served no purpose and once left a `start` spinning while its handler state was torn
-/// down (seen with containerd 2.1 in the pod test); without it `start` has nothing to race.
-pub fn config_for(args: &[String]) -> Config {
-    let mut c = config();
-    if args.len() > 1 && args.last().is_some_and(|a| a == "start") {
-        c.no_reaper = true;
-        c.no_sub_reaper = true;
-    }
-    c
-}
-
-/// The shim: one per container, or per pod when grouped.
-pub struct StrataShim {
-    namespace: String,
-    id: String,
-    bundle: PathBuf,
-    exit: Arc<ExitSignal>,
-}
 
 /// The directory of shim sockets, `/run/containerd/s`, made root-only: a path socket there
 /// cannot be reached from a container's network namespace (unlike an abstract socket, the
@@ -111,42 +87,129 @@ pub fn cleanup(namespace: &str, id: &str, bundle: &std::path::Path) -> DeleteRes
     }
 }
 
-impl containerd_shim::Shim for StrataShim {
-    type T = service::Service;
-
-    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        let bundle = if args.bundle.is_empty() {
-            std::env::current_dir().unwrap_or_default()
-        } else {
-            PathBuf::from(&args.bundle)
-        };
-        StrataShim { namespace: args.namespace.clone(), id: args.id.clone(), bundle, exit: Arc::default() }
+/// The shim's main: `-v`, `start`, `delete` or the daemon. Returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    if args.iter().skip(1).any(|a| matches!(a.as_str(), "-v" | "--v" | "-version" | "--version")) {
+        println!("containerd-shim-strata-v1:");
+        println!("  Version:  {}", env!("CARGO_PKG_VERSION"));
+        println!("  Runtime:  {RUNTIME_ID}");
+        return 0;
     }
-
-    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        secure_socket_dir()?;
-        let group = grouping(&opts.id);
-        let (_pid, address) = containerd_shim::spawn(opts, &group, Vec::new())?;
-        containerd_shim::util::write_address(&address)?;
-        Ok(address)
-    }
-
-    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        Ok(cleanup(&self.namespace, &self.id, &self.bundle))
-    }
-
-    fn wait(&mut self) {
-        self.exit.wait();
-    }
-
-    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        match service::Service::new(&self.namespace, publisher, self.exit.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("starting the task service: {e}");
-                eprintln!("containerd-shim-strata-v1: starting the task service: {e}");
-                std::process::exit(1);
-            }
+    let result = containerd_shim::parse(&args[1..])
+        .map_err(|e| e.to_string())
+        .and_then(|flags| if flags.namespace.is_empty() { Err("-namespace is required".into()) } else { Ok(flags) })
+        .and_then(|flags| match flags.action.as_str() {
+            "start" => start(flags),
+            "delete" => delete(&flags),
+            _ => serve(&flags),
+        });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("containerd-shim-strata-v1: {e}");
+            1
         }
     }
+}
+
+/// `start`: spawns the daemon of this container's group (or finds it running) and prints its
+/// address.
+fn start(flags: Flags) -> Result<(), String> {
+    secure_socket_dir().map_err(|e| e.to_string())?;
+    let group = grouping(&flags.id);
+    let opts = StartOpts {
+        id: flags.id,
+        publish_binary: flags.publish_binary,
+        address: flags.address,
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace,
+        debug: flags.debug,
+    };
+    let (_pid, address) = containerd_shim::spawn(opts, &group, Vec::new()).map_err(|e| e.to_string())?;
+    containerd_shim::util::write_address(&address).map_err(|e| e.to_string())?;
+    print!("{address}");
+    std::io::stdout().flush().map_err(|e| e.to_string())
+}
+
+/// `delete`: cleans up after a dead daemon and prints the exit containerd records.
+fn delete(flags: &Flags) -> Result<(), String> {
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().unwrap_or_default()
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let resp = cleanup(&flags.namespace, &flags.id, &bundle);
+    let bytes = resp.write_to_bytes().map_err(|e| e.to_string())?;
+    std::io::stdout().write_all(&bytes).map_err(|e| e.to_string())
+}
+
+/// Binds the daemon's socket. When it is in use by a live daemon (a pod's shim started by
+/// another container of the pod), returns `None`: that daemon serves.
+fn listen(address: &str) -> Result<Option<UnixListener>, String> {
+    let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            for _ in 0..200 {
+                if UnixStream::connect(path).is_ok() {
+                    return Ok(None);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let _ = std::fs::remove_file(path);
+            UnixListener::bind(path).map(Some).map_err(|e| format!("binding {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("binding {}: {e}", path.display())),
+    }
+}
+
+/// The daemon: binds the socket, tells `start` it serves (by closing the stdout pipe it reads),
+/// and runs the loop until `Shutdown`.
+fn serve(flags: &Flags) -> Result<(), String> {
+    use nix::sys::signal::{SigSet, Signal};
+    if flags.socket.is_empty() {
+        return Err("-socket is required for the daemon".into());
+    }
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
+    // Exits come through a signalfd; SIGTERM and SIGINT are containerd's business, not ours
+    // (it ends the daemon with Shutdown, or kills it).
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
+    let signals = nix::sys::signalfd::SignalFd::with_flags(
+        &SigSet::from(Signal::SIGCHLD),
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )
+    .map_err(|e| format!("signalfd: {e}"))?;
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!("becoming a child subreaper: {}", std::io::Error::last_os_error()));
+    }
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).map_err(|e| e.to_string())?;
+    let Some(listener) = listen(&flags.socket)? else {
+        containerd_shim::util::write_address(&flags.socket).map_err(|e| e.to_string())?;
+        server_started();
+        return Ok(());
+    };
+    let mut daemon =
+        service::Daemon::new(&flags.namespace, listener, ttrpc_address, signals).map_err(|e| e.to_string())?;
+    server_started();
+    log::info!("strata shim serving {} in namespace {}", flags.socket, flags.namespace);
+    daemon.run();
+    let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// Tells `start` (reading our stdout until EOF) that the socket is served: stdout becomes a
+/// copy of stderr (/dev/null), closing the pipe.
+fn server_started() {
+    // SAFETY: dup2 on two standard descriptors.
+    unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
 }

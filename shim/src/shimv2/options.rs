@@ -4,8 +4,7 @@
 //! what it cannot do rather than ignoring it (a systemd cgroup driver), and logs what does not
 //! apply to it; other option types (CRI's `runtimeoptions.v1.Options`) are ignored.
 
-use super::service::status;
-use containerd_shim::TtrpcResult;
+use super::ttrpc::{RpcResult, status};
 use containerd_shim::api::Options;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
@@ -23,7 +22,7 @@ pub struct RuntimeOptions {
 }
 
 /// Decodes and checks the options of a `Create` request.
-pub fn parse(any: &MessageField<Any>) -> TtrpcResult<RuntimeOptions> {
+pub fn parse(any: &MessageField<Any>) -> RpcResult<RuntimeOptions> {
     let Some(any) = any.as_ref() else { return Ok(RuntimeOptions::default()) };
     if any.value.is_empty() && any.type_url.is_empty() {
         return Ok(RuntimeOptions::default());

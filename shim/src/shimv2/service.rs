@@ -1,40 +1,49 @@
-//! The task service's state: each container is a `Task` with its init and exec processes; the
-//! reaper's exit notifications drive their exits and the events containerd expects, in order:
-//! TaskCreate → TaskStart → TaskExit → TaskDelete, and ExecAdded → ExecStarted → TaskExit for
-//! execs. The calls themselves are in `task_api`.
+//! The shim daemon: one thread, one epoll loop. It serves the task API over ttrpc on the
+//! socket containerd gave it, reaps children through a signalfd (it is their subreaper), moves
+//! stdin and terminal output between containerd's FIFOs and the processes, watches each
+//! container's memory events for OOM kills, and publishes events to containerd in the order they
+//! happened: TaskCreate → TaskStart → TaskExit → TaskDelete, ExecAdded → ExecStarted → TaskExit.
+//!
+//! Why one thread: the daemon sits beside every container for its whole life, so what it holds
+//! resident is paid per container. A thread per connection, per copy and per watcher (what the
+//! containerd-shim crate's server does) costs stacks, allocator arenas and code; a loop costs
+//! none of that. A call that must wait (`Wait`) is answered when the exit arrives; a call that
+//! runs the helper (`Create`, an exec's `Start`) holds the loop for as long as the helper runs,
+//! as one runc invocation would hold runc's shim's call.
 
+use super::binary_log::RetiringLogger;
 use super::helper::{self, HelperRequest};
-use super::stdio::{StdioOwner, StdioPaths, StdioRelay};
+use super::stdio::{self, Copies, Kept, Pump, StdioOwner, StdioPaths};
+use super::ttrpc::{self as wire, RpcError, RpcResult, status};
 use crate::error::Error;
 use crate::state::StateRoot;
-use cgroups::Cgroup;
-use containerd_shim::monitor::{ExitEvent, Subject, Topic, monitor_subscribe};
+use cgroups::MemoryEventStream;
 use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::protos::shim::event::Envelope;
+use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::topics;
-use containerd_shim::protos::ttrpc::{self, Code};
-use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{Context, ExitSignal, TtrpcResult};
-use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixListener;
+use containerd_shim::protos::ttrpc::Code;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The status of a process as the task API names it.
 pub(super) type ApiStatus = containerd_shim::api::Status;
 
-/// Exits of pids no process claims yet (helpers, and execs that exit before their helper) are
-/// kept this long at most, so stray orphans cannot grow the table without bound.
-const MAX_UNCLAIMED: usize = 4096;
-
 /// How long a helper may take to create a container or start an exec.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long one event may take to reach containerd.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts to publish one event before it is dropped (containerd restarting takes a while).
+const PUBLISH_ATTEMPTS: u32 = 20;
+/// How long the daemon waits, when asked to shut down, for its last events to be published.
+const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// One process of a task: the init (empty `exec_id`) or an exec.
 #[derive(Debug, Default)]
@@ -42,20 +51,18 @@ pub(super) struct Proc {
     pub(super) exec_id: String,
     pub(super) pid: i32,
     pub(super) paths: StdioPaths,
-    /// The OCI process of an exec, until it starts.
-    pub(super) spec: Option<serde_json::Value>,
+    /// The OCI process of an exec (JSON), until it starts.
+    pub(super) spec: Option<String>,
     pub(super) started: bool,
-    /// `Start` is between starting the program and publishing TaskStart: an exit waits for it.
-    pub(super) starting: bool,
-    /// An exit seen by the reaper, not yet reported (waits for `starting` and the pty relay).
+    /// An exit seen by the reaper, not yet reported (waits for the terminal output to drain).
     pub(super) pending_exit: Option<(u32, Timestamp)>,
-    /// The pty relay of the pending exit has drained.
-    pub(super) exit_ready: bool,
     /// The reported exit: what `Wait`, `State` and `Delete` see.
     pub(super) exit: Option<(u32, Timestamp)>,
-    pub(super) relay: StdioRelay,
-    /// The pty relay, joined before the exit is reported so its output is not cut off.
-    pub(super) pty_done: Option<JoinHandle<()>>,
+    /// The pump copying stdin in, until EOF or `CloseIO`.
+    pub(super) stdin_pump: Option<u64>,
+    /// The pump copying the terminal's output out; the exit waits until it ends.
+    pub(super) pty_pump: Option<u64>,
+    pub(super) kept: Kept,
 }
 
 #[derive(Debug)]
@@ -68,13 +75,14 @@ pub(super) struct Task {
     pub(super) cgroup: PathBuf,
     pub(super) init: Proc,
     pub(super) execs: HashMap<String, Proc>,
-    pub(super) oom_stop: Arc<AtomicBool>,
+    /// The memory-event watcher's token, if the host has the memory controller.
+    pub(super) oom_watch: Option<u64>,
     /// The stdio owner from the runtime options, for the init and every exec.
     pub(super) io_owner: Option<(u32, u32)>,
 }
 
 impl Task {
-    pub(super) fn proc_mut(&mut self, exec_id: &str) -> TtrpcResult<&mut Proc> {
+    pub(super) fn proc_mut(&mut self, exec_id: &str) -> RpcResult<&mut Proc> {
         if exec_id.is_empty() {
             return Ok(&mut self.init);
         }
@@ -82,36 +90,145 @@ impl Task {
     }
 }
 
-#[derive(Debug, Default)]
-pub(super) struct State {
-    pub(super) tasks: HashMap<String, Task>,
-    pub(super) unclaimed: HashMap<i32, i32>,
+/// A `Wait` call to answer when its process exits.
+#[derive(Debug)]
+struct Waiter {
+    conn: u64,
+    stream: u32,
+    id: String,
+    exec_id: String,
 }
 
-type Event = (&'static str, Box<dyn MessageDyn>);
+/// A client connection (containerd, or `strata shim run`).
+#[derive(Debug)]
+struct Conn {
+    sock: UnixStream,
+    frames: wire::FrameReader,
+}
 
-pub(super) struct Inner {
+/// A queued event: topic and the packed message.
+#[derive(Debug)]
+struct Event {
+    topic: &'static str,
+    event: Any,
+}
+
+/// The events on their way to containerd: one connection to its ttrpc address, re-made after
+/// containerd restarts; failures back off, and the queue keeps the order.
+#[derive(Debug)]
+struct Publisher {
+    address: String,
+    namespace: String,
+    conn: Option<UnixStream>,
+    queue: VecDeque<Event>,
+    stream: u32,
+    retry_at: Option<Instant>,
+    delay: Duration,
+    attempts: u32,
+}
+
+impl Publisher {
+    /// Sends what is queued until the queue is empty or a send fails (then a retry is due).
+    fn pump(&mut self) {
+        while let Some(ev) = self.queue.pop_front() {
+            if self.retry_at.is_some_and(|t| Instant::now() < t) {
+                self.queue.push_front(ev);
+                return;
+            }
+            match self.send(&ev) {
+                Ok(()) => {
+                    self.attempts = 0;
+                    self.delay = Duration::from_millis(50);
+                    self.retry_at = None;
+                }
+                Err(e) => {
+                    self.conn = None;
+                    self.attempts += 1;
+                    log::warn!("publishing {} (attempt {}): {e}", ev.topic, self.attempts);
+                    if self.attempts >= PUBLISH_ATTEMPTS {
+                        log::error!("dropping event {} after {} attempts", ev.topic, self.attempts);
+                        self.attempts = 0;
+                    } else {
+                        self.queue.push_front(ev);
+                    }
+                    self.retry_at = Some(Instant::now() + self.delay);
+                    self.delay = (self.delay * 2).min(Duration::from_secs(2));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, ev: &Event) -> Result<(), String> {
+        if self.conn.is_none() {
+            let path = self.address.strip_prefix("unix://").unwrap_or(&self.address);
+            self.conn = Some(UnixStream::connect(path).map_err(|e| format!("connecting to {path}: {e}"))?);
+        }
+        let Some(conn) = self.conn.as_mut() else { return Err("no connection".into()) };
+        let envelope = Envelope {
+            timestamp: MessageField::some(now()),
+            namespace: self.namespace.clone(),
+            topic: ev.topic.to_string(),
+            event: MessageField::some(ev.event.clone()),
+            ..Default::default()
+        };
+        let req = ForwardRequest { envelope: MessageField::some(envelope), ..Default::default() };
+        let payload = req.write_to_bytes().map_err(|e| e.to_string())?;
+        // Client streams are odd.
+        self.stream = self.stream.wrapping_add(2) | 1;
+        wire::call(conn, self.stream, "containerd.services.events.ttrpc.v1.Events", "Forward", payload, PUBLISH_TIMEOUT)
+            .map(drop)
+    }
+
+    /// When the next retry is due, if one is.
+    fn due(&self) -> Option<Instant> {
+        if self.queue.is_empty() { None } else { self.retry_at }
+    }
+}
+
+/// Token kinds: the high byte of an epoll token says what it is, the rest which one.
+const LISTENER: u64 = 0;
+const SIGNALS: u64 = 1;
+const KIND_CONN: u64 = 1 << 56;
+const KIND_PUMP_SRC: u64 = 2 << 56;
+const KIND_PUMP_DST: u64 = 3 << 56;
+const KIND_OOM: u64 = 4 << 56;
+const KIND_MASK: u64 = 0xff << 56;
+
+/// A pump and where it belongs.
+#[derive(Debug)]
+struct PumpEntry {
+    pump: Pump,
+    id: String,
+    exec_id: String,
+    /// Whether it copies a terminal's output (its end lets the exit be reported).
+    pty_out: bool,
+    /// The side registered with epoll now: None, Some(false) the source, Some(true) the destination.
+    watching: Option<bool>,
+}
+
+/// The shim daemon.
+pub struct Daemon {
     pub(super) namespace: String,
     pub(super) root: StateRoot,
-    pub(super) state: Mutex<State>,
-    pub(super) changed: Condvar,
-    pub(super) events: Mutex<Sender<Event>>,
-    /// Tells, once the event queue is closed, that everything queued was published.
-    published: Mutex<Option<Receiver<()>>>,
-    pub(super) exit_signal: Arc<ExitSignal>,
+    /// The `strata` binary that runs the helper.
+    helper_bin: PathBuf,
+    epoll: OwnedFd,
+    listener: UnixListener,
+    signals: nix::sys::signalfd::SignalFd,
+    conns: HashMap<u64, Conn>,
+    pumps: HashMap<u64, PumpEntry>,
+    ooms: HashMap<u64, (String, MemoryEventStream)>,
+    retiring: Vec<RetiringLogger>,
+    waiters: Vec<Waiter>,
+    publisher: Publisher,
+    pub(super) tasks: HashMap<String, Task>,
+    next_token: u64,
+    /// Set by `Shutdown` with no task left: the loop ends once the events are out or by then.
+    exiting: Option<Instant>,
 }
 
-/// The task service of one shim daemon; it serves every container grouped into this shim.
-#[derive(Clone)]
-pub struct Service {
-    pub(super) inner: Arc<Inner>,
-}
-
-pub(super) fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
-}
-
-pub(super) fn engine_err(e: Error) -> ttrpc::Error {
+pub(super) fn engine_err(e: Error) -> RpcError {
     let code = match &e {
         Error::NotFound(_) => Code::NOT_FOUND,
         Error::Exists(_) => Code::ALREADY_EXISTS,
@@ -146,14 +263,14 @@ pub fn task_state_root(bundle: &Path, namespace: &str) -> PathBuf {
 /// Receives a pty master that the container's init or exec sent to the console socket.
 fn receive_master(listener: &UnixListener) -> crate::Result<OwnedFd> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::FromRawFd;
     listener.set_nonblocking(true).map_err(|e| Error::io("console socket", e))?;
     let (conn, _) = listener.accept().map_err(|e| Error::io("the container's terminal was not received", e))?;
     conn.set_nonblocking(false).map_err(|e| Error::io("console socket", e))?;
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut name = [0u8; 64];
     let mut iov = [std::io::IoSliceMut::new(&mut name)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut space = nix::cmsg_space!([RawFd; 1]);
     let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
         .map_err(|e| Error::sys("receiving the pty master", e))?;
     for c in msg.cmsgs().map_err(|e| Error::sys("receiving the pty master", e))? {
@@ -174,10 +291,8 @@ struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    fn bind(root: &StateRoot) -> crate::Result<ConsoleSocket> {
+    fn bind(root: &StateRoot, n: u64) -> crate::Result<ConsoleSocket> {
         // Short: a socket path must fit in 108 bytes, and CRI's ids alone are 64.
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let path = root.path().join(format!(".c{}-{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
@@ -196,178 +311,476 @@ pub(super) fn unmount_rootfs(bundle: &Path) {
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
 }
 
-impl Service {
-    /// A service for `namespace` that publishes through `publisher` and signals `exit_signal`
-    /// on shutdown.
-    pub fn new(namespace: &str, publisher: RemotePublisher, exit_signal: Arc<ExitSignal>) -> crate::Result<Service> {
+/// The `strata` binary that runs the helper: next to the shim (how both are installed), else
+/// on the PATH.
+fn find_helper() -> crate::Result<PathBuf> {
+    let beside = std::fs::read_link("/proc/self/exe").ok().and_then(|p| p.parent().map(|d| d.join("strata")));
+    if let Some(p) = beside.filter(|p| p.is_file()) {
+        return Ok(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("strata"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::Init("the `strata` binary is neither next to the shim nor on the PATH".into()))
+}
+
+fn epoll_ctl(epoll: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` is a valid epoll_event for the call; both descriptors are open.
+    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut ev) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn watch(epoll: &OwnedFd, fd: &impl AsFd, events: u32, token: u64) -> std::io::Result<()> {
+    epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd.as_fd().as_raw_fd(), events, token)
+}
+
+fn unwatch(epoll: &OwnedFd, fd: &impl AsFd) {
+    let _ = epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd.as_fd().as_raw_fd(), 0, 0);
+}
+
+/// Writes all of `data` to a non-blocking socket, waiting (at most 10 s per stall) when full.
+fn write_all(sock: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut w = sock;
+    while !data.is_empty() {
+        match w.write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd that lives across the call.
+                if unsafe { libc::poll(&mut pfd, 1, 10_000) } == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The exit code a wait status reports (128 + signal for a killed process).
+fn exit_code(ws: nix::sys::wait::WaitStatus) -> Option<(i32, i32)> {
+    use nix::sys::wait::WaitStatus;
+    match ws {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), code)),
+        WaitStatus::Signaled(pid, sig, _) => Some((pid.as_raw(), 128 + sig as i32)),
+        _ => None,
+    }
+}
+
+impl Daemon {
+    /// A daemon for `namespace` serving `listener`, publishing to containerd's ttrpc address.
+    /// SIGCHLD must already be blocked (see [`crate::shimv2::serve`]).
+    pub fn new(
+        namespace: &str,
+        listener: UnixListener,
+        ttrpc_address: String,
+        signals: nix::sys::signalfd::SignalFd,
+    ) -> crate::Result<Daemon> {
         let root = StateRoot::new(state_root(namespace))?;
-        let (tx, rx) = channel::<Event>();
-        let ns = namespace.to_string();
-        // One publisher thread keeps events in the order they happened. When containerd
-        // restarts, the connection breaks: reconnect to its ttrpc address and send again.
-        let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
-        let (done_tx, done_rx) = channel::<()>();
-        std::thread::spawn(move || {
-            let mut publisher = publisher;
-            for (topic, event) in rx {
-                let mut delay = Duration::from_millis(50);
-                for attempt in 0..20 {
-                    match publisher.publish(Context::default(), topic, &ns, event.clone_box()) {
-                        Ok(()) => break,
-                        Err(e) => {
-                            log::warn!("publishing {topic} (attempt {attempt}): {e}");
-                            std::thread::sleep(delay);
-                            delay = (delay * 2).min(Duration::from_secs(2));
-                            if let Ok(p) = RemotePublisher::new(&ttrpc_address) {
-                                publisher = p;
-                            }
-                        }
+        // SAFETY: epoll_create1 takes flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::io("epoll_create1", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let epoll = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        listener.set_nonblocking(true).map_err(|e| Error::io("shim socket", e))?;
+        watch(&epoll, &listener, libc::EPOLLIN as u32, LISTENER).map_err(|e| Error::io("epoll", e))?;
+        watch(&epoll, &signals, libc::EPOLLIN as u32, SIGNALS).map_err(|e| Error::io("epoll", e))?;
+        Ok(Daemon {
+            namespace: namespace.to_string(),
+            root,
+            helper_bin: find_helper()?,
+            epoll,
+            listener,
+            signals,
+            conns: HashMap::new(),
+            pumps: HashMap::new(),
+            ooms: HashMap::new(),
+            retiring: Vec::new(),
+            waiters: Vec::new(),
+            publisher: Publisher {
+                address: ttrpc_address,
+                namespace: namespace.to_string(),
+                conn: None,
+                queue: VecDeque::new(),
+                stream: 1,
+                retry_at: None,
+                delay: Duration::from_millis(50),
+                attempts: 0,
+            },
+            tasks: HashMap::new(),
+            next_token: 1,
+            exiting: None,
+        })
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Runs until `Shutdown` with no task left (and the last events are out).
+    pub fn run(&mut self) {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        loop {
+            self.publisher.pump();
+            if let Some(limit) = self.exiting
+                && (self.publisher.queue.is_empty() || Instant::now() >= limit)
+            {
+                if !self.publisher.queue.is_empty() {
+                    log::warn!("events still unpublished after {FLUSH_LIMIT:?}: exiting without them");
+                }
+                return;
+            }
+            self.step_loggers();
+            let deadline = [self.publisher.due(), self.exiting, self.retiring.iter().map(|r| r.deadline).min()]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = deadline.map_or(-1, |d| {
+                d.saturating_duration_since(Instant::now()).as_millis().clamp(1, i32::MAX as u128) as i32
+            });
+            // SAFETY: `events` is writable for its length; the epoll descriptor is open.
+            let n =
+                unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, timeout) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("epoll_wait: {e}");
+                    return;
+                }
+                continue;
+            }
+            for ev in &events[..n as usize] {
+                let token = ev.u64;
+                match (token & KIND_MASK, token) {
+                    (0, LISTENER) => self.accept(),
+                    (0, SIGNALS) => self.reap(),
+                    (KIND_CONN, _) => self.serve(token),
+                    (KIND_PUMP_SRC | KIND_PUMP_DST, _) => self.run_pump(token & !KIND_MASK),
+                    (KIND_OOM, _) => self.check_oom(token),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        while let Ok((sock, _)) = self.listener.accept() {
+            if sock.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let token = KIND_CONN | self.token();
+            if watch(&self.epoll, &sock, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, token).is_ok() {
+                self.conns.insert(token, Conn { sock, frames: wire::FrameReader::default() });
+            }
+        }
+    }
+
+    fn close_conn(&mut self, token: u64) {
+        if let Some(c) = self.conns.remove(&token) {
+            unwatch(&self.epoll, &c.sock);
+        }
+        self.waiters.retain(|w| w.conn != token);
+    }
+
+    /// Reads what a connection sent and answers each complete request.
+    fn serve(&mut self, token: u64) {
+        use std::io::Read;
+        let mut buf = [0u8; 8192];
+        let mut closed = false;
+        loop {
+            let Some(c) = self.conns.get_mut(&token) else { return };
+            match (&c.sock).read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => c.frames.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        loop {
+            let Some(c) = self.conns.get_mut(&token) else { return };
+            let frame = match c.frames.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("closing a connection: {e}");
+                    closed = true;
+                    break;
+                }
+            };
+            if frame.kind != wire::TYPE_REQUEST {
+                continue;
+            }
+            let answer = match wire::parse_request(&frame.body) {
+                Ok(req) => self.dispatch(token, frame.stream, &req),
+                Err(e) => Some(Err(e)),
+            };
+            if let Some(result) = answer {
+                self.respond(token, frame.stream, result);
+            }
+        }
+        if closed {
+            self.close_conn(token);
+        }
+    }
+
+    pub(super) fn respond(&mut self, conn: u64, stream: u32, result: RpcResult<Vec<u8>>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if let Err(e) = write_all(&c.sock, &wire::response(stream, result)) {
+            log::warn!("answering a call: {e}");
+            self.close_conn(conn);
+        }
+    }
+
+    /// Queues `Wait` for `id`/`exec_id` until the process's exit is reported.
+    pub(super) fn defer_wait(&mut self, conn: u64, stream: u32, id: &str, exec_id: &str) {
+        self.waiters.push(Waiter { conn, stream, id: id.to_string(), exec_id: exec_id.to_string() });
+    }
+
+    /// Queues an event for containerd.
+    pub(super) fn publish(&mut self, topic: &'static str, type_name: &str, msg: &impl Message) {
+        let mut event = Any::new();
+        event.type_url = format!("containerd.events.{type_name}");
+        event.value = msg.write_to_bytes().unwrap_or_default();
+        self.publisher.queue.push_back(Event { topic, event });
+    }
+
+    /// Asks the loop to end once the queued events are out.
+    pub(super) fn exit_soon(&mut self) {
+        self.exiting = Some(Instant::now() + FLUSH_LIMIT);
+    }
+
+    /// Reaps every child that exited and records the exits of the tasks' processes.
+    fn reap(&mut self) {
+        use nix::sys::wait::{WaitPidFlag, waitpid};
+        while let Ok(Some(_)) = self.signals.read_signal() {}
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => break,
+                Ok(ws) => {
+                    if let Some((pid, code)) = exit_code(ws) {
+                        self.on_exit(pid, code);
                     }
                 }
             }
-            let _ = done_tx.send(());
-        });
-        let inner = Arc::new(Inner {
-            namespace: namespace.to_string(),
-            root,
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
-            events: Mutex::new(tx),
-            published: Mutex::new(Some(done_rx)),
-            exit_signal,
-        });
-        // Subscribe before any child exists so that no exit is missed.
-        match monitor_subscribe(Topic::Pid) {
-            Ok(sub) => {
-                let weak = Arc::downgrade(&inner);
-                std::thread::spawn(move || {
-                    while let Ok(ExitEvent { subject, exit_code }) = sub.rx.recv() {
-                        let Some(inner) = weak.upgrade() else { break };
-                        if let Subject::Pid(pid) = subject {
-                            Service { inner }.on_exit(pid, exit_code);
-                        }
-                    }
-                });
-            }
-            Err(e) => return Err(Error::Init(format!("subscribing to exits: {e}"))),
-        }
-        Ok(Service { inner })
-    }
-
-    /// The state root of task `id` (the service's default for an unknown id). Takes the state
-    /// lock: never call it while holding that lock.
-    pub(super) fn root_of(&self, id: &str) -> StateRoot {
-        self.lock().tasks.get(id).map(|t| t.root.clone()).unwrap_or_else(|| self.inner.root.clone())
-    }
-
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
-        let _ = self.inner.events.lock().unwrap_or_else(|p| p.into_inner()).send((topic, event));
-    }
-
-    /// Before the daemon exits: closes the event queue and waits (at most `limit`) until what
-    /// was queued reached containerd, so that the last `/tasks/delete` is not lost with the
-    /// process. Events published afterwards are dropped.
-    pub(super) fn flush_events(&self, limit: Duration) {
-        let (closed, _) = channel::<Event>();
-        drop(std::mem::replace(&mut *self.inner.events.lock().unwrap_or_else(|p| p.into_inner()), closed));
-        let done = self.inner.published.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(done) = done
-            && done.recv_timeout(limit).is_err()
-        {
-            log::warn!("events still unpublished after {limit:?}: exiting without them");
         }
     }
 
-    /// Records the exit of `pid`: a task's process, or a helper (kept until claimed).
-    fn on_exit(&self, pid: i32, code: i32) {
-        let mut st = self.lock();
+    fn on_exit(&mut self, pid: i32, code: i32) {
         let mut found = None;
-        for (id, task) in st.tasks.iter_mut() {
+        for (id, task) in self.tasks.iter_mut() {
             for p in std::iter::once(&mut task.init).chain(task.execs.values_mut()) {
                 if p.pid == pid && p.started && p.exit.is_none() && p.pending_exit.is_none() {
                     p.pending_exit = Some((code as u32, now()));
-                    found = Some((id.clone(), p.exec_id.clone(), p.pty_done.take()));
+                    found = Some((id.clone(), p.exec_id.clone()));
                 }
             }
         }
-        match found {
-            Some((id, exec_id, pty_done)) => {
-                drop(st);
-                self.finish_exit(&id, &exec_id, pty_done);
-            }
-            None => {
-                if st.unclaimed.len() >= MAX_UNCLAIMED {
-                    st.unclaimed.clear();
-                }
-                st.unclaimed.insert(pid, code);
-                drop(st);
-                self.inner.changed.notify_all();
-            }
+        if let Some((id, exec_id)) = found {
+            self.report_exit_when_drained(&id, &exec_id);
         }
     }
 
-    /// Lets a pending exit's terminal output drain, then reports it unless `Start` has yet to
-    /// publish TaskStart (it reports the exit itself right after).
-    pub(super) fn finish_exit(&self, id: &str, exec_id: &str, pty_done: Option<JoinHandle<()>>) {
-        if let Some(h) = pty_done {
-            let _ = h.join();
+    /// Reports a pending exit unless the terminal output is still draining (its pump's end
+    /// reports it then).
+    pub(super) fn report_exit_when_drained(&mut self, id: &str, exec_id: &str) {
+        let Some(p) = self.tasks.get_mut(id).and_then(|t| t.proc_mut(exec_id).ok()) else { return };
+        if p.pty_pump.is_some() {
+            return;
         }
-        let mut st = self.lock();
-        if let Some(p) = st.tasks.get_mut(id).and_then(|t| t.proc_mut(exec_id).ok()) {
-            p.exit_ready = true;
-            if !p.starting {
-                self.report_exit(id, p);
-            }
-        }
-        drop(st);
-        self.inner.changed.notify_all();
-    }
-
-    /// Makes a pending exit the process's exit and publishes TaskExit (under the state lock, so
-    /// events keep their order).
-    pub(super) fn report_exit(&self, id: &str, p: &mut Proc) {
         let Some((code, at)) = p.pending_exit.take() else { return };
         p.exit = Some((code, at.clone()));
         let ev = TaskExit {
             container_id: id.to_string(),
-            id: if p.exec_id.is_empty() { id.to_string() } else { p.exec_id.clone() },
+            id: if exec_id.is_empty() { id.to_string() } else { exec_id.to_string() },
             pid: p.pid as u32,
             exit_status: code,
-            exited_at: MessageField::some(at),
+            exited_at: MessageField::some(at.clone()),
             ..Default::default()
         };
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev));
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, "TaskExit", &ev);
+        let (done, rest): (Vec<Waiter>, Vec<Waiter>) =
+            std::mem::take(&mut self.waiters).into_iter().partition(|w| w.id == id && w.exec_id == exec_id);
+        self.waiters = rest;
+        for w in done {
+            let resp = containerd_shim::api::WaitResponse {
+                exit_status: code,
+                exited_at: MessageField::some(at.clone()),
+                ..Default::default()
+            };
+            self.respond(w.conn, w.stream, resp.write_to_bytes().map_err(|e| status(Code::INTERNAL, e)));
+        }
     }
 
-    /// Waits until the helper `pid` has exited and reads its report. A helper stuck past
-    /// [`HELPER_TIMEOUT`] is killed, so a call cannot hang forever.
-    fn wait_helper(&self, pid: i32, report: &Path) -> TtrpcResult<i32> {
-        let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    /// Starts the copies of a process.
+    pub(super) fn add_copies(&mut self, id: &str, exec_id: &str, copies: Copies) -> (Option<u64>, Option<u64>) {
+        let add = |me: &mut Daemon, pair: Option<(OwnedFd, OwnedFd)>, pty_out: bool| {
+            let (src, dst) = pair?;
+            let n = me.token();
+            me.pumps.insert(
+                n,
+                PumpEntry {
+                    pump: Pump::new(src, dst),
+                    id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    pty_out,
+                    watching: None,
+                },
+            );
+            me.run_pump(n);
+            Some(n)
+        };
+        let stdin = add(self, copies.stdin, false);
+        let out = add(self, copies.pty_out, true);
+        // A copy that already ended is gone.
+        (stdin.filter(|n| self.pumps.contains_key(n)), out.filter(|n| self.pumps.contains_key(n)))
+    }
+
+    /// Moves a pump on, then waits on the side it needs; at its end, removes it (and lets a
+    /// terminal's exit be reported).
+    fn run_pump(&mut self, n: u64) {
+        let Some(e) = self.pumps.get_mut(&n) else { return };
+        let ended = e.pump.run();
+        if ended {
+            self.remove_pump(n, true);
+            return;
+        }
+        let want_dst = e.pump.blocked_on_dst();
+        if e.watching != Some(want_dst) {
+            match e.watching {
+                Some(true) => unwatch(&self.epoll, e.pump.dst.as_ref().unwrap_or(&e.pump.src)),
+                Some(false) => unwatch(&self.epoll, &e.pump.src),
+                None => {}
+            }
+            let ok = if want_dst {
+                match &e.pump.dst {
+                    Some(d) => watch(&self.epoll, d, libc::EPOLLOUT as u32, KIND_PUMP_DST | n).is_ok(),
+                    None => false,
+                }
+            } else {
+                watch(&self.epoll, &e.pump.src, libc::EPOLLIN as u32, KIND_PUMP_SRC | n).is_ok()
+            };
+            e.watching = ok.then_some(want_dst);
+            if !ok {
+                log::warn!("a stdio copy of {} cannot be watched: ending it", e.id);
+                self.remove_pump(n, true);
+            }
+        }
+    }
+
+    /// Removes pump `n`; with `ended`, a terminal's pending exit is reported.
+    pub(super) fn remove_pump(&mut self, n: u64, ended: bool) {
+        let Some(e) = self.pumps.remove(&n) else { return };
+        match e.watching {
+            Some(true) => {
+                if let Some(d) = &e.pump.dst {
+                    unwatch(&self.epoll, d);
+                }
+            }
+            Some(false) => unwatch(&self.epoll, &e.pump.src),
+            None => {}
+        }
+        let Some(p) = self.tasks.get_mut(&e.id).and_then(|t| t.proc_mut(&e.exec_id).ok()) else { return };
+        if e.pty_out {
+            p.pty_pump = None;
+            if ended {
+                self.report_exit_when_drained(&e.id, &e.exec_id);
+            }
+        } else if p.stdin_pump == Some(n) {
+            p.stdin_pump = None;
+        }
+    }
+
+    /// Watches the memory events of task `id`'s cgroup for OOM kills.
+    pub(super) fn watch_oom(&mut self, id: &str, cgroup: &Path) -> Option<u64> {
+        let stream = MemoryEventStream::open(cgroup).ok()?;
+        let token = KIND_OOM | self.token();
+        watch(&self.epoll, &stream, libc::EPOLLIN as u32, token).ok()?;
+        self.ooms.insert(token, (id.to_string(), stream));
+        Some(token)
+    }
+
+    pub(super) fn unwatch_oom(&mut self, token: u64) {
+        if let Some((_, stream)) = self.ooms.remove(&token) {
+            unwatch(&self.epoll, &stream);
+        }
+    }
+
+    fn check_oom(&mut self, token: u64) {
+        let Some((id, stream)) = self.ooms.get_mut(&token) else { return };
+        let id = id.clone();
+        match stream.wait(Some(Duration::ZERO)) {
+            Ok(Some(u)) if u.new_oom_kills() > 0 || u.new_ooms() > 0 => {
+                self.publish(
+                    topics::TASK_OOM_EVENT_TOPIC,
+                    "TaskOOM",
+                    &TaskOOM { container_id: id, ..Default::default() },
+                );
+            }
+            Ok(_) if !stream.gone() => {}
+            _ => self.unwatch_oom(token),
+        }
+    }
+
+    /// Lets loggers of deleted processes finish (see [`RetiringLogger`]).
+    pub(super) fn retire_logger(&mut self, kept: &mut Kept) {
+        if let Some(r) = kept.logger.take().and_then(|l| l.retire()) {
+            self.retiring.push(r);
+        }
+    }
+
+    fn step_loggers(&mut self) {
+        let now = Instant::now();
+        self.retiring.retain_mut(|r| !r.exited() && (r.deadline > now || r.step()));
+    }
+
+    /// Runs the helper for `req` with the process's stdio and returns the pid it reports. A
+    /// helper stuck past [`HELPER_TIMEOUT`] is killed, so a call cannot hang forever.
+    fn run_helper(&mut self, req: &HelperRequest, stdio: [OwnedFd; 3]) -> RpcResult<i32> {
+        let n = self.token();
+        let report = self.root.path().join(format!(".report-{}-{n}", std::process::id()));
+        let pid = helper::spawn(&self.helper_bin, req, &report, stdio).map_err(engine_err)? as i32;
+        let pidfd = crate::sys::pidfd_open(pid).map_err(|e| status(Code::INTERNAL, format!("pidfd_open: {e}")))?;
+        let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let deadline = Instant::now() + HELPER_TIMEOUT;
         let mut killed = false;
-        let mut st = self.lock();
-        while st.unclaimed.remove(&pid).is_none() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() && !killed {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd that lives across the call.
+            let rc = unsafe { libc::poll(&mut pfd, 1, left.max(1)) };
+            if rc > 0 {
+                break;
+            }
+            if rc == 0 && !killed {
                 log::error!("the shim helper {pid} took longer than {HELPER_TIMEOUT:?}: killing it");
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = crate::sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
                 killed = true;
             }
-            let wait = if killed { Duration::from_secs(1) } else { left };
-            st = self.inner.changed.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
         }
-        drop(st);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         if killed {
-            let _ = std::fs::remove_file(report);
+            let _ = std::fs::remove_file(&report);
             return Err(status(
                 Code::DEADLINE_EXCEEDED,
                 format!("the shim helper took longer than {HELPER_TIMEOUT:?}"),
             ));
         }
-        let rep = helper::read_report(report);
+        let rep = helper::read_report(&report);
         match (rep.pid, rep.error) {
             (_, Some(e)) => Err(status(Code::UNKNOWN, e)),
             (Some(p), None) => Ok(p),
@@ -375,26 +788,20 @@ impl Service {
         }
     }
 
-    fn run_helper(&self, req: &HelperRequest, stdio: [OwnedFd; 3]) -> TtrpcResult<i32> {
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let report = self.inner.root.path().join(format!(".report-{}-{n}", std::process::id()));
-        let pid = helper::spawn(req, &report, stdio).map_err(engine_err)?;
-        self.wait_helper(pid as i32, &report)
-    }
-
-    /// Prepares stdio for a process of container `id` and runs a helper; for a terminal, relays
-    /// the pty master it sends back.
+    /// Prepares stdio for a process of container `id` and runs a helper; returns the pid, the
+    /// copies to run and what to keep.
     pub(super) fn launch(
-        &self,
+        &mut self,
         id: &str,
         paths: &StdioPaths,
         io_owner: Option<(u32, u32)>,
         make: impl FnOnce(Option<PathBuf>) -> HelperRequest,
-    ) -> TtrpcResult<(i32, StdioRelay, Option<JoinHandle<()>>)> {
-        let owner = StdioOwner { container_id: id, namespace: &self.inner.namespace };
+    ) -> RpcResult<(i32, Copies, Kept)> {
+        let namespace = self.namespace.clone();
+        let owner = StdioOwner { container_id: id, namespace: &namespace };
         if paths.terminal {
-            let console = ConsoleSocket::bind(&self.inner.root).map_err(engine_err)?;
+            let n = self.token();
+            let console = ConsoleSocket::bind(&self.root, n).map_err(engine_err)?;
             let null = || {
                 std::fs::OpenOptions::new()
                     .read(true)
@@ -405,37 +812,18 @@ impl Service {
             };
             let pid = self.run_helper(&make(Some(console.path.clone())), [null()?, null()?, null()?])?;
             let master = receive_master(&console.listener).map_err(engine_err)?;
-            let (relay, done) = StdioRelay::terminal(paths, owner, master).map_err(engine_err)?;
-            Ok((pid, relay, Some(done)))
+            let (copies, kept) = stdio::terminal(paths, owner, master).map_err(engine_err)?;
+            Ok((pid, copies, kept))
         } else {
-            let (relay, fds) = StdioRelay::plain(paths, owner).map_err(engine_err)?;
+            let (fds, copies, kept) = stdio::plain(paths, owner).map_err(engine_err)?;
             if let Some((uid, gid)) = io_owner {
                 for fd in &fds {
                     give_pipe(fd, uid, gid).map_err(|e| status(Code::INTERNAL, format!("IoUid/IoGid: {e}")))?;
                 }
             }
             let pid = self.run_helper(&make(None), fds)?;
-            Ok((pid, relay, None))
+            Ok((pid, copies, kept))
         }
-    }
-
-    pub(super) fn spawn_oom_watcher(&self, id: String, cgroup: PathBuf, stop: Arc<AtomicBool>) {
-        let me = self.clone();
-        std::thread::spawn(move || {
-            let Ok(mut stream) = Cgroup::open(cgroup.clone()).memory_events() else { return };
-            while !stop.load(Ordering::Relaxed) && cgroup.join("memory.events").exists() {
-                match stream.wait(Some(Duration::from_secs(1))) {
-                    Ok(Some(u)) if u.new_oom_kills() > 0 || u.new_ooms() > 0 => {
-                        me.publish(
-                            topics::TASK_OOM_EVENT_TOPIC,
-                            Box::new(TaskOOM { container_id: id.clone(), ..Default::default() }),
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        });
     }
 }
 

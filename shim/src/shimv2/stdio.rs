@@ -1,15 +1,13 @@
 //! A task's stdio: the FIFOs containerd passes (or `file://` paths), given to the container
-//! directly where possible and relayed by threads where the shim must stay in between (stdin,
-//! so that `CloseIO` can end it, and a terminal's pty master). A `binary://` stdout starts a
-//! logger program that reads both output streams (see [`super::binary_log`]).
+//! directly where possible and relayed by the daemon's event loop where the shim must stay in
+//! between (stdin, so that `CloseIO` can end it, and a terminal's pty master). A `binary://`
+//! stdout starts a logger program that reads both output streams (see [`super::binary_log`]).
 
 use super::binary_log::{BinaryLogger, StartedLogger};
 use crate::error::{Error, Result};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::OpenOptions;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::{Arc, Mutex};
 
 /// The stdio paths of a process as containerd gives them.
 #[derive(Debug, Clone, Default)]
@@ -24,17 +22,6 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
-/// The shim's end of a process's stdio, kept while the process lives.
-#[derive(Debug, Default)]
-pub struct StdioRelay {
-    /// Where stdin is written: a pipe to the process or its pty master. `CloseIO` drops it.
-    stdin: Arc<Mutex<Option<File>>>,
-    /// The pty master, for `ResizePty`.
-    pub pty_master: Option<Arc<OwnedFd>>,
-    /// The `binary://` logger reading the output; ended when the process is deleted.
-    logger: Option<BinaryLogger>,
-}
-
 /// Whose process the stdio belongs to, as a `binary://` logger is told.
 #[derive(Debug, Clone, Copy)]
 pub struct StdioOwner<'a> {
@@ -42,6 +29,24 @@ pub struct StdioOwner<'a> {
     pub container_id: &'a str,
     /// Its containerd namespace.
     pub namespace: &'a str,
+}
+
+/// The copies the daemon's loop must run for a process: (source, destination) pairs.
+#[derive(Debug, Default)]
+pub struct Copies {
+    /// stdin FIFO → the process's stdin pipe or pty master.
+    pub stdin: Option<(OwnedFd, OwnedFd)>,
+    /// pty master → stdout FIFO.
+    pub pty_out: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// What the daemon keeps of a process's stdio besides the copies.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// The pty master, for `ResizePty`.
+    pub pty_master: Option<OwnedFd>,
+    /// The `binary://` logger reading the output; retired when the process is deleted.
+    pub logger: Option<BinaryLogger>,
 }
 
 /// Starts the logger when stdout is a `binary://` URI (containerd's rule: stdout's URI decides,
@@ -90,94 +95,186 @@ fn open_output(uri: &str) -> Result<OwnedFd> {
         Err(e) => return Err(Error::io(format!("opening {path}"), e)),
     };
     // The process gets ordinary blocking writes.
-    let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
+    set_nonblocking(&file, false)?;
     Ok(file.into())
 }
 
-/// Copies `from` into the shared writer until EOF or until the writer is dropped by `CloseIO`.
-fn spawn_stdin_copy(stdin_path: String, sink: Arc<Mutex<Option<File>>>) {
-    std::thread::spawn(move || {
-        // Blocks until containerd opens its writing end.
-        let Ok(mut fifo) = File::open(&stdin_path) else { return };
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = match fifo.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut guard = sink.lock().unwrap_or_else(|p| p.into_inner());
-            let written = guard.as_mut().is_some_and(|w| w.write_all(&buf[..n]).is_ok());
-            if !written {
-                break;
-            }
-        }
-        // EOF: the process's stdin closes (for a pty, the master stays for output).
-        sink.lock().unwrap_or_else(|p| p.into_inner()).take();
-    });
+/// Opens the stdin FIFO for reading. Non-blocking, so the open does not wait for containerd's
+/// writer; the FIFO reports nothing until a writer came, and hangs up when the last one left.
+fn open_stdin(path: &str) -> Result<OwnedFd> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| Error::io(format!("opening {path}"), e))
 }
 
-impl StdioRelay {
-    /// Prepares the stdio for a process without a terminal: the three descriptors to give it.
-    pub fn plain(paths: &StdioPaths, owner: StdioOwner) -> Result<(StdioRelay, [OwnedFd; 3])> {
-        let mut relay = StdioRelay::default();
-        let (stdout, stderr) = match start_logger(paths, owner)? {
-            Some(started) => {
-                relay.logger = Some(started.logger);
-                (started.stdout, started.stderr)
-            }
-            None => {
-                let stdout = open_output(&paths.stdout)?;
-                let stderr = if paths.stderr.is_empty() { dev_null(true)? } else { open_output(&paths.stderr)? };
-                (stdout, stderr)
-            }
-        };
-        let stdin = if paths.stdin.is_empty() {
-            dev_null(false)?
-        } else {
-            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
-            *relay.stdin.lock().unwrap_or_else(|p| p.into_inner()) = Some(File::from(w));
-            spawn_stdin_copy(paths.stdin.clone(), relay.stdin.clone());
-            r
-        };
-        Ok((relay, [stdin, stdout, stderr]))
+/// Sets or clears O_NONBLOCK on `fd`'s open file description.
+pub fn set_nonblocking(fd: &impl AsFd, on: bool) -> Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL).map_err(|e| Error::sys("fcntl", e))?);
+    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| Error::sys("fcntl", e))?;
+    Ok(())
+}
+
+/// Prepares the stdio of a process without a terminal: the three descriptors to give it, the
+/// copies to run and what to keep.
+pub fn plain(paths: &StdioPaths, owner: StdioOwner) -> Result<([OwnedFd; 3], Copies, Kept)> {
+    let mut kept = Kept::default();
+    let (stdout, stderr) = match start_logger(paths, owner)? {
+        Some(started) => {
+            kept.logger = Some(started.logger);
+            (started.stdout, started.stderr)
+        }
+        None => {
+            let stdout = open_output(&paths.stdout)?;
+            let stderr = if paths.stderr.is_empty() { dev_null(true)? } else { open_output(&paths.stderr)? };
+            (stdout, stderr)
+        }
+    };
+    let mut copies = Copies::default();
+    let stdin = if paths.stdin.is_empty() {
+        dev_null(false)?
+    } else {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+        set_nonblocking(&w, true)?;
+        copies.stdin = Some((open_stdin(&paths.stdin)?, w));
+        r
+    };
+    Ok(([stdin, stdout, stderr], copies, kept))
+}
+
+/// Prepares the copies of a terminal: stdin FIFO → master, master → stdout FIFO. The output
+/// copy ends when the terminal's last slave closes, which is when the exit may be reported.
+pub fn terminal(paths: &StdioPaths, owner: StdioOwner, master: OwnedFd) -> Result<(Copies, Kept)> {
+    // A terminal has one stream: the logger's stderr pipe closes at once.
+    let (out, logger) = match start_logger(paths, owner)? {
+        Some(started) => (started.stdout, Some(started.logger)),
+        None => (open_output(&paths.stdout)?, None),
+    };
+    set_nonblocking(&out, true)?;
+    set_nonblocking(&master, true)?;
+    let dup = || master.as_fd().try_clone_to_owned().map_err(|e| Error::io("dup pty master", e));
+    let mut copies = Copies { stdin: None, pty_out: Some((dup()?, out)) };
+    if !paths.stdin.is_empty() {
+        copies.stdin = Some((open_stdin(&paths.stdin)?, dup()?));
+    }
+    Ok((copies, Kept { pty_master: Some(master), logger }))
+}
+
+/// A copy from one descriptor to another, moved on by the event loop without ever blocking.
+/// What the destination does not take yet waits in a buffer; the source is not read meanwhile.
+#[derive(Debug)]
+pub struct Pump {
+    /// Where bytes come from (non-blocking).
+    pub src: OwnedFd,
+    /// Where they go (non-blocking); `None` once it failed: the rest is read and dropped.
+    pub dst: Option<OwnedFd>,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    src_open: bool,
+}
+
+/// Bytes a pump holds at most.
+const PUMP_BUFFER: usize = 16 * 1024;
+
+impl Pump {
+    /// A pump from `src` to `dst`, both non-blocking.
+    pub fn new(src: OwnedFd, dst: OwnedFd) -> Pump {
+        Pump { src, dst: Some(dst), buf: Vec::new(), pos: 0, len: 0, src_open: true }
     }
 
-    /// Relays a pty master: stdin FIFO → master, master → stdout FIFO. The returned handle
-    /// finishes when the terminal's last slave closes, so waiters can let the output drain.
-    pub fn terminal(
-        paths: &StdioPaths,
-        owner: StdioOwner,
-        master: OwnedFd,
-    ) -> Result<(StdioRelay, std::thread::JoinHandle<()>)> {
-        let master = Arc::new(master);
-        // A terminal has one stream: the logger's stderr pipe closes at once.
-        let (out, logger) = match start_logger(paths, owner)? {
-            Some(started) => (started.stdout, Some(started.logger)),
-            None => (open_output(&paths.stdout)?, None),
-        };
-        let mut out = File::from(out);
-        let relay = StdioRelay { stdin: Arc::new(Mutex::new(None)), pty_master: Some(master.clone()), logger };
-        if !paths.stdin.is_empty() {
-            let w = master.as_fd().try_clone_to_owned().map_err(|e| Error::io("dup pty master", e))?;
-            *relay.stdin.lock().unwrap_or_else(|p| p.into_inner()) = Some(File::from(w));
-            spawn_stdin_copy(paths.stdin.clone(), relay.stdin.clone());
+    /// Moves what can move now. Returns true once the source is at its end (EOF, or EIO from a
+    /// pty master whose slaves are all closed) and everything read was written or dropped.
+    pub fn run(&mut self) -> bool {
+        use nix::errno::Errno;
+        loop {
+            if self.pos < self.len {
+                let Some(dst) = &self.dst else {
+                    self.pos = self.len;
+                    continue;
+                };
+                match nix::unistd::write(dst, &self.buf[self.pos..self.len]) {
+                    Ok(n) => self.pos += n,
+                    Err(Errno::EAGAIN) => return false,
+                    Err(Errno::EINTR) => {}
+                    Err(_) => self.dst = None,
+                }
+                continue;
+            }
+            if !self.src_open {
+                return true;
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0; PUMP_BUFFER];
+            }
+            match nix::unistd::read(&self.src, &mut self.buf) {
+                Ok(0) => self.src_open = false,
+                Ok(n) => (self.pos, self.len) = (0, n),
+                Err(Errno::EAGAIN) => return false,
+                Err(Errno::EINTR) => {}
+                Err(_) => self.src_open = false,
+            }
         }
-        let reader = master.as_fd().try_clone_to_owned().map_err(|e| Error::io("dup pty master", e))?;
-        let handle = std::thread::spawn(move || {
-            let mut reader = File::from(reader);
-            let mut buf = vec![0u8; 32 * 1024];
-            // EIO once every slave is closed: the process and its children are gone.
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 || out.write_all(&buf[..n]).is_err() {
+    }
+
+    /// Whether the loop should wait for the destination to take bytes (else for the source).
+    pub fn blocked_on_dst(&self) -> bool {
+        self.pos < self.len && self.dst.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pump_waits_for_a_full_destination_and_drains_after_eof() {
+        let (src_r, src_w) = nix::unistd::pipe().unwrap();
+        let (dst_r, dst_w) = nix::unistd::pipe().unwrap();
+        set_nonblocking(&src_r, true).unwrap();
+        set_nonblocking(&dst_w, true).unwrap();
+        // Make the destination nearly full: one page.
+        nix::fcntl::fcntl(&dst_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+        let mut p = Pump::new(src_r, dst_w);
+        let data = vec![7u8; 10_000];
+        nix::unistd::write(&src_w, &data).unwrap();
+        drop(src_w);
+        assert!(!p.run(), "the destination takes only 4096 bytes");
+        assert!(p.blocked_on_dst());
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        set_nonblocking(&dst_r, true).unwrap();
+        while !p.run() {
+            while let Ok(n) = nix::unistd::read(&dst_r, &mut buf) {
+                if n == 0 {
                     break;
                 }
+                got.extend_from_slice(&buf[..n]);
             }
-        });
-        Ok((relay, handle))
+        }
+        while let Ok(n) = nix::unistd::read(&dst_r, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data);
     }
 
-    /// Ends the process's stdin (`CloseIO`).
-    pub fn close_stdin(&self) {
-        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+    #[test]
+    fn a_closed_destination_drops_the_rest_without_blocking() {
+        let (src_r, src_w) = nix::unistd::pipe().unwrap();
+        let (dst_r, dst_w) = nix::unistd::pipe().unwrap();
+        set_nonblocking(&src_r, true).unwrap();
+        drop(dst_r);
+        let mut p = Pump::new(src_r, dst_w);
+        nix::unistd::write(&src_w, b"lost").unwrap();
+        drop(src_w);
+        assert!(p.run());
+        assert!(p.dst.is_none());
     }
 }

@@ -1,11 +1,13 @@
-//! The task API's calls (`containerd_shim::Task`) on the [`Service`]: each maps a containerd
-//! request onto the engine, the helper or the service's process table.
+//! The task API's calls on the [`Daemon`]: each maps a containerd request onto the engine, the
+//! helper or the daemon's process table. [`Daemon::dispatch`] decodes a request by method name
+//! and encodes the answer; `Wait` on a live process is answered later, when it exits.
 
 use super::helper::HelperRequest;
 use super::metrics;
 use super::options;
-use super::service::{ApiStatus, Proc, ROOT_FILE, Service, Task, engine_err, now, status, unmount_rootfs};
+use super::service::{ApiStatus, Daemon, Proc, ROOT_FILE, Task, engine_err, now, unmount_rootfs};
 use super::stdio::StdioPaths;
+use super::ttrpc::{RpcResult, status};
 use crate::container;
 use crate::error::Error;
 use crate::state::{StateRoot, Status};
@@ -22,132 +24,111 @@ use containerd_shim::protos::events::task::{
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::topics;
-use containerd_shim::protos::ttrpc::Code;
-use containerd_shim::protos::types::task::ProcessInfo;
-use containerd_shim::{TtrpcContext, TtrpcResult};
+use containerd_shim::protos::ttrpc::{Code, Request};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-impl Service {
-    fn delete_task(&self, id: &str) -> TtrpcResult<DeleteResponse> {
-        let root = {
-            let st = self.lock();
-            let t = st.tasks.get(id).ok_or_else(|| status(Code::NOT_FOUND, format!("task {id} not found")))?;
-            let live = container::oci_state(&t.root, id).map(|s| s.status);
-            if t.init.exit.is_none() && matches!(live, Ok(Status::Running | Status::Paused)) {
-                return Err(status(Code::FAILED_PRECONDITION, format!("task {id} is running: kill it first")));
-            }
-            t.root.clone()
-        };
-        container::delete(&root, id, true).or_else(|e| match e {
-            Error::NotFound(_) => Ok(()),
-            e => Err(engine_err(e)),
-        })?;
-        let mut st = self.lock();
-        let Some(t) = st.tasks.remove(id) else {
-            return Err(status(Code::NOT_FOUND, format!("task {id} not found")));
-        };
-        drop(st);
-        t.oom_stop.store(true, Ordering::Relaxed);
-        t.init.relay.close_stdin();
-        for _ in 0..t.rootfs_mounts {
-            unmount_rootfs(&t.bundle);
-        }
-        // Without a reported exit, the delete killed it: 128 + SIGKILL.
-        let (code, at) = t.init.exit.clone().or(t.init.pending_exit.clone()).unwrap_or_else(|| (137, now()));
-        self.publish(
-            topics::TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
-                container_id: id.to_string(),
-                pid: t.init.pid as u32,
-                exit_status: code,
-                exited_at: MessageField::some(at.clone()),
-                id: id.to_string(),
-                ..Default::default()
-            }),
-        );
-        Ok(DeleteResponse {
-            pid: t.init.pid as u32,
-            exit_status: code,
-            exited_at: MessageField::some(at),
-            ..Default::default()
-        })
-    }
+/// The task service's name on the wire (task API v2).
+pub const TASK_SERVICE: &str = "containerd.task.v2.Task";
 
-    fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<StartResponse> {
-        let (paths, spec, io_owner) = {
-            let mut st = self.lock();
-            let t = st.tasks.get_mut(id).ok_or_else(|| status(Code::NOT_FOUND, format!("task {id} not found")))?;
-            let io_owner = t.io_owner;
-            let p = t.proc_mut(exec_id)?;
-            let spec = p
-                .spec
-                .take()
-                .ok_or_else(|| status(Code::FAILED_PRECONDITION, format!("exec {exec_id} was already started")))?;
-            (p.paths.clone(), spec, io_owner)
-        };
-        let root = self.root_of(id).path().to_path_buf();
-        let (pid, relay, pty_done) = self.launch(id, &paths, io_owner, |console_socket| HelperRequest::Exec {
-            root,
-            id: id.to_string(),
-            process: spec,
-            console_socket,
-        })?;
-        let mut st = self.lock();
-        let early_exit = st.unclaimed.remove(&pid);
-        let t = st.tasks.get_mut(id).ok_or_else(|| status(Code::NOT_FOUND, format!("task {id} not found")))?;
-        let p = t.proc_mut(exec_id)?;
-        p.pid = pid;
-        p.started = true;
-        p.relay = relay;
-        p.pty_done = pty_done;
-        self.publish(
-            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-            Box::new(TaskExecStarted {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-                pid: pid as u32,
-                ..Default::default()
-            }),
-        );
-        if let Some(code) = early_exit {
-            // It exited before its helper did: report it now, after ExecStarted.
-            p.pending_exit = Some((code as u32, now()));
-            let done = p.pty_done.take();
-            drop(st);
-            self.finish_exit(id, exec_id, done);
-        }
-        Ok(StartResponse { pid: pid as u32, ..Default::default() })
-    }
+fn decode<M: Message>(payload: &[u8]) -> RpcResult<M> {
+    M::parse_from_bytes(payload).map_err(|e| status(Code::INVALID_ARGUMENT, format!("a malformed request: {e}")))
+}
+
+fn encode<M: Message>(m: RpcResult<M>) -> RpcResult<Vec<u8>> {
+    m.and_then(|m| m.write_to_bytes().map_err(|e| status(Code::INTERNAL, e)))
+}
+
+fn task_not_found(id: &str) -> super::ttrpc::RpcError {
+    status(Code::NOT_FOUND, format!("task {id} not found"))
 }
 
 fn paths_of(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> StdioPaths {
     StdioPaths { stdin: stdin.into(), stdout: stdout.into(), stderr: stderr.into(), terminal }
 }
 
-impl containerd_shim::Task for Service {
-    fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
+impl Daemon {
+    /// Runs one call. `None`: the answer comes later (a `Wait` on a live process).
+    pub(super) fn dispatch(&mut self, conn: u64, stream: u32, req: &Request) -> Option<RpcResult<Vec<u8>>> {
+        if req.service != TASK_SERVICE {
+            return Some(Err(status(Code::UNIMPLEMENTED, format!("service {} is not served here", req.service))));
+        }
+        let p = &req.payload;
+        Some(match req.method.as_str() {
+            "Create" => decode(p).and_then(|r| encode(self.create(r))),
+            "Start" => decode(p).and_then(|r| encode(self.start(r))),
+            "State" => decode(p).and_then(|r| encode(self.state(r))),
+            "Kill" => decode(p).and_then(|r| encode(self.kill(r))),
+            "Delete" => decode(p).and_then(|r| encode(self.delete(r))),
+            "Pids" => decode(p).and_then(|r| encode(self.pids(r))),
+            "Pause" => decode(p).and_then(|r| encode(self.pause(r))),
+            "Resume" => decode(p).and_then(|r| encode(self.resume(r))),
+            "Exec" => decode(p).and_then(|r| encode(self.exec(r))),
+            "ResizePty" => decode(p).and_then(|r| encode(self.resize_pty(r))),
+            "CloseIO" => decode(p).and_then(|r| encode(self.close_io(r))),
+            "Update" => decode(p).and_then(|r| encode(self.update(r))),
+            "Stats" => decode(p).and_then(|r| encode(self.stats(r))),
+            "Connect" => decode(p).and_then(|r| encode(self.connect(r))),
+            "Shutdown" => decode(p).and_then(|r| encode(self.shutdown(r))),
+            "Wait" => match decode::<WaitRequest>(p) {
+                Ok(r) => match self.exit_of(&r.id, &r.exec_id) {
+                    Ok(Some(resp)) => encode(Ok(resp)),
+                    Ok(None) => {
+                        self.defer_wait(conn, stream, &r.id, &r.exec_id);
+                        return None;
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+            "Checkpoint" => {
+                Err(status(Code::UNIMPLEMENTED, "checkpoint is not implemented by strata (no CRIU support)"))
+            }
+            m => Err(status(Code::UNIMPLEMENTED, format!("method {m} is not implemented by strata"))),
+        })
+    }
+
+    fn task(&mut self, id: &str) -> RpcResult<&mut Task> {
+        self.tasks.get_mut(id).ok_or_else(|| task_not_found(id))
+    }
+
+    fn root_of(&self, id: &str) -> StateRoot {
+        self.tasks.get(id).map(|t| t.root.clone()).unwrap_or_else(|| self.root.clone())
+    }
+
+    /// The reported exit of a process, if it has one.
+    fn exit_of(&mut self, id: &str, exec_id: &str) -> RpcResult<Option<WaitResponse>> {
+        let p = self.task(id)?.proc_mut(exec_id)?;
+        Ok(p.exit.clone().map(|(code, at)| WaitResponse {
+            exit_status: code,
+            exited_at: MessageField::some(at),
+            ..Default::default()
+        }))
+    }
+
+    fn create(&mut self, req: CreateTaskRequest) -> RpcResult<CreateTaskResponse> {
         if !req.checkpoint.is_empty() {
             return Err(status(Code::UNIMPLEMENTED, "strata cannot restore from a checkpoint"));
+        }
+        if self.tasks.contains_key(&req.id) {
+            return Err(status(Code::ALREADY_EXISTS, format!("task {} already exists", req.id)));
         }
         let bundle = PathBuf::from(&req.bundle);
         let options = options::parse(&req.options)?;
         let state_root = match options.root {
             Some(dir) => {
-                let dir = dir.join(&self.inner.namespace);
+                let dir = dir.join(&self.namespace);
                 // Recorded in the bundle for `delete` after a dead shim.
                 std::fs::write(bundle.join(ROOT_FILE), dir.as_os_str().as_encoded_bytes())
                     .map_err(|e| status(Code::INTERNAL, format!("recording the state root: {e}")))?;
                 StateRoot::new(dir).map_err(engine_err)?
             }
-            None => self.inner.root.clone(),
+            None => self.root.clone(),
         };
         let rootfs = bundle.join("rootfs");
         let mut mounted = 0;
         for m in &req.rootfs {
-            if let Err(e) = containerd_shim::mount::mount_rootfs(Some(&m.type_), Some(&m.source), &m.options, &rootfs) {
+            if let Err(e) = super::rootfs_mount::mount(&m.type_, &m.source, &m.options, &rootfs) {
                 for _ in 0..mounted {
                     unmount_rootfs(&bundle);
                 }
@@ -163,7 +144,7 @@ impl containerd_shim::Task for Service {
             bundle: bundle.clone(),
             console_socket,
         });
-        let (pid, relay, pty_done) = match launched {
+        let (pid, copies, kept) = match launched {
             Ok(v) => v,
             Err(e) => {
                 for _ in 0..mounted {
@@ -173,73 +154,92 @@ impl containerd_shim::Task for Service {
             }
         };
         let cgroup = state_root.load(&req.id).map(|s| s.cgroup_path).unwrap_or_default();
-        let oom_stop = Arc::new(AtomicBool::new(false));
+        let oom_watch = self.watch_oom(&req.id, &cgroup);
         let task = Task {
             root: state_root,
             bundle: bundle.clone(),
             rootfs_mounts: mounted,
-            cgroup: cgroup.clone(),
-            init: Proc { pid, paths, started: true, relay, pty_done, ..Default::default() },
+            cgroup,
+            init: Proc { pid, paths, started: true, kept, ..Default::default() },
             execs: HashMap::new(),
-            oom_stop: oom_stop.clone(),
+            oom_watch,
             io_owner: options.io_owner,
         };
-        self.lock().tasks.insert(req.id.clone(), task);
-        self.publish(
-            topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
-                container_id: req.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: MessageField::some(TaskIO {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                    ..Default::default()
-                }),
-                pid: pid as u32,
+        self.tasks.insert(req.id.clone(), task);
+        let (stdin_pump, pty_pump) = self.add_copies(&req.id, "", copies);
+        if let Ok(t) = self.task(&req.id) {
+            (t.init.stdin_pump, t.init.pty_pump) = (stdin_pump, pty_pump);
+        }
+        let ev = TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: MessageField::some(TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
                 ..Default::default()
             }),
-        );
-        self.spawn_oom_watcher(req.id.clone(), cgroup, oom_stop);
+            pid: pid as u32,
+            ..Default::default()
+        };
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, "TaskCreate", &ev);
         Ok(CreateTaskResponse { pid: pid as u32, ..Default::default() })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+    fn start(&mut self, req: StartRequest) -> RpcResult<StartResponse> {
         if !req.exec_id.is_empty() {
             return self.start_exec(&req.id, &req.exec_id);
         }
-        let pid = {
-            let mut st = self.lock();
-            let t = st.tasks.get_mut(&req.id).ok_or_else(|| status(Code::NOT_FOUND, "task not found"))?;
-            t.init.starting = true;
-            t.init.pid
-        };
-        let started = container::start(&self.root_of(&req.id), &req.id).map_err(engine_err);
-        let mut st = self.lock();
-        let Some(t) = st.tasks.get_mut(&req.id) else { return Err(status(Code::NOT_FOUND, "task not found")) };
-        t.init.starting = false;
-        if started.is_ok() {
-            self.publish(
-                topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart { container_id: req.id.clone(), pid: pid as u32, ..Default::default() }),
-            );
-        }
-        // An exit that came while starting is reported now, after TaskStart.
-        if t.init.exit_ready {
-            self.report_exit(&req.id, &mut t.init);
-        }
-        drop(st);
-        self.inner.changed.notify_all();
-        started?;
+        let pid = self.task(&req.id)?.init.pid;
+        container::start(&self.root_of(&req.id), &req.id).map_err(engine_err)?;
+        // An exit that came meanwhile is reaped after this call: TaskStart comes first.
+        self.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            "TaskStart",
+            &TaskStart { container_id: req.id.clone(), pid: pid as u32, ..Default::default() },
+        );
         Ok(StartResponse { pid: pid as u32, ..Default::default() })
     }
 
-    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        let mut st = self.lock();
-        let t =
-            st.tasks.get_mut(&req.id).ok_or_else(|| status(Code::NOT_FOUND, format!("task {} not found", req.id)))?;
+    fn start_exec(&mut self, id: &str, exec_id: &str) -> RpcResult<StartResponse> {
+        let t = self.task(id)?;
+        let io_owner = t.io_owner;
+        let root = t.root.path().to_path_buf();
+        let p = t.proc_mut(exec_id)?;
+        let spec = p
+            .spec
+            .take()
+            .ok_or_else(|| status(Code::FAILED_PRECONDITION, format!("exec {exec_id} was already started")))?;
+        let paths = p.paths.clone();
+        let (pid, copies, kept) = self.launch(id, &paths, io_owner, |console_socket| HelperRequest::Exec {
+            root,
+            id: id.to_string(),
+            process: spec,
+            console_socket,
+        })?;
+        let p = self.task(id)?.proc_mut(exec_id)?;
+        (p.pid, p.started, p.kept) = (pid, true, kept);
+        let (stdin_pump, pty_pump) = self.add_copies(id, exec_id, copies);
+        if let Ok(p) = self.task(id).and_then(|t| t.proc_mut(exec_id)) {
+            (p.stdin_pump, p.pty_pump) = (stdin_pump, pty_pump);
+        }
+        self.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            "TaskExecStarted",
+            &TaskExecStarted {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        Ok(StartResponse { pid: pid as u32, ..Default::default() })
+    }
+
+    fn state(&mut self, req: StateRequest) -> RpcResult<StateResponse> {
+        let t = self.task(&req.id)?;
         let bundle = t.bundle.display().to_string();
         let root = t.root.clone();
         let is_init = req.exec_id.is_empty();
@@ -272,16 +272,9 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        let (pid, exited) = {
-            let mut st = self.lock();
-            let t = st
-                .tasks
-                .get_mut(&req.id)
-                .ok_or_else(|| status(Code::NOT_FOUND, format!("task {} not found", req.id)))?;
-            let p = t.proc_mut(&req.exec_id)?;
-            (p.pid, p.exit.is_some())
-        };
+    fn kill(&mut self, req: KillRequest) -> RpcResult<Empty> {
+        let p = self.task(&req.id)?.proc_mut(&req.exec_id)?;
+        let (pid, exited) = (p.pid, p.exit.is_some());
         if exited && !req.all {
             return Err(status(Code::NOT_FOUND, "process already finished"));
         }
@@ -299,19 +292,17 @@ impl containerd_shim::Task for Service {
         Ok(Empty::new())
     }
 
-    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+    fn delete(&mut self, req: DeleteRequest) -> RpcResult<DeleteResponse> {
         if req.exec_id.is_empty() {
             return self.delete_task(&req.id);
         }
-        let mut st = self.lock();
-        let t =
-            st.tasks.get_mut(&req.id).ok_or_else(|| status(Code::NOT_FOUND, format!("task {} not found", req.id)))?;
+        let t = self.task(&req.id)?;
         let p = t.proc_mut(&req.exec_id)?;
         if p.started && p.exit.is_none() {
             return Err(status(Code::FAILED_PRECONDITION, format!("exec {} is running", req.exec_id)));
         }
-        let p = t.execs.remove(&req.exec_id).unwrap_or_default();
-        p.relay.close_stdin();
+        let mut p = t.execs.remove(&req.exec_id).unwrap_or_default();
+        self.release(&mut p);
         let (code, at) = p.exit.unwrap_or_else(|| (0, now()));
         Ok(DeleteResponse {
             pid: p.pid as u32,
@@ -321,42 +312,100 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        let pids = container::pids(&self.root_of(&req.id), &req.id).map_err(engine_err)?;
-        Ok(PidsResponse {
-            processes: pids.into_iter().map(|p| ProcessInfo { pid: p as u32, ..Default::default() }).collect(),
+    /// Ends what the daemon runs for a deleted process: its copies and its logger.
+    fn release(&mut self, p: &mut Proc) {
+        for n in [p.stdin_pump.take(), p.pty_pump.take()].into_iter().flatten() {
+            self.remove_pump(n, false);
+        }
+        self.retire_logger(&mut p.kept);
+    }
+
+    fn delete_task(&mut self, id: &str) -> RpcResult<DeleteResponse> {
+        let t = self.task(id)?;
+        let live = container::oci_state(&t.root, id).map(|s| s.status);
+        if t.init.exit.is_none() && matches!(live, Ok(Status::Running | Status::Paused)) {
+            return Err(status(Code::FAILED_PRECONDITION, format!("task {id} is running: kill it first")));
+        }
+        let root = t.root.clone();
+        container::delete(&root, id, true).or_else(|e| match e {
+            Error::NotFound(_) => Ok(()),
+            e => Err(engine_err(e)),
+        })?;
+        let Some(mut t) = self.tasks.remove(id) else { return Err(task_not_found(id)) };
+        if let Some(token) = t.oom_watch.take() {
+            self.unwatch_oom(token);
+        }
+        self.release(&mut t.init);
+        for mut p in std::mem::take(&mut t.execs).into_values() {
+            self.release(&mut p);
+        }
+        for _ in 0..t.rootfs_mounts {
+            unmount_rootfs(&t.bundle);
+        }
+        // Without a reported exit, the delete killed it: 128 + SIGKILL.
+        let (code, at) = t.init.exit.clone().or(t.init.pending_exit.clone()).unwrap_or_else(|| (137, now()));
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            "TaskDelete",
+            &TaskDelete {
+                container_id: id.to_string(),
+                pid: t.init.pid as u32,
+                exit_status: code,
+                exited_at: MessageField::some(at.clone()),
+                id: id.to_string(),
+                ..Default::default()
+            },
+        );
+        Ok(DeleteResponse {
+            pid: t.init.pid as u32,
+            exit_status: code,
+            exited_at: MessageField::some(at),
             ..Default::default()
         })
     }
 
-    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+    fn pids(&mut self, req: PidsRequest) -> RpcResult<PidsResponse> {
+        self.task(&req.id)?;
+        let pids = container::pids(&self.root_of(&req.id), &req.id).map_err(engine_err)?;
+        Ok(PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|p| containerd_shim::protos::types::task::ProcessInfo { pid: p as u32, ..Default::default() })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn pause(&mut self, req: PauseRequest) -> RpcResult<Empty> {
+        self.task(&req.id)?;
         container::pause(&self.root_of(&req.id), &req.id).map_err(engine_err)?;
         self.publish(
             topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused { container_id: req.id.clone(), ..Default::default() }),
+            "TaskPaused",
+            &TaskPaused { container_id: req.id.clone(), ..Default::default() },
         );
         Ok(Empty::new())
     }
 
-    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+    fn resume(&mut self, req: ResumeRequest) -> RpcResult<Empty> {
+        self.task(&req.id)?;
         container::resume(&self.root_of(&req.id), &req.id).map_err(engine_err)?;
         self.publish(
             topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed { container_id: req.id.clone(), ..Default::default() }),
+            "TaskResumed",
+            &TaskResumed { container_id: req.id.clone(), ..Default::default() },
         );
         Ok(Empty::new())
     }
 
-    fn checkpoint(&self, _ctx: &TtrpcContext, _req: containerd_shim::api::CheckpointTaskRequest) -> TtrpcResult<Empty> {
-        Err(status(Code::UNIMPLEMENTED, "checkpoint is not implemented by strata (no CRIU support)"))
-    }
-
-    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        let spec: serde_json::Value = serde_json::from_slice(&req.spec.value)
+    fn exec(&mut self, req: ExecProcessRequest) -> RpcResult<Empty> {
+        // Checked here so that a bad spec fails `Exec`, not the later `Start`; the helper
+        // decodes it into the OCI process.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&req.spec.value)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("exec process spec: {e}")))?;
-        let mut st = self.lock();
-        let t =
-            st.tasks.get_mut(&req.id).ok_or_else(|| status(Code::NOT_FOUND, format!("task {} not found", req.id)))?;
+        let spec = String::from_utf8(req.spec.value.clone())
+            .map_err(|_| status(Code::INVALID_ARGUMENT, "exec process spec: not UTF-8"))?;
+        let t = self.task(&req.id)?;
         if t.execs.contains_key(&req.exec_id) {
             return Err(status(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
         }
@@ -371,70 +420,44 @@ impl containerd_shim::Task for Service {
         );
         self.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
-                container_id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-                ..Default::default()
-            }),
+            "TaskExecAdded",
+            &TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() },
         );
         Ok(Empty::new())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        let mut st = self.lock();
-        let t =
-            st.tasks.get_mut(&req.id).ok_or_else(|| status(Code::NOT_FOUND, format!("task {} not found", req.id)))?;
-        let p = t.proc_mut(&req.exec_id)?;
+    fn resize_pty(&mut self, req: ResizePtyRequest) -> RpcResult<Empty> {
+        let p = self.task(&req.id)?.proc_mut(&req.exec_id)?;
         let master = p
-            .relay
+            .kept
             .pty_master
-            .clone()
+            .as_ref()
             .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the process has no terminal"))?;
-        crate::tty::set_winsize(&*master, crate::tty::WinSize { rows: req.height as u16, cols: req.width as u16 })
+        crate::tty::set_winsize(master, crate::tty::WinSize { rows: req.height as u16, cols: req.width as u16 })
             .map_err(engine_err)?;
         Ok(Empty::new())
     }
 
-    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        let mut st = self.lock();
-        let t =
-            st.tasks.get_mut(&req.id).ok_or_else(|| status(Code::NOT_FOUND, format!("task {} not found", req.id)))?;
-        if req.stdin {
-            t.proc_mut(&req.exec_id)?.relay.close_stdin();
+    fn close_io(&mut self, req: CloseIORequest) -> RpcResult<Empty> {
+        let p = self.task(&req.id)?.proc_mut(&req.exec_id)?;
+        if req.stdin
+            && let Some(n) = p.stdin_pump.take()
+        {
+            self.remove_pump(n, false);
         }
         Ok(Empty::new())
     }
 
-    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        let cgroup = {
-            let st = self.lock();
-            st.tasks.get(&req.id).map(|t| t.cgroup.clone()).ok_or_else(|| status(Code::NOT_FOUND, "task not found"))?
-        };
+    fn update(&mut self, req: UpdateTaskRequest) -> RpcResult<Empty> {
+        let cgroup = self.task(&req.id)?.cgroup.clone();
         let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&req.resources.value)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("update: resources: {e}")))?;
         Cgroup::open(cgroup).update(&resources).map_err(|e| engine_err(e.into()))?;
         Ok(Empty::new())
     }
 
-    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        let mut st = self.lock();
-        loop {
-            let t = st
-                .tasks
-                .get_mut(&req.id)
-                .ok_or_else(|| status(Code::NOT_FOUND, format!("task {} not found", req.id)))?;
-            if let Some((code, at)) = t.proc_mut(&req.exec_id)?.exit.clone() {
-                return Ok(WaitResponse { exit_status: code, exited_at: MessageField::some(at), ..Default::default() });
-            }
-            st = self.inner.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        let cgroup = {
-            let st = self.lock();
-            st.tasks.get(&req.id).map(|t| t.cgroup.clone()).ok_or_else(|| status(Code::NOT_FOUND, "task not found"))?
-        };
+    fn stats(&mut self, req: StatsRequest) -> RpcResult<StatsResponse> {
+        let cgroup = self.task(&req.id)?.cgroup.clone();
         let stats = Cgroup::open(cgroup).stats().map_err(|e| engine_err(e.into()))?;
         let value = metrics::to_metrics(&stats).write_to_bytes().map_err(|e| status(Code::INTERNAL, e))?;
         let mut any = Any::new();
@@ -443,9 +466,8 @@ impl containerd_shim::Task for Service {
         Ok(StatsResponse { stats: MessageField::some(any), ..Default::default() })
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
-        let st = self.lock();
-        let task_pid = st.tasks.get(&req.id).map(|t| t.init.pid as u32).unwrap_or(0);
+    fn connect(&mut self, req: ConnectRequest) -> RpcResult<ConnectResponse> {
+        let task_pid = self.tasks.get(&req.id).map(|t| t.init.pid as u32).unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -454,11 +476,10 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        if self.lock().tasks.is_empty() {
-            log::info!("no task left in namespace {}: shutting down", self.inner.namespace);
-            self.flush_events(std::time::Duration::from_secs(10));
-            self.inner.exit_signal.signal();
+    fn shutdown(&mut self, _req: ShutdownRequest) -> RpcResult<Empty> {
+        if self.tasks.is_empty() {
+            log::info!("no task left in namespace {}: shutting down", self.namespace);
+            self.exit_soon();
         }
         Ok(Empty::new())
     }

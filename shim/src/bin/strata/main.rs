@@ -10,6 +10,11 @@ mod shim;
 use clap::Parser;
 
 fn main() {
+    // The shim daemon's helper (see `engine::shimv2::helper`): not a user command.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(engine::shimv2::helper::HELPER_ARG) {
+        std::process::exit(engine::shimv2::helper::main(&args[2..]));
+    }
     let cli = cli::Cli::parse();
     if let Err(e) = output::init_logging(&cli) {
         eprintln!("strata: {e:#}");
