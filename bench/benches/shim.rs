@@ -20,6 +20,7 @@ const RESIDENT: usize = 3;
 
 fn start_containerd() -> Containerd {
     let shim = shim_binary().unwrap_or_else(|e| panic!("{e}"));
+    println!("shim: strata's shim is {}", shim.display());
     let shim_dir = shim.parent().unwrap_or_else(|| panic!("{} has no directory", shim.display()));
     let ctd = Containerd::start(Some(shim_dir)).unwrap_or_else(|e| panic!("{e}"));
     ctd.import_busybox().unwrap_or_else(|e| panic!("{e}"));

@@ -19,13 +19,22 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
-/// strata's shim: `$STRATA_SHIM_BIN`, else `containerd-shim-strata-v1` next to the strata binary
-/// ([`crate::strata_binary`]).
+/// strata's shim: `$STRATA_SHIM_BIN`; else the static musl build of the same profile when it
+/// was built (`cargo build --release --target x86_64-unknown-linux-musl -p strata-shim --bin
+/// containerd-shim-strata-v1`, how the shim is meant to be installed: see README); else
+/// `containerd-shim-strata-v1` next to the strata binary ([`crate::strata_binary`]).
 pub fn shim_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("STRATA_SHIM_BIN") {
         return Ok(PathBuf::from(p));
     }
     let strata = crate::strata_binary()?;
+    let musl = strata.parent().and_then(|profile| {
+        let target = profile.parent()?;
+        Some(target.join("x86_64-unknown-linux-musl").join(profile.file_name()?).join("containerd-shim-strata-v1"))
+    });
+    if let Some(p) = musl.filter(|p| p.is_file()) {
+        return Ok(p);
+    }
     let p = strata.with_file_name("containerd-shim-strata-v1");
     if p.is_file() {
         Ok(p)
@@ -85,11 +94,14 @@ impl Containerd {
             p.join("c.sock").display()
         );
         std::fs::write(p.join("config.toml"), config).map_err(|e| format!("config.toml: {e}"))?;
-        let path = std::env::var("PATH").unwrap_or_default();
-        let path = match shim_dir {
-            Some(dir) => format!("{}:{path}", dir.display()),
-            None => path,
-        };
+        let mut path = std::env::var("PATH").unwrap_or_default();
+        // The shim runs its helper from the `strata` binary: next to it, else on the PATH.
+        if let Some(dir) = crate::strata_binary().ok().and_then(|s| s.parent().map(Path::to_path_buf)) {
+            path = format!("{}:{path}", dir.display());
+        }
+        if let Some(dir) = shim_dir {
+            path = format!("{}:{path}", dir.display());
+        }
         let containerd = std::env::var("STRATA_CONTAINERD").unwrap_or_else(|_| "containerd".into());
         let log = std::fs::File::create(p.join("containerd.log")).map_err(|e| format!("containerd.log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("containerd.log: {e}"))?;

@@ -15,9 +15,12 @@ pub const IMAGE: &str = "docker.io/library/strata-busybox:test";
 /// The runtime under test.
 pub const RUNTIME: &str = "io.containerd.strata.v1";
 
-/// The shim binary cargo built for this package.
+/// The shim under test: `$STRATA_SHIM_BIN` (CI also runs the suite against the static musl
+/// build), else the one cargo built for this package.
 pub fn shim_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-strata-v1"))
+    std::env::var_os("STRATA_SHIM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-strata-v1")))
 }
 
 /// The containerd binary: `$STRATA_CONTAINERD` (a cached 1.7 or 2.1), else the one on PATH.
@@ -110,7 +113,10 @@ impl Containerd {
     fn spawn_daemon(&mut self) {
         let p = self.dir.path();
         let shim_dir = shim_bin().parent().expect("shim directory").to_path_buf();
-        let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+        // The shim runs its helper from the `strata` binary: next to it, else on the PATH.
+        let strata_dir = Path::new(env!("CARGO_BIN_EXE_strata")).parent().expect("strata directory").to_path_buf();
+        let path =
+            format!("{}:{}:{}", shim_dir.display(), strata_dir.display(), std::env::var("PATH").unwrap_or_default());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
