@@ -153,8 +153,8 @@ fn run_one(h: &Hook, state: &[u8]) -> std::result::Result<(), String> {
         match child.try_wait() {
             Ok(Some(st)) => break st,
             Ok(None) => {}
-            // The shim daemon's reaper thread waits for every child: the hook has ended, its
-            // status went there.
+            // A process whose reaper waits for every child (a subreaper reaping in a thread of
+            // its own) took the status: the hook has ended.
             Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
                 tracing::debug!("hook {}: its exit status was collected by the reaper", h.path().display());
                 return Ok(());
