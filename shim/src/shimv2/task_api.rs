@@ -449,10 +449,12 @@ impl Daemon {
     }
 
     fn update(&mut self, req: UpdateTaskRequest) -> RpcResult<Empty> {
-        let cgroup = self.task(&req.id)?.cgroup.clone();
+        self.task(&req.id)?;
         let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&req.resources.value)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("update: resources: {e}")))?;
-        Cgroup::open(cgroup).update(&resources).map_err(|e| engine_err(e.into()))?;
+        // As `strata update`: refused for a stopped task, and nothing changes unless the host
+        // offers every controller asked for.
+        container::update(&self.root_of(&req.id), &req.id, &resources).map_err(engine_err)?;
         Ok(Empty::new())
     }
 

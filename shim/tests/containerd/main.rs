@@ -115,6 +115,17 @@ fn exec_pause_resume_metrics_kill_and_delete() {
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from-exec\n");
 
+    // Nothing of the shim or its helper leaks into the container: the init holds its stdio
+    // only, and so does an exec'd process (3 is `ls`'s own directory).
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"], "descriptors of the init");
+    let listed = c.ok(&["task", "exec", "--exec-id", "e2", "long", "ls", "/proc/self/fd"]);
+    assert_eq!(listed.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2", "3"], "descriptors of an exec");
+
     c.ok(&["task", "pause", "long"]);
     c.wait_status("long", "PAUSED");
     c.ok(&["task", "resume", "long"]);
@@ -136,6 +147,9 @@ fn exec_pause_resume_metrics_kill_and_delete() {
     let want = [
         "/tasks/create",
         "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
         "/tasks/exec-added",
         "/tasks/exec-started",
         "/tasks/exit",

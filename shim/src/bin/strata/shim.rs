@@ -13,7 +13,7 @@
 use anyhow::{Context, Result, bail};
 use containerd_shim_protos::api::{
     ConnectRequest, CreateTaskRequest, DeleteRequest, Empty, ExecProcessRequest, ForwardRequest, KillRequest,
-    ShutdownRequest, StartRequest, WaitRequest,
+    ShutdownRequest, StartRequest, UpdateTaskRequest, WaitRequest,
 };
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
@@ -82,6 +82,10 @@ pub struct ShimRunArgs {
     /// Pass runc's `IoGid` runtime option: the gid that owns the processes' stdio pipes.
     #[arg(long, value_name = "GID")]
     pub io_gid: Option<u32>,
+    /// Once the container started, change its resources with `Update`: FILE holds OCI
+    /// `linux.resources` (JSON), as `strata update --resources` takes them.
+    #[arg(long, value_name = "FILE")]
+    pub update: Option<PathBuf>,
 }
 
 /// Runs `strata shim` commands; returns the exit code.
@@ -447,6 +451,15 @@ fn drive(task: &TaskClient, a: &ShimRunArgs, bundle: &Path, work: &Path, events:
     stdout.release();
     stderr.release();
     call("Start", task.start(ctx(), &StartRequest { id: id.clone(), ..Default::default() }))?;
+    if let Some(file) = &a.update {
+        let mut resources = Any::new();
+        resources.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        resources.value = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let update =
+            UpdateTaskRequest { id: id.clone(), resources: MessageField::some(resources), ..Default::default() };
+        call("Update", task.update(ctx(), &update))?;
+        print_line("updated");
+    }
 
     let mut exec_status = None;
     if !a.exec.is_empty() {
