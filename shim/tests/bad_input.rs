@@ -153,3 +153,35 @@ fn runtime_config_corpus_loads_or_names_the_file() {
     }
     assert!(refused >= 5, "only {refused} refusals in {}", dir.display());
 }
+
+/// The corpus of `fuzz/fuzz_targets/shim_ttrpc.rs`, with its checks: the frames cut from each
+/// input do not depend on the read sizes, an oversize frame is an error naming the limit, and
+/// every request body decodes or is refused. The seeds' expected outcomes are checked too.
+#[test]
+fn shim_ttrpc_corpus_frames_the_same_whatever_the_reads() {
+    use engine::shimv2::ttrpc::{TYPE_REQUEST, frames_of, parse_request};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/shim_ttrpc");
+    let mut decoded = 0;
+    let mut refused = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus directory exists") {
+        let path = entry.expect("corpus entry").path();
+        let data = std::fs::read(&path).expect("read");
+        let Some((&first, rest)) = data.split_first() else { continue };
+        let whole = frames_of(rest, rest.len());
+        assert_eq!(whole, frames_of(rest, usize::from(first % 17) + 1), "{}", path.display());
+        assert_eq!(whole, frames_of(rest, 1), "{}", path.display());
+        if path.ends_with("oversize_header") {
+            assert!(whole.1.as_deref().is_some_and(|e| e.contains("limit")), "{}: {:?}", path.display(), whole.1);
+        }
+        for f in whole.0.iter().filter(|f| f.kind == TYPE_REQUEST) {
+            match parse_request(&f.body) {
+                Ok(_) => decoded += 1,
+                Err(e) => {
+                    assert!(e.message.contains("malformed"), "{}: {e:?}", path.display());
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(decoded >= 3 && refused >= 1, "decoded {decoded}, refused {refused} in {}", dir.display());
+}

@@ -97,6 +97,24 @@ impl FrameReader {
     }
 }
 
+/// Cuts `data` into frames as a connection delivering it `chunk` bytes at a time would: the
+/// frames completed before the stream ended or broke, and the error that broke it, if any.
+pub fn frames_of(data: &[u8], chunk: usize) -> (Vec<Frame>, Option<String>) {
+    let mut reader = FrameReader::default();
+    let mut frames = Vec::new();
+    for piece in data.chunks(chunk.max(1)) {
+        reader.push(piece);
+        loop {
+            match reader.next_frame() {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+    (frames, None)
+}
+
 /// The response frame for `stream`: the payload, or the error's status.
 pub fn response(stream: u32, result: RpcResult<Vec<u8>>) -> Vec<u8> {
     let mut resp = Response::new();

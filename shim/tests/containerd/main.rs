@@ -364,3 +364,35 @@ fn cri_style_runtime_options_are_accepted() {
         c.ok(&c.run_args(&["--rm", "--runtime-config-path", "/nonexistent/strata.toml"], "opts", &["echo", "ran"]));
     assert_eq!(out, "ran\n");
 }
+
+#[test]
+fn malformed_ttrpc_is_refused_and_the_shim_keeps_serving() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let c = Containerd::start();
+    c.ok(&c.run_args(&["-d"], "steady", &["sleep", "1000"]));
+    c.wait_status("steady", "RUNNING");
+    let address = std::fs::read_to_string(c.bundle("steady").join("address")).unwrap();
+    let socket = address.trim().trim_start_matches("unix://").to_string();
+    let read_all = |mut s: UnixStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map(|_| got)
+    };
+    // A frame header announcing 4 GiB: the connection is closed, nothing is answered.
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0]).unwrap();
+    assert_eq!(read_all(s).unwrap(), Vec::<u8>::new(), "an oversize frame got an answer");
+    // A request whose body is not a ttrpc request: answered with an error status, not a crash.
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.write_all(&[0, 0, 0, 3, 0, 0, 0, 1, 1, 0, 0xff, 0xff, 0xff]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let answer = read_all(s).unwrap();
+    assert!(answer.len() > 10 && answer[4..8] == [0, 0, 0, 1] && answer[8] == 2, "no error response: {answer:?}");
+    // The shim still serves containerd.
+    c.wait_status("steady", "RUNNING");
+    c.ok(&["task", "kill", "-s", "SIGKILL", "steady"]);
+    c.wait_status("steady", "STOPPED");
+    c.ok(&["task", "delete", "steady"]);
+    c.ok(&["containers", "rm", "steady"]);
+}
