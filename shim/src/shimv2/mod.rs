@@ -116,6 +116,8 @@ pub fn main(args: &[String]) -> i32 {
 /// `start`: spawns the daemon of this container's group (or finds it running) and prints its
 /// address.
 fn start(flags: Flags) -> Result<(), String> {
+    // Fail here, where containerd shows the message, rather than in the daemon.
+    service::find_helper().map_err(|e| e.to_string())?;
     secure_socket_dir().map_err(|e| e.to_string())?;
     let group = grouping(&flags.id);
     let opts = StartOpts {

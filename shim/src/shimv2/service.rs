@@ -313,7 +313,7 @@ pub(super) fn unmount_rootfs(bundle: &Path) {
 
 /// The `strata` binary that runs the helper: next to the shim (how both are installed), else
 /// on the PATH.
-fn find_helper() -> crate::Result<PathBuf> {
+pub(super) fn find_helper() -> crate::Result<PathBuf> {
     let beside = std::fs::read_link("/proc/self/exe").ok().and_then(|p| p.parent().map(|d| d.join("strata")));
     if let Some(p) = beside.filter(|p| p.is_file()) {
         return Ok(p);

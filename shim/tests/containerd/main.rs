@@ -101,6 +101,28 @@ fn run_with_a_terminal() {
     assert!(text.contains("/dev/pts/0"), "{text}");
     assert!(text.contains("term-ok"), "{text}");
     assert_eq!(status.code(), Some(4), "{text}");
+
+    // An exec with a terminal of its own, in a running container.
+    c.ok(&c.run_args(&["-d"], "ttyhost", &["sleep", "1000"]));
+    c.wait_status("ttyhost", "RUNNING");
+    let (status, text) = c.ctr_with_terminal(&[
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        "t1",
+        "ttyhost",
+        "sh",
+        "-c",
+        "tty; echo exec-term-ok; exit 6",
+    ]);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("exec-term-ok"), "{text}");
+    assert_eq!(status.code(), Some(6), "{text}");
+    c.ok(&["task", "kill", "-s", "SIGKILL", "ttyhost"]);
+    c.wait_status("ttyhost", "STOPPED");
+    c.ok(&["task", "delete", "ttyhost"]);
+    c.ok(&["containers", "rm", "ttyhost"]);
 }
 
 #[test]
@@ -395,4 +417,28 @@ fn malformed_ttrpc_is_refused_and_the_shim_keeps_serving() {
     c.wait_status("steady", "STOPPED");
     c.ok(&["task", "delete", "steady"]);
     c.ok(&["containers", "rm", "steady"]);
+}
+
+#[test]
+fn start_without_strata_beside_fails_clearly_and_spawns_nothing() {
+    // The shim alone in a directory, with a PATH that has no `strata`: `start` refuses in one
+    // line naming what is missing, before any daemon or socket exists.
+    let dir = tempfile::tempdir().unwrap();
+    let shim = dir.path().join("containerd-shim-strata-v1");
+    std::fs::copy(shim_bin(), &shim).unwrap();
+    let socket = containerd_shim::socket_address("/nonexistent.sock", "strata-test-nohelper", "lonely");
+    let out = Command::new(&shim)
+        .args(["-namespace", "strata-test-nohelper", "-id", "lonely", "-address", "/nonexistent.sock", "start"])
+        .current_dir(dir.path())
+        .env("PATH", "/usr/bin:/bin")
+        .env("TTRPC_ADDRESS", "/nonexistent.sock.ttrpc")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`strata` binary"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(out.stdout.is_empty(), "an address was printed");
+    let socket = std::path::PathBuf::from(socket.trim_start_matches("unix://"));
+    assert!(!socket.exists(), "{} was created", socket.display());
 }
