@@ -97,9 +97,10 @@ pub fn mount(fs_type: &str, source: &str, options: &[String], target: &Path) -> 
     if data.len() >= DATA_LIMIT {
         return Err(format!("mount options of {} bytes do not fit in a page", data.len()));
     }
+    // The way back is held open: the daemon's directory (a bundle) may have been removed.
     let old_cwd = match &chdir {
         Some(dir) => {
-            let old = std::env::current_dir().map_err(|e| format!("getcwd: {e}"))?;
+            let old = std::fs::File::open(".").ok();
             std::env::set_current_dir(dir).map_err(|e| format!("chdir {dir}: {e}"))?;
             Some(old)
         }
@@ -118,8 +119,14 @@ pub fn mount(fs_type: &str, source: &str, options: &[String], target: &Path) -> 
         result = nix::mount::mount(source, target, fstype, base, data_opt)
             .map_err(|e| format!("mount {} on {}: {e}", source.unwrap_or(fs_type), target.display()));
     }
-    if let Some(old) = old_cwd {
-        let _ = std::env::set_current_dir(old);
+    match old_cwd {
+        Some(Some(old)) => {
+            let _ = nix::unistd::fchdir(&old);
+        }
+        Some(None) => {
+            let _ = std::env::set_current_dir("/");
+        }
+        None => {}
     }
     result?;
     if flags.intersects(PROPAGATION) {

@@ -38,8 +38,12 @@ pub(super) type ApiStatus = containerd_shim::api::Status;
 /// How long a helper may take to create a container or start an exec.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How long one event may take to reach containerd.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one event may take to reach containerd (the loop waits meanwhile; containerd
+/// answers in well under a millisecond, and a refused connection fails at once).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a terminal's exit waits for its output to drain: a background process may hold
+/// the terminal open for ever (containerd's runc shim waits as long for its copies).
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Attempts to publish one event before it is dropped (containerd restarting takes a while).
 const PUBLISH_ATTEMPTS: u32 = 20;
 /// How long the daemon waits, when asked to shut down, for its last events to be published.
@@ -221,6 +225,8 @@ pub struct Daemon {
     ooms: HashMap<u64, (String, MemoryEventStream)>,
     retiring: Vec<RetiringLogger>,
     waiters: Vec<Waiter>,
+    /// Terminal exits waiting for their output to drain, reported anyway at the deadline.
+    drains: Vec<(Instant, String, String)>,
     publisher: Publisher,
     pub(super) tasks: HashMap<String, Task>,
     next_token: u64,
@@ -405,6 +411,7 @@ impl Daemon {
             ooms: HashMap::new(),
             retiring: Vec::new(),
             waiters: Vec::new(),
+            drains: Vec::new(),
             publisher: Publisher {
                 address: ttrpc_address,
                 namespace: namespace.to_string(),
@@ -440,10 +447,16 @@ impl Daemon {
                 return;
             }
             self.step_loggers();
-            let deadline = [self.publisher.due(), self.exiting, self.retiring.iter().map(|r| r.deadline).min()]
-                .into_iter()
-                .flatten()
-                .min();
+            self.end_drains();
+            let deadline = [
+                self.publisher.due(),
+                self.exiting,
+                self.retiring.iter().map(|r| r.deadline).min(),
+                self.drains.iter().map(|d| d.0).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = deadline.map_or(-1, |d| {
                 d.saturating_duration_since(Instant::now()).as_millis().clamp(1, i32::MAX as u128) as i32
             });
@@ -473,7 +486,18 @@ impl Daemon {
     }
 
     fn accept(&mut self) {
-        while let Ok((sock, _)) = self.listener.accept() {
+        loop {
+            let sock = match self.listener.accept() {
+                Ok((sock, _)) => sock,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors: the listener stays readable, so do not spin on it.
+                    log::warn!("accepting a connection: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    return;
+                }
+            };
             if sock.set_nonblocking(true).is_err() {
                 continue;
             }
@@ -593,6 +617,22 @@ impl Daemon {
         }
         if let Some((id, exec_id)) = found {
             self.report_exit_when_drained(&id, &exec_id);
+            if self.tasks.get_mut(&id).and_then(|t| t.proc_mut(&exec_id).ok()).is_some_and(|p| p.pending_exit.is_some())
+            {
+                self.drains.push((Instant::now() + DRAIN_LIMIT, id, exec_id));
+            }
+        }
+    }
+
+    /// Reports the terminal exits whose output did not drain in time (the copy goes on until
+    /// the process is deleted).
+    fn end_drains(&mut self) {
+        let now = Instant::now();
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.drains).into_iter().partition(|d| d.0 <= now);
+        self.drains = rest;
+        for (_, id, exec_id) in due {
+            log::warn!("the terminal of {id} {exec_id} is still open {DRAIN_LIMIT:?} after its exit: reporting it");
+            self.report_exit(&id, &exec_id);
         }
     }
 
@@ -600,9 +640,14 @@ impl Daemon {
     /// reports it then).
     pub(super) fn report_exit_when_drained(&mut self, id: &str, exec_id: &str) {
         let Some(p) = self.tasks.get_mut(id).and_then(|t| t.proc_mut(exec_id).ok()) else { return };
-        if p.pty_pump.is_some() {
-            return;
+        if p.pty_pump.is_none() {
+            self.report_exit(id, exec_id);
         }
+    }
+
+    /// Makes a pending exit the process's exit: publishes TaskExit and answers its waiters.
+    fn report_exit(&mut self, id: &str, exec_id: &str) {
+        let Some(p) = self.tasks.get_mut(id).and_then(|t| t.proc_mut(exec_id).ok()) else { return };
         let Some((code, at)) = p.pending_exit.take() else { return };
         p.exit = Some((code, at.clone()));
         let ev = TaskExit {
@@ -614,8 +659,15 @@ impl Daemon {
             ..Default::default()
         };
         self.publish(topics::TASK_EXIT_EVENT_TOPIC, "TaskExit", &ev);
-        let (done, rest): (Vec<Waiter>, Vec<Waiter>) =
-            std::mem::take(&mut self.waiters).into_iter().partition(|w| w.id == id && w.exec_id == exec_id);
+        self.answer_waiters(id, Some(exec_id), code, &at);
+    }
+
+    /// Answers the `Wait` calls on process `exec_id` of task `id` (every process of it with
+    /// `None`) with this exit.
+    pub(super) fn answer_waiters(&mut self, id: &str, exec_id: Option<&str>, code: u32, at: &Timestamp) {
+        let (done, rest): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| w.id == id && exec_id.is_none_or(|e| w.exec_id == e));
         self.waiters = rest;
         for w in done {
             let resp = containerd_shim::api::WaitResponse {
@@ -642,7 +694,9 @@ impl Daemon {
                     watching: None,
                 },
             );
-            me.run_pump(n);
+            // Nothing is read before epoll reports the source: a FIFO read before containerd
+            // opened its writer would look like an immediate end of input.
+            me.watch_pump(n);
             Some(n)
         };
         let stdin = add(self, copies.stdin, false);
@@ -651,35 +705,45 @@ impl Daemon {
         (stdin.filter(|n| self.pumps.contains_key(n)), out.filter(|n| self.pumps.contains_key(n)))
     }
 
-    /// Moves a pump on, then waits on the side it needs; at its end, removes it (and lets a
-    /// terminal's exit be reported).
+    /// Moves a pump on; at its end, removes it (and lets a terminal's exit be reported).
     fn run_pump(&mut self, n: u64) {
         let Some(e) = self.pumps.get_mut(&n) else { return };
-        let ended = e.pump.run();
-        if ended {
+        if e.pump.run() {
             self.remove_pump(n, true);
+        } else {
+            self.watch_pump(n);
+        }
+    }
+
+    /// Waits on the side pump `n` needs: the destination while it holds bytes, else the source.
+    fn watch_pump(&mut self, n: u64) {
+        let Some(e) = self.pumps.get_mut(&n) else { return };
+        let want_dst = e.pump.blocked_on_dst();
+        if e.watching == Some(want_dst) {
             return;
         }
-        let want_dst = e.pump.blocked_on_dst();
-        if e.watching != Some(want_dst) {
-            match e.watching {
-                Some(true) => unwatch(&self.epoll, e.pump.dst.as_ref().unwrap_or(&e.pump.src)),
-                Some(false) => unwatch(&self.epoll, &e.pump.src),
-                None => {}
-            }
-            let ok = if want_dst {
-                match &e.pump.dst {
-                    Some(d) => watch(&self.epoll, d, libc::EPOLLOUT as u32, KIND_PUMP_DST | n).is_ok(),
-                    None => false,
-                }
-            } else {
-                watch(&self.epoll, &e.pump.src, libc::EPOLLIN as u32, KIND_PUMP_SRC | n).is_ok()
-            };
-            e.watching = ok.then_some(want_dst);
-            if !ok {
-                log::warn!("a stdio copy of {} cannot be watched: ending it", e.id);
-                self.remove_pump(n, true);
-            }
+        match e.watching {
+            Some(true) => unwatch(&self.epoll, &e.pump.dst),
+            Some(false) => unwatch(&self.epoll, &e.pump.src),
+            None => {}
+        }
+        let ok = if want_dst {
+            watch(&self.epoll, &e.pump.dst, libc::EPOLLOUT as u32, KIND_PUMP_DST | n).is_ok()
+        } else {
+            watch(&self.epoll, &e.pump.src, libc::EPOLLIN as u32, KIND_PUMP_SRC | n).is_ok()
+        };
+        e.watching = ok.then_some(want_dst);
+        if !ok {
+            log::warn!("a stdio copy of {} cannot be watched: ending it", e.id);
+            self.remove_pump(n, true);
+        }
+    }
+
+    /// `CloseIO`: pump `n` ends once what its source holds now is delivered.
+    pub(super) fn close_pump(&mut self, n: u64) {
+        if let Some(e) = self.pumps.get_mut(&n) {
+            e.pump.close_soon();
+            self.run_pump(n);
         }
     }
 
@@ -687,11 +751,7 @@ impl Daemon {
     pub(super) fn remove_pump(&mut self, n: u64, ended: bool) {
         let Some(e) = self.pumps.remove(&n) else { return };
         match e.watching {
-            Some(true) => {
-                if let Some(d) = &e.pump.dst {
-                    unwatch(&self.epoll, d);
-                }
-            }
+            Some(true) => unwatch(&self.epoll, &e.pump.dst),
             Some(false) => unwatch(&self.epoll, &e.pump.src),
             None => {}
         }

@@ -170,8 +170,13 @@ pub fn terminal(paths: &StdioPaths, owner: StdioOwner, master: OwnedFd) -> Resul
 pub struct Pump {
     /// Where bytes come from (non-blocking).
     pub src: OwnedFd,
-    /// Where they go (non-blocking); `None` once it failed: the rest is read and dropped.
-    pub dst: Option<OwnedFd>,
+    /// Where they go (non-blocking). Kept open until the pump is dropped, also after a failed
+    /// write, so that the loop can always take it out of its epoll set first.
+    pub dst: OwnedFd,
+    /// A write failed (the reader is gone): the rest is read and dropped.
+    dst_failed: bool,
+    /// `CloseIO`: the source ends at its first "nothing more now" instead of at EOF.
+    closing: bool,
     buf: Vec<u8>,
     pos: usize,
     len: usize,
@@ -180,40 +185,57 @@ pub struct Pump {
 
 /// Bytes a pump holds at most.
 const PUMP_BUFFER: usize = 16 * 1024;
+/// Bytes a pump moves per turn of the loop at most, so that one busy stream cannot hold the
+/// daemon's only thread (epoll is level-triggered: the rest comes next turn).
+const PUMP_TURN: usize = 256 * 1024;
 
 impl Pump {
     /// A pump from `src` to `dst`, both non-blocking.
     pub fn new(src: OwnedFd, dst: OwnedFd) -> Pump {
-        Pump { src, dst: Some(dst), buf: Vec::new(), pos: 0, len: 0, src_open: true }
+        Pump { src, dst, dst_failed: false, closing: false, buf: Vec::new(), pos: 0, len: 0, src_open: true }
+    }
+
+    /// Ends the copy once what the source holds now has been delivered (`CloseIO` after the
+    /// client wrote its last bytes: they are not lost).
+    pub fn close_soon(&mut self) {
+        self.closing = true;
     }
 
     /// Moves what can move now. Returns true once the source is at its end (EOF, or EIO from a
     /// pty master whose slaves are all closed) and everything read was written or dropped.
     pub fn run(&mut self) -> bool {
         use nix::errno::Errno;
+        let mut moved = 0;
         loop {
             if self.pos < self.len {
-                let Some(dst) = &self.dst else {
+                if self.dst_failed {
                     self.pos = self.len;
                     continue;
-                };
-                match nix::unistd::write(dst, &self.buf[self.pos..self.len]) {
+                }
+                match nix::unistd::write(&self.dst, &self.buf[self.pos..self.len]) {
                     Ok(n) => self.pos += n,
                     Err(Errno::EAGAIN) => return false,
                     Err(Errno::EINTR) => {}
-                    Err(_) => self.dst = None,
+                    Err(_) => self.dst_failed = true,
                 }
                 continue;
             }
             if !self.src_open {
                 return true;
             }
+            if moved >= PUMP_TURN {
+                return false;
+            }
             if self.buf.is_empty() {
                 self.buf = vec![0; PUMP_BUFFER];
             }
             match nix::unistd::read(&self.src, &mut self.buf) {
                 Ok(0) => self.src_open = false,
-                Ok(n) => (self.pos, self.len) = (0, n),
+                Ok(n) => {
+                    (self.pos, self.len) = (0, n);
+                    moved += n;
+                }
+                Err(Errno::EAGAIN) if self.closing => self.src_open = false,
                 Err(Errno::EAGAIN) => return false,
                 Err(Errno::EINTR) => {}
                 Err(_) => self.src_open = false,
@@ -223,7 +245,7 @@ impl Pump {
 
     /// Whether the loop should wait for the destination to take bytes (else for the source).
     pub fn blocked_on_dst(&self) -> bool {
-        self.pos < self.len && self.dst.is_some()
+        self.pos < self.len && !self.dst_failed
     }
 }
 
@@ -275,6 +297,23 @@ mod tests {
         nix::unistd::write(&src_w, b"lost").unwrap();
         drop(src_w);
         assert!(p.run());
-        assert!(p.dst.is_none());
+        assert!(!p.blocked_on_dst());
+    }
+
+    #[test]
+    fn closing_delivers_what_was_written_then_ends() {
+        let (src_r, src_w) = nix::unistd::pipe().unwrap();
+        let (dst_r, dst_w) = nix::unistd::pipe().unwrap();
+        set_nonblocking(&src_r, true).unwrap();
+        set_nonblocking(&dst_r, true).unwrap();
+        let mut p = Pump::new(src_r, dst_w);
+        nix::unistd::write(&src_w, b"last words").unwrap();
+        // The writer is still open: without close_soon the pump would wait for more.
+        p.close_soon();
+        assert!(p.run());
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(&dst_r, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"last words");
+        drop(src_w);
     }
 }

@@ -274,7 +274,8 @@ impl Daemon {
 
     fn kill(&mut self, req: KillRequest) -> RpcResult<Empty> {
         let p = self.task(&req.id)?.proc_mut(&req.exec_id)?;
-        let (pid, exited) = (p.pid, p.exit.is_some());
+        // A pending exit was reaped already: its pid may belong to another process by now.
+        let (pid, exited) = (p.pid, p.exit.is_some() || p.pending_exit.is_some());
         if exited && !req.all {
             return Err(status(Code::NOT_FOUND, "process already finished"));
         }
@@ -304,6 +305,7 @@ impl Daemon {
         let mut p = t.execs.remove(&req.exec_id).unwrap_or_default();
         self.release(&mut p);
         let (code, at) = p.exit.unwrap_or_else(|| (0, now()));
+        self.answer_waiters(&req.id, Some(&req.exec_id), code, &at);
         Ok(DeleteResponse {
             pid: p.pid as u32,
             exit_status: code,
@@ -338,12 +340,16 @@ impl Daemon {
         self.release(&mut t.init);
         for mut p in std::mem::take(&mut t.execs).into_values() {
             self.release(&mut p);
+            let (code, at) = p.exit.clone().or(p.pending_exit.clone()).unwrap_or_else(|| (137, now()));
+            self.answer_waiters(id, Some(&p.exec_id), code, &at);
         }
         for _ in 0..t.rootfs_mounts {
             unmount_rootfs(&t.bundle);
         }
-        // Without a reported exit, the delete killed it: 128 + SIGKILL.
+        // Without a reported exit, the delete killed it: 128 + SIGKILL. A `Wait` still open on
+        // the task (its exit never came: `delete` reaped a created init itself) gets this.
         let (code, at) = t.init.exit.clone().or(t.init.pending_exit.clone()).unwrap_or_else(|| (137, now()));
+        self.answer_waiters(id, None, code, &at);
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             "TaskDelete",
@@ -441,9 +447,9 @@ impl Daemon {
     fn close_io(&mut self, req: CloseIORequest) -> RpcResult<Empty> {
         let p = self.task(&req.id)?.proc_mut(&req.exec_id)?;
         if req.stdin
-            && let Some(n) = p.stdin_pump.take()
+            && let Some(n) = p.stdin_pump
         {
-            self.remove_pump(n, false);
+            self.close_pump(n);
         }
         Ok(Empty::new())
     }

@@ -89,7 +89,24 @@ fn run_exit_code_stdout_stderr_stdin_and_event_order() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "got:line-in\n");
-    assert!(c.task("exits").is_none() && c.task("stdin").is_none());
+
+    // A large input and its end: every byte arrives before the process sees EOF (ctr closes
+    // its FIFO and calls CloseIO right after its last write).
+    let mut child = c.ctr_cmd(&c.run_args(&["--rm"], "bigin", &["busybox", "wc", "-c"]));
+    let mut child = child.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || input.write_all(&vec![b'x'; 300_000]));
+    let out = child.wait_with_output().unwrap();
+    let written = writer.join().unwrap();
+    assert!(
+        out.status.success() && written.is_ok(),
+        "{:?} {written:?} {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300000");
+    assert!(c.task("exits").is_none() && c.task("stdin").is_none() && c.task("bigin").is_none());
     assert!(c.shim_pids().is_empty(), "a shim outlived its task");
 }
 
@@ -101,6 +118,13 @@ fn run_with_a_terminal() {
     assert!(text.contains("/dev/pts/0"), "{text}");
     assert!(text.contains("term-ok"), "{text}");
     assert_eq!(status.code(), Some(4), "{text}");
+
+    // A background process keeping the terminal open does not hold the exit back (the shim
+    // reports it once the output had its time to drain; `--rm` then ends the rest).
+    let args = c.run_args(&["--rm", "-t"], "ttybg", &["sh", "-c", "sleep 1000 & echo bg-started; exit 7"]);
+    let (status, text) = c.ctr_with_terminal(&args);
+    assert!(text.contains("bg-started"), "{text}");
+    assert_eq!(status.code(), Some(7), "{text}");
 
     // An exec with a terminal of its own, in a running container.
     c.ok(&c.run_args(&["-d"], "ttyhost", &["sleep", "1000"]));
