@@ -195,3 +195,31 @@ fn shim_update_raises_the_memory_limit_of_a_running_task() {
     assert!(!stdout.contains("/tasks/oom"), "{context}");
     c.assert_gone(None);
 }
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn cpuset_pins_the_container_to_one_cpu() {
+    // The VM has two vCPUs: the container asks for CPU 1 only and sees only it.
+    let mut c = TestContainer::new(
+        "cpuset",
+        "grep Cpus_allowed_list /proc/self/status; cat /sys/fs/cgroup/cpuset.cpus /sys/fs/cgroup/cpuset.cpus.effective",
+    );
+    c.config["linux"]["resources"]["cpu"] = json!({"cpus": "1", "mems": "0"});
+    let out = c.run_ok();
+    let allowed = out.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim);
+    assert_eq!(allowed, Some("1"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.trim() == "1").count(), 2, "cpuset.cpus and .effective: {out}");
+}
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn hugetlb_and_swap_limits_are_written() {
+    // No huge pages or swap are configured in the VM, but the limits are the kernel's files:
+    // what the container reads is what the spec asked for (swap: memory+swap minus memory).
+    let mut c = TestContainer::new("hugeswap", "cat /sys/fs/cgroup/hugetlb.2MB.max /sys/fs/cgroup/memory.swap.max");
+    c.config["linux"]["resources"]["hugepageLimits"] = json!([{"pageSize": "2MB", "limit": 4194304}]);
+    c.config["linux"]["resources"]["memory"] = json!({"limit": 67108864, "swap": 100663296});
+    let out = c.run_ok();
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["4194304", "33554432"], "{out}");
+}
