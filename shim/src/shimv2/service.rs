@@ -739,6 +739,14 @@ impl Daemon {
         }
     }
 
+    /// Moves what pump `n`'s source holds now, without waiting for more (before it is removed).
+    pub(super) fn flush_pump(&mut self, n: u64) {
+        if let Some(e) = self.pumps.get_mut(&n) {
+            e.pump.close_soon();
+            let _ = e.pump.run();
+        }
+    }
+
     /// `CloseIO`: pump `n` ends once what its source holds now is delivered.
     pub(super) fn close_pump(&mut self, n: u64) {
         if let Some(e) = self.pumps.get_mut(&n) {

@@ -67,7 +67,10 @@ fn dev_null(write: bool) -> Result<OwnedFd> {
         .map_err(|e| Error::io("opening /dev/null", e))
 }
 
-/// Opens an output FIFO or file for writing without blocking when no reader is there yet.
+/// How long the shim waits for containerd to open the reading end of an output FIFO.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens an output FIFO (once its reader is there) or file for writing.
 fn open_output(uri: &str) -> Result<OwnedFd> {
     if uri.is_empty() {
         return dev_null(true);
@@ -84,15 +87,30 @@ fn open_output(uri: &str) -> Result<OwnedFd> {
         return Err(Error::Invalid(format!("log URI {uri}: a binary logger must be the stdout URI too")));
     }
     let path = uri.strip_prefix("fifo://").unwrap_or(uri);
-    // containerd opens its reading end before it calls the shim, so a non-blocking open finds a
-    // reader; if not, O_RDWR opens without one (the shim then holds a writer, which only delays
-    // the reader's EOF until the process is deleted).
-    let file = match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io(format!("opening {path}"), e))?
+    // containerd's reader opens its end in the background as the call is made, so it may come
+    // a moment after us. Wait for it (a non-blocking open fails with ENXIO until then): data
+    // written to a FIFO nobody has opened for reading is lost when the writer closes, and
+    // containerd's client waits for the copy to end before it deletes the process. Past
+    // [`READER_WAIT`], O_RDWR opens without a reader (the output waits in the FIFO for one).
+    let deadline = std::time::Instant::now() + READER_WAIT;
+    let mut pause = std::time::Duration::from_micros(100);
+    let file = loop {
+        match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
+            Ok(f) => break f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(10));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                log::warn!("no reader opened {path} within {READER_WAIT:?}: writing to it without one");
+                break OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io(format!("opening {path}"), e))?;
+            }
+            Err(e) => return Err(Error::io(format!("opening {path}"), e)),
         }
-        Err(e) => return Err(Error::io(format!("opening {path}"), e)),
     };
     // The process gets ordinary blocking writes.
     set_nonblocking(&file, false)?;
@@ -298,6 +316,37 @@ mod tests {
         drop(src_w);
         assert!(p.run());
         assert!(!p.blocked_on_dst());
+    }
+
+    #[test]
+    fn an_output_fifo_waits_for_a_late_reader_so_nothing_is_lost() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let p = path.clone();
+        // containerd's reader, opening its end a moment after the shim asked.
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&p).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd that lives across the call.
+                if unsafe { libc::poll(&mut pfd, 1, 5000) } <= 0 {
+                    return got;
+                }
+                match nix::unistd::read(&f, &mut buf) {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let out = open_output(path.to_str().unwrap()).unwrap();
+        nix::unistd::write(&out, b"first words").unwrap();
+        drop(out);
+        assert_eq!(reader.join().unwrap(), b"first words");
     }
 
     #[test]

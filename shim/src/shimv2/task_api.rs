@@ -316,6 +316,10 @@ impl Daemon {
 
     /// Ends what the daemon runs for a deleted process: its copies and its logger.
     fn release(&mut self, p: &mut Proc) {
+        if let Some(n) = p.pty_pump {
+            // What the terminal still holds goes out before its copy ends.
+            self.flush_pump(n);
+        }
         for n in [p.stdin_pump.take(), p.pty_pump.take()].into_iter().flatten() {
             self.remove_pump(n, false);
         }

@@ -140,8 +140,7 @@ fn run_with_a_terminal() {
         "-c",
         "tty; echo exec-term-ok; exit 6",
     ]);
-    assert!(text.contains("/dev/pts/"), "{text}");
-    assert!(text.contains("exec-term-ok"), "{text}");
+    assert!(text.contains("/dev/pts/") && text.contains("exec-term-ok"), "{status:?}: {text:?}");
     assert_eq!(status.code(), Some(6), "{text}");
     c.ok(&["task", "kill", "-s", "SIGKILL", "ttyhost"]);
     c.wait_status("ttyhost", "STOPPED");
