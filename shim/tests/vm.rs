@@ -31,6 +31,25 @@ fn keyed(text: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing in:\n{text}"))
 }
 
+/// `strata shim run` of container `c` with `extra` flags: its stdout, and everything about the
+/// run for an assertion message. Fails unless it exits 0.
+fn shim_run(c: &TestContainer, extra: &[&std::ffi::OsStr]) -> (String, String) {
+    let out = std::process::Command::new(strata_bin())
+        .args(["shim", "run", "--namespace", "strata-vm-test"])
+        .args(extra)
+        .arg("--bundle")
+        .arg(&c.dir)
+        .arg(&c.id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context =
+        format!("status {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{context}");
+    (stdout, context)
+}
+
 #[test]
 #[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
 fn memory_limit_oom_kills_and_is_counted() {
@@ -142,17 +161,7 @@ fn shim_publishes_task_oom_when_the_memory_limit_kills() {
     let mut c = TestContainer::new("shimoom", "dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1; echo survived");
     c.config["linux"]["resources"]["memory"] = json!({"limit": 33554432, "swap": 33554432});
     c.write_config();
-    let out = std::process::Command::new(strata_bin())
-        .args(["shim", "run", "--namespace", "strata-vm-test", "--bundle"])
-        .arg(&c.dir)
-        .arg(&c.id)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let context =
-        format!("status {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{context}");
+    let (stdout, context) = shim_run(&c, &[]);
     assert!(stdout.lines().any(|l| l == "survived"), "{context}");
     let topics: Vec<&str> =
         stdout.lines().filter_map(|l| l.strip_prefix("event ")).filter_map(|l| l.split(' ').next()).collect();
@@ -176,19 +185,7 @@ fn shim_update_raises_the_memory_limit_of_a_running_task() {
     c.write_config();
     let resources = c.dir.join("update.json");
     std::fs::write(&resources, json!({"memory": {"limit": 268435456, "swap": 268435456}}).to_string()).unwrap();
-    let out = std::process::Command::new(strata_bin())
-        .args(["shim", "run", "--namespace", "strata-vm-test", "--update"])
-        .arg(&resources)
-        .arg("--bundle")
-        .arg(&c.dir)
-        .arg(&c.id)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let context =
-        format!("status {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{context}");
+    let (stdout, context) = shim_run(&c, &["--update".as_ref(), resources.as_os_str()]);
     assert!(stdout.lines().any(|l| l == "updated"), "{context}");
     assert!(stdout.lines().any(|l| l == "268435456"), "the container does not see the new limit: {context}");
     assert!(stdout.lines().any(|l| l == "survived"), "{context}");

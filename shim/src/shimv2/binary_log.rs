@@ -105,18 +105,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok((above_stdio(r)?, above_stdio(w)?))
 }
 
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a non-negative result is a new descriptor that nothing else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn pidfd_signal(pidfd: &OwnedFd, signal: libc::c_int) {
-    // SAFETY: pidfd_send_signal on a descriptor we own, with no siginfo.
-    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<()>(), 0) };
-}
-
 /// Waits until `fd` is readable (or hung up) for at most `timeout`; false on timeout.
 fn wait_readable(fd: &impl AsFd, timeout: Duration) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -198,7 +186,7 @@ impl BinaryLogger {
             }
             nix::unistd::ForkResult::Parent { child } => child,
         };
-        let logger = BinaryLogger { pidfd: pidfd_open(pid.as_raw()) };
+        let logger = BinaryLogger { pidfd: crate::sys::pidfd_open(pid.as_raw()).ok() };
         drop((null, out_r, err_r, ready_w, exec_w));
 
         let mut errno = [0u8; 4];
@@ -250,10 +238,10 @@ impl RetiringLogger {
         }
         if self.termed {
             log::warn!("a binary logger ignored SIGTERM for {TERM_TIMEOUT:?}: killing it");
-            pidfd_signal(&self.pidfd, libc::SIGKILL);
+            let _ = crate::sys::pidfd_send_signal(&self.pidfd, libc::SIGKILL);
             return false;
         }
-        pidfd_signal(&self.pidfd, libc::SIGTERM);
+        let _ = crate::sys::pidfd_send_signal(&self.pidfd, libc::SIGTERM);
         self.termed = true;
         self.deadline = std::time::Instant::now() + TERM_TIMEOUT;
         true
@@ -264,7 +252,7 @@ impl Drop for BinaryLogger {
     /// A logger dropped without being retired (its process never started) is terminated.
     fn drop(&mut self) {
         if let Some(pidfd) = self.pidfd.take() {
-            pidfd_signal(&pidfd, libc::SIGTERM);
+            let _ = crate::sys::pidfd_send_signal(&pidfd, libc::SIGTERM);
         }
     }
 }

@@ -369,16 +369,6 @@ fn write_all(sock: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The exit code a wait status reports (128 + signal for a killed process).
-fn exit_code(ws: nix::sys::wait::WaitStatus) -> Option<(i32, i32)> {
-    use nix::sys::wait::WaitStatus;
-    match ws {
-        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), code)),
-        WaitStatus::Signaled(pid, sig, _) => Some((pid.as_raw(), 128 + sig as i32)),
-        _ => None,
-    }
-}
-
 impl Daemon {
     /// A daemon for `namespace` serving `listener`, publishing to containerd's ttrpc address.
     /// SIGCHLD must already be blocked (see [`crate::shimv2::serve`]).
@@ -597,8 +587,8 @@ impl Daemon {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => break,
                 Ok(ws) => {
-                    if let Some((pid, code)) = exit_code(ws) {
-                        self.on_exit(pid, code);
+                    if let (Some(pid), Some(code)) = (ws.pid(), crate::signals::exit_code(ws)) {
+                        self.on_exit(pid.as_raw(), code);
                     }
                 }
             }

@@ -286,22 +286,18 @@ mod tests {
         assert!(!p.run(), "the destination takes only 4096 bytes");
         assert!(p.blocked_on_dst());
         let mut got = Vec::new();
-        let mut buf = [0u8; 8192];
         set_nonblocking(&dst_r, true).unwrap();
-        while !p.run() {
-            while let Ok(n) = nix::unistd::read(&dst_r, &mut buf) {
-                if n == 0 {
-                    break;
-                }
+        // What the destination holds now (it never ends: the pump keeps its writer).
+        let take = |got: &mut Vec<u8>| {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = nix::unistd::read(&dst_r, &mut buf) {
                 got.extend_from_slice(&buf[..n]);
             }
+        };
+        while !p.run() {
+            take(&mut got);
         }
-        while let Ok(n) = nix::unistd::read(&dst_r, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        take(&mut got);
         assert_eq!(got, data);
     }
 
