@@ -6,14 +6,14 @@ use crate::bundle::Bundle;
 use crate::container::{self, CreateOptions};
 use crate::error::{Error, Result, SysContext};
 use crate::namespaces;
-use crate::process;
+use crate::launch::{self, Never};
 use crate::state::{self, StateRoot, Status};
 use crate::sync::{self, Channel, Msg};
 use crate::sys::{self, Fork};
 use crate::tty;
 use cgroups::Cgroup;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// What to run and how.
 #[derive(Debug)]
@@ -64,11 +64,12 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     let ns_flags = differing_namespaces(st.pid);
     let terminal = req.process.terminal().unwrap_or(false);
     let console = match (&req.opts.console_socket, terminal) {
-        (Some(p), true) => Some(tty::connect_console_socket(p)?),
+        (Some(p), true) => launch::Console::Socket(tty::connect_console_socket(p)?),
         (None, true) if req.detach => {
             return Err(Error::Invalid("exec --tty --detach needs --console-socket".into()));
         }
-        _ => None,
+        (None, true) => launch::Console::Relay,
+        (_, false) => launch::Console::None,
     };
     let sigfd = if req.detach { None } else { Some(container::block_signals()?) };
     let (parent_end, child_end) = sync::pair()?;
@@ -77,15 +78,15 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     let stage1 = match forked {
         Fork::Child => {
             drop(parent_end);
-            let code = match exec_stage1(&child_end, &pidfd, ns_flags, req, console.as_ref(), seccomp_filter.as_ref()) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = child_end.send(&Msg::Error(e.to_string()), None);
-                    1
+            let enter = |_: &Channel| -> Result<()> {
+                if ns_flags != 0 {
+                    sys::setns(&pidfd, ns_flags).ctx(|| "joining the container's namespaces".into())?;
                 }
+                Ok(())
             };
-            // SAFETY: _exit skips the parent's atexit handlers in this forked child.
-            unsafe { libc::_exit(code) }
+            launch::stage1(&child_end, enter, |chan| {
+                exec_process(chan, req, &console, seccomp_filter.as_ref())
+            })
         }
         Fork::Parent(pid) => pid,
     };
@@ -151,85 +152,17 @@ pub fn exec_failure(chan: &Channel) -> Option<Error> {
     }
 }
 
-fn exec_stage1(
-    chan: &Channel,
-    pidfd: &OwnedFd,
-    ns_flags: libc::c_int,
-    req: &ExecRequest,
-    console: Option<&OwnedFd>,
-    filter: Option<&seccomp::Filter>,
-) -> Result<()> {
-    sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-    chan.expect(&Msg::Go)?;
-    if ns_flags != 0 {
-        sys::setns(pidfd, ns_flags).ctx(|| "joining the container's namespaces".into())?;
-    }
-    match sys::fork(libc::CLONE_PARENT).ctx(|| "fork".into())? {
-        Fork::Parent(pid) => chan.send(&Msg::Pid(pid), None),
-        Fork::Child => {
-            let e = match exec_process(chan, req, console, filter) {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            let _ = chan.send(&Msg::Error(e.to_string()), None);
-            // SAFETY: see above.
-            unsafe { libc::_exit(1) }
-        }
-    }
-}
-
-enum Never {}
-
 fn exec_process(
     chan: &Channel,
     req: &ExecRequest,
-    console: Option<&OwnedFd>,
+    console: &launch::Console,
     filter: Option<&seccomp::Filter>,
 ) -> Result<Never> {
-    sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     let p = &req.process;
     nix::unistd::setsid().ctx(|| "setsid".into())?;
-    if p.terminal().unwrap_or(false) {
-        let size = p.console_size().map(|b| tty::WinSize { rows: b.height() as u16, cols: b.width() as u16 });
-        let pty = tty::open_pty(size, p.user().uid())?;
-        match console {
-            Some(sock) => tty::send_master(sock, &pty.master)?,
-            None => chan.send(&Msg::Pty, Some(pty.master.as_raw_fd()))?,
-        }
-        drop(pty.master);
-        tty::become_stdio(&pty.slave)?;
-    }
-    process::apply_rlimits(p.rlimits().as_deref().unwrap_or_default())?;
-    let env = process::environment(p.env().as_deref().unwrap_or_default(), p.user().uid());
-    let argv = p.args().clone().unwrap_or_default();
-    let first = argv.first().ok_or_else(|| Error::Invalid("exec: no command given".into()))?;
-    nix::unistd::chdir(p.cwd()).ctx(|| format!("cwd: chdir {}", p.cwd().display()))?;
-    let program = process::find_program(first, &env)?;
-    let c_args = process::cstrings(&argv, "args")?;
-    let c_env = process::cstrings(&env, "env")?;
-    let nnp = p.no_new_privileges().unwrap_or(false);
-    let notify = filter.is_some_and(|f| f.uses_notify());
-    if !nnp && let Some(f) = filter {
-        crate::init::send_listener(chan, f.install()?)?;
-    }
-    process::switch_user_and_caps(p.user(), p.capabilities().as_ref())?;
-    if nnp
-        && notify
-        && let Some(f) = filter
-    {
-        sys::set_no_new_privs().ctx(|| "noNewPrivileges: prctl".into())?;
-        crate::init::send_listener(chan, f.install()?)?;
-    }
-    sys::set_parent_death_signal(0).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-    chan.send(&Msg::Ready, None)?;
+    launch::attach_terminal(p, console, chan)?;
+    let ctx = launch::Context { process: p, seccomp: filter, preserve_fds: req.opts.preserve_fds, field_prefix: "" };
+    let prepared = launch::prepare(&ctx, chan)?;
     chan.expect(&Msg::Start)?;
-    if nnp && !notify {
-        sys::set_no_new_privs().ctx(|| "noNewPrivileges: prctl".into())?;
-        if let Some(f) = filter {
-            f.install()?;
-        }
-    }
-    sys::reset_signals();
-    sys::cloexec_from(3 + req.opts.preserve_fds).ctx(|| "close_range".into())?;
-    Err(process::exec(&program, &c_args, &c_env))
+    Err(launch::finish(&ctx, prepared))
 }

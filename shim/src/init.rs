@@ -12,12 +12,11 @@
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result, SysContext};
+use crate::launch::{self, Never};
 use crate::namespaces::{self, Plan};
-use crate::process;
 use crate::rootfs::{self, RootfsSetup};
 use crate::sync::{Channel, Msg};
-use crate::sys::{self, Fork};
-use crate::tty;
+use crate::sys;
 use oci_spec::runtime::LinuxNamespaceType;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -32,16 +31,7 @@ pub enum Gate {
     Channel,
 }
 
-/// Where a terminal's master goes.
-#[derive(Debug)]
-pub enum Console {
-    /// No terminal: the container inherits the runtime's stdio.
-    None,
-    /// Send the master to this connected console socket.
-    Socket(OwnedFd),
-    /// Send the master to the runtime over the channel, which relays it.
-    Relay,
-}
+pub use crate::launch::Console;
 
 /// Everything the container's processes need, prepared by the runtime before forking.
 #[derive(Debug)]
@@ -60,60 +50,39 @@ pub struct InitArgs<'a> {
     pub seccomp: Option<seccomp::Filter>,
 }
 
-/// Runs stage 1 in the forked child; never returns.
+/// Runs stage 1 in the forked child (see [`crate::launch::stage1`]); never returns.
 pub fn stage1(args: InitArgs<'_>, chan: Channel) -> ! {
-    let code = match stage1_inner(args, &chan) {
-        Ok(()) => 0,
-        Err(e) => {
-            let _ = chan.send(&Msg::Error(e.to_string()), None);
-            1
-        }
+    let plan = match args.bundle.spec.linux().as_ref() {
+        Some(linux) => Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default()),
+        None => Plan::default(),
     };
-    // SAFETY: _exit ends the process without running the parent's atexit handlers or
-    // flushing buffers the parent also holds.
-    unsafe { libc::_exit(code) }
+    launch::stage1(&chan, |chan| enter_namespaces(&plan, chan), |chan| init(&args, &plan, chan))
 }
 
-fn stage1_inner(args: InitArgs<'_>, chan: &Channel) -> Result<()> {
-    sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-    chan.expect(&Msg::Go)?;
-    let spec = &args.bundle.spec;
-    let linux = spec.linux().as_ref().ok_or_else(|| Error::Invalid("linux: missing".into()))?;
-    let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default());
+/// Joins the namespaces given by path, makes the user namespace (the runtime writes its id
+/// maps meanwhile) and unshares the others.
+fn enter_namespaces(plan: &Plan, chan: &Channel) -> Result<()> {
     let joins = plan.open_joins()?;
     namespaces::join_all(&joins)?;
     drop(joins);
     if plan.new_user {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).ctx(|| "unshare(user namespace)".into())?;
+        // The runtime writes /proc/<pid>/uid_map: a runtime without privilege can only open
+        // it while the process is dumpable. The new user namespace holds nothing else yet.
+        sys::set_dumpable(true).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
         chan.send(&Msg::UsernsReady, None)?;
         chan.expect(&Msg::Go)?;
+        sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
         let root_uid = nix::unistd::Uid::from_raw(0);
         let root_gid = nix::unistd::Gid::from_raw(0);
         nix::unistd::setresgid(root_gid, root_gid, root_gid).ctx(|| "setresgid(0) in the user namespace".into())?;
         nix::unistd::setresuid(root_uid, root_uid, root_uid).ctx(|| "setresuid(0) in the user namespace".into())?;
     }
     nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(plan.unshare))
-        .ctx(|| format!("unshare(namespaces {:#x})", plan.unshare))?;
-    match sys::fork(libc::CLONE_PARENT).ctx(|| "forking the container's init".into())? {
-        Fork::Parent(pid) => chan.send(&Msg::Pid(pid), None),
-        Fork::Child => {
-            let code = match init(&args, &plan, chan) {
-                Ok(never) => match never {},
-                Err(e) => {
-                    let _ = chan.send(&Msg::Error(e.to_string()), None);
-                    1
-                }
-            };
-            // SAFETY: see stage1.
-            unsafe { libc::_exit(code) }
-        }
-    }
+        .ctx(|| format!("unshare(namespaces {:#x})", plan.unshare))
 }
 
-enum Never {}
-
 fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
-    sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     let spec = &args.bundle.spec;
     let linux = spec.linux().as_ref().ok_or_else(|| Error::Invalid("linux: missing".into()))?;
     let proc_ = spec.process().as_ref().ok_or_else(|| Error::Invalid("process: missing".into()))?;
@@ -170,50 +139,14 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
         rootfs::readonly_root()?;
     }
 
-    if proc_.terminal().unwrap_or(false) {
-        let size = proc_.console_size().map(|b| tty::WinSize { rows: b.height() as u16, cols: b.width() as u16 });
-        let pty = tty::open_pty(size, proc_.user().uid())?;
-        match &args.console {
-            Console::Socket(sock) => tty::send_master(sock, &pty.master)?,
-            Console::Relay => chan.send(&Msg::Pty, Some(pty.master.as_raw_fd()))?,
-            Console::None => {
-                return Err(Error::Invalid(
-                    "process.terminal is true but no --console-socket was given (use -d with --console-socket, or run in the foreground)".into(),
-                ));
-            }
-        }
-        drop(pty.master);
-        tty::become_stdio(&pty.slave)?;
-    }
-
-    process::apply_rlimits(proc_.rlimits().as_deref().unwrap_or_default())?;
-    let env = process::environment(proc_.env().as_deref().unwrap_or_default(), proc_.user().uid());
-    let argv = proc_.args().clone().unwrap_or_default();
-    let program = process::find_program(&argv[0], &env)?;
-    let c_args = process::cstrings(&argv, "process.args")?;
-    let c_env = process::cstrings(&env, "process.env")?;
-    nix::unistd::chdir(proc_.cwd()).ctx(|| format!("process.cwd: chdir {}", proc_.cwd().display()))?;
-
-    let nnp = proc_.no_new_privileges().unwrap_or(false);
-    let notify = args.seccomp.as_ref().is_some_and(|f| f.uses_notify());
-    // Without no_new_privs the kernel accepts a filter only while CAP_SYS_ADMIN is held, so it
-    // is installed before the identity switch; with it, as late as possible — except that a
-    // filter with a user-notification listener must be in place before `Ready`, so that the
-    // runtime can hand the listener to linux.seccomp.listenerPath.
-    if !nnp && let Some(f) = &args.seccomp {
-        send_listener(chan, f.install()?)?;
-    }
-    process::switch_user_and_caps(proc_.user(), proc_.capabilities().as_ref())?;
-    if nnp
-        && notify
-        && let Some(f) = &args.seccomp
-    {
-        sys::set_no_new_privs().ctx(|| "process.noNewPrivileges: prctl".into())?;
-        send_listener(chan, f.install()?)?;
-    }
-
-    sys::set_parent_death_signal(0).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-    chan.send(&Msg::Ready, None)?;
+    launch::attach_terminal(proc_, &args.console, chan)?;
+    let ctx = launch::Context {
+        process: proc_,
+        seccomp: args.seccomp.as_ref(),
+        preserve_fds: args.preserve_fds,
+        field_prefix: "process.",
+    };
+    let prepared = launch::prepare(&ctx, chan)?;
     let gate = match &args.gate {
         Gate::Channel => {
             chan.expect(&Msg::Start)?;
@@ -234,23 +167,7 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
     }
     // The gate connection closes on exec (close-on-exec): that tells `start` the program runs.
     std::mem::forget(gate);
-    if nnp && !notify {
-        sys::set_no_new_privs().ctx(|| "process.noNewPrivileges: prctl".into())?;
-        if let Some(f) = &args.seccomp {
-            f.install()?;
-        }
-    }
-    sys::reset_signals();
-    sys::cloexec_from(3 + args.preserve_fds).ctx(|| "close_range".into())?;
-    Err(process::exec(&program, &c_args, &c_env))
-}
-
-/// Hands a seccomp user-notification listener to the runtime, which passes it on.
-pub fn send_listener(chan: &Channel, listener: Option<OwnedFd>) -> Result<()> {
-    match listener {
-        Some(fd) => chan.send(&Msg::SeccompListener, Some(fd.as_raw_fd())),
-        None => Ok(()),
-    }
+    Err(launch::finish(&ctx, prepared))
 }
 
 /// Blocks until `strata start` connects to the gate socket and sends its byte; returns the

@@ -18,6 +18,7 @@ pub mod error;
 pub mod exec;
 pub mod hooks;
 pub mod init;
+pub mod launch;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;

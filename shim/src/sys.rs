@@ -265,3 +265,24 @@ pub fn reset_signals() {
         None,
     );
 }
+
+/// Sets or clears the calling process's dumpable flag (who may ptrace it or open its
+/// `/proc/<pid>` entries; the kernel sets it again when a program is executed).
+pub fn set_dumpable(dumpable: bool) -> nix::Result<()> {
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(dumpable), 0, 0, 0) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// The working directory as the kernel reports it: a path that does not start with `/` (the
+/// kernel prefixes `(unreachable)`) names a directory outside the process's root.
+pub fn getcwd_raw() -> nix::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: the raw getcwd system call writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+    if n < 0 {
+        return Err(Errno::last());
+    }
+    buf.truncate((n as usize).saturating_sub(1));
+    Ok(buf)
+}
