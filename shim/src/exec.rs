@@ -5,8 +5,8 @@
 use crate::bundle::Bundle;
 use crate::container::{self, CreateOptions};
 use crate::error::{Error, Result, SysContext};
-use crate::namespaces;
 use crate::launch::{self, Never};
+use crate::namespaces;
 use crate::state::{self, StateRoot, Status};
 use crate::sync::{self, Channel, Msg};
 use crate::sys::{self, Fork};
@@ -18,12 +18,157 @@ use std::os::fd::OwnedFd;
 /// What to run and how.
 #[derive(Debug)]
 pub struct ExecRequest {
-    /// The process description (from `--process` or built from the arguments).
+    /// The process description (from [`merge_process`] or [`process_from_config`]).
     pub process: Process,
     /// Return after starting it (`--detach`).
     pub detach: bool,
     /// Options shared with create (console socket, pid file, preserved fds).
     pub opts: CreateOptions,
+    /// A cgroup below the container's to run the process in (`--cgroup`); it must exist.
+    pub sub_cgroup: Option<String>,
+    /// Exec into a paused container too (`--ignore-paused`).
+    pub ignore_paused: bool,
+}
+
+/// The fields an exec's process description inherits from the container's `process` when it
+/// leaves them out, as runc's shim and `runc exec --process` do. Everything else (user, env,
+/// cwd, terminal) is the exec's own. `noNewPrivileges` is inherited too: runc reads an absent
+/// value as false, which would let an exec of a container that asked for it gain privileges.
+const INHERITED: [&str; 8] = [
+    "capabilities",
+    "apparmorProfile",
+    "selinuxLabel",
+    "rlimits",
+    "ioPriority",
+    "scheduler",
+    "execCPUAffinity",
+    "noNewPrivileges",
+];
+
+fn absent(v: Option<&serde_json::Value>) -> bool {
+    match v {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::String(s)) => s.is_empty(),
+        Some(serde_json::Value::Array(a)) => a.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// Builds an exec's process from its JSON description (`exec --process FILE`, containerd's
+/// `Exec`), filling the [`INHERITED`] fields it leaves out from the container's `process`.
+/// `source` names the description in errors.
+pub fn merge_process(json: &[u8], config: Option<&Process>, source: &str) -> Result<Process> {
+    let mut v: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| Error::Invalid(format!("{source}: not a JSON process description: {e}")))?;
+    let obj = v.as_object_mut().ok_or_else(|| Error::Invalid(format!("{source}: not a JSON object")))?;
+    let base = config.map(serde_json::to_value).transpose().map_err(|e| Error::Invalid(e.to_string()))?;
+    // runc's default: a description without a user runs as root.
+    obj.entry("user").or_insert_with(|| serde_json::json!({"uid": 0, "gid": 0}));
+    for key in INHERITED {
+        if absent(obj.get(key))
+            && let Some(inherited) = base.as_ref().and_then(|b| b.get(key)).filter(|x| !x.is_null())
+        {
+            obj.insert(key.to_string(), inherited.clone());
+        }
+    }
+    to_process(v, source)
+}
+
+/// How `exec` without `--process` changes the container's `process`, flag by flag (runc's).
+#[derive(Debug, Default, Clone)]
+pub struct ExecOverrides {
+    /// The program and its arguments.
+    pub args: Vec<String>,
+    /// `--cwd` (else the config's).
+    pub cwd: Option<String>,
+    /// `-e KEY=VALUE`, over the config's variables.
+    pub env: Vec<String>,
+    /// `-t`.
+    pub tty: bool,
+    /// `-u UID[:GID]`: the gid stays the config's unless given.
+    pub user: Option<(u32, Option<u32>)>,
+    /// `-g`: added to the config's additional groups.
+    pub additional_gids: Vec<u32>,
+    /// `--cap`: added to the bounding, effective and permitted sets.
+    pub caps: Vec<String>,
+    /// `--no-new-privs` when given.
+    pub no_new_privs: Option<bool>,
+    /// `--apparmor`.
+    pub apparmor: Option<String>,
+    /// `--process-label`.
+    pub process_label: Option<String>,
+}
+
+/// Builds an exec's process from the container's `process` and the command line, as runc does.
+pub fn process_from_config(config: &Process, o: &ExecOverrides) -> Result<Process> {
+    use serde_json::{Value, json};
+    let mut v = serde_json::to_value(config).map_err(|e| Error::Invalid(e.to_string()))?;
+    if o.args.is_empty() {
+        return Err(Error::Invalid("exec: give a command (or --process)".into()));
+    }
+    v["args"] = json!(o.args);
+    v["terminal"] = json!(o.tty);
+    if let Some(cwd) = &o.cwd {
+        v["cwd"] = json!(cwd);
+    }
+    let mut env: Vec<Value> = v["env"].as_array().cloned().unwrap_or_default();
+    env.extend(o.env.iter().map(|e| json!(e)));
+    v["env"] = Value::Array(env);
+    if let Some((uid, gid)) = o.user {
+        v["user"]["uid"] = json!(uid);
+        if let Some(g) = gid {
+            v["user"]["gid"] = json!(g);
+        }
+    }
+    if !o.additional_gids.is_empty() {
+        let mut gids: Vec<Value> = v["user"]["additionalGids"].as_array().cloned().unwrap_or_default();
+        gids.extend(o.additional_gids.iter().map(|g| json!(g)));
+        v["user"]["additionalGids"] = Value::Array(gids);
+    }
+    for c in &o.caps {
+        let name =
+            if c.starts_with("CAP_") { c.to_ascii_uppercase() } else { format!("CAP_{}", c.to_ascii_uppercase()) };
+        if v["capabilities"].is_null() {
+            v["capabilities"] = json!({});
+        }
+        // Never the inheritable set (runc's GHSA-f3fp-gc8g-vw66): a process must not pass
+        // capabilities on through execve of files with capabilities.
+        for set in ["bounding", "effective", "permitted"] {
+            let list = &mut v["capabilities"][set];
+            if !list.is_array() {
+                *list = json!([]);
+            }
+            if let Some(a) = list.as_array_mut()
+                && !a.iter().any(|x| x == &json!(name))
+            {
+                a.push(json!(name));
+            }
+        }
+    }
+    if let Some(n) = o.no_new_privs {
+        v["noNewPrivileges"] = json!(n);
+    }
+    if let Some(a) = o.apparmor.as_ref().filter(|a| !a.is_empty()) {
+        v["apparmorProfile"] = json!(a);
+    }
+    if let Some(l) = o.process_label.as_ref().filter(|l| !l.is_empty()) {
+        v["selinuxLabel"] = json!(l);
+    }
+    to_process(v, "exec")
+}
+
+fn to_process(v: serde_json::Value, source: &str) -> Result<Process> {
+    let p: Process = serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        Error::Invalid(format!("{source}: {path}: {}", e.into_inner()))
+    })?;
+    if p.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(Error::Invalid(format!("{source}: args: must name the program to run")));
+    }
+    if !p.cwd().is_absolute() {
+        return Err(Error::Invalid(format!("{source}: cwd: {} is not an absolute path", p.cwd().display())));
+    }
+    Ok(p)
 }
 
 /// Namespaces of the init that differ from the caller's, as setns flags.
@@ -48,12 +193,19 @@ fn differing_namespaces(pid: i32) -> libc::c_int {
 pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     let st = root.load(id)?;
     let s = container::status(&st);
-    if s != Status::Running {
-        return Err(Error::WrongState {
-            id: id.into(),
-            status: s.to_string(),
-            action: "exec in it (it must be running)",
-        });
+    match s {
+        Status::Running | Status::Created => {}
+        Status::Paused if req.ignore_paused => {}
+        Status::Paused => {
+            return Err(Error::WrongState {
+                id: id.into(),
+                status: s.to_string(),
+                action: "exec in it (resume it first, or use --ignore-paused)",
+            });
+        }
+        _ => {
+            return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "exec in it" });
+        }
     }
     let bundle = Bundle::load(&st.bundle)?;
     let seccomp_filter = bundle.seccomp.clone();
@@ -73,7 +225,7 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     };
     let sigfd = if req.detach { None } else { Some(container::block_signals()?) };
     let (parent_end, child_end) = sync::pair()?;
-    let cgroup = Cgroup::open(st.cgroup_path.clone());
+    let cgroup = Cgroup::open(exec_cgroup(&st.cgroup_path, req.sub_cgroup.as_deref())?);
     let (forked, born_in_cgroup) = container::fork_in(&cgroup)?;
     let stage1 = match forked {
         Fork::Child => {
@@ -84,9 +236,7 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
                 }
                 Ok(())
             };
-            launch::stage1(&child_end, enter, |chan| {
-                exec_process(chan, req, &console, seccomp_filter.as_ref())
-            })
+            launch::stage1(&child_end, enter, |chan| exec_process(chan, req, &console, seccomp_filter.as_ref()))
         }
         Fork::Parent(pid) => pid,
     };
@@ -141,6 +291,23 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
             Ok(code)
         }
     }
+}
+
+/// The cgroup an exec'd process joins: the container's, or an existing one below it
+/// (`--cgroup`, which may not climb out of it).
+fn exec_cgroup(container: &std::path::Path, sub: Option<&str>) -> Result<std::path::PathBuf> {
+    let Some(sub) = sub else { return Ok(container.to_path_buf()) };
+    let sub = sub.strip_prefix(':').unwrap_or(sub);
+    if sub.contains(':') {
+        return Err(Error::Invalid(format!("--cgroup {sub:?}: cgroup v2 takes one path, without a controller prefix")));
+    }
+    let rel = crate::bundle::normalize_in_root(std::path::Path::new(sub))
+        .ok_or_else(|| Error::Invalid(format!("--cgroup {sub:?} is not a sub-cgroup of the container's")))?;
+    let dir = container.join(rel);
+    if !dir.join("cgroup.procs").exists() {
+        return Err(Error::Invalid(format!("--cgroup {sub:?}: {} does not exist", dir.display())));
+    }
+    Ok(dir)
 }
 
 /// An error the process reported after `Start` (its exec failed), if any.

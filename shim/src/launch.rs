@@ -134,7 +134,7 @@ pub fn prepare(ctx: &Context<'_>, chan: &Channel) -> Result<Prepared> {
     let p = ctx.process;
     let field = |name: &str| format!("{}{name}", ctx.field_prefix);
     process::apply_rlimits(p.rlimits().as_deref().unwrap_or_default())?;
-    let env = process::environment(p.env().as_deref().unwrap_or_default(), p.user().uid());
+    let env = process::environment(p.env().as_deref().unwrap_or_default(), p.user().uid(), &field("env"))?;
     let argv = p.args().clone().unwrap_or_default();
     let first = argv.first().ok_or_else(|| Error::Invalid(format!("{}: no program given", field("args"))))?;
     chdir_in_root(p.cwd()).map_err(|e| Error::Init(format!("{}: {e}", field("cwd"))))?;

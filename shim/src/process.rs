@@ -67,16 +67,44 @@ pub fn apply_rlimits(limits: &[PosixRlimit]) -> Result<()> {
     Ok(())
 }
 
+/// The five capability sets of a process as bit masks. A process without `capabilities`
+/// gets none at all (runc's behaviour until 1.2; see the README's runc table).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapMasks {
+    /// Bounding set.
+    pub bounding: u64,
+    /// Effective set.
+    pub effective: u64,
+    /// Permitted set.
+    pub permitted: u64,
+    /// Inheritable set.
+    pub inheritable: u64,
+    /// Ambient set.
+    pub ambient: u64,
+}
+
+impl CapMasks {
+    /// The masks of `process.capabilities` (all empty when absent).
+    pub fn of(caps: Option<&LinuxCapabilities>) -> CapMasks {
+        let Some(c) = caps else { return CapMasks::default() };
+        CapMasks {
+            bounding: cap_mask(c.bounding().as_ref()),
+            effective: cap_mask(c.effective().as_ref()),
+            permitted: cap_mask(c.permitted().as_ref()),
+            inheritable: cap_mask(c.inheritable().as_ref()),
+            ambient: cap_mask(c.ambient().as_ref()),
+        }
+    }
+}
+
 /// Switches to the configured user and groups and sets the five capability sets, in the order
 /// the kernel requires: bounding set first (needs CAP_SETPCAP), ids with KEEPCAPS, then
 /// effective/permitted/inheritable in one capset, then ambient.
 pub fn switch_user_and_caps(user: &User, caps: Option<&LinuxCapabilities>) -> Result<()> {
-    if let Some(caps) = caps {
-        let keep = cap_mask(caps.bounding().as_ref());
-        for i in 0..=sys::last_cap() {
-            if keep & (1u64 << i) == 0 {
-                sys::bounding_drop(i).ctx(|| format!("process.capabilities.bounding: dropping capability {i}"))?;
-            }
+    let masks = CapMasks::of(caps);
+    for i in 0..=sys::last_cap() {
+        if masks.bounding & (1u64 << i) == 0 {
+            sys::bounding_drop(i).ctx(|| format!("process.capabilities.bounding: dropping capability {i}"))?;
         }
     }
     sys::set_keep_caps(true).ctx(|| "prctl(PR_SET_KEEPCAPS)".into())?;
@@ -90,18 +118,11 @@ pub fn switch_user_and_caps(user: &User, caps: Option<&LinuxCapabilities>) -> Re
     let uid = Uid::from_raw(user.uid());
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("process.user.uid: setresuid({uid})"))?;
     sys::set_keep_caps(false).ctx(|| "prctl(PR_SET_KEEPCAPS)".into())?;
-    if let Some(caps) = caps {
-        let sets = sys::CapSets {
-            effective: cap_mask(caps.effective().as_ref()),
-            permitted: cap_mask(caps.permitted().as_ref()),
-            inheritable: cap_mask(caps.inheritable().as_ref()),
-        };
-        sys::capset(sets).ctx(|| "process.capabilities: capset".into())?;
-        let ambient = cap_mask(caps.ambient().as_ref());
-        for i in 0..=sys::last_cap() {
-            if ambient & (1u64 << i) != 0 {
-                sys::ambient_raise(i).ctx(|| format!("process.capabilities.ambient: raising capability {i}"))?;
-            }
+    let sets = sys::CapSets { effective: masks.effective, permitted: masks.permitted, inheritable: masks.inheritable };
+    sys::capset(sets).ctx(|| "process.capabilities: capset".into())?;
+    for i in 0..=sys::last_cap() {
+        if masks.ambient & (1u64 << i) != 0 {
+            sys::ambient_raise(i).ctx(|| format!("process.capabilities.ambient: raising capability {i}"))?;
         }
     }
     if let Some(mask) = user.umask() {
@@ -112,18 +133,28 @@ pub fn switch_user_and_caps(user: &User, caps: Option<&LinuxCapabilities>) -> Re
     Ok(())
 }
 
-/// The environment for the program: the configured one, plus HOME from the container's
-/// `/etc/passwd` (or `/`) when it is not set, as runc does.
-pub fn environment(env: &[String], uid: u32) -> Vec<String> {
-    let mut out: Vec<String> = env.to_vec();
-    if !out.iter().any(|e| e.starts_with("HOME=")) {
+/// The environment for the program: the configured one with each variable once (a later
+/// `KEY=` replaces an earlier one, as `exec -e` expects), plus HOME from the container's
+/// `/etc/passwd` (or `/`) when it is not set, as runc does. `field` names the list in errors.
+pub fn environment(env: &[String], uid: u32, field: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(env.len() + 1);
+    for e in env {
+        let key = match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() => k,
+            _ => return Err(Error::Invalid(format!("{field}: {e:?} is not KEY=VALUE"))),
+        };
+        out.retain(|o| o.split_once('=').map(|(k, _)| k) != Some(key));
+        out.push(e.clone());
+    }
+    if !out.iter().any(|e| e.strip_prefix("HOME=").is_some_and(|h| !h.is_empty())) {
+        out.retain(|e| !e.starts_with("HOME="));
         let home = std::fs::read_to_string("/etc/passwd")
             .ok()
             .and_then(|p| home_of(&p, uid))
             .unwrap_or_else(|| "/".to_string());
         out.push(format!("HOME={home}"));
     }
-    out
+    Ok(out)
 }
 
 fn home_of(passwd: &str, uid: u32) -> Option<String> {
@@ -194,8 +225,11 @@ mod tests {
         let p = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n";
         assert_eq!(home_of(p, 33).as_deref(), Some("/var/www"));
         assert_eq!(home_of(p, 5), None);
-        let env = environment(&["HOME=/x".into()], 0);
+        let env = environment(&["HOME=/x".into()], 0, "env").unwrap();
         assert_eq!(env, vec!["HOME=/x".to_string()]);
+        let env = environment(&["A=1".into(), "B=2".into(), "A=3".into(), "HOME=/h".into()], 0, "env").unwrap();
+        assert_eq!(env, vec!["B=2", "A=3", "HOME=/h"]);
+        assert!(environment(&["NOEQUALS".into()], 0, "process.env").unwrap_err().to_string().contains("process.env"));
     }
 
     #[test]

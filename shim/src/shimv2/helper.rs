@@ -126,15 +126,19 @@ fn run(req: &HelperRequest) -> Result<i32> {
         }
         HelperRequest::Exec { root, id, process, console_socket } => {
             let root = StateRoot::new(root)?;
-            let process =
-                serde_json::from_str(process).map_err(|e| Error::Invalid(format!("exec process spec: {e}")))?;
+            let config = crate::bundle::parse_config(&root.load(id)?.bundle.join("config.json"))?;
+            let process = exec::merge_process(process.as_bytes(), config.process().as_ref(), "exec process")?;
             let pid_file = root.container_dir(id)?.join(format!(".exec-{}.pid", std::process::id()));
             let opts = CreateOptions {
                 console_socket: console_socket.clone(),
                 pid_file: Some(pid_file.clone()),
                 preserve_fds: 0,
             };
-            exec::exec(&root, id, &ExecRequest { process, detach: true, opts })?;
+            exec::exec(
+                &root,
+                id,
+                &ExecRequest { process, detach: true, opts, sub_cgroup: None, ignore_paused: false },
+            )?;
             let pid = std::fs::read_to_string(&pid_file)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())

@@ -131,6 +131,76 @@ pub fn parse_size(s: &str) -> Result<i64> {
     n.checked_mul(mult).with_context(|| format!("--memory {s:?} is too large"))
 }
 
+/// `exec`'s flags (runc's).
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The container id.
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+    /// JSON file describing the process (runtime-spec `process`); what it leaves out of
+    /// capabilities, noNewPrivileges, rlimits, scheduling and labels comes from the container.
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    /// Unix socket that receives the pty master.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Working directory in the container (default: the config's).
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Environment variables (KEY=VALUE), over the config's.
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// Allocate a pseudo-terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// User as UID[:GID] (the gid stays the config's unless given).
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Additional group ids (added to the config's).
+    #[arg(short = 'g', long)]
+    pub additional_gids: Vec<u32>,
+    /// Return once the process runs.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// File to write the process's pid to.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Add a capability (to the bounding, effective and permitted sets).
+    #[arg(short, long)]
+    pub cap: Vec<String>,
+    /// Set (or with =false clear) no_new_privs.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub no_new_privs: Option<bool>,
+    /// AppArmor profile for the process.
+    #[arg(long)]
+    pub apparmor: Option<String>,
+    /// SELinux label for the process.
+    #[arg(long)]
+    pub process_label: Option<String>,
+    /// Run the process in this existing cgroup below the container's.
+    #[arg(long)]
+    pub cgroup: Vec<String>,
+    /// Exec into a paused container as well.
+    #[arg(long)]
+    pub ignore_paused: bool,
+    /// Pass this many extra file descriptors.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+}
+
+/// Parses `UID[:GID]`.
+fn parse_user(u: &str) -> Result<(u32, Option<u32>)> {
+    let (uid, gid) = match u.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (u, None),
+    };
+    let uid = uid.parse::<u32>().with_context(|| format!("--user {u:?}: bad uid (expected UID[:GID])"))?;
+    let gid = gid.map(|g| g.parse::<u32>().with_context(|| format!("--user {u:?}: bad gid"))).transpose()?;
+    Ok((uid, gid))
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -173,49 +243,7 @@ pub enum Command {
         force: bool,
     },
     /// Run a process in a running container.
-    Exec {
-        /// The container id.
-        id: String,
-        /// The command and its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-        /// JSON file describing the process (runtime-spec `process`).
-        #[arg(short, long)]
-        process: Option<PathBuf>,
-        /// Unix socket that receives the pty master.
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        /// Working directory in the container.
-        #[arg(long)]
-        cwd: Option<PathBuf>,
-        /// Environment variables (KEY=VALUE).
-        #[arg(short, long)]
-        env: Vec<String>,
-        /// Allocate a pseudo-terminal.
-        #[arg(short, long)]
-        tty: bool,
-        /// User as UID[:GID].
-        #[arg(short, long)]
-        user: Option<String>,
-        /// Additional group ids.
-        #[arg(short = 'g', long)]
-        additional_gids: Vec<u32>,
-        /// Return once the process runs.
-        #[arg(short, long)]
-        detach: bool,
-        /// File to write the process's pid to.
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        /// Add a capability.
-        #[arg(short, long)]
-        cap: Vec<String>,
-        /// Set no_new_privs.
-        #[arg(long)]
-        no_new_privs: bool,
-        /// Pass this many extra file descriptors.
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: u32,
-    },
+    Exec(Box<ExecArgs>),
     /// List the processes of a container.
     Ps {
         /// The container id.
@@ -303,7 +331,7 @@ fn state_root(cli: &Cli) -> Result<StateRoot> {
 pub fn dispatch(cli: Cli) -> Result<i32> {
     if matches!(
         cli.command,
-        Command::Create(_) | Command::Run(_) | Command::Exec { .. } | Command::Demo | Command::Image(_)
+        Command::Create(_) | Command::Run(_) | Command::Exec(_) | Command::Demo | Command::Image(_)
     ) {
         engine::seal::reexec_sealed().context("protecting the runtime binary")?;
     }
@@ -367,58 +395,47 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 r => r.map(|_| 0).map_err(Into::into),
             }
         }
-        Command::Exec {
-            id,
-            command,
-            process,
-            console_socket,
-            cwd,
-            env,
-            tty,
-            user,
-            additional_gids,
-            detach,
-            pid_file,
-            cap,
-            no_new_privs,
-            preserve_fds,
-        } => {
+        Command::Exec(x) => {
             let root = state_root(&cli)?;
-            let st = root.load(id)?;
-            let p = match process {
+            let st = root.load(&x.id)?;
+            let config = engine::bundle::parse_config(&st.bundle.join("config.json"))?;
+            let base = config.process().as_ref().context("config.json: process: missing")?;
+            let process = match &x.process {
                 Some(path) => {
                     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                    serde_json::from_slice(&data)
-                        .with_context(|| format!("{}: invalid process JSON", path.display()))?
+                    exec::merge_process(&data, Some(base), &path.display().to_string())?
                 }
                 None => {
-                    if command.is_empty() {
-                        bail!("exec: give a command or --process");
-                    }
-                    let bundle = Bundle::load(&st.bundle)?;
-                    build_exec_process(
-                        &bundle,
-                        command,
-                        cwd.as_ref(),
-                        env,
-                        *tty,
-                        user.as_deref(),
-                        additional_gids,
-                        cap,
-                        *no_new_privs,
-                    )?
+                    let overrides = exec::ExecOverrides {
+                        args: x.command.clone(),
+                        cwd: x.cwd.clone(),
+                        env: x.env.clone(),
+                        tty: x.tty,
+                        user: x.user.as_deref().map(parse_user).transpose()?,
+                        additional_gids: x.additional_gids.clone(),
+                        caps: x.cap.clone(),
+                        no_new_privs: x.no_new_privs,
+                        apparmor: x.apparmor.clone(),
+                        process_label: x.process_label.clone(),
+                    };
+                    exec::process_from_config(base, &overrides)?
                 }
             };
+            if x.cgroup.len() > 1 {
+                bail!("--cgroup: cgroup v2 takes one path (given {})", x.cgroup.len());
+            }
             let req = ExecRequest {
-                process: p,
-                detach: *detach,
+                process,
+                detach: x.detach,
                 opts: CreateOptions {
-                    console_socket: console_socket.clone(),
-                    preserve_fds: *preserve_fds,
-                    pid_file: pid_file.clone(),
+                    console_socket: x.console_socket.clone(),
+                    preserve_fds: x.preserve_fds,
+                    pid_file: x.pid_file.clone(),
                 },
+                sub_cgroup: x.cgroup.first().cloned(),
+                ignore_paused: x.ignore_paused,
             };
-            Ok(exec::exec(&root, id, &req)?)
+            Ok(exec::exec(&root, &x.id, &req)?)
         }
         Command::Ps { id, format, ps_args } => {
             let root = state_root(&cli)?;
@@ -549,53 +566,6 @@ fn create_options(a: &CreateFlags) -> CreateOptions {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_exec_process(
-    bundle: &Bundle,
-    command: &[String],
-    cwd: Option<&PathBuf>,
-    env: &[String],
-    tty: bool,
-    user: Option<&str>,
-    additional_gids: &[u32],
-    cap: &[String],
-    no_new_privs: bool,
-) -> Result<oci_spec::runtime::Process> {
-    let base = bundle.spec.process().clone().context("config.json: process: missing")?;
-    let mut v = serde_json::to_value(&base)?;
-    v["args"] = serde_json::json!(command);
-    v["terminal"] = serde_json::json!(tty);
-    v["cwd"] = serde_json::json!(cwd.map(|c| c.display().to_string()).unwrap_or_else(|| "/".into()));
-    let mut all_env: Vec<String> = base.env().clone().unwrap_or_default();
-    all_env.extend(env.iter().cloned());
-    v["env"] = serde_json::json!(all_env);
-    if let Some(u) = user {
-        let (uid, gid) = match u.split_once(':') {
-            Some((u, g)) => (u.parse::<u32>()?, g.parse::<u32>()?),
-            None => (u.parse::<u32>().with_context(|| format!("--user {u:?}: expected UID[:GID]"))?, 0),
-        };
-        v["user"]["uid"] = serde_json::json!(uid);
-        v["user"]["gid"] = serde_json::json!(gid);
-    }
-    if !additional_gids.is_empty() {
-        v["user"]["additionalGids"] = serde_json::json!(additional_gids);
-    }
-    if no_new_privs {
-        v["noNewPrivileges"] = serde_json::json!(true);
-    }
-    for c in cap {
-        let name = if c.starts_with("CAP_") { c.clone() } else { format!("CAP_{c}") };
-        for set in ["bounding", "effective", "permitted", "ambient", "inheritable"] {
-            if let Some(list) = v["capabilities"][set].as_array_mut() {
-                list.push(serde_json::json!(name));
-            } else if !v["capabilities"].is_null() {
-                v["capabilities"][set] = serde_json::json!([name]);
-            }
-        }
-    }
-    serde_json::from_value(v).context("building the exec process")
-}
-
 fn print_ps_table(pids: &[i32], ps_args: &[String]) -> Result<()> {
     let args: Vec<String> = if ps_args.is_empty() { vec!["-ef".into()] } else { ps_args.to_vec() };
     let out = std::process::Command::new("ps").args(&args).output().context("running ps")?;
@@ -679,7 +649,12 @@ mod tests {
             matches!(c.command, Command::Create(ref a) if a.id == "id1" && a.bundle.as_path() == std::path::Path::new("/b"))
         );
         let c = Cli::try_parse_from(["strata", "exec", "-t", "id1", "sh", "-c", "echo hi"]).unwrap();
-        assert!(matches!(c.command, Command::Exec { ref command, tty: true, .. } if command.len() == 3));
+        assert!(matches!(c.command, Command::Exec(ref x) if x.command.len() == 3 && x.tty && x.no_new_privs.is_none()));
+        let c = Cli::try_parse_from(["strata", "exec", "--no-new-privs", "-u", "5", "id1", "true"]).unwrap();
+        assert!(matches!(c.command, Command::Exec(ref x) if x.no_new_privs == Some(true)));
+        assert_eq!(parse_user("5").unwrap(), (5, None));
+        assert_eq!(parse_user("5:7").unwrap(), (5, Some(7)));
+        assert!(parse_user("x").is_err());
         let c = Cli::try_parse_from(["strata", "run", "--bundle", "/b", "id1"]).unwrap();
         assert!(matches!(c.command, Command::Run(ref r) if !r.is_image_form() && r.args == ["id1"]));
         let c = Cli::try_parse_from(["strata", "run", "--rm", "-it", "-e", "A=b", "busybox", "sh", "-c", "echo hi"])
