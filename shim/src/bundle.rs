@@ -62,8 +62,20 @@ pub fn parse_config(file: &Path) -> Result<Spec> {
     parse_config_bytes(file, &bytes)
 }
 
-/// Parses configuration bytes; `file` is only used in messages.
+/// Parses configuration bytes; `file` is only used in messages. A field of the specification
+/// that strata does not implement is refused here, by name (see [`crate::fields`]); a
+/// property the specification does not define is logged and ignored, as it requires.
 pub fn parse_config_bytes(file: &Path, bytes: &[u8]) -> Result<Spec> {
+    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        match crate::fields::check(&doc) {
+            Ok(unknown) => {
+                for u in unknown {
+                    tracing::warn!("{}: {u}: not a runtime-spec property; ignored", file.display());
+                }
+            }
+            Err(r) => return Err(config_error(file, r.field, format!("not supported by strata: {}", r.reason))),
+        }
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
         let path = e.path().to_string();
@@ -142,6 +154,16 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
     if new_user_ns && linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
         return Err(config_error(file, "linux.gidMappings", "a new user namespace needs gid mappings"));
     }
+    let has_ns = |t: LinuxNamespaceType| linux.namespaces().iter().flatten().any(|n| n.typ() == t);
+    for (field, value) in [("hostname", spec.hostname()), ("domainname", spec.domainname())] {
+        if value.as_deref().is_some_and(|v| !v.is_empty()) && !has_ns(LinuxNamespaceType::Uts) {
+            return Err(config_error(file, field, "needs a uts namespace of the container's own (linux.namespaces)"));
+        }
+    }
+    for key in linux.sysctl().iter().flat_map(|m| m.keys()) {
+        check_sysctl(key, linux.namespaces().as_deref().unwrap_or_default())
+            .map_err(|m| config_error(file, format!("linux.sysctl[{key:?}]"), m))?;
+    }
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         if normalize_in_root(m.destination()).is_none() {
             return Err(config_error(
@@ -167,6 +189,95 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
         }
     }
     Ok(rootfs)
+}
+
+/// A sysctl key in dotted form (`net/ipv4/ip_forward` becomes `net.ipv4.ip_forward`, as runc
+/// reads a key whose first separator is a slash).
+pub fn sysctl_key(key: &str) -> String {
+    match key.find(['.', '/']) {
+        Some(i) if key.as_bytes()[i] == b'/' => key
+            .chars()
+            .map(|c| {
+                if c == '/' {
+                    '.'
+                } else if c == '.' {
+                    '/'
+                } else {
+                    c
+                }
+            })
+            .collect(),
+        _ => key.to_string(),
+    }
+}
+
+/// Whether a sysctl may be set: only keys that a namespace of the container's own isolates
+/// (runc's rule), so that no write reaches the host's kernel settings.
+pub fn check_sysctl(key: &str, namespaces: &[oci_spec::runtime::LinuxNamespace]) -> std::result::Result<(), String> {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let key = sysctl_key(key);
+    if sysctl_path(&key).is_none() {
+        return Err("is not a sysctl name".into());
+    }
+    let find = |t: LinuxNamespaceType| namespaces.iter().find(|n| n.typ() == t);
+    if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+        return match find(LinuxNamespaceType::Ipc) {
+            Some(_) => Ok(()),
+            None => Err("an ipc sysctl needs an ipc namespace of the container's own".into()),
+        };
+    }
+    if key.starts_with("net.") {
+        return match find(LinuxNamespaceType::Network) {
+            None => Err("a net sysctl needs a network namespace of the container's own".into()),
+            Some(ns) => match ns.path() {
+                Some(p) if same_file(p, Path::new("/proc/self/ns/net")) => {
+                    Err(format!("a net sysctl may not change the host's network namespace ({})", p.display()))
+                }
+                _ => Ok(()),
+            },
+        };
+    }
+    if key == "kernel.domainname" {
+        return match find(LinuxNamespaceType::Uts) {
+            Some(_) => Ok(()),
+            None => Err("kernel.domainname needs a uts namespace of the container's own".into()),
+        };
+    }
+    if key == "kernel.hostname" {
+        return Err("set the hostname with the \"hostname\" field".into());
+    }
+    Err("is not isolated by any namespace of the container: it would change the host".into())
+}
+
+/// The path of a dotted sysctl key below /proc/sys (a `/` in the key stands for a `.` in a
+/// name, as in `net.ipv4.conf.eth0/100.forwarding`), or `None` for a key that is no name.
+pub fn sysctl_path(dotted: &str) -> Option<PathBuf> {
+    let mut path = PathBuf::new();
+    for part in dotted.split('.') {
+        let name = part.replace('/', ".");
+        if name.is_empty() || name == "." || name == ".." || name.contains('\0') {
+            return None;
+        }
+        path.push(name);
+    }
+    Some(path)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
 }
 
 /// Normalizes a mount destination to a path relative to the container's root, or `None` if `..`
@@ -215,6 +326,34 @@ mod tests {
         let err = parse_config_bytes(Path::new("c.json"), bad).unwrap_err().to_string();
         assert!(err.contains("process.capabilities.bounding"), "{err}");
         assert!(err.contains("CAP_FLY") || err.contains("FLY"), "{err}");
+    }
+
+    #[test]
+    fn sysctls_only_where_a_namespace_isolates_them() {
+        let ns: Vec<oci_spec::runtime::LinuxNamespace> =
+            serde_json::from_str(r#"[{"type":"ipc"},{"type":"network"},{"type":"uts"},{"type":"mount"}]"#).unwrap();
+        for ok in
+            ["kernel.shmmax", "fs.mqueue.msg_max", "net.ipv4.ip_forward", "net/ipv4/ip_forward", "kernel.domainname"]
+        {
+            assert_eq!(check_sysctl(ok, &ns), Ok(()), "{ok}");
+        }
+        for bad in ["kernel.printk_ratelimit", "vm.swappiness", "kernel.hostname", "net..x", "kernel"] {
+            assert!(check_sysctl(bad, &ns).is_err(), "{bad}");
+        }
+        let host_net: Vec<oci_spec::runtime::LinuxNamespace> =
+            serde_json::from_str(r#"[{"type":"network","path":"/proc/self/ns/net"}]"#).unwrap();
+        assert!(check_sysctl("net.ipv4.ip_forward", &host_net).unwrap_err().contains("host"));
+        assert!(check_sysctl("net.ipv4.ip_forward", &[]).is_err());
+        assert!(check_sysctl("kernel.sem", &[]).is_err());
+        assert_eq!(sysctl_key("net/ipv4/conf/eth0.100/forwarding"), "net.ipv4.conf.eth0/100.forwarding");
+        assert_eq!(
+            sysctl_path("net.ipv4.conf.eth0/100.forwarding"),
+            Some(PathBuf::from("net/ipv4/conf/eth0.100/forwarding"))
+        );
+        assert_eq!(check_sysctl("net.ipv4.conf.eth0/100.forwarding", &ns), Ok(()));
+        for bad in ["net.//.x", "net./.x", "net"] {
+            assert!(sysctl_path(bad).is_none() || check_sysctl(bad, &ns).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -117,13 +117,10 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
     }
     .run()?;
 
-    if let Some(h) = spec.hostname() {
-        if !plan.has(LinuxNamespaceType::Uts) {
-            return Err(Error::Invalid("hostname: needs a uts namespace".into()));
-        }
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).ctx(|| format!("hostname: sethostname({h:?})"))?;
     }
-    if let Some(d) = spec.domainname() {
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
         let c = CString::new(d.as_bytes()).map_err(|_| Error::Invalid("domainname: contains NUL".into()))?;
         // SAFETY: setdomainname reads `len` bytes of a valid buffer.
         if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {

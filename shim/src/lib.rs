@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod container;
 pub mod error;
 pub mod exec;
+pub mod fields;
 pub mod hooks;
 pub mod init;
 pub mod launch;

@@ -554,13 +554,12 @@ pub fn readonly_root() -> Result<()> {
     remount(Path::new("/"), MsFlags::MS_RDONLY)
 }
 
-/// Writes `linux.sysctl` through the container's /proc/sys.
+/// Writes `linux.sysctl` through the container's /proc/sys (keys were checked at load).
 pub fn apply_sysctl(sysctl: &std::collections::HashMap<String, String>) -> Result<()> {
     for (key, value) in sysctl {
-        if key.contains("..") || key.starts_with('/') {
-            return Err(Error::Invalid(format!("linux.sysctl: invalid key {key:?}")));
-        }
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        let rel = crate::bundle::sysctl_path(&crate::bundle::sysctl_key(key))
+            .ok_or_else(|| Error::Invalid(format!("linux.sysctl: {key:?} is not a sysctl name")))?;
+        let path = Path::new("/proc/sys").join(rel);
         std::fs::write(&path, value).ctx(|| format!("linux.sysctl: {key}"))?;
     }
     Ok(())

@@ -98,3 +98,45 @@ fn exec_flags_change_the_containers_process_like_runc() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
 }
+
+#[test]
+fn sysctls_outside_the_containers_namespaces_are_refused_and_the_host_is_untouched() {
+    let host = std::fs::read_to_string("/proc/sys/kernel/printk_ratelimit").unwrap();
+    let mut c = TestContainer::new("sysctlhost", "true");
+    c.config["linux"]["sysctl"] = json!({"kernel.printk_ratelimit": "17"});
+    let out = c.run();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("linux.sysctl[\"kernel.printk_ratelimit\"]"), "{err}");
+    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/printk_ratelimit").unwrap(), host);
+    c.assert_gone(None);
+    // Namespaced ones are written inside: the ipc and net namespaces are the container's.
+    let mut c = TestContainer::new("sysctlns", "cat /proc/sys/kernel/shmmni /proc/sys/net/ipv4/ip_forward");
+    c.config["linux"]["sysctl"] = json!({"kernel.shmmni": "1234", "net/ipv4/ip_forward": "1"});
+    c.config["linux"]["readonlyPaths"] = json!([]);
+    assert_eq!(c.run_ok(), "1234\n1\n");
+    // A hostname without a uts namespace of its own would be the host's.
+    let mut c = TestContainer::new("nouts", "hostname");
+    c.config["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}]);
+    c.config["hostname"] = json!("box");
+    let out = c.run();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hostname: needs a uts namespace"));
+}
+
+#[test]
+fn fields_strata_does_not_implement_are_refused_by_name_before_anything_exists() {
+    let mut c = TestContainer::new("refused", "true");
+    c.config["linux"]["resources"]["memory"] = json!({"swappiness": 10});
+    let out = c.run();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("linux.resources.memory.swappiness") && err.contains("cgroup v1"), "{err}");
+    c.assert_gone(None);
+    // A property the specification does not define is ignored, with a warning.
+    let mut c = TestContainer::new("unknownprop", "echo ran");
+    c.config["org.example.extension"] = json!({"x": 1});
+    let out = c.run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("org.example.extension"));
+}
