@@ -172,6 +172,10 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
                 format!("{} escapes the root file system", m.destination().display()),
             ));
         }
+        crate::rootfs::check_mount(m).map_err(|reason| config_error(file, format!("mounts[{i}].options"), reason))?;
+        let container_userns = has_ns(LinuxNamespaceType::User);
+        crate::idmap::check(m, container_userns)
+            .map_err(|(field, reason)| config_error(file, format!("mounts[{i}].{field}"), reason))?;
     }
     crate::hooks::check(spec.hooks().as_ref()).map_err(|(field, reason)| config_error(file, field, reason))?;
     if let Some(caps) = process.capabilities() {

@@ -185,11 +185,35 @@ pub fn create(
         std::fs::write(format!("/proc/{stage1}/oom_score_adj"), adj.to_string())
             .ctx(|| format!("process.oomScoreAdj: writing {adj}"))?;
     }
-    parent_end.send(&Msg::Go, None)?;
     let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default());
+    // Idmapped mounts are made here, where the privilege is (see `crate::idmap`): before the
+    // first `Go`, or, when they take the container's new user namespace, once it has its maps.
+    let idmapped = crate::idmap::plan(spec, &bundle.dir);
+    let send_mounts = |mounts: Vec<(usize, OwnedFd)>| -> Result<()> {
+        for (i, fd) in mounts {
+            parent_end.send(&Msg::MountFd(i), Some(fd.as_raw_fd()))?;
+        }
+        Ok(())
+    };
+    if !plan.new_user && !idmapped.is_empty() {
+        let joined = plan
+            .join
+            .iter()
+            .find(|(t, _)| *t == oci_spec::runtime::LinuxNamespaceType::User)
+            .map(|(_, p)| std::fs::File::open(p).map(OwnedFd::from).ctx(|| format!("opening {}", p.display())))
+            .transpose()?;
+        send_mounts(crate::idmap::make(&idmapped, joined.as_ref())?)?;
+    }
+    parent_end.send(&Msg::Go, None)?;
     if plan.new_user {
         parent_end.expect(&Msg::UsernsReady)?;
         write_id_maps(stage1, bundle)?;
+        if !idmapped.is_empty() {
+            let ns: OwnedFd = std::fs::File::open(format!("/proc/{stage1}/ns/user"))
+                .ctx(|| "opening the container's user namespace".into())?
+                .into();
+            send_mounts(crate::idmap::make(&idmapped, Some(&ns))?)?;
+        }
         parent_end.send(&Msg::Go, None)?;
     }
     let hooks = spec.hooks().as_ref();

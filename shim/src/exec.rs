@@ -230,13 +230,14 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     let stage1 = match forked {
         Fork::Child => {
             drop(parent_end);
-            let enter = |_: &Channel| -> Result<()> {
+            let enter = |chan: &Channel| -> Result<()> {
+                chan.expect(&Msg::Go)?;
                 if ns_flags != 0 {
                     sys::setns(&pidfd, ns_flags).ctx(|| "joining the container's namespaces".into())?;
                 }
                 Ok(())
             };
-            launch::stage1(&child_end, enter, |chan| exec_process(chan, req, &console, seccomp_filter.as_ref()))
+            launch::stage1(&child_end, enter, |chan, ()| exec_process(chan, req, &console, seccomp_filter.as_ref()))
         }
         Fork::Parent(pid) => pid,
     };

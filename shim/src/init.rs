@@ -56,12 +56,14 @@ pub fn stage1(args: InitArgs<'_>, chan: Channel) -> ! {
         Some(linux) => Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default()),
         None => Plan::default(),
     };
-    launch::stage1(&chan, |chan| enter_namespaces(&plan, chan), |chan| init(&args, &plan, chan))
+    launch::stage1(&chan, |chan| enter_namespaces(&plan, chan), |chan, idmapped| init(&args, &plan, chan, idmapped))
 }
 
-/// Joins the namespaces given by path, makes the user namespace (the runtime writes its id
-/// maps meanwhile) and unshares the others.
-fn enter_namespaces(plan: &Plan, chan: &Channel) -> Result<()> {
+/// Waits for the runtime, joins the namespaces given by path, makes the user namespace (the
+/// runtime writes its id maps meanwhile) and unshares the others. Returns the idmapped mounts
+/// the runtime made meanwhile (see [`crate::idmap`]).
+fn enter_namespaces(plan: &Plan, chan: &Channel) -> Result<Vec<(usize, OwnedFd)>> {
+    let mut idmapped = chan.receive_until_go()?;
     let joins = plan.open_joins()?;
     namespaces::join_all(&joins)?;
     drop(joins);
@@ -71,7 +73,7 @@ fn enter_namespaces(plan: &Plan, chan: &Channel) -> Result<()> {
         // it while the process is dumpable. The new user namespace holds nothing else yet.
         sys::set_dumpable(true).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
         chan.send(&Msg::UsernsReady, None)?;
-        chan.expect(&Msg::Go)?;
+        idmapped.extend(chan.receive_until_go()?);
         sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
         let root_uid = nix::unistd::Uid::from_raw(0);
         let root_gid = nix::unistd::Gid::from_raw(0);
@@ -79,10 +81,11 @@ fn enter_namespaces(plan: &Plan, chan: &Channel) -> Result<()> {
         nix::unistd::setresuid(root_uid, root_uid, root_uid).ctx(|| "setresuid(0) in the user namespace".into())?;
     }
     nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(plan.unshare))
-        .ctx(|| format!("unshare(namespaces {:#x})", plan.unshare))
+        .ctx(|| format!("unshare(namespaces {:#x})", plan.unshare))?;
+    Ok(idmapped)
 }
 
-fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
+fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel, idmapped: Vec<(usize, OwnedFd)>) -> Result<Never> {
     let spec = &args.bundle.spec;
     let linux = spec.linux().as_ref().ok_or_else(|| Error::Invalid("linux: missing".into()))?;
     let proc_ = spec.process().as_ref().ok_or_else(|| Error::Invalid("process: missing".into()))?;
@@ -111,6 +114,8 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel) -> Result<Never> {
     RootfsSetup {
         spec,
         rootfs: &args.bundle.rootfs,
+        bundle: &args.bundle.dir,
+        idmapped: idmapped.into_iter().collect(),
         cgroup_dir: Some(&args.cgroup_dir),
         in_user_ns: plan.has(LinuxNamespaceType::User),
         before_pivot: Some(&before_pivot),

@@ -37,13 +37,14 @@ pub enum Console {
     Relay,
 }
 
-/// Runs stage 1 in a forked child and never returns. `enter` puts the process into the
-/// container's namespaces (it may talk to the runtime over the channel); `body` is the
-/// container process, which reports its own failures.
-pub fn stage1(
+/// Runs stage 1 in a forked child and never returns. `enter` waits for the runtime's `Go` and
+/// puts the process into the container's namespaces (it may talk to the runtime over the
+/// channel); what it returns goes to `body`, the container process, which reports its own
+/// failures.
+pub fn stage1<T>(
     chan: &Channel,
-    enter: impl FnOnce(&Channel) -> Result<()>,
-    body: impl FnOnce(&Channel) -> Result<Never>,
+    enter: impl FnOnce(&Channel) -> Result<T>,
+    body: impl FnOnce(&Channel, T) -> Result<Never>,
 ) -> ! {
     let run = || -> Result<()> {
         // First of all: nothing in the container may ptrace this process or open its
@@ -51,14 +52,13 @@ pub fn stage1(
         // below and reset by the kernel when the program is executed.
         sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
         sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-        chan.expect(&Msg::Go)?;
-        enter(chan)?;
+        let entered = enter(chan)?;
         match sys::fork(libc::CLONE_PARENT).ctx(|| "forking the container's process".into())? {
             Fork::Parent(pid) => chan.send(&Msg::Pid(pid), None),
             Fork::Child => {
                 let e = match sys::set_parent_death_signal(libc::SIGKILL)
                     .ctx(|| "prctl(PR_SET_PDEATHSIG)".into())
-                    .and_then(|()| body(chan))
+                    .and_then(|()| body(chan, entered))
                 {
                     Ok(never) => match never {},
                     Err(e) => e,

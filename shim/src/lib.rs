@@ -14,10 +14,12 @@
 
 pub mod bundle;
 pub mod container;
+pub mod copy;
 pub mod error;
 pub mod exec;
 pub mod fields;
 pub mod hooks;
+pub mod idmap;
 pub mod init;
 pub mod launch;
 pub mod namespaces;

@@ -16,8 +16,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 
-/// The mount options `parse_options` knows (for `strata features`).
-pub const KNOWN_MOUNT_OPTIONS: [&str; 34] = [
+/// The mount options strata knows (for `strata features`); any other option is handed to the
+/// file system as data (which a bind mount refuses).
+pub const KNOWN_MOUNT_OPTIONS: [&str; 62] = [
     "async",
     "atime",
     "bind",
@@ -26,29 +27,57 @@ pub const KNOWN_MOUNT_OPTIONS: [&str; 34] = [
     "diratime",
     "dirsync",
     "exec",
+    "idmap",
+    "iversion",
+    "lazytime",
+    "loud",
     "mand",
     "noatime",
     "nodev",
     "nodiratime",
     "noexec",
+    "noiversion",
+    "nolazytime",
     "nomand",
     "norelatime",
     "nostrictatime",
     "nosuid",
+    "nosymfollow",
     "private",
+    "ratime",
     "rbind",
+    "rdev",
+    "rdiratime",
     "relatime",
     "remount",
+    "rexec",
+    "ridmap",
+    "rnoatime",
+    "rnodev",
+    "rnodiratime",
+    "rnoexec",
+    "rnorelatime",
+    "rnostrictatime",
+    "rnosuid",
+    "rnosymfollow",
     "ro",
     "rprivate",
+    "rrelatime",
+    "rro",
+    "rrw",
     "rshared",
     "rslave",
+    "rstrictatime",
+    "rsuid",
+    "rsymfollow",
     "runbindable",
     "rw",
     "shared",
+    "silent",
     "slave",
     "strictatime",
     "suid",
+    "symfollow",
     "sync",
     "tmpcopyup",
     "unbindable",
@@ -65,64 +94,122 @@ pub struct MountOptions {
     pub propagation: MsFlags,
     /// Whether the mount is a bind mount (`bind` or `rbind`).
     pub bind: bool,
+    /// Attributes set on the mount and every mount below it (`rro`, `rnosuid`, ...).
+    pub rec_set: u64,
+    /// Attributes cleared on the mount and every mount below it (`rrw`, `rsuid`, ...).
+    pub rec_clear: u64,
+    /// `tmpcopyup`: a tmpfs starts with a copy of what the directory held.
+    pub tmpcopyup: bool,
+    /// `idmap` (false) or `ridmap` (true): an idmapped bind mount.
+    pub idmap: Option<bool>,
     /// Options passed to the file system.
-    pub data: String,
+    pub data: Vec<String>,
 }
 
-/// Parses OCI mount options the way `mount(8)` understands them.
+/// Parses OCI mount options the way `mount(8)` (and runc) understand them.
 pub fn parse_options(options: &[String]) -> MountOptions {
+    use crate::sys::mount_attr as A;
     let mut o = MountOptions {
         flags: MsFlags::empty(),
         cleared: MsFlags::empty(),
         propagation: MsFlags::empty(),
         bind: false,
-        data: String::new(),
+        rec_set: 0,
+        rec_clear: 0,
+        tmpcopyup: false,
+        idmap: None,
+        data: Vec::new(),
     };
-    let mut data = Vec::new();
+    let none = MsFlags::empty();
+    let nosymfollow = MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
     for opt in options {
+        // Recursive attributes: (set, clear), the access-time ones clearing the whole field.
+        let rec = match opt.as_str() {
+            "rro" => Some((A::RDONLY, 0)),
+            "rrw" => Some((0, A::RDONLY)),
+            "rnosuid" => Some((A::NOSUID, 0)),
+            "rsuid" => Some((0, A::NOSUID)),
+            "rnodev" => Some((A::NODEV, 0)),
+            "rdev" => Some((0, A::NODEV)),
+            "rnoexec" => Some((A::NOEXEC, 0)),
+            "rexec" => Some((0, A::NOEXEC)),
+            "rnodiratime" => Some((A::NODIRATIME, 0)),
+            "rdiratime" => Some((0, A::NODIRATIME)),
+            "rrelatime" => Some((A::RELATIME, A::ATIME)),
+            "rnorelatime" | "ratime" | "rnostrictatime" => Some((0, A::ATIME)),
+            "rnoatime" => Some((A::NOATIME, A::ATIME)),
+            "rstrictatime" => Some((A::STRICTATIME, A::ATIME)),
+            "rnosymfollow" => Some((A::NOSYMFOLLOW, 0)),
+            "rsymfollow" => Some((0, A::NOSYMFOLLOW)),
+            _ => None,
+        };
+        if let Some((set, clear)) = rec {
+            o.rec_set = (o.rec_set & !clear) | set;
+            o.rec_clear = (o.rec_clear | clear) & !set | (clear & A::ATIME);
+            continue;
+        }
         let (set, clear, prop) = match opt.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty(), MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV, MsFlags::empty()),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty(), MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), MsFlags::empty()),
-            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty(), MsFlags::empty()),
-            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty(), MsFlags::empty()),
-            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK, MsFlags::empty()),
-            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME, MsFlags::empty()),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty(), MsFlags::empty()),
-            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty(), MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
-            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
-            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), MsFlags::empty()),
+            "ro" => (MsFlags::MS_RDONLY, none, none),
+            "rw" => (none, MsFlags::MS_RDONLY, none),
+            "nosuid" => (MsFlags::MS_NOSUID, none, none),
+            "suid" => (none, MsFlags::MS_NOSUID, none),
+            "nodev" => (MsFlags::MS_NODEV, none, none),
+            "dev" => (none, MsFlags::MS_NODEV, none),
+            "noexec" => (MsFlags::MS_NOEXEC, none, none),
+            "exec" => (none, MsFlags::MS_NOEXEC, none),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, none, none),
+            "async" => (none, MsFlags::MS_SYNCHRONOUS, none),
+            "dirsync" => (MsFlags::MS_DIRSYNC, none, none),
+            "mand" => (MsFlags::MS_MANDLOCK, none, none),
+            "nomand" => (none, MsFlags::MS_MANDLOCK, none),
+            "atime" => (none, MsFlags::MS_NOATIME, none),
+            "noatime" => (MsFlags::MS_NOATIME, none, none),
+            "diratime" => (none, MsFlags::MS_NODIRATIME, none),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, none, none),
+            "relatime" => (MsFlags::MS_RELATIME, none, none),
+            "norelatime" => (none, MsFlags::MS_RELATIME, none),
+            "strictatime" => (MsFlags::MS_STRICTATIME, none, none),
+            "nostrictatime" => (none, MsFlags::MS_STRICTATIME, none),
+            "iversion" => (MsFlags::MS_I_VERSION, none, none),
+            "noiversion" => (none, MsFlags::MS_I_VERSION, none),
+            "lazytime" => (MsFlags::MS_LAZYTIME, none, none),
+            "nolazytime" => (none, MsFlags::MS_LAZYTIME, none),
+            "silent" => (MsFlags::MS_SILENT, none, none),
+            "loud" => (none, MsFlags::MS_SILENT, none),
+            "nosymfollow" => (nosymfollow, none, none),
+            "symfollow" => (none, nosymfollow, none),
+            "remount" => (MsFlags::MS_REMOUNT, none, none),
             "bind" => {
                 o.bind = true;
-                (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty())
+                (MsFlags::MS_BIND, none, none)
             }
             "rbind" => {
                 o.bind = true;
-                (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty())
+                (MsFlags::MS_BIND | MsFlags::MS_REC, none, none)
             }
-            "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
-            "rprivate" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE | MsFlags::MS_REC),
-            "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-            "rshared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED | MsFlags::MS_REC),
-            "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-            "rslave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE | MsFlags::MS_REC),
-            "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
-            "runbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
-            // Runtime-only options with no meaning for the kernel.
-            "tmpcopyup" | "defaults" => continue,
+            "private" => (none, none, MsFlags::MS_PRIVATE),
+            "rprivate" => (none, none, MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "shared" => (none, none, MsFlags::MS_SHARED),
+            "rshared" => (none, none, MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "slave" => (none, none, MsFlags::MS_SLAVE),
+            "rslave" => (none, none, MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "unbindable" => (none, none, MsFlags::MS_UNBINDABLE),
+            "runbindable" => (none, none, MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            "tmpcopyup" => {
+                o.tmpcopyup = true;
+                continue;
+            }
+            "idmap" => {
+                o.idmap = Some(o.idmap.unwrap_or(false));
+                continue;
+            }
+            "ridmap" => {
+                o.idmap = Some(true);
+                continue;
+            }
+            "defaults" => continue,
             other => {
-                data.push(other.to_string());
+                o.data.push(other.to_string());
                 continue;
             }
         };
@@ -130,8 +217,29 @@ pub fn parse_options(options: &[String]) -> MountOptions {
         o.cleared = (o.cleared | clear) - set;
         o.propagation |= prop;
     }
-    o.data = data.join(",");
     o
+}
+
+/// Checks a mount's options before anything is made: a bind mount takes no file-system
+/// options (a misspelt option would be silently dropped), `tmpcopyup` is for tmpfs, and an
+/// idmapped mount is a bind mount. Returns the reason for the first problem.
+pub fn check_mount(m: &Mount) -> std::result::Result<(), String> {
+    let o = parse_options(m.options().as_deref().unwrap_or_default());
+    let typ = m.typ().as_deref().unwrap_or(if o.bind { "bind" } else { "none" });
+    let bind = o.bind || typ == "bind";
+    if bind && let Some(opt) = o.data.first() {
+        return Err(format!(
+            "{opt:?} is not an option strata knows, and a bind mount passes no options to a file system"
+        ));
+    }
+    if o.tmpcopyup && typ != "tmpfs" {
+        return Err(format!("tmpcopyup is for tmpfs mounts, not {typ}"));
+    }
+    let mapped = o.idmap.is_some() || m.uid_mappings().is_some() || m.gid_mappings().is_some();
+    if mapped && !bind {
+        return Err("idmapped mounts are bind mounts (add \"bind\" or \"rbind\")".into());
+    }
+    Ok(())
 }
 
 /// The propagation flags of `rootfsPropagation` (default: recursive slave, as runc).
@@ -257,6 +365,10 @@ pub struct RootfsSetup<'a> {
     pub spec: &'a Spec,
     /// The rootfs on the host.
     pub rootfs: &'a Path,
+    /// The bundle directory, against which relative bind sources resolve.
+    pub bundle: &'a Path,
+    /// Detached idmapped mounts made by the runtime, by index in `mounts`.
+    pub idmapped: std::collections::HashMap<usize, OwnedFd>,
     /// The container's cgroup directory on the host, for a cgroup mount without a cgroup ns.
     pub cgroup_dir: Option<&'a Path>,
     /// Whether the container has its own user namespace (mknod is then not allowed).
@@ -270,17 +382,24 @@ impl RootfsSetup<'_> {
     pub fn run(&self) -> Result<()> {
         let linux = self.spec.linux().as_ref();
         let prop = root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref()))?;
-        // Never let mounts made here reach the host: start from slave (or the asked-for private
-        // or unbindable); shared is applied after the pivot.
-        let initial = if prop.contains(MsFlags::MS_SHARED) { MsFlags::MS_SLAVE | MsFlags::MS_REC } else { prop };
-        mount(None::<&str>, "/", None::<&str>, initial, None::<&str>).ctx(|| "making / a slave mount".into())?;
+        // The whole tree gets the asked-for propagation (default rslave: the host's mounts
+        // reach the container, nothing goes back). With rshared, the copies of the host's
+        // shared mounts stay in their peer groups, so that a bind of one (a Bidirectional
+        // mount) passes mounts made inside back to the host, as runc does.
+        mount(None::<&str>, "/", None::<&str>, prop, None::<&str>)
+            .ctx(|| format!("linux.rootfsPropagation: setting {prop:?} on /"))?;
+        // pivot_root refuses a new root whose parent mount is shared, and the mounts made
+        // below must not travel through it: make the mount holding the rootfs private.
+        if prop.contains(MsFlags::MS_SHARED) {
+            make_parent_mount_private(self.rootfs)?;
+        }
         mount(Some(self.rootfs), self.rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
             .ctx(|| format!("bind-mounting the rootfs {}", self.rootfs.display()))?;
         let root: OwnedFd =
             std::fs::File::open(self.rootfs).ctx(|| format!("opening {}", self.rootfs.display()))?.into();
         let mut dev_is_tmpfs = false;
         for (i, m) in self.spec.mounts().iter().flatten().enumerate() {
-            self.mount_one(&root, m)
+            self.mount_one(&root, i, m)
                 .map_err(|e| Error::Init(format!("mounts[{i}] ({}): {e}", m.destination().display())))?;
             let opts = parse_options(m.options().as_deref().unwrap_or_default());
             if normalize_in_root(m.destination()).is_some_and(|d| d == Path::new("dev")) && !opts.bind {
@@ -305,7 +424,7 @@ impl RootfsSetup<'_> {
         Ok(())
     }
 
-    fn mount_one(&self, root: &OwnedFd, m: &Mount) -> Result<()> {
+    fn mount_one(&self, root: &OwnedFd, index: usize, m: &Mount) -> Result<()> {
         let rel = normalize_in_root(m.destination())
             .ok_or_else(|| Error::Invalid(format!("{} escapes the root file system", m.destination().display())))?;
         let opts = parse_options(m.options().as_deref().unwrap_or_default());
@@ -314,26 +433,53 @@ impl RootfsSetup<'_> {
         if typ == "cgroup" || typ == "cgroup2" {
             return self.mount_cgroup(root, &rel, &opts);
         }
-        let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        let mut source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        if bind && source.is_relative() {
+            // The runtime-spec: a relative bind source is relative to the bundle.
+            source = self.bundle.join(source);
+        }
         let target_is_dir = if bind {
             std::fs::metadata(&source).ctx(|| format!("bind source {}", source.display()))?.is_dir()
         } else {
             true
         };
         let target = create_in_root(root, &rel, target_is_dir)?;
-        let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-        if bind {
+        let reopen = || open_in_root(root, &rel).ctx(|| format!("reopening {}", rel.display()));
+        if let Some(tree) = self.idmapped.get(&index) {
+            sys::move_mount(tree, &target).ctx(|| format!("attaching the idmapped {}", source.display()))?;
+            let set = opts.flags - MsFlags::MS_BIND - MsFlags::MS_REC - MsFlags::MS_REMOUNT;
+            if !set.is_empty() || !opts.cleared.is_empty() {
+                remount_with(&fd_path(&reopen()?), set, opts.cleared)?;
+            }
+        } else if bind {
             let flags = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
             mount(Some(&source), &fd_path(&target), None::<&str>, flags, None::<&str>)
                 .ctx(|| format!("bind-mounting {}", source.display()))?;
-            let extra = opts.flags - MsFlags::MS_BIND - MsFlags::MS_REC - MsFlags::MS_REMOUNT;
-            if !extra.is_empty() {
+            let set = opts.flags - MsFlags::MS_BIND - MsFlags::MS_REC - MsFlags::MS_REMOUNT;
+            if !set.is_empty() || !opts.cleared.is_empty() {
                 // Remount through a descriptor of the new mount, not of the dentry beneath it.
-                let mounted = open_in_root(root, &rel).ctx(|| format!("reopening {}", rel.display()))?;
-                remount(&fd_path(&mounted), extra)?;
+                remount_with(&fd_path(&reopen()?), set, opts.cleared)?;
             }
         } else {
             let flags = opts.flags - MsFlags::MS_REMOUNT;
+            // tmpcopyup: what the directory holds now is copied into the new tmpfs, read
+            // through a descriptor taken before the tmpfs covers it.
+            let before = if opts.tmpcopyup {
+                Some(
+                    sys::openat2(
+                        target.as_raw_fd(),
+                        Path::new("."),
+                        libc::O_RDONLY | libc::O_DIRECTORY,
+                        0,
+                        RESOLVE_NO_MAGICLINKS,
+                    )
+                    .ctx(|| format!("tmpcopyup: opening {}", rel.display()))?,
+                )
+            } else {
+                None
+            };
+            let data = opts.data.join(",");
+            let data = (!data.is_empty()).then_some(data.as_str());
             let r = mount(Some(&source), &fd_path(&target), Some(typ), flags, data);
             match (r, typ) {
                 (Err(nix::errno::Errno::EPERM), "sysfs") => {
@@ -347,15 +493,39 @@ impl RootfsSetup<'_> {
                         None::<&str>,
                     )
                     .ctx(|| "bind-mounting /sys".into())?;
-                    let mounted = open_in_root(root, &rel).ctx(|| format!("reopening {}", rel.display()))?;
-                    remount(&fd_path(&mounted), flags | MsFlags::MS_RDONLY)?;
+                    remount(&fd_path(&reopen()?), flags | MsFlags::MS_RDONLY)?;
+                }
+                (Err(nix::errno::Errno::EINVAL), _) if !opts.data.is_empty() => {
+                    return Err(match sys::refused_fs_option(typ, &opts.data) {
+                        Some(opt) => Error::Invalid(format!("options: {typ} does not take {opt:?}")),
+                        None => Error::sys(
+                            format!("mounting {typ} with {:?}", opts.data.join(",")),
+                            nix::errno::Errno::EINVAL,
+                        ),
+                    });
                 }
                 (r, _) => r.ctx(|| format!("mounting {typ}"))?,
             }
+            if let Some(before) = before {
+                let after = sys::openat2(
+                    root.as_raw_fd(),
+                    &dot_if_empty(&rel),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                    0,
+                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+                )
+                .ctx(|| format!("tmpcopyup: opening the new {}", rel.display()))?;
+                crate::copy::copy_tree(&before, &after)
+                    .map_err(|e| Error::Init(format!("tmpcopyup: copying {}: {e}", rel.display())))?;
+            }
+        }
+        if opts.rec_set != 0 || opts.rec_clear != 0 {
+            let attr = sys::MountAttr { attr_set: opts.rec_set, attr_clr: opts.rec_clear, ..Default::default() };
+            sys::mount_setattr(&reopen()?, sys::AT_RECURSIVE, &attr)
+                .ctx(|| "setting recursive mount attributes (mount_setattr)".into())?;
         }
         if !opts.propagation.is_empty() {
-            let mounted = open_in_root(root, &rel).ctx(|| format!("reopening {}", rel.display()))?;
-            mount(None::<&str>, &fd_path(&mounted), None::<&str>, opts.propagation, None::<&str>)
+            mount(None::<&str>, &fd_path(&reopen()?), None::<&str>, opts.propagation, None::<&str>)
                 .ctx(|| "setting propagation".into())?;
         }
         Ok(())
@@ -502,6 +672,35 @@ fn current_flags(path: &Path) -> MsFlags {
     out
 }
 
+/// Remounts a bind mount with `set` added to and `clear` taken from its current flags. A flag
+/// the kernel locked (one the mount's source had in another user namespace) cannot be
+/// cleared: the error says so.
+fn remount_with(path: &Path, set: MsFlags, clear: MsFlags) -> Result<()> {
+    let current = current_flags(path);
+    let all = ((current | set) - clear) | MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+    match mount(None::<&str>, path, None::<&str>, all, None::<&str>) {
+        Err(nix::errno::Errno::EPERM) if !(current & clear).is_empty() => Err(Error::Invalid(format!(
+            "cannot clear {:?} on {}: the source mount has it locked",
+            current & clear,
+            path.display()
+        ))),
+        r => r.ctx(|| format!("remounting {} with {set:?}", path.display())),
+    }
+}
+
+/// Makes the mount holding `path` private: `path` itself if it is a mount point, else the
+/// nearest one above it (MS_PRIVATE on a path that is no mount point fails with EINVAL).
+fn make_parent_mount_private(path: &Path) -> Result<()> {
+    let mut p = path.to_path_buf();
+    loop {
+        match mount(None::<&str>, &p, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL) if p.pop() => {}
+            Err(e) => return Err(Error::sys(format!("making the mount of {} private", path.display()), e)),
+        }
+    }
+}
+
 fn remount(path: &Path, flags: MsFlags) -> Result<()> {
     let all = current_flags(path) | flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
     mount(None::<&str>, path, None::<&str>, all, None::<&str>)
@@ -510,10 +709,15 @@ fn remount(path: &Path, flags: MsFlags) -> Result<()> {
 
 /// `pivot_root` into `rootfs` and detach the old root.
 fn pivot(rootfs: &Path) -> Result<()> {
+    // A descriptor of the old root: after pivot_root(".", ".") it is stacked on top of the new
+    // one, and only through this descriptor is "." the old root rather than the new one.
+    let old_root: OwnedFd = sys::openat2(libc::AT_FDCWD, Path::new("/"), libc::O_DIRECTORY | libc::O_RDONLY, 0, 0)
+        .ctx(|| "opening the old root".into())?;
     nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
     sys::pivot_root(Path::new("."), Path::new(".")).ctx(|| "pivot_root".into())?;
-    // The old root is now stacked under the new one; make it slave so unmounting it does not
-    // propagate to the host, then detach it.
+    nix::unistd::fchdir(&old_root).ctx(|| "fchdir to the old root".into())?;
+    // Make the old root a slave first, so that detaching it does not propagate to the host's
+    // peers (with rootfsPropagation rshared its mounts share peer groups with the host's).
     mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
         .ctx(|| "making the old root a slave".into())?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "detaching the old root".into())?;
@@ -577,7 +781,7 @@ mod tests {
     fn options_become_flags_and_data() {
         let o = opts(&["nosuid", "strictatime", "mode=755", "size=65536k"]);
         assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
-        assert_eq!(o.data, "mode=755,size=65536k");
+        assert_eq!(o.data, ["mode=755", "size=65536k"]);
         assert!(!o.bind);
         let o = opts(&["rbind", "ro", "rprivate"]);
         assert!(o.bind);
@@ -585,6 +789,34 @@ mod tests {
         assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         let o = opts(&["ro", "rw"]);
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn recursive_options_become_mount_attributes() {
+        use crate::sys::mount_attr as A;
+        let o = opts(&["rbind", "rro", "rnosuid", "rnoatime"]);
+        assert_eq!(o.rec_set, A::RDONLY | A::NOSUID | A::NOATIME);
+        assert_eq!(o.rec_clear, A::ATIME);
+        let o = opts(&["rro", "rrw", "rexec"]);
+        assert_eq!(o.rec_set, 0);
+        assert_eq!(o.rec_clear, A::RDONLY | A::NOEXEC);
+        let o = opts(&["nosymfollow", "tmpcopyup", "ridmap"]);
+        assert!(o.flags.contains(MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW)));
+        assert!(o.tmpcopyup);
+        assert_eq!(o.idmap, Some(true));
+        assert!(o.data.is_empty());
+    }
+
+    #[test]
+    fn a_bind_mount_refuses_options_it_would_drop() {
+        let m: Mount =
+            serde_json::from_str(r#"{"destination":"/x","source":"/y","options":["rbind","rro","nosiud"]}"#).unwrap();
+        assert!(check_mount(&m).unwrap_err().contains("nosiud"));
+        let m: Mount =
+            serde_json::from_str(r#"{"destination":"/x","type":"tmpfs","options":["size=1m","nosiud"]}"#).unwrap();
+        assert_eq!(check_mount(&m), Ok(()), "data goes to the file system, which checks it");
+        let m: Mount = serde_json::from_str(r#"{"destination":"/x","type":"proc","options":["tmpcopyup"]}"#).unwrap();
+        assert!(check_mount(&m).is_err());
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! re-execute the runtime through a path no one can write:
 //!
 //! 1. If the binary already lives on a read-only mount, nothing is needed.
-//! 2. Otherwise the runtime moves into a private mount namespace, bind-mounts its binary onto
-//!    itself read-only, opens it, detaches the mount and executes that descriptor: the new
+//! 2. Otherwise the runtime moves into a mount namespace of its own, bind-mounts its binary
+//!    onto itself read-only, opens it, detaches the mount, returns to its own mount namespace
+//!    and executes that descriptor: the new
 //!    `/proc/<pid>/exe` refers to the file through a detached read-only mount, so opening it
 //!    for writing fails with EROFS. This costs a few mount calls instead of a copy.
 //! 3. Where mounting is not allowed, it executes a sealed memfd copy (F_SEAL_WRITE,
@@ -47,6 +48,12 @@ pub fn is_protected() -> bool {
 pub fn read_only_view() -> Result<OwnedFd> {
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
     let exe = std::fs::read_link("/proc/self/exe").ctx(|| "reading /proc/self/exe".into())?;
+    // The view is made in a mount namespace of its own, then the runtime goes back to the one
+    // it came from: containers are made from the host's mounts (a Bidirectional mount must
+    // reach the host's peer groups), not from a slave copy of them.
+    let home: OwnedFd = std::fs::File::open("/proc/self/ns/mnt").ctx(|| "opening /proc/self/ns/mnt".into())?.into();
+    // setns moves the working directory to the namespace's root: come back to this one.
+    let cwd: OwnedFd = std::fs::File::open(".").ctx(|| "opening the working directory".into())?.into();
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).ctx(|| "unshare(mount namespace)".into())?;
     // Nothing mounted from here on may propagate back to the host's namespace.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
@@ -70,6 +77,9 @@ pub fn read_only_view() -> Result<OwnedFd> {
         Ok(OwnedFd::from(f))
     });
     umount2(&exe, MntFlags::MNT_DETACH).ctx(|| format!("detaching {}", exe.display()))?;
+    nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNS)
+        .ctx(|| "returning to the runtime's mount namespace".into())?;
+    nix::unistd::fchdir(&cwd).ctx(|| "returning to the working directory".into())?;
     result
 }
 

@@ -16,6 +16,8 @@ pub enum Msg {
     UsernsReady,
     /// The runtime has done its part (cgroup, id maps): go on.
     Go,
+    /// A detached idmapped mount for `mounts[N]` follows as the attached descriptor.
+    MountFd(usize),
     /// The pid of the process that will run the user's program, in the runtime's pid namespace.
     Pid(i32),
     /// A pty master follows as the attached descriptor.
@@ -113,6 +115,19 @@ impl Channel {
         let msg = serde_json::from_slice(&buf[..n])
             .map_err(|e| Error::Init(format!("malformed message from the container process: {e}")))?;
         Ok((msg, fd))
+    }
+
+    /// Receives the detached mounts the runtime sends (`MountFd`) until its `Go`.
+    pub fn receive_until_go(&self) -> Result<Vec<(usize, OwnedFd)>> {
+        let mut fds = Vec::new();
+        loop {
+            match self.recv()? {
+                (Msg::Go, _) => return Ok(fds),
+                (Msg::MountFd(i), Some(fd)) => fds.push((i, fd)),
+                (Msg::Error(e), _) => return Err(Error::Init(e)),
+                (m, _) => return Err(Error::Init(format!("unexpected message {m:?} while waiting for Go"))),
+            }
+        }
     }
 
     /// Receives and expects `want`; an `Error` message becomes [`Error::Init`].

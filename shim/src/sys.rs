@@ -286,3 +286,131 @@ pub fn getcwd_raw() -> nix::Result<Vec<u8>> {
     buf.truncate((n as usize).saturating_sub(1));
     Ok(buf)
 }
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MountAttr {
+    /// Attributes to set (`MOUNT_ATTR_*`).
+    pub attr_set: u64,
+    /// Attributes to clear.
+    pub attr_clr: u64,
+    /// Propagation (`MS_SHARED`, ...), or 0.
+    pub propagation: u64,
+    /// The user namespace of an idmapped mount (with `MOUNT_ATTR_IDMAP`).
+    pub userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_*` values of the kernel's uapi.
+pub mod mount_attr {
+    /// Read-only.
+    pub const RDONLY: u64 = 0x1;
+    /// Ignore suid and sgid bits.
+    pub const NOSUID: u64 = 0x2;
+    /// No access to device nodes.
+    pub const NODEV: u64 = 0x4;
+    /// No program execution.
+    pub const NOEXEC: u64 = 0x8;
+    /// The access-time field (clear it to set one of the three below).
+    pub const ATIME: u64 = 0x70;
+    /// Relative access times.
+    pub const RELATIME: u64 = 0x0;
+    /// No access times.
+    pub const NOATIME: u64 = 0x10;
+    /// Every access time.
+    pub const STRICTATIME: u64 = 0x20;
+    /// No directory access times.
+    pub const NODIRATIME: u64 = 0x80;
+    /// An idmapped mount.
+    pub const IDMAP: u64 = 0x10_0000;
+    /// No symlinks followed.
+    pub const NOSYMFOLLOW: u64 = 0x20_0000;
+}
+
+/// `AT_RECURSIVE`: a mount and all mounts below it.
+pub const AT_RECURSIVE: u32 = 0x8000;
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH | flags, attr)` on the mount behind `fd`.
+pub fn mount_setattr(fd: &impl AsRawFd, flags: u32, attr: &MountAttr) -> nix::Result<()> {
+    let empty = c"";
+    // SAFETY: `empty` is a valid C string and `attr` a valid mount_attr of the size passed,
+    // both living across the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            (libc::AT_EMPTY_PATH as u32 | flags) as libc::c_uint,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// `open_tree(dirfd, path, flags)`: with `OPEN_TREE_CLONE`, a detached copy of a mount tree.
+pub fn open_tree(dirfd: RawFd, path: &Path, flags: u32) -> nix::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `c` is a valid C string living across the call.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, c.as_ptr(), flags as libc::c_uint) };
+    if fd < 0 {
+        Err(Errno::last())
+    } else {
+        // SAFETY: a new descriptor nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+}
+
+/// `move_mount(from, "", to, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`: attaches
+/// the detached mount behind `from` on the directory or file behind `to`.
+pub fn move_mount(from: &impl AsRawFd, to: &impl AsRawFd) -> nix::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let empty = c"";
+    // SAFETY: the empty path is a valid C string living across the call; both descriptors are
+    // open.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            to.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Which option of a mount's `data` the file system `fstype` refuses, found by handing each
+/// to a new file-system context (`fsopen`/`fsconfig`); `None` when none is refused alone.
+pub fn refused_fs_option(fstype: &str, options: &[String]) -> Option<String> {
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    let fs = CString::new(fstype).ok()?;
+    // SAFETY: `fs` is a valid C string; fsopen returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fs.as_ptr(), 0x1 as libc::c_uint) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let ctx = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    for opt in options {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        let Ok(key_c) = CString::new(key) else { return Some(opt.clone()) };
+        let value_c = value.and_then(|v| CString::new(v).ok());
+        let (cmd, vptr) = match &value_c {
+            Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
+            None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+        };
+        // SAFETY: the strings are valid C strings (or null for a flag) living across the call.
+        let r = unsafe { libc::syscall(libc::SYS_fsconfig, ctx.as_raw_fd(), cmd, key_c.as_ptr(), vptr, 0) };
+        if r < 0 {
+            return Some(opt.clone());
+        }
+    }
+    None
+}
