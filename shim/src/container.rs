@@ -182,8 +182,9 @@ pub fn create(
         cgroup.add_process(stage1)?;
     }
     if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
-        std::fs::write(format!("/proc/{stage1}/oom_score_adj"), adj.to_string())
-            .ctx(|| format!("process.oomScoreAdj: writing {adj}"))?;
+        crate::procfs::ProcFs::open()?
+            .write(Path::new(&format!("{stage1}/oom_score_adj")), adj.to_string().as_bytes())
+            .map_err(|e| Error::Init(format!("process.oomScoreAdj: writing {adj}: {e}")))?;
     }
     let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default());
     // Idmapped mounts are made here, where the privilege is (see `crate::idmap`): before the
@@ -338,14 +339,16 @@ fn write_id_maps(pid: i32, bundle: &Bundle) -> Result<()> {
             .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
             .collect::<String>()
     };
+    let proc = crate::procfs::ProcFs::open()?;
+    let file = |name: &str| PathBuf::from(format!("{pid}/{name}"));
     if !nix::unistd::geteuid().is_root() {
         // Without privilege the kernel only accepts a gid map after setgroups is denied.
-        std::fs::write(format!("/proc/{pid}/setgroups"), "deny").ctx(|| "writing setgroups".into())?;
+        proc.write(&file("setgroups"), b"deny")?;
     }
-    std::fs::write(format!("/proc/{pid}/uid_map"), fmt(linux.uid_mappings()))
-        .ctx(|| "linux.uidMappings: writing uid_map".into())?;
-    std::fs::write(format!("/proc/{pid}/gid_map"), fmt(linux.gid_mappings()))
-        .ctx(|| "linux.gidMappings: writing gid_map".into())?;
+    proc.write(&file("uid_map"), fmt(linux.uid_mappings()).as_bytes())
+        .map_err(|e| Error::Init(format!("linux.uidMappings: {e}")))?;
+    proc.write(&file("gid_map"), fmt(linux.gid_mappings()).as_bytes())
+        .map_err(|e| Error::Init(format!("linux.gidMappings: {e}")))?;
     Ok(())
 }
 

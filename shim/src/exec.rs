@@ -328,7 +328,7 @@ fn exec_process(
 ) -> Result<Never> {
     let p = &req.process;
     nix::unistd::setsid().ctx(|| "setsid".into())?;
-    launch::attach_terminal(p, console, chan)?;
+    launch::attach_terminal(p, console, chan, false)?;
     let ctx = launch::Context { process: p, seccomp: filter, preserve_fds: req.opts.preserve_fds, field_prefix: "" };
     let prepared = launch::prepare(&ctx, chan)?;
     chan.expect(&Msg::Start)?;

@@ -153,10 +153,9 @@ fn userns_with(uids: &[LinuxIdMapping], gids: &[LinuxIdMapping]) -> Result<Owned
         Fork::Parent(pid) => pid,
     };
     let result = (|| {
-        std::fs::write(format!("/proc/{child}/uid_map"), fmt(uids))
-            .ctx(|| "writing an idmapped mount's uid_map".into())?;
-        std::fs::write(format!("/proc/{child}/gid_map"), fmt(gids))
-            .ctx(|| "writing an idmapped mount's gid_map".into())?;
+        let proc = crate::procfs::ProcFs::open()?;
+        proc.write(Path::new(&format!("{child}/uid_map")), fmt(uids).as_bytes())?;
+        proc.write(Path::new(&format!("{child}/gid_map")), fmt(gids).as_bytes())?;
         let f =
             std::fs::File::open(format!("/proc/{child}/ns/user")).ctx(|| "opening the mapping's namespace".into())?;
         Ok(OwnedFd::from(f))

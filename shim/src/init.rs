@@ -135,13 +135,14 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel, idmapped: Vec<(usize, 
     if let Some(s) = linux.sysctl() {
         rootfs::apply_sysctl(s)?;
     }
-    rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or_default())?;
+    // The terminal before the read-only steps: /dev/console may have to be created.
+    launch::attach_terminal(proc_, &args.console, chan, true)?;
     rootfs::readonly_paths(linux.readonly_paths().as_deref().unwrap_or_default())?;
+    rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or_default())?;
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
         rootfs::readonly_root()?;
     }
 
-    launch::attach_terminal(proc_, &args.console, chan)?;
     let ctx = launch::Context {
         process: proc_,
         seccomp: args.seccomp.as_ref(),

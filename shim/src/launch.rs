@@ -83,9 +83,9 @@ pub fn stage1<T>(
 
 /// Gives the process its terminal when `process.terminal` is set: a pty from the container's
 /// devpts, whose master goes to `console`, and whose slave becomes stdio and the controlling
-/// terminal. The slave is obtained from the master (`TIOCGPTPEER`), never by a path the
-/// container could redirect.
-pub fn attach_terminal(p: &Process, console: &Console, chan: &Channel) -> Result<Option<OwnedFd>> {
+/// terminal (and, for the init, `/dev/console`). The slave is obtained from the master
+/// (`TIOCGPTPEER`), never by a path the container could redirect.
+pub fn attach_terminal(p: &Process, console: &Console, chan: &Channel, bind_console: bool) -> Result<Option<OwnedFd>> {
     if !p.terminal().unwrap_or(false) {
         return Ok(None);
     }
@@ -101,6 +101,9 @@ pub fn attach_terminal(p: &Process, console: &Console, chan: &Channel) -> Result
         }
     }
     drop(pty.master);
+    if bind_console {
+        tty::bind_console(&pty.slave)?;
+    }
     tty::become_stdio(&pty.slave)?;
     Ok(Some(pty.slave))
 }

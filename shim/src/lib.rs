@@ -24,6 +24,7 @@ pub mod init;
 pub mod launch;
 pub mod namespaces;
 pub mod process;
+pub mod procfs;
 pub mod rootfs;
 pub mod seal;
 pub mod shimv2;

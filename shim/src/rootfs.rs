@@ -724,31 +724,79 @@ fn pivot(rootfs: &Path) -> Result<()> {
     nix::unistd::chdir("/").ctx(|| "chdir /".into())
 }
 
-/// Hides `maskedPaths`: /dev/null over files, an empty read-only tmpfs over directories.
+/// Opens `path` of the container (after `pivot_root`) as an `O_PATH` descriptor without
+/// following a symlink or magic link anywhere; `None` when it does not exist.
+fn open_target(path: &str) -> Result<Option<OwnedFd>> {
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    match sys::openat2(
+        libc::AT_FDCWD,
+        Path::new(path),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(Error::sys(format!("opening {path}"), e)),
+    }
+}
+
+/// The container's `/dev/null`, checked to be the null character device (1:3) through its
+/// descriptor: an image's `/dev/null` can be a symlink or any file, and binding that over a
+/// masked path would unmask or expose something else (the CVE-2025-31133 class).
+fn verified_dev_null() -> Result<OwnedFd> {
+    let fd = open_target("/dev/null")?
+        .ok_or_else(|| Error::Invalid("linux.maskedPaths: the container has no /dev/null".into()))?;
+    let st = nix::sys::stat::fstat(&fd).ctx(|| "stat /dev/null".into())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != makedev(1, 3) {
+        return Err(Error::Invalid(
+            "linux.maskedPaths: the container's /dev/null is not the null device (1:3): refusing to mask with it"
+                .into(),
+        ));
+    }
+    Ok(fd)
+}
+
+/// Hides `maskedPaths`: the verified `/dev/null` over files, an empty read-only tmpfs over
+/// directories; every target opened without following links, every mount made from
+/// descriptor to descriptor.
 pub fn mask_paths(paths: &[String]) -> Result<()> {
+    let mut null = None;
     for p in paths {
-        let path = Path::new(p);
-        let Ok(meta) = std::fs::metadata(path) else { continue };
-        let r = if meta.is_dir() {
-            mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
-        } else {
-            mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        let Some(target) = open_target(p).map_err(|e| Error::Init(format!("linux.maskedPaths: {e}")))? else {
+            continue;
         };
-        r.ctx(|| format!("linux.maskedPaths: {p}"))?;
+        let st = nix::sys::stat::fstat(&target).ctx(|| format!("linux.maskedPaths: stat {p}"))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            let tmpfs = sys::detached_mount("tmpfs", &["nr_blocks=1", "nr_inodes=1"], sys::mount_attr::RDONLY)
+                .ctx(|| format!("linux.maskedPaths: an empty tmpfs for {p}"))?;
+            sys::move_mount(&tmpfs, &target).ctx(|| format!("linux.maskedPaths: {p}"))?;
+        } else {
+            if null.is_none() {
+                null = Some(verified_dev_null()?);
+            }
+            let Some(null) = &null else { continue };
+            let tree = sys::open_tree_fd(null, 0x1 | libc::O_CLOEXEC as u32).ctx(|| "cloning /dev/null".into())?;
+            sys::move_mount(&tree, &target).ctx(|| format!("linux.maskedPaths: {p}"))?;
+        }
     }
     Ok(())
 }
 
-/// Makes `readonlyPaths` read-only (bind onto itself, remount read-only).
+/// Makes `readonlyPaths` read-only (bind onto itself, remount read-only), each opened without
+/// following links.
 pub fn readonly_paths(paths: &[String]) -> Result<()> {
     for p in paths {
-        let path = Path::new(p);
-        if !path.exists() {
+        let Some(target) = open_target(p).map_err(|e| Error::Init(format!("linux.readonlyPaths: {e}")))? else {
             continue;
-        }
-        mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        };
+        let tree = sys::open_tree_fd(&target, 0x1 | libc::O_CLOEXEC as u32 | sys::AT_RECURSIVE)
             .ctx(|| format!("linux.readonlyPaths: {p}"))?;
-        remount(path, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+        // The copy is made read-only, with every mount below it, before it is attached.
+        use sys::mount_attr as A;
+        let attr = sys::MountAttr { attr_set: A::RDONLY | A::NOSUID | A::NODEV | A::NOEXEC, ..Default::default() };
+        sys::mount_setattr(&tree, sys::AT_RECURSIVE, &attr).ctx(|| format!("linux.readonlyPaths: {p}"))?;
+        sys::move_mount(&tree, &target).ctx(|| format!("linux.readonlyPaths: {p}"))?;
     }
     Ok(())
 }
@@ -758,13 +806,18 @@ pub fn readonly_root() -> Result<()> {
     remount(Path::new("/"), MsFlags::MS_RDONLY)
 }
 
-/// Writes `linux.sysctl` through the container's /proc/sys (keys were checked at load).
+/// Writes `linux.sysctl` through a verified procfs handle (keys were checked at load; see
+/// [`crate::procfs`]): a container's `/proc/sys` may be anything its config mounted there.
 pub fn apply_sysctl(sysctl: &std::collections::HashMap<String, String>) -> Result<()> {
+    if sysctl.is_empty() {
+        return Ok(());
+    }
+    let proc = crate::procfs::ProcFs::open()?;
     for (key, value) in sysctl {
         let rel = crate::bundle::sysctl_path(&crate::bundle::sysctl_key(key))
             .ok_or_else(|| Error::Invalid(format!("linux.sysctl: {key:?} is not a sysctl name")))?;
-        let path = Path::new("/proc/sys").join(rel);
-        std::fs::write(&path, value).ctx(|| format!("linux.sysctl: {key}"))?;
+        proc.write(&Path::new("sys").join(rel), value.as_bytes())
+            .map_err(|e| Error::Init(format!("linux.sysctl[{key:?}]: {e}")))?;
     }
     Ok(())
 }

@@ -361,6 +361,27 @@ pub fn open_tree(dirfd: RawFd, path: &Path, flags: u32) -> nix::Result<OwnedFd> 
     }
 }
 
+/// `open_tree(fd, "", AT_EMPTY_PATH | flags)`: with `OPEN_TREE_CLONE`, a detached bind of the
+/// file or directory behind `fd`.
+pub fn open_tree_fd(fd: &impl AsRawFd, flags: u32) -> nix::Result<OwnedFd> {
+    let empty = c"";
+    // SAFETY: `empty` is a valid C string living across the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            (flags | libc::AT_EMPTY_PATH as u32) as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        // SAFETY: a new descriptor nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+    }
+}
+
 /// `move_mount(from, "", to, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`: attaches
 /// the detached mount behind `from` on the directory or file behind `to`.
 pub fn move_mount(from: &impl AsRawFd, to: &impl AsRawFd) -> nix::Result<()> {
@@ -380,6 +401,59 @@ pub fn move_mount(from: &impl AsRawFd, to: &impl AsRawFd) -> nix::Result<()> {
         )
     };
     if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// A new detached mount of file system `fstype` (`fsopen`, `fsconfig`, `fsmount`) with the
+/// given options (`key` or `key=value`) and `MOUNT_ATTR_*` attributes, for `move_mount`.
+pub fn detached_mount(fstype: &str, options: &[&str], attrs: u64) -> nix::Result<OwnedFd> {
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    let fs = CString::new(fstype).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: a valid C string; fsopen returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fs.as_ptr(), 0x1 as libc::c_uint) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let ctx = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    for opt in options {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (*opt, None),
+        };
+        let key = CString::new(key).map_err(|_| Errno::EINVAL)?;
+        let value = value.map(CString::new).transpose().map_err(|_| Errno::EINVAL)?;
+        let (cmd, vptr) = match &value {
+            Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
+            None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+        };
+        // SAFETY: valid C strings (or null for a flag) living across the call.
+        if unsafe { libc::syscall(libc::SYS_fsconfig, ctx.as_raw_fd(), cmd, key.as_ptr(), vptr, 0) } < 0 {
+            return Err(Errno::last());
+        }
+    }
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            ctx.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<u8>(),
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fsmount takes a configured context and integer flags (FSMOUNT_CLOEXEC).
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), 0x1 as libc::c_uint, attrs) };
+    if m < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
 }
 
 /// Which option of a mount's `data` the file system `fstype` refuses, found by handing each

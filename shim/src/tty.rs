@@ -3,12 +3,11 @@
 
 use crate::error::{Error, Result, SysContext};
 use nix::fcntl::OFlag;
-use nix::pty::{PtyMaster, grantpt, posix_openpt, unlockpt};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, connect, sendmsg, socket,
 };
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 /// Window size to set on a new pty.
@@ -29,23 +28,47 @@ pub struct Pty {
     pub slave: OwnedFd,
 }
 
-/// Opens a pty through the container's /dev/ptmx (so it belongs to the container's devpts).
+/// Opens a pty from the container's devpts: `/dev/pts/ptmx` is opened without following a
+/// symlink and checked to be the ptmx of a devpts instance (magic, inode 2, device 5:2) before
+/// it is reopened for use; the slave is the master's peer (`TIOCGPTPEER`), never a path the
+/// container could redirect (the CVE-2025-52565 class).
 pub fn open_pty(size: Option<WinSize>, owner: u32) -> Result<Pty> {
-    let master: PtyMaster = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .ctx(|| "process.terminal: opening /dev/ptmx".into())?;
-    grantpt(&master).ctx(|| "process.terminal: grantpt".into())?;
-    unlockpt(&master).ctx(|| "process.terminal: unlockpt".into())?;
-    let name = nix::pty::ptsname_r(&master).ctx(|| "process.terminal: ptsname".into())?;
-    let slave: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(&name)
-        .ctx(|| format!("process.terminal: opening {name}"))?
-        .into();
-    // SAFETY: the master descriptor came from posix_openpt and is owned by `master`; into_raw_fd
-    // hands that ownership to the OwnedFd.
-    let master = unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) };
+    const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
+    let handle = crate::sys::openat2(
+        libc::AT_FDCWD,
+        std::path::Path::new("/dev/pts/ptmx"),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        0x02 | 0x04, // RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS
+    )
+    .ctx(|| "process.terminal: opening /dev/pts/ptmx (a devpts mount is needed at /dev/pts)".into())?;
+    let st = nix::sys::stat::fstat(&handle).ctx(|| "process.terminal: stat /dev/pts/ptmx".into())?;
+    let mut sfs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs writes a statfs struct into the buffer, which lives across the call.
+    let ok = unsafe { libc::fstatfs(handle.as_raw_fd(), sfs.as_mut_ptr()) } == 0
+        // SAFETY: fstatfs succeeded, so it initialised the struct.
+        && unsafe { sfs.assume_init() }.f_type as i64 == DEVPTS_SUPER_MAGIC;
+    if !ok
+        || st.st_ino != 2
+        || st.st_mode & libc::S_IFMT != libc::S_IFCHR
+        || st.st_rdev != nix::sys::stat::makedev(5, 2)
+    {
+        return Err(Error::Invalid("process.terminal: /dev/pts/ptmx is not the ptmx of a devpts file system".into()));
+    }
+    let master: OwnedFd = crate::procfs::ProcFs::open()?.reopen(&handle, libc::O_RDWR | libc::O_NOCTTY)?.into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int that lives across the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(Error::sys("process.terminal: unlocking the pty", nix::errno::Errno::last()));
+    }
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor of the peer or -1.
+    let peer =
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if peer < 0 {
+        return Err(Error::sys("process.terminal: TIOCGPTPEER", nix::errno::Errno::last()));
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(peer) };
     if let Some(ws) = size {
         set_winsize(&master, ws)?;
     }
@@ -54,7 +77,30 @@ pub fn open_pty(size: Option<WinSize>, owner: u32) -> Result<Pty> {
     Ok(Pty { master, slave })
 }
 
-use std::os::unix::fs::OpenOptionsExt;
+/// Binds the terminal `slave` onto `/dev/console` of the container (after `pivot_root`):
+/// `/dev/console` is created or opened without following a symlink, and the bind is made from
+/// descriptor to descriptor (`open_tree` + `move_mount`), so no path decides what is mounted
+/// where.
+pub fn bind_console(slave: &OwnedFd) -> Result<()> {
+    let dev = crate::sys::openat2(
+        libc::AT_FDCWD,
+        std::path::Path::new("/dev"),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        0x02 | 0x04, // RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS
+    )
+    .ctx(|| "/dev/console: opening /dev".into())?;
+    let console = nix::fcntl::openat(
+        &dev,
+        "console",
+        OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+    )
+    .ctx(|| "/dev/console: creating it (it must not be a symlink)".into())?;
+    let tree = crate::sys::open_tree_fd(slave, 0x1 | libc::O_CLOEXEC as u32)
+        .ctx(|| "/dev/console: cloning the terminal".into())?;
+    crate::sys::move_mount(&tree, &console).ctx(|| "/dev/console: binding the terminal onto it".into())
+}
 
 /// Sets a terminal's window size.
 pub fn set_winsize(fd: &impl AsRawFd, ws: WinSize) -> Result<()> {

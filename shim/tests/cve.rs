@@ -77,3 +77,112 @@ fn wait_until_true(mut f: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A busybox root file system of the test's own (removed with the guard), for images that
+/// attack the runtime.
+struct OwnRootfs(tempfile::TempDir);
+
+impl OwnRootfs {
+    fn new() -> OwnRootfs {
+        let dir = tempfile::tempdir().unwrap();
+        build_busybox_rootfs(dir.path());
+        OwnRootfs(dir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+/// The container's `/dev` is the image's own (no tmpfs on it, as some configs have it).
+fn without_dev_tmpfs(c: &mut TestContainer, rootfs: &OwnRootfs) {
+    c.config["root"]["path"] = json!(rootfs.path());
+    c.config["mounts"].as_array_mut().unwrap().retain(|m| m["destination"] != "/dev");
+}
+
+/// The host's core_pattern, restored when dropped (should a regression let a test write it).
+struct CorePattern(String);
+
+impl CorePattern {
+    fn save() -> CorePattern {
+        CorePattern(std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap())
+    }
+    fn unchanged(&self) -> bool {
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap() == self.0
+    }
+}
+
+impl Drop for CorePattern {
+    fn drop(&mut self) {
+        if !self.unchanged() {
+            let _ = std::fs::write("/proc/sys/kernel/core_pattern", &self.0);
+        }
+    }
+}
+
+/// CVE-2025-31133 (fixed in runc 1.2.8/1.3.3): masking binds "/dev/null" over a masked file; an
+/// image whose /dev/null is a symlink into /proc/sys (or any other file) would turn a masked
+/// path into that file, writable. strata masks only with a verified null device.
+#[test]
+fn masking_with_a_dev_null_that_is_not_the_null_device_is_refused() {
+    let saved = CorePattern::save();
+    for fake in ["symlink", "file"] {
+        let rootfs = OwnRootfs::new();
+        let null = rootfs.path().join("dev/null");
+        match fake {
+            "symlink" => std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", &null).unwrap(),
+            _ => std::fs::write(&null, "").unwrap(),
+        }
+        // Harmless if it ever ran: it only says whether a masked file became writable.
+        let mut c = TestContainer::new("devnull", "[ -w /proc/keys ] && echo WRITABLE; true");
+        without_dev_tmpfs(&mut c, &rootfs);
+        let out = c.run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a {fake} /dev/null was used to mask: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(err.contains("/dev/null is not the null device"), "{err}");
+        c.assert_gone(None);
+    }
+    assert!(saved.unchanged());
+}
+
+/// CVE-2025-52565 (fixed in runc 1.2.8/1.3.3): /dev/console of a terminal container was made by
+/// binding the pty over the path /dev/console, which an image could point anywhere. strata
+/// creates it without following links and binds the pty from its descriptor.
+#[test]
+fn dev_console_is_the_terminal_and_never_a_redirected_path() {
+    let mut c = TestContainer::new("console", "stat -c '%t:%T' /dev/console; stat -c '%t:%T' $(tty)");
+    c.config["process"]["terminal"] = json!(true);
+    let out = c.run_ok();
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_eq!(lines[0], lines[1], "/dev/console is not the container's terminal: {out:?}");
+
+    let saved = CorePattern::save();
+    let rootfs = OwnRootfs::new();
+    std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", rootfs.path().join("dev/console")).unwrap();
+    let mut c = TestContainer::new("consolelink", "echo ran");
+    c.config["process"]["terminal"] = json!(true);
+    without_dev_tmpfs(&mut c, &rootfs);
+    let out = c.run();
+    assert!(!out.status.success(), "a symlinked /dev/console was bound over");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/console"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(saved.unchanged());
+    c.assert_gone(None);
+}
+
+/// CVE-2025-52881 (fixed in runc 1.2.8/1.3.3): procfs writes (sysctls, oom_score_adj, LSM
+/// labels) went through the container's /proc, which its config or a racing mount can cover
+/// with something else. A config that binds a host directory over /proc/sys/kernel makes a
+/// path-based sysctl write land in a host file; strata writes through a private procfs.
+#[test]
+fn sysctls_are_written_to_procfs_not_to_what_covers_it() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("shmmni"), "host file\n").unwrap();
+    let mut c = TestContainer::new("procover", "echo ran");
+    c.config["linux"]["sysctl"] = json!({"kernel.shmmni": "1234"});
+    c.config["linux"]["readonlyPaths"] = json!([]);
+    c.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/proc/sys/kernel", "type": "bind", "source": host.path(), "options": ["rbind", "rw"]}));
+    assert_eq!(c.run_ok(), "ran\n");
+    assert_eq!(std::fs::read_to_string(host.path().join("shmmni")).unwrap(), "host file\n");
+}
