@@ -17,7 +17,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const PROC_ROOT_INO: u64 = 1;
 const RESOLVE_NO_XDEV: u64 = 0x01;
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
@@ -31,11 +31,7 @@ pub struct ProcFs {
 }
 
 fn is_procfs(fd: &impl AsRawFd) -> bool {
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: fstatfs writes a statfs struct into the buffer, which lives across the call.
-    let r = unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) };
-    // SAFETY: fstatfs succeeded, so it initialised the struct.
-    r == 0 && unsafe { st.assume_init() }.f_type as i64 == PROC_SUPER_MAGIC
+    sys::fs_magic(fd) == Ok(PROC_SUPER_MAGIC)
 }
 
 /// A new, detached procfs instance (mounted nosuid, nodev, noexec).

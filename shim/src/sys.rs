@@ -488,3 +488,15 @@ pub fn refused_fs_option(fstype: &str, options: &[String]) -> Option<String> {
     }
     None
 }
+
+/// The magic number of the file system behind `fd` (`statfs.f_type`).
+pub fn fs_magic(fd: &impl AsRawFd) -> nix::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs writes a statfs struct into the buffer, which lives across the call.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fstatfs succeeded, so it initialised the struct. f_type is signed in glibc and
+    // unsigned in musl: compared as u64.
+    Ok(unsafe { st.assume_init() }.f_type as u64)
+}

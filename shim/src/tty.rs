@@ -33,7 +33,7 @@ pub struct Pty {
 /// it is reopened for use; the slave is the master's peer (`TIOCGPTPEER`), never a path the
 /// container could redirect (the CVE-2025-52565 class).
 pub fn open_pty(size: Option<WinSize>, owner: u32) -> Result<Pty> {
-    const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
+    const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
     let handle = crate::sys::openat2(
         libc::AT_FDCWD,
         std::path::Path::new("/dev/pts/ptmx"),
@@ -43,11 +43,7 @@ pub fn open_pty(size: Option<WinSize>, owner: u32) -> Result<Pty> {
     )
     .ctx(|| "process.terminal: opening /dev/pts/ptmx (a devpts mount is needed at /dev/pts)".into())?;
     let st = nix::sys::stat::fstat(&handle).ctx(|| "process.terminal: stat /dev/pts/ptmx".into())?;
-    let mut sfs = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: fstatfs writes a statfs struct into the buffer, which lives across the call.
-    let ok = unsafe { libc::fstatfs(handle.as_raw_fd(), sfs.as_mut_ptr()) } == 0
-        // SAFETY: fstatfs succeeded, so it initialised the struct.
-        && unsafe { sfs.assume_init() }.f_type as i64 == DEVPTS_SUPER_MAGIC;
+    let ok = crate::sys::fs_magic(&handle) == Ok(DEVPTS_SUPER_MAGIC);
     if !ok
         || st.st_ino != 2
         || st.st_mode & libc::S_IFMT != libc::S_IFCHR
