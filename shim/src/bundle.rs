@@ -73,7 +73,17 @@ pub fn parse_config_bytes(file: &Path, bytes: &[u8]) -> Result<Spec> {
                     tracing::warn!("{}: {u}: not a runtime-spec property; ignored", file.display());
                 }
             }
-            Err(r) => return Err(config_error(file, r.field, format!("not supported by strata: {}", r.reason))),
+            Err(r) => {
+                let mut reason = format!("not supported by strata: {}", r.reason);
+                if r.field.starts_with("linux.intelRdt") {
+                    reason.push_str(if Path::new("/sys/fs/resctrl/schemata").exists() {
+                        " (this host has resctrl mounted at /sys/fs/resctrl)"
+                    } else {
+                        " (and this host has no resctrl file system at /sys/fs/resctrl)"
+                    });
+                }
+                return Err(config_error(file, r.field, reason));
+            }
         }
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
@@ -178,6 +188,32 @@ fn validate(file: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf> {
             .map_err(|(field, reason)| config_error(file, format!("mounts[{i}].{field}"), reason))?;
     }
     crate::hooks::check(spec.hooks().as_ref()).map_err(|(field, reason)| config_error(file, field, reason))?;
+    crate::scheduling::check(spec).map_err(|(field, reason)| config_error(file, field, reason))?;
+    crate::lsm::check(spec).map_err(|(field, reason)| config_error(file, field, reason))?;
+    crate::netdev::check(spec).map_err(|(field, reason)| config_error(file, field, reason))?;
+    if linux.time_offsets().as_ref().is_some_and(|o| !o.is_empty()) {
+        let time = linux.namespaces().iter().flatten().find(|n| n.typ() == LinuxNamespaceType::Time);
+        match time {
+            None => return Err(config_error(file, "linux.timeOffsets", "needs a time namespace (linux.namespaces)")),
+            Some(ns) if ns.path().is_some() => {
+                return Err(config_error(
+                    file,
+                    "linux.timeOffsets",
+                    "offsets are set for a new time namespace, not one joined by path",
+                ));
+            }
+            _ => {}
+        }
+        for clock in linux.time_offsets().iter().flat_map(|o| o.keys()) {
+            if clock != "monotonic" && clock != "boottime" {
+                return Err(config_error(
+                    file,
+                    format!("linux.timeOffsets[{clock:?}]"),
+                    "only the monotonic and boottime clocks have offsets",
+                ));
+            }
+        }
+    }
     if let Some(caps) = process.capabilities() {
         for (set, list) in [
             ("bounding", caps.bounding()),

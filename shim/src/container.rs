@@ -25,6 +25,8 @@ pub struct CreateOptions {
     pub preserve_fds: u32,
     /// Where to write the init's pid (`--pid-file`).
     pub pid_file: Option<PathBuf>,
+    /// Keep the runtime's session keyring instead of a new one (`--no-new-keyring`).
+    pub no_new_keyring: bool,
 }
 
 /// A container that has been created: its state and, in the process that created it, the
@@ -165,6 +167,8 @@ pub fn create(
         console,
         preserve_fds: opts.preserve_fds,
         seccomp: bundle.seccomp.clone(),
+        id,
+        no_new_keyring: opts.no_new_keyring,
     };
     let (forked, born_in_cgroup) = fork_in(&cgroup)?;
     let stage1 = match forked {
@@ -238,6 +242,12 @@ pub fn create(
         |_| {},
     )?;
     let (init_pid, pty_master, seccomp_listener) = (report.pid, report.pty, report.seccomp_listener);
+    if let Some(devices) = linux.net_devices().as_ref().filter(|d| !d.is_empty()) {
+        let netns: OwnedFd = std::fs::File::open(format!("/proc/{init_pid}/ns/net"))
+            .ctx(|| "opening the container's network namespace".into())?
+            .into();
+        crate::netdev::move_devices(devices, &netns)?;
+    }
     if let Some(rules) = &device_rules {
         cgroup.apply(rules)?;
     }
@@ -255,6 +265,7 @@ pub fn create(
         annotations: spec.annotations().clone().unwrap_or_default(),
         started: false,
         hooks: spec.hooks().clone(),
+        no_new_keyring: opts.no_new_keyring,
     };
     root.save(&state)?;
     if let Some(fd) = seccomp_listener {

@@ -226,6 +226,15 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     let sigfd = if req.detach { None } else { Some(container::block_signals()?) };
     let (parent_end, child_end) = sync::pair()?;
     let cgroup = Cgroup::open(exec_cgroup(&st.cgroup_path, req.sub_cgroup.as_deref())?);
+    // execCPUAffinity.initial: where the process starts, before it is in the container's
+    // cgroup (this runtime process is short-lived; its children inherit the affinity).
+    if let Some(initial) =
+        req.process.exec_cpu_affinity().as_ref().and_then(|a| a.initial().as_deref()).filter(|l| !l.is_empty())
+    {
+        crate::scheduling::apply_cpu_affinity(Some(initial), "execCPUAffinity.initial")?;
+    }
+    crate::lsm::check_labels(req.process.apparmor_profile().as_deref(), req.process.selinux_label().as_deref(), None)
+        .map_err(|(field, reason)| Error::Invalid(format!("exec: {field}: {reason}")))?;
     let (forked, born_in_cgroup) = container::fork_in(&cgroup)?;
     let stage1 = match forked {
         Fork::Child => {
@@ -237,7 +246,19 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
                 }
                 Ok(())
             };
-            launch::stage1(&child_end, enter, |chan, ()| exec_process(chan, req, &console, seccomp_filter.as_ref()))
+            let keyring = if st.no_new_keyring { launch::Keyring::Keep } else { launch::Keyring::Join };
+            let linux = bundle.spec.linux().as_ref();
+            let ctx = launch::Context {
+                container_id: id,
+                keyring,
+                personality: linux.and_then(|l| l.personality().as_ref()),
+                memory_policy: linux.and_then(|l| l.memory_policy().as_ref()),
+                process: &req.process,
+                seccomp: seccomp_filter.as_ref(),
+                preserve_fds: req.opts.preserve_fds,
+                field_prefix: "",
+            };
+            launch::stage1(&child_end, enter, |chan, ()| exec_process(chan, &ctx, &console))
         }
         Fork::Parent(pid) => pid,
     };
@@ -320,17 +341,10 @@ pub fn exec_failure(chan: &Channel) -> Option<Error> {
     }
 }
 
-fn exec_process(
-    chan: &Channel,
-    req: &ExecRequest,
-    console: &launch::Console,
-    filter: Option<&seccomp::Filter>,
-) -> Result<Never> {
-    let p = &req.process;
+fn exec_process(chan: &Channel, ctx: &launch::Context<'_>, console: &launch::Console) -> Result<Never> {
     nix::unistd::setsid().ctx(|| "setsid".into())?;
-    launch::attach_terminal(p, console, chan, false)?;
-    let ctx = launch::Context { process: p, seccomp: filter, preserve_fds: req.opts.preserve_fds, field_prefix: "" };
-    let prepared = launch::prepare(&ctx, chan)?;
+    launch::attach_terminal(ctx.process, console, chan, false)?;
+    let prepared = launch::prepare(ctx, chan)?;
     chan.expect(&Msg::Start)?;
-    Err(launch::finish(&ctx, prepared))
+    Err(launch::finish(ctx, prepared))
 }

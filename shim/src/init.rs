@@ -20,7 +20,7 @@ use crate::sys;
 use oci_spec::runtime::LinuxNamespaceType;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where the init waits for `start`.
 #[derive(Debug)]
@@ -48,21 +48,28 @@ pub struct InitArgs<'a> {
     pub preserve_fds: u32,
     /// The compiled seccomp filter, if the config has one.
     pub seccomp: Option<seccomp::Filter>,
+    /// The container's id.
+    pub id: &'a str,
+    /// Keep the runtime's session keyring (`--no-new-keyring`).
+    pub no_new_keyring: bool,
 }
 
 /// Runs stage 1 in the forked child (see [`crate::launch::stage1`]); never returns.
 pub fn stage1(args: InitArgs<'_>, chan: Channel) -> ! {
-    let plan = match args.bundle.spec.linux().as_ref() {
-        Some(linux) => Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default()),
-        None => Plan::default(),
-    };
-    launch::stage1(&chan, |chan| enter_namespaces(&plan, chan), |chan, idmapped| init(&args, &plan, chan, idmapped))
+    let linux = args.bundle.spec.linux().as_ref();
+    let plan = linux.map(|l| Plan::from_spec(l.namespaces().as_deref().unwrap_or_default())).unwrap_or_default();
+    let offsets = linux.and_then(time_offsets);
+    launch::stage1(
+        &chan,
+        |chan| enter_namespaces(&plan, offsets, chan),
+        |chan, idmapped| init(&args, &plan, chan, idmapped),
+    )
 }
 
 /// Waits for the runtime, joins the namespaces given by path, makes the user namespace (the
 /// runtime writes its id maps meanwhile) and unshares the others. Returns the idmapped mounts
 /// the runtime made meanwhile (see [`crate::idmap`]).
-fn enter_namespaces(plan: &Plan, chan: &Channel) -> Result<Vec<(usize, OwnedFd)>> {
+fn enter_namespaces(plan: &Plan, time_offsets: Option<String>, chan: &Channel) -> Result<Vec<(usize, OwnedFd)>> {
     let mut idmapped = chan.receive_until_go()?;
     let joins = plan.open_joins()?;
     namespaces::join_all(&joins)?;
@@ -82,7 +89,27 @@ fn enter_namespaces(plan: &Plan, chan: &Channel) -> Result<Vec<(usize, OwnedFd)>
     }
     nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(plan.unshare))
         .ctx(|| format!("unshare(namespaces {:#x})", plan.unshare))?;
+    // A new time namespace takes its offsets before its first process (the init) exists.
+    if let Some(offsets) = time_offsets {
+        crate::procfs::ProcFs::open()?
+            .write(Path::new(&format!("{}/timens_offsets", nix::unistd::getpid())), offsets.as_bytes())
+            .map_err(|e| Error::Init(format!("linux.timeOffsets: {e}")))?;
+    }
     Ok(idmapped)
+}
+
+/// The lines of `/proc/<pid>/timens_offsets` for `linux.timeOffsets` (clock, seconds,
+/// nanoseconds), or `None` when there are none.
+fn time_offsets(linux: &oci_spec::runtime::Linux) -> Option<String> {
+    let offsets = linux.time_offsets().as_ref().filter(|o| !o.is_empty())?;
+    let mut clocks: Vec<_> = offsets.iter().collect();
+    clocks.sort_by_key(|(k, _)| k.as_str());
+    Some(
+        clocks
+            .into_iter()
+            .map(|(clock, o)| format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0)))
+            .collect(),
+    )
 }
 
 fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel, idmapped: Vec<(usize, OwnedFd)>) -> Result<Never> {
@@ -143,7 +170,16 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel, idmapped: Vec<(usize, 
         rootfs::readonly_root()?;
     }
 
+    let keyring = if args.no_new_keyring {
+        launch::Keyring::Keep
+    } else {
+        launch::Keyring::JoinAndShare(plan.has(LinuxNamespaceType::User))
+    };
     let ctx = launch::Context {
+        container_id: args.id,
+        keyring,
+        personality: linux.personality().as_ref(),
+        memory_policy: linux.memory_policy().as_ref(),
         process: proc_,
         seccomp: args.seccomp.as_ref(),
         preserve_fds: args.preserve_fds,

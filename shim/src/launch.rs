@@ -108,9 +108,29 @@ pub fn attach_terminal(p: &Process, console: &Console, chan: &Channel, bind_cons
     Ok(Some(pty.slave))
 }
 
+/// Whether the process joins a session keyring of the container's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyring {
+    /// Keep the runtime's (`--no-new-keyring`).
+    Keep,
+    /// Join `_ses.<id>` (an exec).
+    Join,
+    /// Join `_ses.<id>` and let the container's user search it (the init; `true` in a user
+    /// namespace).
+    JoinAndShare(bool),
+}
+
 /// What the process needs at the start gate and after it.
 #[derive(Debug)]
 pub struct Context<'a> {
+    /// The container's id (it names the session keyring).
+    pub container_id: &'a str,
+    /// The session keyring.
+    pub keyring: Keyring,
+    /// `linux.personality`.
+    pub personality: Option<&'a oci_spec::runtime::LinuxPersonality>,
+    /// `linux.memoryPolicy`.
+    pub memory_policy: Option<&'a oci_spec::runtime::LinuxMemoryPolicy>,
     /// The OCI process (the config's, or an exec's merged with it).
     pub process: &'a Process,
     /// The compiled seccomp filter, if any.
@@ -136,7 +156,31 @@ pub struct Prepared {
 pub fn prepare(ctx: &Context<'_>, chan: &Channel) -> Result<Prepared> {
     let p = ctx.process;
     let field = |name: &str| format!("{}{name}", ctx.field_prefix);
+    // CPU affinity: an exec's `final` list, else every CPU of the container's cpuset (so a
+    // runtime pinned to one CPU does not pin the container).
+    let affinity =
+        p.exec_cpu_affinity().as_ref().and_then(|a| a.cpu_affinity_final().as_deref()).filter(|l| !l.is_empty());
+    crate::scheduling::apply_cpu_affinity(affinity, &field("execCPUAffinity.final"))?;
     process::apply_rlimits(p.rlimits().as_deref().unwrap_or_default())?;
+    // What needs privilege comes before the identity switch.
+    match ctx.keyring {
+        Keyring::Keep => {}
+        Keyring::Join => crate::lsm::join_session_keyring(ctx.container_id, None)?,
+        Keyring::JoinAndShare(user_ns) => crate::lsm::join_session_keyring(ctx.container_id, Some(user_ns))?,
+    }
+    if let Some(per) = ctx.personality {
+        crate::scheduling::apply_personality(per)?;
+    }
+    if let Some(m) = ctx.memory_policy {
+        crate::scheduling::apply_memory_policy(m)?;
+    }
+    if let Some(s) = p.scheduler() {
+        crate::scheduling::apply_scheduler(s)?;
+    }
+    if let Some(io) = p.io_priority() {
+        crate::scheduling::apply_io_priority(io)?;
+    }
+    crate::lsm::apply_exec_labels(p.apparmor_profile().as_deref(), p.selinux_label().as_deref())?;
     let env = process::environment(p.env().as_deref().unwrap_or_default(), p.user().uid(), &field("env"))?;
     let argv = p.args().clone().unwrap_or_default();
     let first = argv.first().ok_or_else(|| Error::Invalid(format!("{}: no program given", field("args"))))?;

@@ -76,6 +76,9 @@ pub struct ContainerState {
     /// the bundle may have changed or gone by then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// `--no-new-keyring` at `create`: execs keep the runtime's session keyring too.
+    #[serde(default)]
+    pub no_new_keyring: bool,
 }
 
 impl ContainerState {
@@ -287,6 +290,7 @@ mod tests {
             annotations: HashMap::new(),
             started: false,
             hooks: None,
+            no_new_keyring: false,
         };
         root.save(&st).unwrap();
         assert_eq!(root.load("c1").unwrap().pid, 42);

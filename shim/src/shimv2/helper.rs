@@ -133,6 +133,7 @@ fn run(req: &HelperRequest) -> Result<i32> {
                 console_socket: console_socket.clone(),
                 pid_file: Some(pid_file.clone()),
                 preserve_fds: 0,
+                no_new_keyring: false,
             };
             exec::exec(
                 &root,

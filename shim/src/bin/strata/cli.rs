@@ -58,8 +58,8 @@ pub struct CreateFlags {
     /// Accepted for runc compatibility (strata always pivots).
     #[arg(long, hide = true)]
     pub no_pivot: bool,
-    /// Accepted for runc compatibility.
-    #[arg(long, hide = true)]
+    /// Keep the runtime's session keyring instead of a new one for the container.
+    #[arg(long)]
     pub no_new_keyring: bool,
 }
 
@@ -431,6 +431,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     console_socket: x.console_socket.clone(),
                     preserve_fds: x.preserve_fds,
                     pid_file: x.pid_file.clone(),
+                    no_new_keyring: false,
                 },
                 sub_cgroup: x.cgroup.first().cloned(),
                 ignore_paused: x.ignore_paused,
@@ -563,6 +564,7 @@ fn create_options(a: &CreateFlags) -> CreateOptions {
         console_socket: a.console_socket.clone(),
         preserve_fds: a.preserve_fds,
         pid_file: a.pid_file.clone(),
+        no_new_keyring: a.no_new_keyring,
     }
 }
 
