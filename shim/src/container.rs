@@ -27,6 +27,8 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     /// Keep the runtime's session keyring instead of a new one (`--no-new-keyring`).
     pub no_new_keyring: bool,
+    /// Where a pidfd of the process is sent (`--pidfd-socket`).
+    pub pidfd_socket: Option<PathBuf>,
 }
 
 /// A container that has been created: its state and, in the process that created it, the
@@ -136,6 +138,10 @@ pub fn create(
     let hierarchy = Hierarchy::detect()?;
     if let Some(r) = linux.resources() {
         hierarchy.check_resources(r)?;
+    }
+    let missing = crate::process::ungrantable(spec.process().as_ref().and_then(|p| p.capabilities().as_ref()));
+    if !missing.is_empty() {
+        tracing::warn!("process.capabilities: this runtime cannot grant {}: skipped", missing.join(", "));
     }
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     let console = match (&opts.console_socket, terminal) {
@@ -266,6 +272,7 @@ pub fn create(
         started: false,
         hooks: spec.hooks().clone(),
         no_new_keyring: opts.no_new_keyring,
+        resources: resources.clone(),
     };
     root.save(&state)?;
     if let Some(fd) = seccomp_listener {
@@ -273,6 +280,9 @@ pub fn create(
     }
     if let Some(p) = &opts.pid_file {
         write_pid_file(p, init_pid)?;
+    }
+    if let Some(sock) = &opts.pidfd_socket {
+        send_pidfd(sock, init_pid)?;
     }
     guard.armed = false;
     Ok(Created { state, channel: Some(parent_end), pty_master })
@@ -332,6 +342,24 @@ pub fn send_seccomp_listener(
         None,
     )
     .ctx(|| format!("linux.seccomp.listenerPath: sending to {}", path.display()))?;
+    Ok(())
+}
+
+/// Sends a pidfd of `pid` to the Unix socket at `path` (`--pidfd-socket`), as runc does.
+pub fn send_pidfd(path: &Path, pid: i32) -> Result<()> {
+    let pidfd = sys::pidfd_open(pid).ctx(|| format!("pidfd_open({pid})"))?;
+    let sock = std::os::unix::net::UnixStream::connect(path)
+        .ctx(|| format!("--pidfd-socket: connecting to {}", path.display()))?;
+    let iov = [std::io::IoSlice::new(b"pidfd")];
+    let fds = [pidfd.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .ctx(|| format!("--pidfd-socket: sending to {}", path.display()))?;
     Ok(())
 }
 
@@ -503,16 +531,63 @@ pub fn resume(root: &StateRoot, id: &str) -> Result<()> {
     Ok(Cgroup::open(st.cgroup_path).thaw()?)
 }
 
-/// Changes the resources of a live container (`strata update`). The host must offer every
-/// controller asked for; nothing is changed otherwise.
+/// Merges a resources update into the container's current resources: what the update sets
+/// replaces what was there, what it leaves out stays (a period-only update keeps the quota, a
+/// swap-only one keeps the memory limit it is computed against). Block I/O device lists are
+/// merged by device; device rules never change (as with runc).
+pub fn merge_resources(
+    current: Option<&oci_spec::runtime::LinuxResources>,
+    update: &oci_spec::runtime::LinuxResources,
+) -> Result<oci_spec::runtime::LinuxResources> {
+    fn merge(base: &mut serde_json::Value, change: &serde_json::Value, key: &str) {
+        use serde_json::Value;
+        match (base, change) {
+            (_, Value::Null) => {}
+            (Value::Object(b), Value::Object(c)) => {
+                for (k, v) in c {
+                    merge(b.entry(k.clone()).or_insert(Value::Null), v, k);
+                }
+            }
+            (Value::Array(b), Value::Array(c)) if key.ends_with("Device") => {
+                for entry in c {
+                    let same = |e: &Value| e.get("major") == entry.get("major") && e.get("minor") == entry.get("minor");
+                    match b.iter_mut().find(|e| same(e)) {
+                        Some(existing) => merge(existing, entry, ""),
+                        None => b.push(entry.clone()),
+                    }
+                }
+            }
+            (b, c) => *b = c.clone(),
+        }
+    }
+    let mut base = match current {
+        Some(c) => serde_json::to_value(c).map_err(|e| Error::Invalid(e.to_string()))?,
+        None => serde_json::json!({}),
+    };
+    let mut change = serde_json::to_value(update).map_err(|e| Error::Invalid(e.to_string()))?;
+    if let Some(o) = change.as_object_mut() {
+        o.remove("devices");
+    }
+    merge(&mut base, &change, "");
+    serde_json::from_value(base).map_err(|e| Error::Invalid(format!("merged resources: {e}")))
+}
+
+/// Changes the resources of a live container (`strata update`, the shim's `Update`), merged
+/// with its current ones (see [`merge_resources`]). The host must offer every controller asked
+/// for; nothing is changed otherwise.
 pub fn update(root: &StateRoot, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
-    let st = root.load(id)?;
+    let mut st = root.load(id)?;
     let s = status(&st);
     if s == Status::Stopped {
         return Err(Error::WrongState { id: id.into(), status: s.to_string(), action: "update it" });
     }
-    Hierarchy::detect()?.check_resources(resources)?;
-    Ok(Cgroup::open(st.cgroup_path).update(resources)?)
+    let mut merged = merge_resources(st.resources.as_ref(), resources)?;
+    Hierarchy::detect()?.check_resources(&merged)?;
+    // Device rules stay as the container was created with them.
+    merged.set_devices(None);
+    Cgroup::open(st.cgroup_path.clone()).update(&merged)?;
+    st.resources = Some(merged);
+    root.save(&st)
 }
 
 /// The pids in the container's cgroup.
@@ -697,8 +772,9 @@ fn write_all(fd: i32, mut data: &[u8]) {
     }
 }
 
-/// `run`: create, start and supervise in one process, then delete. Returns the exit code.
-pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<i32> {
+/// `run`: create, start and supervise in one process, then delete (unless `keep`: the
+/// stopped container stays for `delete`). Returns the exit code.
+pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions, keep: bool) -> Result<i32> {
     let sigfd = block_signals()?;
     let created = create(root, id, bundle, opts, true)?;
     let pid = created.state.pid;
@@ -717,6 +793,9 @@ pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions) ->
             None => Ok(code),
         }
     })();
+    if keep && result.is_ok() {
+        return result;
+    }
     let cleanup = delete(root, id, true);
     let code = result?;
     cleanup?;
@@ -738,5 +817,48 @@ fn program_started(chan: &Channel) -> bool {
                 return !ev.contains(PollFlags::POLLIN) && ev.contains(PollFlags::POLLHUP);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(json: &str) -> oci_spec::runtime::LinuxResources {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn an_update_keeps_what_it_leaves_out() {
+        let current = res(r#"{"cpu":{"quota":50000,"period":100000,"shares":512},"memory":{"limit":1048576},
+            "blockIO":{"throttleReadBpsDevice":[{"major":8,"minor":0,"rate":100},{"major":8,"minor":16,"rate":200}]},
+            "devices":[{"allow":false,"access":"rwm"}]}"#);
+        // A period-only update keeps the quota and the shares.
+        let m = merge_resources(Some(&current), &res(r#"{"cpu":{"period":200000}}"#)).unwrap();
+        let cpu = m.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.period(), cpu.shares()), (Some(50000), Some(200000), Some(512)));
+        // A swap-only update keeps the memory limit it is computed against.
+        let m = merge_resources(Some(&current), &res(r#"{"memory":{"swap":4194304}}"#)).unwrap();
+        assert_eq!(m.memory().as_ref().unwrap().limit(), Some(1048576));
+        // Devices are merged by number.
+        let m = merge_resources(
+            Some(&current),
+            &res(r#"{"blockIO":{"throttleReadBpsDevice":[{"major":8,"minor":16,"rate":999},{"major":9,"minor":0,"rate":1}]}}"#),
+        )
+        .unwrap();
+        let rates: Vec<u64> = m
+            .block_io()
+            .as_ref()
+            .unwrap()
+            .throttle_read_bps_device()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|d| d.rate())
+            .collect();
+        assert_eq!(rates, [100, 999, 1]);
+        // Device rules are never changed by an update.
+        let m = merge_resources(Some(&current), &res(r#"{"devices":[{"allow":true,"access":"rwm"}]}"#)).unwrap();
+        assert_eq!(m.devices().as_ref().unwrap()[0].allow(), false);
     }
 }

@@ -302,6 +302,9 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     if let Some(p) = &req.opts.pid_file {
         container::write_pid_file(p, pid)?;
     }
+    if let Some(sock) = &req.opts.pidfd_socket {
+        container::send_pidfd(sock, pid)?;
+    }
     parent_end.send(&Msg::Start, None)?;
     match sigfd {
         None => Ok(0),

@@ -28,6 +28,28 @@ pub fn cap_mask(set: Option<&Capabilities>) -> u64 {
         .fold(0u64, |m, i| m | (1u64 << i))
 }
 
+/// The capabilities the calling process can still grant: its bounding set. The runtime-spec
+/// asks that capabilities which cannot be granted be skipped with a warning, not fail.
+pub fn grantable_caps() -> u64 {
+    (0..=sys::last_cap()).filter(|i| sys::bounding_has(*i)).fold(0u64, |m, i| m | (1u64 << i))
+}
+
+/// The names of the capabilities a process asks for that this runtime cannot grant.
+pub fn ungrantable(caps: Option<&LinuxCapabilities>) -> Vec<String> {
+    let m = CapMasks::of(caps);
+    let wanted = m.bounding | m.effective | m.permitted | m.inheritable | m.ambient;
+    let missing = wanted & !grantable_caps();
+    caps.into_iter()
+        .flat_map(|c| [c.bounding(), c.effective(), c.permitted(), c.inheritable(), c.ambient()])
+        .flatten()
+        .flatten()
+        .filter(|c| cap_index(c).is_ok_and(|i| missing & (1u64 << i) != 0))
+        .map(|c| format!("CAP_{c}"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// `setrlimit`'s resource type: an enum in glibc, an int in musl.
 #[cfg(target_env = "gnu")]
 type RlimitResource = libc::__rlimit_resource_t;
@@ -95,13 +117,25 @@ impl CapMasks {
             ambient: cap_mask(c.ambient().as_ref()),
         }
     }
+
+    /// These masks without the capabilities outside `grantable`.
+    pub fn within(self, grantable: u64) -> CapMasks {
+        CapMasks {
+            bounding: self.bounding & grantable,
+            effective: self.effective & grantable,
+            permitted: self.permitted & grantable,
+            inheritable: self.inheritable & grantable,
+            ambient: self.ambient & grantable,
+        }
+    }
 }
 
 /// Switches to the configured user and groups and sets the five capability sets, in the order
 /// the kernel requires: bounding set first (needs CAP_SETPCAP), ids with KEEPCAPS, then
 /// effective/permitted/inheritable in one capset, then ambient.
 pub fn switch_user_and_caps(user: &User, caps: Option<&LinuxCapabilities>) -> Result<()> {
-    let masks = CapMasks::of(caps);
+    // What cannot be granted is skipped (the runtime warned when it read the config).
+    let masks = CapMasks::of(caps).within(grantable_caps());
     for i in 0..=sys::last_cap() {
         if masks.bounding & (1u64 << i) == 0 {
             sys::bounding_drop(i).ctx(|| format!("process.capabilities.bounding: dropping capability {i}"))?;

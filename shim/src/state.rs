@@ -79,6 +79,9 @@ pub struct ContainerState {
     /// `--no-new-keyring` at `create`: execs keep the runtime's session keyring too.
     #[serde(default)]
     pub no_new_keyring: bool,
+    /// The container's resources as set now (without device rules): what `update` merges into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<oci_spec::runtime::LinuxResources>,
 }
 
 impl ContainerState {
@@ -291,6 +294,7 @@ mod tests {
             started: false,
             hooks: None,
             no_new_keyring: false,
+            resources: None,
         };
         root.save(&st).unwrap();
         assert_eq!(root.load("c1").unwrap().pid, 42);

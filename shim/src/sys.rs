@@ -211,6 +211,12 @@ pub fn ambient_raise(cap: u8) -> nix::Result<()> {
     if r < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
+/// Whether a capability is in the calling thread's bounding set.
+pub fn bounding_has(cap: u8) -> bool {
+    // SAFETY: prctl(PR_CAPBSET_READ) takes integer arguments only.
+    unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) == 1 }
+}
+
 /// Drops a capability from the bounding set.
 pub fn bounding_drop(cap: u8) -> nix::Result<()> {
     // SAFETY: prctl(PR_CAPBSET_DROP) takes integer arguments only.

@@ -140,3 +140,135 @@ fn fields_strata_does_not_implement_are_refused_by_name_before_anything_exists()
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("org.example.extension"));
 }
+
+/// `strata features` claims only what works: a container runs with each advertised mount
+/// option, namespace and capability.
+#[test]
+fn every_advertised_feature_works() {
+    let c = TestContainer::new("features", "true");
+    let doc: serde_json::Value = serde_json::from_str(&c.ok(&["features"])).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    for opt in doc["mountOptions"].as_array().unwrap() {
+        let opt = opt.as_str().unwrap();
+        let bind_only = ["bind", "rbind", "idmap", "ridmap"].contains(&opt);
+        let mut m = if bind_only {
+            json!({"destination": "/m", "type": "bind", "source": scratch.path(), "options": ["rbind", opt]})
+        } else {
+            json!({"destination": "/m", "type": "tmpfs", "source": "tmpfs", "options": [opt]})
+        };
+        if opt.ends_with("idmap") {
+            m["uidMappings"] = json!([{"containerID": 0, "hostID": 1000, "size": 1}]);
+            m["gidMappings"] = json!([{"containerID": 0, "hostID": 1000, "size": 1}]);
+        }
+        let mut c = TestContainer::new("mountopt", "true");
+        c.config["mounts"].as_array_mut().unwrap().push(m);
+        let out = c.run();
+        assert!(out.status.success(), "mount option {opt}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for ns in doc["linux"]["namespaces"].as_array().unwrap() {
+        let mut c = TestContainer::new("ns", "true");
+        let list = c.config["linux"]["namespaces"].as_array_mut().unwrap();
+        if !list.iter().any(|n| n["type"] == *ns) {
+            list.push(json!({"type": ns}));
+        }
+        if ns == "user" {
+            c.config["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 65536}]);
+            c.config["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 65536}]);
+        }
+        let out = c.run();
+        assert!(out.status.success(), "namespace {ns}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let all: Vec<serde_json::Value> = doc["linux"]["capabilities"].as_array().unwrap().clone();
+    let mut c = TestContainer::new("allcaps", "grep CapBnd /proc/self/status");
+    c.config["process"]["capabilities"] = json!({"bounding": all, "effective": all, "permitted": all});
+    assert!(c.run().status.success());
+}
+
+#[test]
+fn events_print_runcs_json_until_the_container_ends() {
+    let c = TestContainer::new("events", "i=0; while [ $i -lt 10 ]; do i=$((i+1)); sleep 0.1; done");
+    c.create();
+    c.ok(&["start", &c.id]);
+    let one: serde_json::Value = serde_json::from_str(c.ok(&["events", "--stats", &c.id]).trim()).unwrap();
+    assert_eq!(one["type"], "stats");
+    assert_eq!(one["id"], c.id.as_str());
+    assert!(one["data"]["cpu"]["usage"]["total"].as_u64().is_some(), "{one}");
+    // The stream goes on at the interval and ends with the container.
+    let out = c.ok(&["events", "--interval", "200ms", &c.id]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 2 && lines.iter().all(|l| l["type"] == "stats"), "{out}");
+    let bad = c.strata(&["events", "--interval", "0s", &c.id]).output().unwrap();
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn runc_flags_strata_does_not_implement_are_refused_and_the_rest_work() {
+    // run without a config.json says so (no image of that name either).
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(strata_bin())
+        .args(["--root", "/run/strata-test-nothing", "run", "no-such-thing"])
+        .current_dir(empty.path())
+        .env("STRATA_STORE", empty.path().join("store"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no config.json in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = TestContainer::new("flags", "exit 3");
+    c.write_config();
+    for args in [vec!["run", "--no-pivot", &c.id], vec!["--systemd-cgroup", "run", &c.id], vec!["checkpoint", &c.id]] {
+        let out = c.strata(&args).stdin(std::process::Stdio::null()).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(!out.stderr.is_empty());
+    }
+    // --keep leaves the stopped container for `delete`.
+    let out = c.strata(&["run", "--keep", &c.id]).stdin(std::process::Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(c.state()["status"], "stopped");
+    c.ok(&["delete", &c.id]);
+    c.assert_gone(None);
+}
+
+#[test]
+fn a_pidfd_of_the_init_goes_to_the_pidfd_socket() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let c = TestContainer::new("pidfd", "exec sleep 100");
+    let sock_path = c.dir.join("pidfd.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    c.write_config();
+    let st = c
+        .strata(&["create", "--pidfd-socket", sock_path.to_str().unwrap(), &c.id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 16];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&conn),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let fd = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            nix::sys::socket::ControlMessageOwned::ScmRights(f) => f.first().copied(),
+            _ => None,
+        })
+        .unwrap();
+    // SAFETY: SCM_RIGHTS gave this process the descriptor.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let info =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", std::os::fd::AsRawFd::as_raw_fd(&pidfd))).unwrap();
+    let pid = c.state()["pid"].as_i64().unwrap();
+    assert!(info.lines().any(|l| l == format!("Pid:\t{pid}")), "{info}");
+}

@@ -220,3 +220,40 @@ fn hugetlb_and_swap_limits_are_written() {
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(lines, ["4194304", "33554432"], "{out}");
 }
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn update_merges_with_what_the_container_has() {
+    let mut c = TestContainer::new("merge", "while :; do sleep 0.1; done");
+    c.config["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000});
+    c.config["linux"]["resources"]["memory"] = json!({"limit": 134217728});
+    c.create();
+    c.ok(&["start", &c.id]);
+    let cg = c.cgroup_dir();
+    // A period-only update keeps the quota (runc 1.3 would write "max 200000").
+    c.ok(&["update", "--cpu-period", "200000", &c.id]);
+    assert_eq!(read(cg.join("cpu.max")).trim(), "50000 200000");
+    // A swap-only update is computed against the memory limit the container has.
+    c.ok(&["update", "--memory-swap", "201326592", &c.id]);
+    assert_eq!(read(cg.join("memory.swap.max")).trim(), "67108864");
+    assert_eq!(read(cg.join("memory.max")).trim(), "134217728");
+    c.ok(&["delete", "--force", &c.id]);
+    c.assert_gone(None);
+}
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn events_report_an_oom_kill() {
+    let mut c = TestContainer::new("eventsoom", "sleep 0.5; dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1");
+    c.config["linux"]["resources"]["memory"] = json!({"limit": 33554432, "swap": 33554432});
+    c.create();
+    let events =
+        c.strata(&["events", "--interval", "10s", &c.id]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.ok(&["start", &c.id]);
+    let out = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == format!("{{\"type\":\"oom\",\"id\":\"{}\"}}", c.id)), "no oom event:\n{text}");
+    c.ok(&["delete", &c.id]);
+    c.assert_gone(None);
+}

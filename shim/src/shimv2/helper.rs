@@ -134,6 +134,7 @@ fn run(req: &HelperRequest) -> Result<i32> {
                 pid_file: Some(pid_file.clone()),
                 preserve_fds: 0,
                 no_new_keyring: false,
+                pidfd_socket: None,
             };
             exec::exec(
                 &root,

@@ -24,8 +24,9 @@ pub struct Cli {
     /// Log debug messages.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Accepted for runc compatibility; strata manages cgroup v2 directly.
-    #[arg(long, global = true, hide = true)]
+    /// The systemd cgroup driver (cgroupsPath "slice:prefix:name"): not implemented yet, so
+    /// refused rather than ignored.
+    #[arg(long, global = true)]
     pub systemd_cgroup: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -55,9 +56,13 @@ pub struct CreateFlags {
     /// Pass this many extra file descriptors (from 3 on) to the container.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
-    /// Accepted for runc compatibility (strata always pivots).
-    #[arg(long, hide = true)]
+    /// Refused: strata always enters the root with pivot_root (runc's --no-pivot, for ramdisk
+    /// roots, uses chroot, which a process can escape).
+    #[arg(long)]
     pub no_pivot: bool,
+    /// Unix socket that receives a pidfd of the container's init.
+    #[arg(long)]
+    pub pidfd_socket: Option<PathBuf>,
     /// Keep the runtime's session keyring instead of a new one for the container.
     #[arg(long)]
     pub no_new_keyring: bool,
@@ -74,9 +79,12 @@ pub struct RunArgs {
     /// Return once the container runs.
     #[arg(short, long)]
     pub detach: bool,
-    /// Keep the container's state after it exits (not supported).
+    /// Keep the container (stopped) after it exits; `delete` removes it.
     #[arg(long)]
     pub keep: bool,
+    /// runc's opt-out of making itself a subreaper: strata never does (accepted, nothing to do).
+    #[arg(long)]
+    pub no_subreaper: bool,
     /// Image form: remove the container when it exits (always done; accepted for docker users).
     #[arg(long)]
     pub rm: bool,
@@ -104,16 +112,20 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    fn image_flags(&self) -> bool {
+        self.rm || self.interactive || self.tty || !self.env.is_empty() || self.name.is_some() || self.memory.is_some()
+    }
+
     /// Whether this is the image form.
     pub fn is_image_form(&self) -> bool {
-        let image_flags = self.rm
-            || self.interactive
-            || self.tty
-            || !self.env.is_empty()
-            || self.name.is_some()
-            || self.memory.is_some();
         let has_bundle = self.bundle.is_some() || std::path::Path::new("config.json").exists();
-        image_flags || self.args.len() > 1 || !has_bundle
+        self.image_flags() || self.args.len() > 1 || !has_bundle
+    }
+
+    /// `strata run NAME` with nothing else and no config.json here: runc's form missing its
+    /// bundle, or an image of the store; which one is decided by the store.
+    fn is_ambiguous(&self) -> bool {
+        !self.image_flags() && self.args.len() == 1 && self.bundle.is_none()
     }
 }
 
@@ -185,9 +197,106 @@ pub struct ExecArgs {
     /// Exec into a paused container as well.
     #[arg(long)]
     pub ignore_paused: bool,
+    /// Unix socket that receives a pidfd of the process.
+    #[arg(long)]
+    pub pidfd_socket: Option<PathBuf>,
     /// Pass this many extra file descriptors.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
+}
+
+/// `update`'s flags (runc's). Sizes take -1 (unlimited), a byte count or 512k/64m/1g.
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// The container id.
+    pub id: String,
+    /// JSON file with runtime-spec `linux.resources` ("-" for stdin); the other flags are then
+    /// ignored, as with runc.
+    #[arg(short, long)]
+    pub resources: Option<PathBuf>,
+    /// Block I/O weight (10 to 1000).
+    #[arg(long)]
+    pub blkio_weight: Option<u16>,
+    /// CPU CFS period in microseconds.
+    #[arg(long)]
+    pub cpu_period: Option<u64>,
+    /// CPU CFS quota in microseconds (-1 for no limit).
+    #[arg(long, allow_hyphen_values = true)]
+    pub cpu_quota: Option<i64>,
+    /// CPU shares (relative weight).
+    #[arg(long)]
+    pub cpu_share: Option<u64>,
+    /// CPU burst in microseconds.
+    #[arg(long)]
+    pub cpu_burst: Option<u64>,
+    /// SCHED_IDLE for the cgroup (0 or 1).
+    #[arg(long)]
+    pub cpu_idle: Option<i64>,
+    /// Realtime period (refused: cgroup v2 has no realtime bandwidth).
+    #[arg(long)]
+    pub cpu_rt_period: Option<u64>,
+    /// Realtime runtime (refused: cgroup v2 has no realtime bandwidth).
+    #[arg(long, allow_hyphen_values = true)]
+    pub cpu_rt_runtime: Option<i64>,
+    /// CPUs the container may use (e.g. 0-2,4).
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the container may use.
+    #[arg(long)]
+    pub cpuset_mems: Option<String>,
+    /// Memory limit.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_limit)]
+    pub memory: Option<i64>,
+    /// Memory soft limit (memory.low).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_limit)]
+    pub memory_reservation: Option<i64>,
+    /// Memory plus swap limit.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_limit)]
+    pub memory_swap: Option<i64>,
+    /// Maximum number of processes (-1 for no limit).
+    #[arg(long, allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Kernel memory limit (refused: cgroup v2 has none).
+    #[arg(long, allow_hyphen_values = true, hide = true)]
+    pub kernel_memory: Option<String>,
+    /// Kernel TCP memory limit (refused: cgroup v2 has none).
+    #[arg(long, allow_hyphen_values = true, hide = true)]
+    pub kernel_memory_tcp: Option<String>,
+    /// Intel RDT L3 cache schema (refused: Intel RDT is not implemented).
+    #[arg(long)]
+    pub l3_cache_schema: Option<String>,
+    /// Intel RDT memory bandwidth schema (refused: Intel RDT is not implemented).
+    #[arg(long)]
+    pub mem_bw_schema: Option<String>,
+}
+
+/// A size flag: -1, a byte count, or a count with k, m or g.
+fn parse_limit(s: &str) -> std::result::Result<i64, String> {
+    if s.trim() == "-1" {
+        return Ok(-1);
+    }
+    parse_size(s).map_err(|e| format!("{e:#}"))
+}
+
+/// A Go-style duration as runc takes it: 5s, 500ms, 1m, 1h, 250us.
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 5s or 500ms"))?;
+    let secs = match unit {
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// Parses `UID[:GID]`.
@@ -274,34 +383,33 @@ pub enum Command {
         /// The container id.
         id: String,
     },
-    /// Change the resource limits of a running container.
-    Update {
-        /// The container id.
-        id: String,
-        /// JSON file with runtime-spec `linux.resources` ("-" for stdin).
-        #[arg(short, long)]
-        resources: Option<PathBuf>,
-        /// Memory limit in bytes (-1 for no limit).
-        #[arg(long, allow_hyphen_values = true)]
-        memory: Option<i64>,
-        /// Memory plus swap limit in bytes (-1 for no limit).
-        #[arg(long, allow_hyphen_values = true)]
-        memory_swap: Option<i64>,
-        /// Maximum number of processes (0 or less for no limit).
-        #[arg(long, allow_hyphen_values = true)]
-        pids_limit: Option<i64>,
-        /// CPU quota in microseconds per period (-1 for no limit).
-        #[arg(long, allow_hyphen_values = true)]
-        cpu_quota: Option<i64>,
-        /// CPU period in microseconds.
-        #[arg(long)]
-        cpu_period: Option<u64>,
-        /// CPU shares (relative weight).
-        #[arg(long)]
-        cpu_share: Option<u64>,
-    },
+    /// Change the resource limits of a running container (merged with its current ones).
+    Update(Box<UpdateArgs>),
     /// Print what this runtime supports (runtime-spec features document).
     Features,
+    /// Print a container's events as JSON lines: statistics every interval, OOM kills.
+    Events {
+        /// The container id.
+        id: String,
+        /// Print one statistics event and exit.
+        #[arg(long)]
+        stats: bool,
+        /// How often statistics are printed (e.g. 5s, 500ms, 1m).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+    },
+    /// Checkpoint a running container (refused: strata has no CRIU support).
+    Checkpoint {
+        /// Everything runc's checkpoint takes.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Restore a container from a checkpoint (refused: strata has no CRIU support).
+    Restore {
+        /// Everything runc's restore takes.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Write a default config.json.
     Spec {
         /// Where to write it.
@@ -329,6 +437,13 @@ fn state_root(cli: &Cli) -> Result<StateRoot> {
 
 /// Runs the command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> Result<i32> {
+    if cli.systemd_cgroup
+        && matches!(cli.command, Command::Create(_) | Command::Run(_) | Command::Update(_) | Command::Exec(_))
+    {
+        bail!(
+            "--systemd-cgroup: the systemd cgroup driver is not implemented; strata manages cgroupfs paths itself (drop the flag)"
+        );
+    }
     if matches!(
         cli.command,
         Command::Create(_) | Command::Run(_) | Command::Exec(_) | Command::Demo | Command::Image(_)
@@ -339,7 +454,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Create(a) => {
             let root = state_root(&cli)?;
             let bundle = Bundle::load(&a.bundle)?;
-            let created = container::create(&root, &a.id, &bundle, &create_options(&a.flags), false)?;
+            let created = container::create(&root, &a.id, &bundle, &create_options(&a.flags)?, false)?;
             drop(created);
             Ok(0)
         }
@@ -348,6 +463,15 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Run(r) if r.is_image_form() => {
+            if r.is_ambiguous() && !crate::image::has_image(&r.store, &r.args[0]) {
+                let here = std::env::current_dir().unwrap_or_default();
+                bail!(
+                    "no config.json in {}: `strata run ID` runs the bundle there (write one with `strata spec`, or give --bundle DIR); and the store {} has no image named {:?}",
+                    here.display(),
+                    r.store.display(),
+                    r.args[0]
+                );
+            }
             if r.detach {
                 bail!("run IMAGE: --detach is not supported yet; run it in the foreground");
             }
@@ -366,16 +490,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let root = state_root(&cli)?;
             let id = &r.args[0];
             let bundle = Bundle::load(r.bundle.as_deref().unwrap_or(std::path::Path::new(".")))?;
-            let opts = create_options(&r.flags);
+            let opts = create_options(&r.flags)?;
             if r.detach {
                 container::create(&root, id, &bundle, &opts, false)?;
                 container::start(&root, id)?;
                 return Ok(0);
             }
-            if r.keep {
-                bail!("--keep is not supported: the container is deleted when it exits");
-            }
-            Ok(container::run(&root, id, &bundle, &opts)?)
+            Ok(container::run(&root, id, &bundle, &opts, r.keep)?)
         }
         Command::State { id } => {
             let st = container::oci_state(&state_root(&cli)?, id)?;
@@ -432,6 +553,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     preserve_fds: x.preserve_fds,
                     pid_file: x.pid_file.clone(),
                     no_new_keyring: false,
+                    pidfd_socket: x.pidfd_socket.clone(),
                 },
                 sub_cgroup: x.cgroup.first().cloned(),
                 ignore_paused: x.ignore_paused,
@@ -487,51 +609,26 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             container::resume(&state_root(&cli)?, id)?;
             Ok(0)
         }
-        Command::Update { id, resources, memory, memory_swap, pids_limit, cpu_quota, cpu_period, cpu_share } => {
-            let mut r = match resources {
-                Some(p) if p.as_os_str() == "-" => {
-                    let mut data = Vec::new();
-                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).context("reading stdin")?;
-                    serde_json::from_slice(&data).context("stdin: invalid linux.resources JSON")?
-                }
-                Some(p) => {
-                    let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    serde_json::from_slice(&data)
-                        .with_context(|| format!("{}: invalid linux.resources JSON", p.display()))?
-                }
-                None => serde_json::json!({}),
-            };
-            let set = |r: &mut serde_json::Value, section: &str, key: &str, v: serde_json::Value| {
-                if r.get(section).is_none() {
-                    r[section] = serde_json::json!({});
-                }
-                r[section][key] = v;
-            };
-            if let Some(v) = memory {
-                set(&mut r, "memory", "limit", (*v).into());
-            }
-            if let Some(v) = memory_swap {
-                set(&mut r, "memory", "swap", (*v).into());
-            }
-            if let Some(v) = pids_limit {
-                set(&mut r, "pids", "limit", (*v).into());
-            }
-            if let Some(v) = cpu_quota {
-                set(&mut r, "cpu", "quota", (*v).into());
-            }
-            if let Some(v) = cpu_period {
-                set(&mut r, "cpu", "period", (*v).into());
-            }
-            if let Some(v) = cpu_share {
-                set(&mut r, "cpu", "shares", (*v).into());
-            }
-            let resources: oci_spec::runtime::LinuxResources =
-                serde_json::from_value(r).context("invalid resources")?;
-            container::update(&state_root(&cli)?, id, &resources)?;
+        Command::Update(u) => {
+            let resources = update_resources(u)?;
+            container::update(&state_root(&cli)?, &u.id, &resources)?;
             Ok(0)
         }
+        Command::Events { id, stats, interval } => {
+            use std::io::Write;
+            let root = state_root(&cli)?;
+            let mut out = std::io::stdout().lock();
+            engine::events::watch(&root, id, *interval, *stats, |ev| {
+                let line = serde_json::to_string(ev).map_err(|e| engine::Error::Invalid(e.to_string()))?;
+                writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| engine::Error::io("writing an event", e))
+            })?;
+            Ok(0)
+        }
+        Command::Checkpoint { .. } | Command::Restore { .. } => {
+            bail!("checkpoint and restore need CRIU, which strata does not support")
+        }
         Command::Features => {
-            println!("{}", serde_json::to_string_pretty(&features())?);
+            println!("{}", serde_json::to_string_pretty(&engine::features::document())?);
             Ok(0)
         }
         Command::Spec { bundle, rootless } => {
@@ -559,13 +656,88 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-fn create_options(a: &CreateFlags) -> CreateOptions {
-    CreateOptions {
+/// The resources an `update` asks for: the `-r` document, or runc's flags.
+fn update_resources(u: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources> {
+    use serde_json::{Value, json};
+    if u.kernel_memory.is_some() || u.kernel_memory_tcp.is_some() {
+        bail!("--kernel-memory and --kernel-memory-tcp: cgroup v2 has no kernel memory limit");
+    }
+    if u.l3_cache_schema.is_some() || u.mem_bw_schema.is_some() {
+        bail!("--l3-cache-schema and --mem-bw-schema: Intel RDT is not implemented by strata");
+    }
+    if let Some(p) = &u.resources {
+        let data = if p.as_os_str() == "-" {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).context("reading stdin")?;
+            data
+        } else {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+        };
+        return serde_json::from_slice(&data).with_context(|| format!("{}: invalid linux.resources JSON", p.display()));
+    }
+    let mut r = json!({});
+    let mut set = |section: &str, key: &str, v: Value| {
+        if r.get(section).is_none() {
+            r[section] = json!({});
+        }
+        r[section][key] = v;
+    };
+    if let Some(v) = u.blkio_weight {
+        set("blockIO", "weight", json!(v));
+    }
+    if let Some(v) = u.cpu_period {
+        set("cpu", "period", json!(v));
+    }
+    if let Some(v) = u.cpu_quota {
+        set("cpu", "quota", json!(v));
+    }
+    if let Some(v) = u.cpu_share {
+        set("cpu", "shares", json!(v));
+    }
+    if let Some(v) = u.cpu_burst {
+        set("cpu", "burst", json!(v));
+    }
+    if let Some(v) = u.cpu_idle {
+        set("cpu", "idle", json!(v));
+    }
+    if let Some(v) = u.cpu_rt_period {
+        set("cpu", "realtimePeriod", json!(v));
+    }
+    if let Some(v) = u.cpu_rt_runtime {
+        set("cpu", "realtimeRuntime", json!(v));
+    }
+    if let Some(v) = &u.cpuset_cpus {
+        set("cpu", "cpus", json!(v));
+    }
+    if let Some(v) = &u.cpuset_mems {
+        set("cpu", "mems", json!(v));
+    }
+    if let Some(v) = u.memory {
+        set("memory", "limit", json!(v));
+    }
+    if let Some(v) = u.memory_reservation {
+        set("memory", "reservation", json!(v));
+    }
+    if let Some(v) = u.memory_swap {
+        set("memory", "swap", json!(v));
+    }
+    if let Some(v) = u.pids_limit {
+        set("pids", "limit", json!(v));
+    }
+    serde_json::from_value(r).context("invalid resources")
+}
+
+fn create_options(a: &CreateFlags) -> Result<CreateOptions> {
+    if a.no_pivot {
+        bail!("--no-pivot is not supported: strata always enters the root with pivot_root (chroot can be escaped)");
+    }
+    Ok(CreateOptions {
         console_socket: a.console_socket.clone(),
         preserve_fds: a.preserve_fds,
         pid_file: a.pid_file.clone(),
         no_new_keyring: a.no_new_keyring,
-    }
+        pidfd_socket: a.pidfd_socket.clone(),
+    })
 }
 
 fn print_ps_table(pids: &[i32], ps_args: &[String]) -> Result<()> {
@@ -586,29 +758,6 @@ fn print_ps_table(pids: &[i32], ps_args: &[String]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn features() -> serde_json::Value {
-    use engine::rootfs::KNOWN_MOUNT_OPTIONS;
-    serde_json::json!({
-        "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.2.1",
-        "hooks": [],
-        "mountOptions": KNOWN_MOUNT_OPTIONS.to_vec(),
-        "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
-            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<std::collections::BTreeSet<_>>(),
-            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
-            "seccomp": {"enabled": false},
-            "apparmor": {"enabled": false},
-            "selinux": {"enabled": false},
-            "intelRdt": {"enabled": false},
-            "mountExtensions": {"idmap": {"enabled": false}}
-        },
-        "annotations": {
-            "io.github.strata.version": env!("CARGO_PKG_VERSION")
-        }
-    })
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ pub fn run(root: &StateRoot) -> Result<i32> {
         let bundle = Bundle::load(&dir)?;
         let id = format!("strata-demo-{}", std::process::id());
         let t1 = Instant::now();
-        let code = container::run(root, &id, &bundle, &CreateOptions::default())?;
+        let code = container::run(root, &id, &bundle, &CreateOptions::default(), false)?;
         let ran = t1.elapsed();
         println!("---");
         println!("image built from the host's programs in {:.1} ms ({})", built.as_secs_f64() * 1e3, dir.display());

@@ -353,6 +353,11 @@ pub struct ImageRun {
 }
 
 /// `strata run IMAGE ...`: opens the store at `store` and runs the image.
+/// Whether the store at `store` holds an image named `name`.
+pub fn has_image(store: &Path, name: &str) -> bool {
+    store.exists() && Store::open(store).is_ok_and(|s| s.image_config(name).is_ok())
+}
+
 pub fn run_image(state_root: &Path, store: &Path, req: &ImageRun) -> Result<i32> {
     let store = Store::open(store).with_context(|| format!("opening the image store {}", store.display()))?;
     run(state_root, &store, req)
@@ -409,7 +414,7 @@ fn run(state_root: &Path, store: &Store, req: &ImageRun) -> Result<i32> {
             .with_context(|| format!("writing {}", file.display()))?;
         let bundle = Bundle::load(&bundle_dir)?;
         let root = StateRoot::new(state_root)?;
-        Ok(container::run(&root, &id, &bundle, &CreateOptions::default())?)
+        Ok(container::run(&root, &id, &bundle, &CreateOptions::default(), false)?)
     })();
     let removed = store.remove_rootfs(&id);
     let code = result?;
