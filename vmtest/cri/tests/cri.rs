@@ -1,0 +1,120 @@
+//! The CRI suite: containerd's CRI (v1) driven as kubelet drives it, with one runtime handler
+//! (`STRATA_CRI_HANDLER`: `strata` or `runc`) on one containerd (`STRATA_CRI_CONTAINERD`).
+//! It needs a pure cgroup v2 machine and root, so it runs only with `STRATA_CRI=1`
+//! (`vmtest/cri.sh` runs it in the VM); otherwise it reports every scenario ignored.
+//!
+//! Its own runner (not libtest): one containerd serves every scenario, the scenarios run in a
+//! fixed order with the leak check last, each scenario's pods are swept after it whatever
+//! happened, and each prints `CRI-RESULT <scenario> ok|FAILED <seconds>s [error]`.
+//!
+//!     cri [FILTER...] [--skip FILTER] [--list]
+//!
+//! `STRATA_CRI_SLOW=0` leaves out the slow scenarios (20 pods × 3 containers, the containerd
+//! restart). The other settings are read by `cri::Settings::from_env`.
+
+mod scenarios;
+
+use std::panic::AssertUnwindSafe;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use cri::{Containerd, Settings};
+use scenarios::{Ctx, SCENARIOS};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--list" => {
+                for s in SCENARIOS {
+                    println!("{}: test", s.name);
+                }
+                return ExitCode::SUCCESS;
+            }
+            "--skip" => skips.extend(it.next().cloned()),
+            // libtest's flags, which `cargo test` may pass on: nothing to do here.
+            f if f.starts_with('-') => {}
+            f => filters.push(f.to_string()),
+        }
+    }
+    let slow = std::env::var("STRATA_CRI_SLOW").as_deref() != Ok("0");
+    let chosen: Vec<_> = SCENARIOS
+        .iter()
+        .filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
+        .filter(|s| !skips.iter().any(|f| s.name.contains(f.as_str())))
+        .filter(|s| slow || !s.slow)
+        .collect();
+    if std::env::var("STRATA_CRI").as_deref() != Ok("1") {
+        println!("cri: needs STRATA_CRI=1, root and a pure cgroup v2 machine: `vmtest/cri.sh` runs it in the VM");
+        println!("test result: ok. 0 passed; 0 failed; {} ignored; 0 measured; 0 filtered out", SCENARIOS.len());
+        return ExitCode::SUCCESS;
+    }
+    match run(&chosen) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            println!("cri: cannot run the suite: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(chosen: &[&scenarios::Scenario]) -> cri::Result<bool> {
+    let settings = Settings::from_env()?;
+    let started = Instant::now();
+    let ctd = Containerd::start(&settings)?;
+    let cri = ctd.client()?;
+    let version = cri.version()?;
+    println!(
+        "cri: {} {} (CRI {}), handler {}, containerd up in {:.1}s",
+        version.runtime_name,
+        version.runtime_version,
+        version.runtime_api_version,
+        settings.handler,
+        started.elapsed().as_secs_f64()
+    );
+    let mut ctx = Ctx { ctd, cri, handler: settings.handler.clone() };
+    let (mut passed, mut failed) = (0, 0);
+    for s in chosen {
+        let t = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (s.run)(&mut ctx, s.name)));
+        let mut error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(panic) => Some(format!(
+                "panicked: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            )),
+        };
+        // The scenario's pods go whatever happened; a scenario that passed but whose pods cannot
+        // be removed fails.
+        let problems = cri::pod::sweep(&ctx.cri, s.name);
+        if !problems.is_empty() {
+            let text = format!("cleanup: {}", problems.join("; "));
+            error = Some(error.map_or(text.clone(), |e| format!("{e}; {text}")));
+        }
+        let secs = t.elapsed().as_secs_f64();
+        match error {
+            None => {
+                passed += 1;
+                println!("CRI-RESULT {} ok {secs:.1}s", s.name);
+            }
+            Some(e) => {
+                failed += 1;
+                println!("CRI-RESULT {} FAILED {secs:.1}s {}", s.name, e.replace('\n', " | "));
+            }
+        }
+    }
+    println!("cri: containerd's log: {}", settings.log.display());
+    drop(ctx);
+    println!("cri: the suite took {:.0}s", started.elapsed().as_secs_f64());
+    println!("cri: {passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
