@@ -88,17 +88,27 @@ fn create_cgroup(h: &Hierarchy, rel: &Path, r: Option<&oci_spec::runtime::LinuxR
     }
 }
 
-/// Splits `linux.resources` into everything but the device rules, and the device rules alone.
+/// Splits `linux.resources` into everything but the device rules, and the device rules: the
+/// config's followed by the standard list every container gets ([`crate::spec::standard_device_rules`]),
+/// as runc does — a config that only denies everything (CRI's) still has /dev/null, the
+/// terminals and the other standard devices.
 fn split_device_rules(
     r: Option<&oci_spec::runtime::LinuxResources>,
-) -> (Option<oci_spec::runtime::LinuxResources>, Option<oci_spec::runtime::LinuxResources>) {
-    let Some(r) = r else { return (None, None) };
-    let Some(devices) = r.devices().clone() else { return (Some(r.clone()), None) };
-    let mut rest = r.clone();
-    rest.set_devices(None);
+) -> (Option<oci_spec::runtime::LinuxResources>, oci_spec::runtime::LinuxResources) {
+    let mut rules: Vec<_> = r.and_then(|r| r.devices().clone()).unwrap_or_default();
+    if rules.is_empty() {
+        // No rules is runc's "deny by default".
+        rules = serde_json::from_value(crate::spec::default_device_rules()).unwrap_or_default();
+    }
+    rules.extend(crate::spec::standard_device_rules());
+    let rest = r.map(|r| {
+        let mut rest = r.clone();
+        rest.set_devices(None);
+        rest
+    });
     let mut only = oci_spec::runtime::LinuxResources::default();
-    only.set_devices(Some(devices));
-    (Some(rest), Some(only))
+    only.set_devices(Some(rules));
+    (rest, only)
 }
 
 /// Forks the stage-1 process of a container (or of an exec) into `cgroup`: born there with
@@ -254,9 +264,7 @@ pub fn create(
             .into();
         crate::netdev::move_devices(devices, &netns)?;
     }
-    if let Some(rules) = &device_rules {
-        cgroup.apply(rules)?;
-    }
+    cgroup.apply(&device_rules)?;
     let state = ContainerState {
         oci_version: spec.version().clone(),
         id: id.to_string(),

@@ -38,27 +38,32 @@ pub const MASKED_PATHS: [&str; 10] = [
 /// Paths the container sees read-only.
 pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
-/// The device rules of the default configuration: deny everything, then allow the devices
-/// the engine creates in /dev, the pty devices and mknod (opening a node still needs a rule).
+/// The device rules of the default configuration: deny everything (the engine adds its
+/// standard list, [`standard_device_rules`], after any config's rules, as runc does).
 pub fn default_device_rules() -> Value {
-    let allow = |major: i64, minor: Option<i64>| match minor {
-        Some(m) => json!({"allow": true, "type": "c", "major": major, "minor": m, "access": "rwm"}),
-        None => json!({"allow": true, "type": "c", "major": major, "access": "rwm"}),
-    };
-    json!([
-        {"allow": false, "access": "rwm"},
-        {"allow": true, "type": "c", "access": "m"},
-        {"allow": true, "type": "b", "access": "m"},
-        allow(1, Some(3)),
-        allow(1, Some(5)),
-        allow(1, Some(7)),
-        allow(1, Some(8)),
-        allow(1, Some(9)),
-        allow(5, Some(0)),
-        allow(5, Some(1)),
-        allow(5, Some(2)),
-        allow(136, None)
-    ])
+    json!([{"allow": false, "access": "rwm"}])
+}
+
+/// The devices every container may use whatever its config says, appended after the
+/// config's rules (a later rule wins): creating any node (`m`; opening one still needs a
+/// rule), the six the engine creates in /dev, the pty devices (`/dev/ptmx`, `/dev/pts/*`) and
+/// `/dev/net/tun` — runc's list.
+pub fn standard_device_rules() -> Vec<oci_spec::runtime::LinuxDeviceCgroup> {
+    let allow = |typ: &str, major: Option<i64>, minor: Option<i64>, access: &str| json!({"allow": true, "type": typ, "major": major, "minor": minor, "access": access});
+    let rules = json!([
+        allow("c", None, None, "m"),
+        allow("b", None, None, "m"),
+        allow("c", Some(1), Some(3), "rwm"),
+        allow("c", Some(1), Some(8), "rwm"),
+        allow("c", Some(1), Some(7), "rwm"),
+        allow("c", Some(5), Some(0), "rwm"),
+        allow("c", Some(1), Some(5), "rwm"),
+        allow("c", Some(1), Some(9), "rwm"),
+        allow("c", Some(136), None, "rwm"),
+        allow("c", Some(5), Some(2), "rwm"),
+        allow("c", Some(10), Some(200), "rwm")
+    ]);
+    serde_json::from_value(rules).unwrap_or_default()
 }
 
 /// The default configuration. `terminal` is runc's default (true); `args` the program. The
@@ -146,6 +151,11 @@ mod tests {
         let caps = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap();
         assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
         assert_eq!(spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn the_standard_device_list_parses_whole() {
+        assert_eq!(standard_device_rules().len(), 11);
     }
 
     #[test]
