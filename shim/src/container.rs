@@ -867,6 +867,6 @@ mod tests {
         assert_eq!(rates, [100, 999, 1]);
         // Device rules are never changed by an update.
         let m = merge_resources(Some(&current), &res(r#"{"devices":[{"allow":true,"access":"rwm"}]}"#)).unwrap();
-        assert_eq!(m.devices().as_ref().unwrap()[0].allow(), false);
+        assert!(!m.devices().as_ref().unwrap()[0].allow());
     }
 }
