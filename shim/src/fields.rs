@@ -244,9 +244,50 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("zos", Refused("a z/OS section: strata runs Linux containers")),
 ];
 
+/// The table indexed for the walk: each pattern's support, and the patterns below which the
+/// table names more (objects to walk into), and those whose values are a map of objects.
+struct Index {
+    support: std::collections::HashMap<&'static str, Support>,
+    parents: std::collections::HashSet<&'static str>,
+    maps: std::collections::HashSet<&'static str>,
+}
+
+fn index() -> &'static Index {
+    static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut idx = Index {
+            support: FIELDS.iter().copied().collect(),
+            parents: std::collections::HashSet::new(),
+            maps: std::collections::HashSet::new(),
+        };
+        for (p, _) in FIELDS {
+            // Every proper prefix ending before a separator has children.
+            for (i, c) in p.char_indices() {
+                match c {
+                    '.' => {
+                        let parent = &p[..i];
+                        if let Some(map) = parent.strip_suffix("{}") {
+                            idx.maps.insert(map);
+                            idx.parents.insert(map);
+                            idx.parents.insert(parent);
+                        } else if let Some(list) = parent.strip_suffix("[]") {
+                            idx.parents.insert(list);
+                            idx.parents.insert(parent);
+                        } else {
+                            idx.parents.insert(parent);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        idx
+    })
+}
+
 /// What strata does with the field at `pattern` (a path as [`FIELDS`] writes it).
 pub fn support(pattern: &str) -> Option<Support> {
-    FIELDS.iter().find(|(p, _)| *p == pattern).map(|(_, s)| *s)
+    index().support.get(pattern).copied()
 }
 
 /// Whether a value asks for something: null, false and empty strings, lists and objects do
@@ -274,51 +315,71 @@ pub struct Refusal {
 /// the specification does not define (to be logged and ignored).
 pub fn check(doc: &Value) -> Result<Vec<String>, Refusal> {
     let mut unknown = Vec::new();
-    walk(doc, "", "", &mut unknown)?;
+    let (mut pattern, mut concrete) = (String::with_capacity(64), String::with_capacity(64));
+    walk(index(), doc, &mut pattern, &mut concrete, &mut unknown)?;
     Ok(unknown)
 }
 
-fn has_children(pattern: &str) -> bool {
-    let dot = format!("{pattern}.");
-    let map = format!("{pattern}{{}}.");
-    let list = format!("{pattern}[].");
-    FIELDS.iter().any(|(p, _)| p.starts_with(&dot) || p.starts_with(&map) || p.starts_with(&list))
-}
-
-fn walk(v: &Value, pattern: &str, concrete: &str, unknown: &mut Vec<String>) -> Result<(), Refusal> {
+/// Walks `v`, found at `pattern` (`concrete` with its indexes); both are restored on return.
+fn walk(
+    idx: &Index,
+    v: &Value,
+    pattern: &mut String,
+    concrete: &mut String,
+    unknown: &mut Vec<String>,
+) -> Result<(), Refusal> {
+    let top = pattern.is_empty();
     match v {
-        Value::Object(o) if pattern.is_empty() || has_children(pattern) => {
-            let map_pattern = format!("{pattern}{{}}");
-            let is_map = FIELDS.iter().any(|(p, _)| p.starts_with(&format!("{map_pattern}.")));
+        Value::Object(o) if top || idx.parents.contains(pattern.as_str()) => {
+            let is_map = !top && idx.maps.contains(pattern.as_str());
+            let (plen, clen) = (pattern.len(), concrete.len());
             for (k, child) in o {
-                let (child_pattern, child_concrete) = if is_map {
-                    (map_pattern.clone(), format!("{concrete}[{k:?}]"))
-                } else if pattern.is_empty() {
-                    (k.clone(), k.clone())
+                if is_map {
+                    pattern.push_str("{}");
+                    concrete.push('[');
+                    concrete.push_str(&format!("{k:?}"));
+                    concrete.push(']');
                 } else {
-                    (format!("{pattern}.{k}"), format!("{concrete}.{k}"))
-                };
-                if !is_map {
-                    match support(&child_pattern) {
+                    if !top {
+                        pattern.push('.');
+                        concrete.push('.');
+                    }
+                    pattern.push_str(k);
+                    concrete.push_str(k);
+                    match idx.support.get(pattern.as_str()) {
                         None => {
-                            unknown.push(child_concrete);
+                            unknown.push(concrete.clone());
+                            pattern.truncate(plen);
+                            concrete.truncate(clen);
                             continue;
                         }
-                        Some(Refused(reason)) if is_set(child) => {
-                            return Err(Refusal { field: child_concrete, reason });
+                        Some(Refused(reason)) => {
+                            if is_set(child) {
+                                return Err(Refusal { field: concrete.clone(), reason });
+                            }
+                            pattern.truncate(plen);
+                            concrete.truncate(clen);
+                            continue;
                         }
-                        Some(Refused(_)) => continue,
                         Some(Applied) => {}
                     }
                 }
-                walk(child, &child_pattern, &child_concrete, unknown)?;
+                walk(idx, child, pattern, concrete, unknown)?;
+                pattern.truncate(plen);
+                concrete.truncate(clen);
             }
             Ok(())
         }
-        Value::Array(a) if has_children(pattern) => {
+        Value::Array(a) if idx.parents.contains(pattern.as_str()) => {
+            let (plen, clen) = (pattern.len(), concrete.len());
+            pattern.push_str("[]");
             for (i, item) in a.iter().enumerate() {
-                walk(item, &format!("{pattern}[]"), &format!("{concrete}[{i}]"), unknown)?;
+                concrete.truncate(clen);
+                concrete.push_str(&format!("[{i}]"));
+                walk(idx, item, pattern, concrete, unknown)?;
             }
+            pattern.truncate(plen);
+            concrete.truncate(clen);
             Ok(())
         }
         _ => Ok(()),
