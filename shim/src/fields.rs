@@ -262,23 +262,15 @@ fn index() -> &'static Index {
         };
         for (p, _) in FIELDS {
             // Every proper prefix ending before a separator has children.
-            for (i, c) in p.char_indices() {
-                match c {
-                    '.' => {
-                        let parent = &p[..i];
-                        if let Some(map) = parent.strip_suffix("{}") {
-                            idx.maps.insert(map);
-                            idx.parents.insert(map);
-                            idx.parents.insert(parent);
-                        } else if let Some(list) = parent.strip_suffix("[]") {
-                            idx.parents.insert(list);
-                            idx.parents.insert(parent);
-                        } else {
-                            idx.parents.insert(parent);
-                        }
-                    }
-                    _ => {}
+            for (i, _) in p.match_indices('.') {
+                let parent = &p[..i];
+                if let Some(map) = parent.strip_suffix("{}") {
+                    idx.maps.insert(map);
+                    idx.parents.insert(map);
+                } else if let Some(list) = parent.strip_suffix("[]") {
+                    idx.parents.insert(list);
                 }
+                idx.parents.insert(parent);
             }
         }
         idx
