@@ -452,9 +452,21 @@ pub fn oci_state(root: &StateRoot, id: &str) -> Result<OciState> {
     })
 }
 
-/// Starts a created container: connects to its gate and waits until the program is executed.
+/// Starts a created container: connects to its gate and waits until the program is executed,
+/// then runs the `poststart` hooks.
 pub fn start(root: &StateRoot, id: &str) -> Result<()> {
-    let mut st = root.load(id)?;
+    let gate = open_gate(root, id)?;
+    let st = close_gate(root, id, &gate)?;
+    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststart, || st.hook_state("running"));
+    Ok(())
+}
+
+/// The first half of [`start`]: checks that the container is created, connects to its start
+/// gate and sends the start byte. The init answers on the returned connection: it closes it
+/// when it executes the program, or writes why it could not (a `startContainer` hook failed).
+/// A caller that must not wait (the shim's loop) watches it for readability.
+pub fn open_gate(root: &StateRoot, id: &str) -> Result<OwnedFd> {
+    let st = root.load(id)?;
     let s = status(&st);
     if s != Status::Created {
         return Err(Error::WrongState {
@@ -472,23 +484,28 @@ pub fn start(root: &StateRoot, id: &str) -> Result<()> {
             .ctx(|| format!("connecting to {}/{START_SOCKET}", dir.display()))
     })?;
     nix::unistd::write(&fd, b"s").ctx(|| "sending start".into())?;
-    // The init keeps the connection until exec closes it, or writes why it could not start (a
-    // startContainer hook failed) and exits.
+    Ok(fd)
+}
+
+/// The second half of [`start`]: reads the init's answer on the gate connection (waiting for
+/// it unless the caller saw it readable) and records the container as started. Returns its
+/// state, for the `poststart` hooks.
+pub fn close_gate(root: &StateRoot, id: &str, gate: &OwnedFd) -> Result<ContainerState> {
     let mut why = [0u8; 4096];
     let n = loop {
-        match nix::unistd::read(&fd, &mut why) {
+        match nix::unistd::read(gate, &mut why) {
             Err(nix::errno::Errno::EINTR) => continue,
             r => break r.unwrap_or(0),
         }
     };
+    let mut st = root.load(id)?;
     st.started = true;
     root.save(&st)?;
-    let _ = std::fs::remove_file(dir.join(START_SOCKET));
+    let _ = std::fs::remove_file(root.container_dir(id)?.join(START_SOCKET));
     if n > 0 {
         return Err(Error::Init(String::from_utf8_lossy(&why[..n]).into_owned()));
     }
-    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststart, || st.hook_state("running"));
-    Ok(())
+    Ok(st)
 }
 
 /// Sends `signal` to the init, or with `all` to every process in the container's cgroup.
@@ -605,8 +622,16 @@ pub fn pids(root: &StateRoot, id: &str) -> Result<Vec<i32>> {
 }
 
 /// Deletes a container: refuses a running one unless `force`, which kills it first. Leaves no
-/// process, cgroup or state behind.
+/// process, cgroup or state behind. Runs the `poststop` hooks.
 pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<()> {
+    let st = delete_quietly(root, id, force)?;
+    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststop, || st.hook_state("stopped"));
+    Ok(())
+}
+
+/// [`delete`] without the `poststop` hooks, for a caller that runs them itself (the shim,
+/// which must not wait for them); returns the deleted container's state.
+pub fn delete_quietly(root: &StateRoot, id: &str, force: bool) -> Result<ContainerState> {
     let st = root.load(id)?;
     let s = status(&st);
     let cg = Cgroup::open(st.cgroup_path.clone());
@@ -639,7 +664,32 @@ pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<()> {
         let _ = std::fs::remove_dir(parent);
     }
     root.remove(id)?;
-    crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststop, || st.hook_state("stopped"));
+    Ok(st)
+}
+
+/// Removes what a `create` stopped part-way left (its helper failed or was killed): the
+/// container as [`delete`] would when its state was saved, else its state directory and the
+/// cgroup `create` made for it (found from the bundle, as `create` finds it), with whatever
+/// runs in it killed.
+pub fn remove_leftovers(root: &StateRoot, id: &str, bundle_dir: &Path) -> Result<()> {
+    match delete_quietly(root, id, true) {
+        Ok(_) => return Ok(()),
+        Err(Error::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    if let Ok(bundle) = Bundle::load(bundle_dir)
+        && let Ok(h) = Hierarchy::detect()
+        && let Ok(rel) = cgroup_location(&h, &bundle, id)
+    {
+        let cg = Cgroup::open(h.mount().join(rel));
+        if cg.path().exists() {
+            let _ = cg.kill_all();
+            let _ = cg.delete();
+        }
+    }
+    if root.container_dir(id).is_ok_and(|d| d.exists()) {
+        root.remove(id)?;
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! `binary://` log URIs, as containerd's runc shim runs them: `binary:///path/to/logger?k=v`
 //! starts `/path/to/logger k v` with only `CONTAINER_ID` and `CONTAINER_NAMESPACE` in its
 //! environment, the read ends of the process's stdout and stderr pipes as fds 3 and 4, and the
-//! write end of a "ready" pipe as fd 5. The logger closes fd 5 (or writes to it) once it reads,
-//! and only then does the process start, so no output is lost.
+//! write end of a "ready" pipe as fd 5, which it closes (or writes to) once it reads. The
+//! daemon does not wait for that (its loop never waits): the process may start first, and its
+//! output waits in the pipes until the logger reads it, so nothing is lost.
 //!
 //! The shim forks the logger itself rather than with `std::process::Command`: the daemon's
 //! reaper waits for every child, and std's `spawn` panics when an exec failure's child was
@@ -15,8 +16,6 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-/// How long a logger may take to signal that it is ready.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a logger may take to finish on its own once its process is deleted, before SIGTERM.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How long a logger may take to exit after SIGTERM, before SIGKILL.
@@ -81,6 +80,8 @@ pub fn parse(uri: &str) -> Result<LoggerCommand> {
 #[derive(Debug)]
 pub struct BinaryLogger {
     pidfd: Option<OwnedFd>,
+    /// The read end of the "ready" pipe, held so the logger's signal never meets EPIPE.
+    _ready: Option<OwnedFd>,
 }
 
 /// The write ends a process's stdout and stderr go to, and the logger reading them.
@@ -123,8 +124,8 @@ fn wait_readable(fd: &impl AsFd, timeout: Duration) -> bool {
 }
 
 impl BinaryLogger {
-    /// Starts the logger `uri` names for a process of container `id` in `namespace` and waits
-    /// until it is ready.
+    /// Starts the logger `uri` names for a process of container `id` in `namespace` (it has
+    /// executed when this returns; a logger that cannot be executed is an error).
     pub fn start(uri: &str, id: &str, namespace: &str) -> Result<StartedLogger> {
         let cmd = parse(uri)?;
         let cstr = |s: &str| CString::new(s).map_err(|_| Error::Invalid(format!("log URI {uri}: a NUL byte")));
@@ -186,7 +187,7 @@ impl BinaryLogger {
             }
             nix::unistd::ForkResult::Parent { child } => child,
         };
-        let logger = BinaryLogger { pidfd: crate::sys::pidfd_open(pid.as_raw()).ok() };
+        let logger = BinaryLogger { pidfd: crate::sys::pidfd_open(pid.as_raw()).ok(), _ready: Some(ready_r) };
         drop((null, out_r, err_r, ready_w, exec_w));
 
         let mut errno = [0u8; 4];
@@ -194,13 +195,6 @@ impl BinaryLogger {
         if exec_r.read_exact(&mut errno).is_ok() {
             let e = std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
             return Err(Error::io(format!("starting the logger {} (log URI {uri})", cmd.path), e));
-        }
-        if !wait_readable(&ready_r, READY_TIMEOUT) {
-            // Dropping `logger` terminates it.
-            return Err(Error::Init(format!(
-                "the logger {} did not signal readiness on fd 5 within {READY_TIMEOUT:?} (log URI {uri})",
-                cmd.path
-            )));
         }
         Ok(StartedLogger { logger, stdout: out_w, stderr: err_w })
     }

@@ -38,6 +38,16 @@ pub enum HelperRequest {
         /// Where the pty master goes when the process has a terminal.
         console_socket: Option<PathBuf>,
     },
+    /// Run the `poststart` or `poststop` hooks (`kind`) of a container with its state document
+    /// on their stdin; their failures are warnings (the runtime-spec's rule), logged.
+    Hooks {
+        /// `poststart` or `poststop`.
+        kind: String,
+        /// The container's hooks (JSON).
+        hooks: String,
+        /// The state document they get.
+        state: String,
+    },
     /// Run `process` (an OCI process, JSON) in container `id`, detached.
     Exec {
         /// The engine's state root.
@@ -117,6 +127,17 @@ pub fn main(args: &[String]) -> i32 {
 
 fn run(req: &HelperRequest) -> Result<i32> {
     match req {
+        HelperRequest::Hooks { kind, hooks, state } => {
+            let kind = match kind.as_str() {
+                "poststart" => crate::hooks::Kind::Poststart,
+                "poststop" => crate::hooks::Kind::Poststop,
+                other => return Err(Error::Invalid(format!("helper: hooks of kind {other:?} are not run here"))),
+            };
+            let hooks: oci_spec::runtime::Hooks =
+                serde_json::from_str(hooks).map_err(|e| Error::Invalid(format!("helper: hooks: {e}")))?;
+            crate::hooks::run_or_warn(Some(&hooks), kind, || state.clone().into_bytes());
+            Ok(0)
+        }
         HelperRequest::Create { root, id, bundle, console_socket } => {
             let root = StateRoot::new(root)?;
             let bundle = crate::bundle::Bundle::load(bundle)?;

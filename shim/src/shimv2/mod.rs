@@ -6,7 +6,8 @@
 //!   thread and one epoll loop (its process table, reaper, copies and events in `service`, the
 //!   task API's calls in `task_api`, the ttrpc wire in [`ttrpc`]).
 //! - The daemon never forks a container itself: [`helper`] explains why and how the `strata`
-//!   binary does it in a process of its own.
+//!   binary does it in a process of its own; [`runner`] keeps the helpers in flight while the
+//!   loop goes on; [`publisher`] sends the events; [`process`] is the table of tasks.
 //! - [`stdio`] connects a process to containerd's FIFOs (or a [`binary_log`] logger program);
 //!   [`metrics`] converts cgroup statistics.
 
@@ -14,7 +15,10 @@ pub mod binary_log;
 pub mod helper;
 pub mod metrics;
 pub mod options;
+pub mod process;
+pub mod publisher;
 mod rootfs_mount;
+pub mod runner;
 pub mod service;
 pub mod stdio;
 mod task_api;
@@ -69,7 +73,8 @@ pub fn cleanup(namespace: &str, id: &str, bundle: &std::path::Path) -> DeleteRes
     if let Ok(root) = crate::state::StateRoot::new(service::task_state_root(bundle, namespace)) {
         let _ = crate::container::delete(&root, id, true);
     }
-    let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+    // Every mount the daemon stacked there (containerd may pass several).
+    service::unmount_rootfs(bundle);
     // The dead daemon's socket (its path is in the bundle's `address` file).
     if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
         let path = PathBuf::from(address.trim().trim_start_matches("unix://"));

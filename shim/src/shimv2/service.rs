@@ -1,32 +1,36 @@
-//! The shim daemon: one thread, one epoll loop. It serves the task API over ttrpc on the
-//! socket containerd gave it, reaps children through a signalfd (it is their subreaper), moves
-//! stdin and terminal output between containerd's FIFOs and the processes, watches each
-//! container's memory events for OOM kills, and publishes events to containerd in the order they
-//! happened: TaskCreate → TaskStart → TaskExit → TaskDelete, ExecAdded → ExecStarted → TaskExit.
+//! The shim daemon: one thread, one epoll loop, and nothing in it ever waits. It serves the
+//! task API over ttrpc on the socket containerd gave it, reaps children through a signalfd (it
+//! is their subreaper), runs the helpers that create containers and start execs while it goes
+//! on serving ([`super::runner`]), moves stdin and terminal output between containerd's FIFOs
+//! and the processes, watches each container's memory events for OOM kills, writes answers to
+//! slow clients as they read, and publishes events to containerd in the order they happened
+//! ([`super::publisher`]): TaskCreate → TaskStart → TaskExit → TaskDelete, ExecAdded →
+//! ExecStarted → TaskExit.
 //!
 //! Why one thread: the daemon sits beside every container for its whole life, so what it holds
 //! resident is paid per container. A thread per connection, per copy and per watcher (what the
 //! containerd-shim crate's server does) costs stacks, allocator arenas and code; a loop costs
-//! none of that. A call that must wait (`Wait`) is answered when the exit arrives; a call that
-//! runs the helper (`Create`, an exec's `Start`) holds the loop for as long as the helper runs,
-//! as one runc invocation would hold runc's shim's call.
+//! none of that. A call that must wait (`Wait`, and `Create` or an exec's `Start` while their
+//! helper runs) is answered when what it waits for arrives; every other container of the pod
+//! is served meanwhile (Kubernetes runs its probes as execs, several a second).
 
 use super::binary_log::RetiringLogger;
-use super::helper::{self, HelperRequest};
-use super::stdio::{self, Copies, Kept, Pump, StdioOwner, StdioPaths};
-use super::ttrpc::{self as wire, RpcError, RpcResult, status};
+use super::process::{Life, Task};
+use super::publisher::Publisher;
+use super::runner::{HELPER_TIMEOUT, Runner};
+use super::stdio::{Copies, Kept, Pump, StdioPaths};
+use super::ttrpc::{self as wire, RpcError, status};
 use crate::error::Error;
 use crate::state::StateRoot;
 use cgroups::MemoryEventStream;
+use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{Message, MessageField};
-use containerd_shim::protos::shim::event::Envelope;
-use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::Code;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -35,64 +39,13 @@ use std::time::{Duration, Instant};
 /// The status of a process as the task API names it.
 pub(super) type ApiStatus = containerd_shim::api::Status;
 
-/// How long a helper may take to create a container or start an exec.
-pub const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// How long one event may take to reach containerd (the loop waits meanwhile; containerd
-/// answers in well under a millisecond, and a refused connection fails at once).
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a terminal's exit waits for its output to drain: a background process may hold
 /// the terminal open for ever (containerd's runc shim waits as long for its copies).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-/// Attempts to publish one event before it is dropped (containerd restarting takes a while).
-const PUBLISH_ATTEMPTS: u32 = 20;
 /// How long the daemon waits, when asked to shut down, for its last events to be published.
 const FLUSH_LIMIT: Duration = Duration::from_secs(10);
-
-/// One process of a task: the init (empty `exec_id`) or an exec.
-#[derive(Debug, Default)]
-pub(super) struct Proc {
-    pub(super) exec_id: String,
-    pub(super) pid: i32,
-    pub(super) paths: StdioPaths,
-    /// The OCI process of an exec (JSON), until it starts.
-    pub(super) spec: Option<String>,
-    pub(super) started: bool,
-    /// An exit seen by the reaper, not yet reported (waits for the terminal output to drain).
-    pub(super) pending_exit: Option<(u32, Timestamp)>,
-    /// The reported exit: what `Wait`, `State` and `Delete` see.
-    pub(super) exit: Option<(u32, Timestamp)>,
-    /// The pump copying stdin in, until EOF or `CloseIO`.
-    pub(super) stdin_pump: Option<u64>,
-    /// The pump copying the terminal's output out; the exit waits until it ends.
-    pub(super) pty_pump: Option<u64>,
-    pub(super) kept: Kept,
-}
-
-#[derive(Debug)]
-pub(super) struct Task {
-    /// The engine's state root for this task (the runtime options may name one).
-    pub(super) root: StateRoot,
-    pub(super) bundle: PathBuf,
-    /// How many of containerd's rootfs mounts the shim stacked on `bundle/rootfs`.
-    pub(super) rootfs_mounts: usize,
-    pub(super) cgroup: PathBuf,
-    pub(super) init: Proc,
-    pub(super) execs: HashMap<String, Proc>,
-    /// The memory-event watcher's token, if the host has the memory controller.
-    pub(super) oom_watch: Option<u64>,
-    /// The stdio owner from the runtime options, for the init and every exec.
-    pub(super) io_owner: Option<(u32, u32)>,
-}
-
-impl Task {
-    pub(super) fn proc_mut(&mut self, exec_id: &str) -> RpcResult<&mut Proc> {
-        if exec_id.is_empty() {
-            return Ok(&mut self.init);
-        }
-        self.execs.get_mut(exec_id).ok_or_else(|| status(Code::NOT_FOUND, format!("exec {exec_id} not found")))
-    }
-}
+/// Answers a client may leave unread before the daemon drops its connection.
+const MAX_CONN_BACKLOG: usize = 16 << 20;
 
 /// A `Wait` call to answer when its process exits.
 #[derive(Debug)]
@@ -103,100 +56,93 @@ struct Waiter {
     exec_id: String,
 }
 
-/// A client connection (containerd, or `strata shim run`).
+/// A client connection (containerd, or `strata shim run`), with the answers it has not read.
 #[derive(Debug)]
 struct Conn {
     sock: UnixStream,
     frames: wire::FrameReader,
+    out: Vec<u8>,
+    /// Whether epoll watches it for writability (while `out` holds bytes).
+    out_watched: bool,
 }
 
-/// A queued event: topic and the packed message.
+/// A call answered later: its connection and stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Caller {
+    /// The connection.
+    pub conn: u64,
+    /// The call's stream.
+    pub stream: u32,
+}
+
+/// What a call waiting for its helper needs to finish.
 #[derive(Debug)]
-struct Event {
-    topic: &'static str,
-    event: Any,
+pub(super) struct Pending {
+    /// Who to answer.
+    pub caller: Caller,
+    /// The task.
+    pub id: String,
+    /// `Create` or an exec's `Start`.
+    pub what: PendingWhat,
+    /// The process's stdio as containerd gave it.
+    pub paths: StdioPaths,
+    /// The copies of plain stdio (a terminal's are made once its master arrives).
+    pub copies: Copies,
+    /// What the daemon keeps of the stdio.
+    pub kept: Kept,
+    /// Where a terminal's master arrives.
+    pub console: Option<ConsoleSocket>,
 }
 
-/// The events on their way to containerd: one connection to its ttrpc address, re-made after
-/// containerd restarts; failures back off, and the queue keeps the order.
+/// Which call waits on a helper.
 #[derive(Debug)]
-struct Publisher {
-    address: String,
-    namespace: String,
-    conn: Option<UnixStream>,
-    queue: VecDeque<Event>,
-    stream: u32,
-    retry_at: Option<Instant>,
-    delay: Duration,
-    attempts: u32,
+pub(super) enum PendingWhat {
+    /// The task's `Create`.
+    Create(Box<PendingCreate>),
+    /// An exec's `Start`; its process description goes back to it if the start fails.
+    ExecStart {
+        /// The exec.
+        exec_id: String,
+        /// Its OCI process (JSON).
+        spec: String,
+    },
+    /// A call answered once the container's `poststart` or `poststop` hooks ran.
+    Hooks {
+        /// The answer.
+        response: super::ttrpc::RpcResult<Vec<u8>>,
+    },
 }
 
-impl Publisher {
-    /// Sends what is queued until the queue is empty or a send fails (then a retry is due).
-    fn pump(&mut self) {
-        while let Some(ev) = self.queue.pop_front() {
-            if self.retry_at.is_some_and(|t| Instant::now() < t) {
-                self.queue.push_front(ev);
-                return;
-            }
-            match self.send(&ev) {
-                Ok(()) => {
-                    self.attempts = 0;
-                    self.delay = Duration::from_millis(50);
-                    self.retry_at = None;
-                }
-                Err(e) => {
-                    self.conn = None;
-                    self.attempts += 1;
-                    log::warn!("publishing {} (attempt {}): {e}", ev.topic, self.attempts);
-                    if self.attempts >= PUBLISH_ATTEMPTS {
-                        log::error!("dropping event {} after {} attempts", ev.topic, self.attempts);
-                        self.attempts = 0;
-                    } else {
-                        self.queue.push_front(ev);
-                    }
-                    self.retry_at = Some(Instant::now() + self.delay);
-                    self.delay = (self.delay * 2).min(Duration::from_secs(2));
-                    return;
-                }
-            }
-        }
-    }
+/// An init's `Start` waiting for its program to run: the gate connection answers.
+#[derive(Debug)]
+struct Gate {
+    fd: OwnedFd,
+    caller: Caller,
+    id: String,
+}
 
-    fn send(&mut self, ev: &Event) -> Result<(), String> {
-        if self.conn.is_none() {
-            let path = self.address.strip_prefix("unix://").unwrap_or(&self.address);
-            self.conn = Some(UnixStream::connect(path).map_err(|e| format!("connecting to {path}: {e}"))?);
-        }
-        let Some(conn) = self.conn.as_mut() else { return Err("no connection".into()) };
-        let envelope = Envelope {
-            timestamp: MessageField::some(now()),
-            namespace: self.namespace.clone(),
-            topic: ev.topic.to_string(),
-            event: MessageField::some(ev.event.clone()),
-            ..Default::default()
-        };
-        let req = ForwardRequest { envelope: MessageField::some(envelope), ..Default::default() };
-        let payload = req.write_to_bytes().map_err(|e| e.to_string())?;
-        // Client streams are odd.
-        self.stream = self.stream.wrapping_add(2) | 1;
-        wire::call(conn, self.stream, "containerd.services.events.ttrpc.v1.Events", "Forward", payload, PUBLISH_TIMEOUT)
-            .map(drop)
-    }
-
-    /// When the next retry is due, if one is.
-    fn due(&self) -> Option<Instant> {
-        if self.queue.is_empty() { None } else { self.retry_at }
-    }
+/// A `Create` in flight.
+#[derive(Debug)]
+pub(super) struct PendingCreate {
+    /// The request.
+    pub req: CreateTaskRequest,
+    /// Its state root.
+    pub root: StateRoot,
+    /// How many rootfs mounts the daemon stacked for it.
+    pub rootfs_mounts: usize,
+    /// The stdio owner from the runtime options.
+    pub io_owner: Option<(u32, u32)>,
 }
 
 /// Token kinds: the high byte of an epoll token says what it is, the rest which one.
 const LISTENER: u64 = 0;
 const SIGNALS: u64 = 1;
+const PUBLISHER: u64 = 2;
 const KIND_CONN: u64 = 1 << 56;
 const KIND_PUMP_SRC: u64 = 2 << 56;
 const KIND_PUMP_DST: u64 = 3 << 56;
 const KIND_OOM: u64 = 4 << 56;
+const KIND_GATE: u64 = 5 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 /// A pump and where it belongs.
@@ -215,8 +161,6 @@ struct PumpEntry {
 pub struct Daemon {
     pub(super) namespace: String,
     pub(super) root: StateRoot,
-    /// The `strata` binary that runs the helper.
-    helper_bin: PathBuf,
     epoll: OwnedFd,
     listener: UnixListener,
     signals: nix::sys::signalfd::SignalFd,
@@ -225,10 +169,17 @@ pub struct Daemon {
     ooms: HashMap<u64, (String, MemoryEventStream)>,
     retiring: Vec<RetiringLogger>,
     waiters: Vec<Waiter>,
-    /// Terminal exits waiting for their output to drain, reported anyway at the deadline.
-    drains: Vec<(Instant, String, String)>,
     publisher: Publisher,
+    /// What epoll watches of the publisher's connection now.
+    publisher_watch: Option<(RawFd, u32)>,
     pub(super) tasks: HashMap<String, Task>,
+    /// The helpers in flight, with the calls they finish.
+    pub(super) runner: Runner<Pending>,
+    /// The inits whose `Start` waits for their program to run.
+    gates: HashMap<u64, Gate>,
+    /// Exits held until their process is known or started: reaped before their helper
+    /// reported them (a fast exec), or while their `Start` waited at the gate.
+    orphans: Vec<(i32, u32, Timestamp)>,
     next_token: u64,
     /// Set by `Shutdown` with no task left: the loop ends once the events are out or by then.
     exiting: Option<Instant>,
@@ -266,19 +217,24 @@ pub fn task_state_root(bundle: &Path, namespace: &str) -> PathBuf {
     }
 }
 
-/// Receives a pty master that the container's init or exec sent to the console socket.
-fn receive_master(listener: &UnixListener) -> crate::Result<OwnedFd> {
+/// Takes a pty master that a container process sent to the console socket. The process sends
+/// it before it reports ready, so by the time its helper has exited it waits in the socket:
+/// nothing here blocks.
+pub(super) fn receive_master(listener: &UnixListener) -> crate::Result<OwnedFd> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::FromRawFd;
     listener.set_nonblocking(true).map_err(|e| Error::io("console socket", e))?;
     let (conn, _) = listener.accept().map_err(|e| Error::io("the container's terminal was not received", e))?;
-    conn.set_nonblocking(false).map_err(|e| Error::io("console socket", e))?;
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut name = [0u8; 64];
     let mut iov = [std::io::IoSliceMut::new(&mut name)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| Error::sys("receiving the pty master", e))?;
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(|e| Error::sys("receiving the pty master", e))?;
     for c in msg.cmsgs().map_err(|e| Error::sys("receiving the pty master", e))? {
         if let ControlMessageOwned::ScmRights(fds) = c
             && let Some(fd) = fds.first()
@@ -291,13 +247,16 @@ fn receive_master(listener: &UnixListener) -> crate::Result<OwnedFd> {
 }
 
 /// A console socket in the state root for one helper run; removed when dropped.
-struct ConsoleSocket {
-    path: PathBuf,
-    listener: UnixListener,
+#[derive(Debug)]
+pub(super) struct ConsoleSocket {
+    /// Its path, given to the helper.
+    pub path: PathBuf,
+    /// The listener.
+    pub listener: UnixListener,
 }
 
 impl ConsoleSocket {
-    fn bind(root: &StateRoot, n: u64) -> crate::Result<ConsoleSocket> {
+    pub(super) fn bind(root: &StateRoot, n: u64) -> crate::Result<ConsoleSocket> {
         // Short: a socket path must fit in 108 bytes, and CRI's ids alone are 64.
         let path = root.path().join(format!(".c{}-{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
@@ -312,9 +271,15 @@ impl Drop for ConsoleSocket {
     }
 }
 
-pub(super) fn unmount_rootfs(bundle: &Path) {
+/// Unmounts every mount stacked on `bundle/rootfs` (containerd may pass several, and a dead
+/// shim leaves them all).
+pub fn unmount_rootfs(bundle: &Path) {
     let rootfs = bundle.join("rootfs");
-    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+    for _ in 0..64 {
+        if nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+    }
 }
 
 /// The `strata` binary that runs the helper: next to the shim (how both are installed), else
@@ -348,26 +313,7 @@ fn unwatch(epoll: &OwnedFd, fd: &impl AsFd) {
     let _ = epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd.as_fd().as_raw_fd(), 0, 0);
 }
 
-/// Writes all of `data` to a non-blocking socket, waiting (at most 10 s per stall) when full.
-fn write_all(sock: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut w = sock;
-    while !data.is_empty() {
-        match w.write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-                // SAFETY: one valid pollfd that lives across the call.
-                if unsafe { libc::poll(&mut pfd, 1, 10_000) } == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
+const CONN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 
 impl Daemon {
     /// A daemon for `namespace` serving `listener`, publishing to containerd's ttrpc address.
@@ -389,10 +335,10 @@ impl Daemon {
         listener.set_nonblocking(true).map_err(|e| Error::io("shim socket", e))?;
         watch(&epoll, &listener, libc::EPOLLIN as u32, LISTENER).map_err(|e| Error::io("epoll", e))?;
         watch(&epoll, &signals, libc::EPOLLIN as u32, SIGNALS).map_err(|e| Error::io("epoll", e))?;
+        let runner = Runner::new(find_helper()?, root.path().to_path_buf(), HELPER_TIMEOUT);
         Ok(Daemon {
             namespace: namespace.to_string(),
             root,
-            helper_bin: find_helper()?,
             epoll,
             listener,
             signals,
@@ -401,48 +347,46 @@ impl Daemon {
             ooms: HashMap::new(),
             retiring: Vec::new(),
             waiters: Vec::new(),
-            drains: Vec::new(),
-            publisher: Publisher {
-                address: ttrpc_address,
-                namespace: namespace.to_string(),
-                conn: None,
-                queue: VecDeque::new(),
-                stream: 1,
-                retry_at: None,
-                delay: Duration::from_millis(50),
-                attempts: 0,
-            },
+            publisher: Publisher::new(ttrpc_address, namespace.to_string()),
+            publisher_watch: None,
             tasks: HashMap::new(),
+            runner,
+            gates: HashMap::new(),
+            orphans: Vec::new(),
             next_token: 1,
             exiting: None,
         })
     }
 
-    fn token(&mut self) -> u64 {
+    pub(super) fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
     }
 
     /// Runs until `Shutdown` with no task left (and the last events are out).
     pub fn run(&mut self) {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
         loop {
-            self.publisher.pump();
+            let now = Instant::now();
+            self.publisher.drive(now);
+            self.rewatch_publisher();
             if let Some(limit) = self.exiting
-                && (self.publisher.queue.is_empty() || Instant::now() >= limit)
+                && (self.publisher.is_empty() || now >= limit)
             {
-                if !self.publisher.queue.is_empty() {
+                if !self.publisher.is_empty() {
                     log::warn!("events still unpublished after {FLUSH_LIMIT:?}: exiting without them");
                 }
                 return;
             }
             self.step_loggers();
-            self.end_drains();
+            self.end_drains(now);
+            self.runner.kill_overdue(now);
             let deadline = [
-                self.publisher.due(),
+                self.publisher.deadline(),
                 self.exiting,
                 self.retiring.iter().map(|r| r.deadline).min(),
-                self.drains.iter().map(|d| d.0).min(),
+                self.drain_deadline(),
+                self.runner.deadline(),
             ]
             .into_iter()
             .flatten()
@@ -466,12 +410,39 @@ impl Daemon {
                 match (token & KIND_MASK, token) {
                     (0, LISTENER) => self.accept(),
                     (0, SIGNALS) => self.reap(),
-                    (KIND_CONN, _) => self.serve(token),
+                    // Driven at the top of the loop.
+                    (0, PUBLISHER) => {}
+                    (KIND_CONN, _) => {
+                        if ev.events & libc::EPOLLOUT as u32 != 0 {
+                            self.flush_conn(token);
+                        }
+                        if ev.events & !(libc::EPOLLOUT as u32) != 0 {
+                            self.serve(token);
+                        }
+                    }
                     (KIND_PUMP_SRC | KIND_PUMP_DST, _) => self.run_pump(token & !KIND_MASK),
                     (KIND_OOM, _) => self.check_oom(token),
+                    (KIND_GATE, _) => self.gate_ready(token),
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// Keeps epoll watching the publisher's connection for what it waits on.
+    fn rewatch_publisher(&mut self) {
+        let want = self.publisher.interest();
+        if want == self.publisher_watch {
+            return;
+        }
+        if let Some((fd, _)) = self.publisher_watch.take() {
+            // The old descriptor may be closed already (then the kernel dropped it itself).
+            let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, fd, 0, 0);
+        }
+        if let Some((fd, events)) = want
+            && epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, fd, events, PUBLISHER).is_ok()
+        {
+            self.publisher_watch = want;
         }
     }
 
@@ -482,9 +453,8 @@ impl Daemon {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of descriptors: the listener stays readable, so do not spin on it.
+                    // Out of descriptors: the listener stays readable; the next turn retries.
                     log::warn!("accepting a connection: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
                     return;
                 }
             };
@@ -492,8 +462,11 @@ impl Daemon {
                 continue;
             }
             let token = KIND_CONN | self.token();
-            if watch(&self.epoll, &sock, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, token).is_ok() {
-                self.conns.insert(token, Conn { sock, frames: wire::FrameReader::default() });
+            if watch(&self.epoll, &sock, CONN_EVENTS, token).is_ok() {
+                self.conns.insert(
+                    token,
+                    Conn { sock, frames: wire::FrameReader::default(), out: Vec::new(), out_watched: false },
+                );
             }
         }
     }
@@ -553,11 +526,51 @@ impl Daemon {
         }
     }
 
-    pub(super) fn respond(&mut self, conn: u64, stream: u32, result: RpcResult<Vec<u8>>) {
-        let Some(c) = self.conns.get(&conn) else { return };
-        if let Err(e) = write_all(&c.sock, &wire::response(stream, result)) {
-            log::warn!("answering a call: {e}");
-            self.close_conn(conn);
+    /// Answers call `stream` on connection `conn`. The answer is written as far as the client
+    /// reads; the rest waits (epoll says when it can go on).
+    pub(super) fn respond(&mut self, conn: u64, stream: u32, result: super::ttrpc::RpcResult<Vec<u8>>) {
+        self.answer(Caller { conn, stream }, result);
+    }
+
+    /// Answers a call that waited.
+    pub(super) fn answer(&mut self, caller: Caller, result: super::ttrpc::RpcResult<Vec<u8>>) {
+        let Caller { conn, stream } = caller;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.out.extend_from_slice(&wire::response(stream, result));
+        self.flush_conn(conn);
+    }
+
+    fn flush_conn(&mut self, token: u64) {
+        use std::io::Write;
+        let Some(c) = self.conns.get_mut(&token) else { return };
+        let mut failed = false;
+        while !c.out.is_empty() {
+            match (&c.sock).write(&c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("answering a call: {e}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed || c.out.len() > MAX_CONN_BACKLOG {
+            if !failed {
+                log::warn!("a client left {} bytes of answers unread: closing its connection", c.out.len());
+            }
+            self.close_conn(token);
+            return;
+        }
+        let want_out = !c.out.is_empty();
+        if want_out != c.out_watched {
+            let events = if want_out { CONN_EVENTS | libc::EPOLLOUT as u32 } else { CONN_EVENTS };
+            if epoll_ctl(&self.epoll, libc::EPOLL_CTL_MOD, c.sock.as_raw_fd(), events, token).is_ok() {
+                c.out_watched = want_out;
+            }
         }
     }
 
@@ -571,7 +584,7 @@ impl Daemon {
         let mut event = Any::new();
         event.type_url = format!("containerd.events.{type_name}");
         event.value = msg.write_to_bytes().unwrap_or_default();
-        self.publisher.queue.push_back(Event { topic, event });
+        self.publisher.push(topic, event);
     }
 
     /// Asks the loop to end once the queued events are out.
@@ -579,7 +592,8 @@ impl Daemon {
         self.exiting = Some(Instant::now() + FLUSH_LIMIT);
     }
 
-    /// Reaps every child that exited and records the exits of the tasks' processes.
+    /// Reaps every child that exited: a helper finishes its call; a task's process records its
+    /// exit.
     fn reap(&mut self) {
         use nix::sys::wait::{WaitPidFlag, waitpid};
         while let Ok(Some(_)) = self.signals.read_signal() {}
@@ -587,46 +601,102 @@ impl Daemon {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => break,
                 Ok(ws) => {
-                    if let (Some(pid), Some(code)) = (ws.pid(), crate::signals::exit_code(ws)) {
-                        self.on_exit(pid.as_raw(), code);
+                    let (Some(pid), Some(code)) = (ws.pid(), crate::signals::exit_code(ws)) else { continue };
+                    let pid = pid.as_raw();
+                    if let Some((pending, result)) = self.runner.on_exit(pid) {
+                        self.finish_launch(pending, result);
+                    } else {
+                        self.on_exit(pid, code as u32, now());
                     }
                 }
             }
         }
+        if self.runner.is_empty() && self.gates.is_empty() {
+            // Nothing can claim them any more: they were nobody's (a logger, a stray child).
+            self.orphans.clear();
+        }
     }
 
-    fn on_exit(&mut self, pid: i32, code: i32) {
+    /// Watches an init's start gate (see [`crate::container::open_gate`]); its answer finishes
+    /// the `Start` call.
+    pub(super) fn watch_gate(&mut self, fd: OwnedFd, caller: Caller, id: &str) {
+        let token = KIND_GATE | self.token();
+        if let Err(e) = watch(&self.epoll, &fd, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, token) {
+            // Cannot wait for it without blocking: take the answer now.
+            log::warn!("watching the start gate of {id}: {e}");
+            self.finish_start(fd, caller, id);
+            return;
+        }
+        self.gates.insert(token, Gate { fd, caller, id: id.to_string() });
+    }
+
+    fn gate_ready(&mut self, token: u64) {
+        let Some(g) = self.gates.remove(&token) else { return };
+        unwatch(&self.epoll, &g.fd);
+        self.finish_start(g.fd, g.caller, &g.id);
+    }
+
+    /// A reaped process: its task's process is done (reported once its terminal output
+    /// drained). One no task knows yet may belong to a helper still running: kept for it.
+    pub(super) fn on_exit(&mut self, pid: i32, code: u32, at: Timestamp) {
         let mut found = None;
+        let mut starting = false;
         for (id, task) in self.tasks.iter_mut() {
-            for p in std::iter::once(&mut task.init).chain(task.execs.values_mut()) {
-                if p.pid == pid && p.started && p.exit.is_none() && p.pending_exit.is_none() {
-                    p.pending_exit = Some((code as u32, now()));
+            for p in task.procs_mut() {
+                if p.pid != pid || p.life.is_gone() {
+                    continue;
+                }
+                if matches!(p.life, Life::Starting) {
+                    starting = true;
+                } else {
+                    p.life = Life::Draining { code, at: at.clone(), until: Instant::now() + DRAIN_LIMIT };
                     found = Some((id.clone(), p.exec_id.clone()));
                 }
             }
         }
-        if let Some((id, exec_id)) = found {
-            self.report_exit_when_drained(&id, &exec_id);
-            if self.tasks.get_mut(&id).and_then(|t| t.proc_mut(&exec_id).ok()).is_some_and(|p| p.pending_exit.is_some())
-            {
-                self.drains.push((Instant::now() + DRAIN_LIMIT, id, exec_id));
-            }
+        match found {
+            Some((id, exec_id)) => self.report_exit_when_drained(&id, &exec_id),
+            None if starting || !self.runner.is_empty() => self.orphans.push((pid, code, at)),
+            None => {}
         }
+    }
+
+    /// The exit of `pid` if it was reaped before its helper reported it.
+    pub(super) fn claim_orphan(&mut self, pid: i32) -> Option<(u32, Timestamp)> {
+        let i = self.orphans.iter().position(|o| o.0 == pid)?;
+        let (_, code, at) = self.orphans.swap_remove(i);
+        Some((code, at))
+    }
+
+    fn drain_deadline(&self) -> Option<Instant> {
+        self.tasks
+            .values()
+            .flat_map(|t| std::iter::once(&t.init).chain(t.execs.values()))
+            .filter_map(|p| match p.life {
+                Life::Draining { until, .. } => Some(until),
+                _ => None,
+            })
+            .min()
     }
 
     /// Reports the terminal exits whose output did not drain in time (the copy goes on until
     /// the process is deleted).
-    fn end_drains(&mut self) {
-        let now = Instant::now();
-        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.drains).into_iter().partition(|d| d.0 <= now);
-        self.drains = rest;
-        for (_, id, exec_id) in due {
+    fn end_drains(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for (id, t) in &self.tasks {
+            for p in std::iter::once(&t.init).chain(t.execs.values()) {
+                if matches!(p.life, Life::Draining { until, .. } if until <= now) {
+                    due.push((id.clone(), p.exec_id.clone()));
+                }
+            }
+        }
+        for (id, exec_id) in due {
             log::warn!("the terminal of {id} {exec_id} is still open {DRAIN_LIMIT:?} after its exit: reporting it");
             self.report_exit(&id, &exec_id);
         }
     }
 
-    /// Reports a pending exit unless the terminal output is still draining (its pump's end
+    /// Reports a draining exit unless the terminal output is still going out (its pump's end
     /// reports it then).
     pub(super) fn report_exit_when_drained(&mut self, id: &str, exec_id: &str) {
         let Some(p) = self.tasks.get_mut(id).and_then(|t| t.proc_mut(exec_id).ok()) else { return };
@@ -635,11 +705,11 @@ impl Daemon {
         }
     }
 
-    /// Makes a pending exit the process's exit: publishes TaskExit and answers its waiters.
+    /// Makes a draining exit the process's exit: publishes TaskExit and answers its waiters.
     fn report_exit(&mut self, id: &str, exec_id: &str) {
         let Some(p) = self.tasks.get_mut(id).and_then(|t| t.proc_mut(exec_id).ok()) else { return };
-        let Some((code, at)) = p.pending_exit.take() else { return };
-        p.exit = Some((code, at.clone()));
+        let Life::Draining { code, at, .. } = p.life.clone() else { return };
+        p.life = Life::Exited { code, at: at.clone() };
         let ev = TaskExit {
             container_id: id.to_string(),
             id: if exec_id.is_empty() { id.to_string() } else { exec_id.to_string() },
@@ -745,7 +815,7 @@ impl Daemon {
         }
     }
 
-    /// Removes pump `n`; with `ended`, a terminal's pending exit is reported.
+    /// Removes pump `n`; with `ended`, a terminal's draining exit is reported.
     pub(super) fn remove_pump(&mut self, n: u64, ended: bool) {
         let Some(e) = self.pumps.remove(&n) else { return };
         match e.watching {
@@ -806,88 +876,11 @@ impl Daemon {
         let now = Instant::now();
         self.retiring.retain_mut(|r| !r.exited() && (r.deadline > now || r.step()));
     }
-
-    /// Runs the helper for `req` with the process's stdio and returns the pid it reports. A
-    /// helper stuck past [`HELPER_TIMEOUT`] is killed, so a call cannot hang forever.
-    fn run_helper(&mut self, req: &HelperRequest, stdio: [OwnedFd; 3]) -> RpcResult<i32> {
-        let n = self.token();
-        let report = self.root.path().join(format!(".report-{}-{n}", std::process::id()));
-        let pid = helper::spawn(&self.helper_bin, req, &report, stdio).map_err(engine_err)? as i32;
-        let pidfd = crate::sys::pidfd_open(pid).map_err(|e| status(Code::INTERNAL, format!("pidfd_open: {e}")))?;
-        let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let deadline = Instant::now() + HELPER_TIMEOUT;
-        let mut killed = false;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd that lives across the call.
-            let rc = unsafe { libc::poll(&mut pfd, 1, left.max(1)) };
-            if rc > 0 {
-                break;
-            }
-            if rc == 0 && !killed {
-                log::error!("the shim helper {pid} took longer than {HELPER_TIMEOUT:?}: killing it");
-                let _ = crate::sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
-                killed = true;
-            }
-        }
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        if killed {
-            let _ = std::fs::remove_file(&report);
-            return Err(status(
-                Code::DEADLINE_EXCEEDED,
-                format!("the shim helper took longer than {HELPER_TIMEOUT:?}"),
-            ));
-        }
-        let rep = helper::read_report(&report);
-        match (rep.pid, rep.error) {
-            (_, Some(e)) => Err(status(Code::UNKNOWN, e)),
-            (Some(p), None) => Ok(p),
-            (None, None) => Err(status(Code::UNKNOWN, "the shim helper reported no pid")),
-        }
-    }
-
-    /// Prepares stdio for a process of container `id` and runs a helper; returns the pid, the
-    /// copies to run and what to keep.
-    pub(super) fn launch(
-        &mut self,
-        id: &str,
-        paths: &StdioPaths,
-        io_owner: Option<(u32, u32)>,
-        make: impl FnOnce(Option<PathBuf>) -> HelperRequest,
-    ) -> RpcResult<(i32, Copies, Kept)> {
-        let namespace = self.namespace.clone();
-        let owner = StdioOwner { container_id: id, namespace: &namespace };
-        if paths.terminal {
-            let n = self.token();
-            let console = ConsoleSocket::bind(&self.root, n).map_err(engine_err)?;
-            let null = || {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                    .map(OwnedFd::from)
-                    .map_err(|e| status(Code::INTERNAL, e))
-            };
-            let pid = self.run_helper(&make(Some(console.path.clone())), [null()?, null()?, null()?])?;
-            let master = receive_master(&console.listener).map_err(engine_err)?;
-            let (copies, kept) = stdio::terminal(paths, owner, master).map_err(engine_err)?;
-            Ok((pid, copies, kept))
-        } else {
-            let (fds, copies, kept) = stdio::plain(paths, owner).map_err(engine_err)?;
-            if let Some((uid, gid)) = io_owner {
-                for fd in &fds {
-                    give_pipe(fd, uid, gid).map_err(|e| status(Code::INTERNAL, format!("IoUid/IoGid: {e}")))?;
-                }
-            }
-            let pid = self.run_helper(&make(None), fds)?;
-            Ok((pid, copies, kept))
-        }
-    }
 }
 
 /// Makes `uid`:`gid` the owner of `fd` when it is a pipe or a FIFO (what containerd's stdio
 /// are); `/dev/null` and log files are left alone.
-fn give_pipe(fd: &OwnedFd, uid: u32, gid: u32) -> nix::Result<()> {
+pub(super) fn give_pipe(fd: &OwnedFd, uid: u32, gid: u32) -> nix::Result<()> {
     let st = nix::sys::stat::fstat(fd)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
         return Ok(());

@@ -47,6 +47,10 @@ pub struct Kept {
     pub pty_master: Option<OwnedFd>,
     /// The `binary://` logger reading the output; retired when the process is deleted.
     pub logger: Option<BinaryLogger>,
+    /// A read end of each output FIFO, held until the process is deleted, so that a writer
+    /// never meets EPIPE (SIGPIPE) while containerd's reader is away (a containerd restart, a
+    /// client that detached): its output waits in the FIFO instead, as with runc's shim.
+    pub fifo_readers: Vec<OwnedFd>,
 }
 
 /// Starts the logger when stdout is a `binary://` URI (containerd's rule: stdout's URI decides,
@@ -67,54 +71,39 @@ fn dev_null(write: bool) -> Result<OwnedFd> {
         .map_err(|e| Error::io("opening /dev/null", e))
 }
 
-/// How long the shim waits for containerd to open the reading end of an output FIFO.
-const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Opens an output FIFO (once its reader is there) or file for writing.
-fn open_output(uri: &str) -> Result<OwnedFd> {
+/// Opens an output FIFO (or file) for writing; for a FIFO, also a read end the daemon keeps
+/// (see [`Kept::fifo_readers`]). With that reader there, the open never waits for
+/// containerd's, and what the process writes before containerd's reader comes waits in the
+/// FIFO rather than being lost when the writer closes.
+fn open_output(uri: &str) -> Result<(OwnedFd, Option<OwnedFd>)> {
     if uri.is_empty() {
-        return dev_null(true);
+        return Ok((dev_null(true)?, None));
     }
     if let Some(path) = uri.strip_prefix("file://") {
         return OpenOptions::new()
             .append(true)
             .create(true)
             .open(path)
-            .map(OwnedFd::from)
+            .map(|f| (OwnedFd::from(f), None))
             .map_err(|e| Error::io(format!("opening log file {path}"), e));
     }
     if uri.starts_with("binary://") {
         return Err(Error::Invalid(format!("log URI {uri}: a binary logger must be the stdout URI too")));
     }
     let path = uri.strip_prefix("fifo://").unwrap_or(uri);
-    // containerd's reader opens its end in the background as the call is made, so it may come
-    // a moment after us. Wait for it (a non-blocking open fails with ENXIO until then): data
-    // written to a FIFO nobody has opened for reading is lost when the writer closes, and
-    // containerd's client waits for the copy to end before it deletes the process. Past
-    // [`READER_WAIT`], O_RDWR opens without a reader (the output waits in the FIFO for one).
-    let deadline = std::time::Instant::now() + READER_WAIT;
-    let mut pause = std::time::Duration::from_micros(100);
-    let file = loop {
-        match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
-            Ok(f) => break f,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(std::time::Duration::from_millis(10));
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                log::warn!("no reader opened {path} within {READER_WAIT:?}: writing to it without one");
-                break OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| Error::io(format!("opening {path}"), e))?;
-            }
-            Err(e) => return Err(Error::io(format!("opening {path}"), e)),
-        }
-    };
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {path}"), e))?;
+    let writer = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {path}"), e))?;
     // The process gets ordinary blocking writes.
-    set_nonblocking(&file, false)?;
-    Ok(file.into())
+    set_nonblocking(&writer, false)?;
+    Ok((writer.into(), Some(reader.into())))
 }
 
 /// Opens the stdin FIFO for reading. Non-blocking, so the open does not wait for containerd's
@@ -147,8 +136,10 @@ pub fn plain(paths: &StdioPaths, owner: StdioOwner) -> Result<([OwnedFd; 3], Cop
             (started.stdout, started.stderr)
         }
         None => {
-            let stdout = open_output(&paths.stdout)?;
-            let stderr = if paths.stderr.is_empty() { dev_null(true)? } else { open_output(&paths.stderr)? };
+            let (stdout, r1) = open_output(&paths.stdout)?;
+            let (stderr, r2) =
+                if paths.stderr.is_empty() { (dev_null(true)?, None) } else { open_output(&paths.stderr)? };
+            kept.fifo_readers.extend(r1.into_iter().chain(r2));
             (stdout, stderr)
         }
     };
@@ -168,9 +159,14 @@ pub fn plain(paths: &StdioPaths, owner: StdioOwner) -> Result<([OwnedFd; 3], Cop
 /// copy ends when the terminal's last slave closes, which is when the exit may be reported.
 pub fn terminal(paths: &StdioPaths, owner: StdioOwner, master: OwnedFd) -> Result<(Copies, Kept)> {
     // A terminal has one stream: the logger's stderr pipe closes at once.
+    let mut fifo_readers = Vec::new();
     let (out, logger) = match start_logger(paths, owner)? {
         Some(started) => (started.stdout, Some(started.logger)),
-        None => (open_output(&paths.stdout)?, None),
+        None => {
+            let (out, reader) = open_output(&paths.stdout)?;
+            fifo_readers.extend(reader);
+            (out, None)
+        }
     };
     set_nonblocking(&out, true)?;
     set_nonblocking(&master, true)?;
@@ -179,7 +175,7 @@ pub fn terminal(paths: &StdioPaths, owner: StdioOwner, master: OwnedFd) -> Resul
     if !paths.stdin.is_empty() {
         copies.stdin = Some((open_stdin(&paths.stdin)?, dup()?));
     }
-    Ok((copies, Kept { pty_master: Some(master), logger }))
+    Ok((copies, Kept { pty_master: Some(master), logger, fifo_readers }))
 }
 
 /// A copy from one descriptor to another, moved on by the event loop without ever blocking.
@@ -315,34 +311,38 @@ mod tests {
     }
 
     #[test]
-    fn an_output_fifo_waits_for_a_late_reader_so_nothing_is_lost() {
-        use std::os::fd::AsRawFd;
+    fn an_output_fifo_keeps_what_is_written_before_containerds_reader_comes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stdout");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let p = path.clone();
-        // containerd's reader, opening its end a moment after the shim asked.
-        let reader = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            let f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&p).unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 64];
-            loop {
-                let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd that lives across the call.
-                if unsafe { libc::poll(&mut pfd, 1, 5000) } <= 0 {
-                    return got;
-                }
-                match nix::unistd::read(&f, &mut buf) {
-                    Ok(0) | Err(_) => return got,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-        });
-        let out = open_output(path.to_str().unwrap()).unwrap();
+        // No reader yet: the open does not wait, and what is written waits in the FIFO.
+        let t = std::time::Instant::now();
+        let (out, kept_reader) = open_output(path.to_str().unwrap()).unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_millis(100));
         nix::unistd::write(&out, b"first words").unwrap();
         drop(out);
-        assert_eq!(reader.join().unwrap(), b"first words");
+        // containerd's reader comes late and gets it all.
+        let late = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).unwrap();
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(&late, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"first words");
+        drop(kept_reader);
+    }
+
+    #[test]
+    fn a_writer_never_meets_epipe_while_the_daemon_holds_a_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let containerd = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).unwrap();
+        let (out, kept_reader) = open_output(path.to_str().unwrap()).unwrap();
+        // containerd goes away (a restart): the write still succeeds.
+        drop(containerd);
+        assert_eq!(nix::unistd::write(&out, b"still here").unwrap(), 10);
+        drop(kept_reader);
+        // Without the daemon's reader the same write fails with EPIPE.
+        let e = nix::unistd::write(&out, b"gone").unwrap_err();
+        assert_eq!(e, nix::errno::Errno::EPIPE);
     }
 
     #[test]

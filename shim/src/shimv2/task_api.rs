@@ -1,13 +1,20 @@
-//! The task API's calls on the [`Daemon`]: each maps a containerd request onto the engine, the
+//! The task API's calls on the [`Daemon`]: each maps a containerd request onto the engine, a
 //! helper or the daemon's process table. [`Daemon::dispatch`] decodes a request by method name
-//! and encodes the answer; `Wait` on a live process is answered later, when it exits.
+//! and encodes the answer. Calls that wait are answered later, while the loop goes on: `Wait`
+//! when its process exits, `Create` and an exec's `Start` when their helper is done, the init's
+//! `Start` when its program runs (and its `poststart` hooks ran), `Delete` after its
+//! `poststop` hooks.
 
 use super::helper::HelperRequest;
 use super::metrics;
 use super::options;
-use super::service::{ApiStatus, Daemon, Proc, ROOT_FILE, Task, engine_err, now, unmount_rootfs};
-use super::stdio::StdioPaths;
-use super::ttrpc::{RpcResult, status};
+use super::process::{Life, Proc, Task};
+use super::service::{
+    ApiStatus, Caller, ConsoleSocket, Daemon, Pending, PendingCreate, PendingWhat, ROOT_FILE, engine_err, give_pipe,
+    now, receive_master, unmount_rootfs,
+};
+use super::stdio::{self, Copies, Kept, StdioOwner, StdioPaths};
+use super::ttrpc::{RpcError, RpcResult, status};
 use crate::container;
 use crate::error::Error;
 use crate::state::{StateRoot, Status};
@@ -26,10 +33,14 @@ use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::{Code, Request};
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 /// The task service's name on the wire (task API v2).
 pub const TASK_SERVICE: &str = "containerd.task.v2.Task";
+
+/// The type URL of the details `Pids` gives for an exec's process (runc's shim's).
+const PROCESS_DETAILS_TYPE_URL: &str = "containerd.runc.v1.ProcessDetails";
 
 fn decode<M: Message>(payload: &[u8]) -> RpcResult<M> {
     M::parse_from_bytes(payload).map_err(|e| status(Code::INVALID_ARGUMENT, format!("a malformed request: {e}")))
@@ -39,7 +50,7 @@ fn encode<M: Message>(m: RpcResult<M>) -> RpcResult<Vec<u8>> {
     m.and_then(|m| m.write_to_bytes().map_err(|e| status(Code::INTERNAL, e)))
 }
 
-fn task_not_found(id: &str) -> super::ttrpc::RpcError {
+fn task_not_found(id: &str) -> RpcError {
     status(Code::NOT_FOUND, format!("task {id} not found"))
 }
 
@@ -47,19 +58,33 @@ fn paths_of(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> StdioPat
     StdioPaths { stdin: stdin.into(), stdout: stdout.into(), stderr: stderr.into(), terminal }
 }
 
+/// An answer given now, or later.
+fn later(r: RpcResult<()>) -> Option<RpcResult<Vec<u8>>> {
+    r.err().map(Err)
+}
+
 impl Daemon {
-    /// Runs one call. `None`: the answer comes later (a `Wait` on a live process).
+    /// Runs one call. `None`: the answer comes later.
     pub(super) fn dispatch(&mut self, conn: u64, stream: u32, req: &Request) -> Option<RpcResult<Vec<u8>>> {
         if req.service != TASK_SERVICE {
             return Some(Err(status(Code::UNIMPLEMENTED, format!("service {} is not served here", req.service))));
         }
         let p = &req.payload;
         Some(match req.method.as_str() {
-            "Create" => decode(p).and_then(|r| encode(self.create(r))),
-            "Start" => decode(p).and_then(|r| encode(self.start(r))),
+            "Create" => match decode(p) {
+                Ok(r) => return later(self.create(Caller { conn, stream }, r)),
+                Err(e) => Err(e),
+            },
+            "Start" => match decode(p) {
+                Ok(r) => return later(self.start(Caller { conn, stream }, r)),
+                Err(e) => Err(e),
+            },
+            "Delete" => match decode(p) {
+                Ok(r) => return self.delete(Caller { conn, stream }, r).unwrap_or_else(|e| Some(Err(e))),
+                Err(e) => Err(e),
+            },
             "State" => decode(p).and_then(|r| encode(self.state(r))),
             "Kill" => decode(p).and_then(|r| encode(self.kill(r))),
-            "Delete" => decode(p).and_then(|r| encode(self.delete(r))),
             "Pids" => decode(p).and_then(|r| encode(self.pids(r))),
             "Pause" => decode(p).and_then(|r| encode(self.pause(r))),
             "Resume" => decode(p).and_then(|r| encode(self.resume(r))),
@@ -99,23 +124,89 @@ impl Daemon {
     /// The reported exit of a process, if it has one.
     fn exit_of(&mut self, id: &str, exec_id: &str) -> RpcResult<Option<WaitResponse>> {
         let p = self.task(id)?.proc_mut(exec_id)?;
-        Ok(p.exit.clone().map(|(code, at)| WaitResponse {
+        Ok(p.life.exit().map(|(code, at)| WaitResponse {
             exit_status: code,
             exited_at: MessageField::some(at),
             ..Default::default()
         }))
     }
 
-    fn create(&mut self, req: CreateTaskRequest) -> RpcResult<CreateTaskResponse> {
+    /// Whether a `Create` for `id` waits on its helper.
+    fn creating(&self, id: &str) -> bool {
+        self.runner.payloads().any(|p| p.id == id && matches!(p.what, PendingWhat::Create(_)))
+    }
+
+    /// Prepares the stdio of a process of container `id` and starts its helper; the call is
+    /// answered when the helper is done ([`Daemon::finish_launch`]).
+    fn launch(
+        &mut self,
+        caller: Caller,
+        id: &str,
+        paths: &StdioPaths,
+        io_owner: Option<(u32, u32)>,
+        what: PendingWhat,
+        make: impl FnOnce(Option<PathBuf>) -> HelperRequest,
+    ) -> RpcResult<()> {
+        let namespace = self.namespace.clone();
+        let owner = StdioOwner { container_id: id, namespace: &namespace };
+        let (stdio, copies, kept, console) = if paths.terminal {
+            let n = self.token();
+            let console = ConsoleSocket::bind(&self.root, n).map_err(engine_err)?;
+            let null = || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+                    .map_err(|e| status(Code::INTERNAL, e))
+            };
+            ([null()?, null()?, null()?], Copies::default(), Kept::default(), Some(console))
+        } else {
+            let (fds, copies, kept) = stdio::plain(paths, owner).map_err(engine_err)?;
+            if let Some((uid, gid)) = io_owner {
+                for fd in &fds {
+                    give_pipe(fd, uid, gid).map_err(|e| status(Code::INTERNAL, format!("IoUid/IoGid: {e}")))?;
+                }
+            }
+            (fds, copies, kept, None)
+        };
+        let req = make(console.as_ref().map(|c| c.path.clone()));
+        let pending = Pending { caller, id: id.to_string(), what, paths: paths.clone(), copies, kept, console };
+        // A failed start drops `pending` (and with it the copies and FIFO ends).
+        self.runner.start(&req, stdio, pending).map(drop)
+    }
+
+    /// A helper is done: finishes the call that waited for it.
+    pub(super) fn finish_launch(&mut self, mut p: Pending, result: RpcResult<i32>) {
+        let what = std::mem::replace(&mut p.what, PendingWhat::Hooks { response: Ok(Vec::new()) });
+        match what {
+            PendingWhat::Create(c) => self.finish_create(p, *c, result),
+            PendingWhat::ExecStart { exec_id, spec } => self.finish_exec_start(p, exec_id, spec, result),
+            PendingWhat::Hooks { response } => self.answer(p.caller, response),
+        }
+    }
+
+    /// A terminal's copies once its master arrived (plain stdio's were made at launch).
+    fn stdio_after_launch(&mut self, p: &mut Pending) -> RpcResult<(Copies, Kept)> {
+        let Some(console) = p.console.take() else {
+            return Ok((std::mem::take(&mut p.copies), std::mem::take(&mut p.kept)));
+        };
+        let master = receive_master(&console.listener).map_err(engine_err)?;
+        let namespace = self.namespace.clone();
+        let owner = StdioOwner { container_id: &p.id, namespace: &namespace };
+        stdio::terminal(&p.paths, owner, master).map_err(engine_err)
+    }
+
+    fn create(&mut self, caller: Caller, req: CreateTaskRequest) -> RpcResult<()> {
         if !req.checkpoint.is_empty() {
             return Err(status(Code::UNIMPLEMENTED, "strata cannot restore from a checkpoint"));
         }
-        if self.tasks.contains_key(&req.id) {
+        if self.tasks.contains_key(&req.id) || self.creating(&req.id) {
             return Err(status(Code::ALREADY_EXISTS, format!("task {} already exists", req.id)));
         }
         let bundle = PathBuf::from(&req.bundle);
         let options = options::parse(&req.options)?;
-        let state_root = match options.root {
+        let root = match options.root {
             Some(dir) => {
                 let dir = dir.join(&self.namespace);
                 // Recorded in the bundle for `delete` after a dead shim.
@@ -129,41 +220,62 @@ impl Daemon {
         let mut mounted = 0;
         for m in &req.rootfs {
             if let Err(e) = super::rootfs_mount::mount(&m.type_, &m.source, &m.options, &rootfs) {
-                for _ in 0..mounted {
-                    unmount_rootfs(&bundle);
-                }
+                unmount_rootfs(&bundle);
                 return Err(status(Code::INTERNAL, format!("mounting the rootfs ({} {}): {e}", m.type_, m.source)));
             }
             mounted += 1;
         }
         let paths = paths_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
-        let root = state_root.path().to_path_buf();
-        let launched = self.launch(&req.id, &paths, options.io_owner, |console_socket| HelperRequest::Create {
-            root,
-            id: req.id.clone(),
+        let (id, state_dir, io_owner) = (req.id.clone(), root.path().to_path_buf(), options.io_owner);
+        let what = PendingWhat::Create(Box::new(PendingCreate { req, root, rootfs_mounts: mounted, io_owner }));
+        let launched = self.launch(caller, &id, &paths, io_owner, what, |console_socket| HelperRequest::Create {
+            root: state_dir,
+            id: id.clone(),
             bundle: bundle.clone(),
             console_socket,
         });
-        let (pid, copies, kept) = match launched {
+        if launched.is_err() && mounted > 0 {
+            unmount_rootfs(&bundle);
+        }
+        launched
+    }
+
+    fn finish_create(&mut self, mut p: Pending, c: PendingCreate, result: RpcResult<i32>) {
+        let req = &c.req;
+        let bundle = PathBuf::from(&req.bundle);
+        let made = result.and_then(|pid| self.stdio_after_launch(&mut p).map(|io| (pid, io)));
+        let (pid, (copies, kept)) = match made {
             Ok(v) => v,
             Err(e) => {
-                for _ in 0..mounted {
+                // Nothing of it stays: a helper that failed (or was killed) may have left the
+                // container, its cgroup or its state; the rootfs goes too.
+                if let Err(leftover) = container::remove_leftovers(&c.root, &req.id, &bundle) {
+                    log::warn!("cleaning up after the failed create of {}: {leftover}", req.id);
+                }
+                if c.rootfs_mounts > 0 {
                     unmount_rootfs(&bundle);
                 }
-                return Err(e);
+                let _ = std::fs::remove_file(bundle.join(ROOT_FILE));
+                let mut kept = std::mem::take(&mut p.kept);
+                self.retire_logger(&mut kept);
+                self.answer(p.caller, Err(e));
+                return;
             }
         };
-        let cgroup = state_root.load(&req.id).map(|s| s.cgroup_path).unwrap_or_default();
+        let cgroup = c.root.load(&req.id).map(|s| s.cgroup_path).unwrap_or_default();
         let oom_watch = self.watch_oom(&req.id, &cgroup);
+        let mut init = Proc::new("", p.paths.clone(), Life::Created { spec: None });
+        init.pid = pid;
+        init.kept = kept;
         let task = Task {
-            root: state_root,
-            bundle: bundle.clone(),
-            rootfs_mounts: mounted,
+            root: c.root,
+            bundle,
+            rootfs_mounts: c.rootfs_mounts,
             cgroup,
-            init: Proc { pid, paths, started: true, kept, ..Default::default() },
+            init,
             execs: HashMap::new(),
             oom_watch,
-            io_owner: options.io_owner,
+            io_owner: c.io_owner,
         };
         self.tasks.insert(req.id.clone(), task);
         let (stdin_pump, pty_pump) = self.add_copies(&req.id, "", copies);
@@ -185,57 +297,186 @@ impl Daemon {
             ..Default::default()
         };
         self.publish(topics::TASK_CREATE_EVENT_TOPIC, "TaskCreate", &ev);
-        Ok(CreateTaskResponse { pid: pid as u32, ..Default::default() })
+        self.answer(p.caller, encode(Ok(CreateTaskResponse { pid: pid as u32, ..Default::default() })));
+        // Killed at the gate before its helper was done.
+        if let Some((code, at)) = self.claim_orphan(pid) {
+            self.on_exit(pid, code, at);
+        }
     }
 
-    fn start(&mut self, req: StartRequest) -> RpcResult<StartResponse> {
+    fn start(&mut self, caller: Caller, req: StartRequest) -> RpcResult<()> {
         if !req.exec_id.is_empty() {
-            return self.start_exec(&req.id, &req.exec_id);
+            return self.start_exec(caller, &req.id, &req.exec_id);
         }
-        let pid = self.task(&req.id)?.init.pid;
-        container::start(&self.root_of(&req.id), &req.id).map_err(engine_err)?;
-        // An exit that came meanwhile is reaped after this call: TaskStart comes first.
+        let root = self.root_of(&req.id);
+        let t = self.task(&req.id)?;
+        if !matches!(t.init.life, Life::Created { .. }) {
+            return Err(status(Code::FAILED_PRECONDITION, format!("task {} was started already", req.id)));
+        }
+        let gate = container::open_gate(&root, &req.id).map_err(engine_err)?;
+        // Until the program runs, an exit is held, so that TaskStart comes before TaskExit.
+        t.init.life = Life::Starting;
+        self.watch_gate(gate, caller, &req.id);
+        Ok(())
+    }
+
+    /// The init's answer arrived on its start gate (see [`container::close_gate`]).
+    pub(super) fn finish_start(&mut self, gate: OwnedFd, caller: Caller, id: &str) {
+        let root = self.root_of(id);
+        let result = container::close_gate(&root, id, &gate);
+        let Ok(t) = self.task(id) else {
+            self.answer(caller, Err(task_not_found(id)));
+            return;
+        };
+        let pid = t.init.pid;
+        let st = match result {
+            Ok(st) => st,
+            Err(e) => {
+                // The init exits: its exit is taken as the task's.
+                t.init.life = Life::Running;
+                self.answer(caller, Err(engine_err(e)));
+                if let Some((code, at)) = self.claim_orphan(pid) {
+                    self.on_exit(pid, code, at);
+                }
+                return;
+            }
+        };
+        t.init.life = Life::Running;
         self.publish(
             topics::TASK_START_EVENT_TOPIC,
             "TaskStart",
-            &TaskStart { container_id: req.id.clone(), pid: pid as u32, ..Default::default() },
+            &TaskStart { container_id: id.to_string(), pid: pid as u32, ..Default::default() },
         );
-        Ok(StartResponse { pid: pid as u32, ..Default::default() })
+        let response = encode(Ok(StartResponse { pid: pid as u32, ..Default::default() }));
+        self.after_hooks(caller, id, &st, crate::hooks::Kind::Poststart, response);
+        if let Some((code, at)) = self.claim_orphan(pid) {
+            self.on_exit(pid, code, at);
+        }
     }
 
-    fn start_exec(&mut self, id: &str, exec_id: &str) -> RpcResult<StartResponse> {
-        let t = self.task(id)?;
-        let io_owner = t.io_owner;
-        let root = t.root.path().to_path_buf();
-        let p = t.proc_mut(exec_id)?;
-        let spec = p
-            .spec
-            .take()
-            .ok_or_else(|| status(Code::FAILED_PRECONDITION, format!("exec {exec_id} was already started")))?;
-        let paths = p.paths.clone();
-        let (pid, copies, kept) = self.launch(id, &paths, io_owner, |console_socket| HelperRequest::Exec {
-            root,
+    /// Answers `response` once the container's `kind` hooks ran (in a helper, so the loop
+    /// goes on), or at once when it has none.
+    fn after_hooks(
+        &mut self,
+        caller: Caller,
+        id: &str,
+        st: &crate::state::ContainerState,
+        kind: crate::hooks::Kind,
+        response: RpcResult<Vec<u8>>,
+    ) {
+        let Some(hooks) = st.hooks.as_ref().filter(|h| !crate::hooks::of(Some(h), kind).is_empty()) else {
+            self.answer(caller, response);
+            return;
+        };
+        let status_name = if kind == crate::hooks::Kind::Poststart { "running" } else { "stopped" };
+        let req = HelperRequest::Hooks {
+            kind: kind.field().to_string(),
+            hooks: serde_json::to_string(hooks).unwrap_or_default(),
+            state: String::from_utf8_lossy(&st.hook_state(status_name)).into_owned(),
+        };
+        let null = || std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map(OwnedFd::from);
+        let stdio = match (null(), null(), null()) {
+            (Ok(a), Ok(b), Ok(c)) => [a, b, c],
+            _ => {
+                self.answer(caller, response);
+                return;
+            }
+        };
+        let pending = Pending {
+            caller,
             id: id.to_string(),
-            process: spec,
+            what: PendingWhat::Hooks { response: response.clone() },
+            paths: StdioPaths::default(),
+            copies: Copies::default(),
+            kept: Kept::default(),
+            console: None,
+        };
+        if let Err(e) = self.runner.start(&req, stdio, pending) {
+            log::warn!("running the {} hooks of {id}: {}", kind.field(), e.message);
+            self.answer(caller, response);
+        }
+    }
+
+    fn start_exec(&mut self, caller: Caller, id: &str, exec_id: &str) -> RpcResult<()> {
+        let root = self.root_of(id);
+        let t = self.task(id)?;
+        if t.init.life.is_gone() {
+            return Err(status(Code::FAILED_PRECONDITION, format!("container {id} init process is not running")));
+        }
+        let io_owner = t.io_owner;
+        let p = t.proc_mut(exec_id)?;
+        let spec = match std::mem::replace(&mut p.life, Life::Starting) {
+            Life::Created { spec: Some(spec) } => spec,
+            other => {
+                let state = match &other {
+                    Life::Starting => "is starting",
+                    Life::Running | Life::Draining { .. } => "is running",
+                    _ => "has exited",
+                };
+                p.life = other;
+                return Err(status(Code::FAILED_PRECONDITION, format!("exec {exec_id} {state}")));
+            }
+        };
+        let paths = p.paths.clone();
+        let what = PendingWhat::ExecStart { exec_id: exec_id.to_string(), spec: spec.clone() };
+        let state_dir = root.path().to_path_buf();
+        let launched = self.launch(caller, id, &paths, io_owner, what, |console_socket| HelperRequest::Exec {
+            root: state_dir,
+            id: id.to_string(),
+            process: spec.clone(),
             console_socket,
-        })?;
-        let p = self.task(id)?.proc_mut(exec_id)?;
-        (p.pid, p.started, p.kept) = (pid, true, kept);
-        let (stdin_pump, pty_pump) = self.add_copies(id, exec_id, copies);
-        if let Ok(p) = self.task(id).and_then(|t| t.proc_mut(exec_id)) {
-            (p.stdin_pump, p.pty_pump) = (stdin_pump, pty_pump);
+        });
+        if launched.is_err()
+            && let Ok(p) = self.task(id).and_then(|t| t.proc_mut(exec_id))
+        {
+            // Startable again: a retry may succeed.
+            p.life = Life::Created { spec: Some(spec) };
+        }
+        launched
+    }
+
+    fn finish_exec_start(&mut self, mut p: Pending, exec_id: String, spec: String, result: RpcResult<i32>) {
+        let id = p.id.clone();
+        let made = result.and_then(|pid| self.stdio_after_launch(&mut p).map(|io| (pid, io)));
+        let (pid, (copies, kept)) = match made {
+            Ok(v) => v,
+            Err(e) => {
+                if let Ok(proc_) = self.task(&id).and_then(|t| t.proc_mut(&exec_id)) {
+                    proc_.life = Life::Created { spec: Some(spec) };
+                }
+                let mut kept = std::mem::take(&mut p.kept);
+                self.retire_logger(&mut kept);
+                self.answer(p.caller, Err(e));
+                return;
+            }
+        };
+        let Ok(proc_) = self.task(&id).and_then(|t| t.proc_mut(&exec_id)) else {
+            // Deleted meanwhile: the process has nothing to report to.
+            // SAFETY: kill(2) takes integers only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            self.answer(p.caller, Err(status(Code::NOT_FOUND, format!("exec {exec_id} not found"))));
+            return;
+        };
+        (proc_.pid, proc_.life, proc_.kept) = (pid, Life::Running, kept);
+        let (stdin_pump, pty_pump) = self.add_copies(&id, &exec_id, copies);
+        if let Ok(proc_) = self.task(&id).and_then(|t| t.proc_mut(&exec_id)) {
+            (proc_.stdin_pump, proc_.pty_pump) = (stdin_pump, pty_pump);
         }
         self.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
             "TaskExecStarted",
             &TaskExecStarted {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
+                container_id: id.clone(),
+                exec_id: exec_id.clone(),
                 pid: pid as u32,
                 ..Default::default()
             },
         );
-        Ok(StartResponse { pid: pid as u32, ..Default::default() })
+        self.answer(p.caller, encode(Ok(StartResponse { pid: pid as u32, ..Default::default() })));
+        // A fast process that exited before its helper was done.
+        if let Some((code, at)) = self.claim_orphan(pid) {
+            self.on_exit(pid, code, at);
+        }
     }
 
     fn state(&mut self, req: StateRequest) -> RpcResult<StateResponse> {
@@ -244,18 +485,17 @@ impl Daemon {
         let root = t.root.clone();
         let is_init = req.exec_id.is_empty();
         let p = t.proc_mut(&req.exec_id)?;
-        let api_status = match (&p.exit, is_init, p.started) {
-            (Some(_), _, _) => ApiStatus::STOPPED,
-            (None, false, false) => ApiStatus::CREATED,
-            (None, false, true) => ApiStatus::RUNNING,
-            (None, true, _) => match container::oci_state(&root, &req.id).map(|s| s.status) {
-                Ok(Status::Created | Status::Creating) => ApiStatus::CREATED,
-                Ok(Status::Running) => ApiStatus::RUNNING,
+        let api_status = match &p.life {
+            Life::Created { .. } | Life::Starting => ApiStatus::CREATED,
+            Life::Exited { .. } => ApiStatus::STOPPED,
+            Life::Running | Life::Draining { .. } if !is_init => ApiStatus::RUNNING,
+            Life::Running | Life::Draining { .. } => match container::oci_state(&root, &req.id).map(|s| s.status) {
                 Ok(Status::Paused) => ApiStatus::PAUSED,
-                Ok(Status::Stopped) | Err(_) => ApiStatus::STOPPED,
+                _ => ApiStatus::RUNNING,
             },
         };
-        let (code, at) = p.exit.clone().unwrap_or_default();
+        let exit = p.life.exit();
+        let (code, at) = exit.clone().unwrap_or_default();
         Ok(StateResponse {
             id: req.id.clone(),
             bundle,
@@ -266,25 +506,29 @@ impl Daemon {
             stderr: p.paths.stderr.clone(),
             terminal: p.paths.terminal,
             exit_status: code,
-            exited_at: if p.exit.is_some() { MessageField::some(at) } else { MessageField::none() },
+            exited_at: if exit.is_some() { MessageField::some(at) } else { MessageField::none() },
             exec_id: req.exec_id.clone(),
             ..Default::default()
         })
     }
 
     fn kill(&mut self, req: KillRequest) -> RpcResult<Empty> {
+        let root = self.root_of(&req.id);
         let p = self.task(&req.id)?.proc_mut(&req.exec_id)?;
-        // A pending exit was reaped already: its pid may belong to another process by now.
-        let (pid, exited) = (p.pid, p.exit.is_some() || p.pending_exit.is_some());
-        if exited && !req.all {
+        // A reaped process's pid may belong to another process by now.
+        let (pid, gone) = (p.pid, p.life.is_gone());
+        if gone && !req.all {
             return Err(status(Code::NOT_FOUND, "process already finished"));
         }
         if req.exec_id.is_empty() {
-            container::kill(&self.root_of(&req.id), &req.id, req.signal as i32, req.all).map_err(|e| match e {
+            container::kill(&root, &req.id, req.signal as i32, req.all).map_err(|e| match e {
                 Error::WrongState { .. } => status(Code::NOT_FOUND, "process already finished"),
                 e => engine_err(e),
             })?;
         } else {
+            if pid == 0 {
+                return Err(status(Code::FAILED_PRECONDITION, format!("exec {} was not started", req.exec_id)));
+            }
             let sig =
                 nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
@@ -293,28 +537,30 @@ impl Daemon {
         Ok(Empty::new())
     }
 
-    fn delete(&mut self, req: DeleteRequest) -> RpcResult<DeleteResponse> {
+    /// `Delete`: the answer now, or `None` when it comes after the `poststop` hooks.
+    fn delete(&mut self, caller: Caller, req: DeleteRequest) -> RpcResult<Option<RpcResult<Vec<u8>>>> {
         if req.exec_id.is_empty() {
-            return self.delete_task(&req.id);
+            return self.delete_task(caller, &req.id);
         }
         let t = self.task(&req.id)?;
         let p = t.proc_mut(&req.exec_id)?;
-        if p.started && p.exit.is_none() {
+        if matches!(p.life, Life::Starting | Life::Running | Life::Draining { .. }) {
             return Err(status(Code::FAILED_PRECONDITION, format!("exec {} is running", req.exec_id)));
         }
-        let mut p = t.execs.remove(&req.exec_id).unwrap_or_default();
+        let Some(mut p) = t.execs.remove(&req.exec_id) else { return Err(task_not_found(&req.id)) };
         self.release(&mut p);
-        let (code, at) = p.exit.unwrap_or_else(|| (0, now()));
+        let (code, at) = p.life.exit().unwrap_or_else(|| (0, now()));
         self.answer_waiters(&req.id, Some(&req.exec_id), code, &at);
-        Ok(DeleteResponse {
+        Ok(Some(encode(Ok(DeleteResponse {
             pid: p.pid as u32,
             exit_status: code,
             exited_at: MessageField::some(at),
             ..Default::default()
-        })
+        }))))
     }
 
-    /// Ends what the daemon runs for a deleted process: its copies and its logger.
+    /// Ends what the daemon runs for a deleted process: its copies, its logger and its FIFO
+    /// ends.
     fn release(&mut self, p: &mut Proc) {
         if let Some(n) = p.pty_pump {
             // What the terminal still holds goes out before its copy ends.
@@ -324,19 +570,24 @@ impl Daemon {
             self.remove_pump(n, false);
         }
         self.retire_logger(&mut p.kept);
+        p.kept.fifo_readers.clear();
     }
 
-    fn delete_task(&mut self, id: &str) -> RpcResult<DeleteResponse> {
+    fn delete_task(&mut self, caller: Caller, id: &str) -> RpcResult<Option<RpcResult<Vec<u8>>>> {
         let t = self.task(id)?;
+        if matches!(t.init.life, Life::Starting) {
+            return Err(status(Code::FAILED_PRECONDITION, format!("task {id} is starting")));
+        }
         let live = container::oci_state(&t.root, id).map(|s| s.status);
-        if t.init.exit.is_none() && matches!(live, Ok(Status::Running | Status::Paused)) {
+        if !t.init.life.is_gone() && matches!(live, Ok(Status::Running | Status::Paused)) {
             return Err(status(Code::FAILED_PRECONDITION, format!("task {id} is running: kill it first")));
         }
         let root = t.root.clone();
-        container::delete(&root, id, true).or_else(|e| match e {
-            Error::NotFound(_) => Ok(()),
-            e => Err(engine_err(e)),
-        })?;
+        let deleted = match container::delete_quietly(&root, id, true) {
+            Ok(st) => Some(st),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(engine_err(e)),
+        };
         let Some(mut t) = self.tasks.remove(id) else { return Err(task_not_found(id)) };
         if let Some(token) = t.oom_watch.take() {
             self.unwatch_oom(token);
@@ -344,15 +595,15 @@ impl Daemon {
         self.release(&mut t.init);
         for mut p in std::mem::take(&mut t.execs).into_values() {
             self.release(&mut p);
-            let (code, at) = p.exit.clone().or(p.pending_exit.clone()).unwrap_or_else(|| (137, now()));
+            let (code, at) = p.life.any_exit().unwrap_or_else(|| (137, now()));
             self.answer_waiters(id, Some(&p.exec_id), code, &at);
         }
-        for _ in 0..t.rootfs_mounts {
+        if t.rootfs_mounts > 0 {
             unmount_rootfs(&t.bundle);
         }
-        // Without a reported exit, the delete killed it: 128 + SIGKILL. A `Wait` still open on
-        // the task (its exit never came: `delete` reaped a created init itself) gets this.
-        let (code, at) = t.init.exit.clone().or(t.init.pending_exit.clone()).unwrap_or_else(|| (137, now()));
+        // Without an exit, the delete killed it: 128 + SIGKILL. A `Wait` still open on the
+        // task (its exit never came: `delete` reaped a created init itself) gets this.
+        let (code, at) = t.init.life.any_exit().unwrap_or_else(|| (137, now()));
         self.answer_waiters(id, None, code, &at);
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
@@ -366,24 +617,46 @@ impl Daemon {
                 ..Default::default()
             },
         );
-        Ok(DeleteResponse {
+        let response = encode(Ok(DeleteResponse {
             pid: t.init.pid as u32,
             exit_status: code,
             exited_at: MessageField::some(at),
             ..Default::default()
-        })
+        }));
+        match deleted {
+            Some(st) => {
+                self.after_hooks(caller, id, &st, crate::hooks::Kind::Poststop, response);
+                Ok(None)
+            }
+            None => Ok(Some(response)),
+        }
     }
 
     fn pids(&mut self, req: PidsRequest) -> RpcResult<PidsResponse> {
-        self.task(&req.id)?;
-        let pids = container::pids(&self.root_of(&req.id), &req.id).map_err(engine_err)?;
-        Ok(PidsResponse {
-            processes: pids
-                .into_iter()
-                .map(|p| containerd_shim::protos::types::task::ProcessInfo { pid: p as u32, ..Default::default() })
-                .collect(),
-            ..Default::default()
-        })
+        let root = self.root_of(&req.id);
+        let t = self.task(&req.id)?;
+        let execs: HashMap<i32, String> =
+            t.execs.values().filter(|p| p.pid > 0 && !p.life.is_gone()).map(|p| (p.pid, p.exec_id.clone())).collect();
+        let pids = container::pids(&root, &req.id).map_err(engine_err)?;
+        let processes = pids
+            .into_iter()
+            .map(|pid| {
+                let mut info =
+                    containerd_shim::protos::types::task::ProcessInfo { pid: pid as u32, ..Default::default() };
+                if let Some(exec_id) = execs.get(&pid) {
+                    let details = containerd_shim::protos::shim::oci::ProcessDetails {
+                        exec_id: exec_id.clone(),
+                        ..Default::default()
+                    };
+                    let mut any = Any::new();
+                    any.type_url = PROCESS_DETAILS_TYPE_URL.to_string();
+                    any.value = details.write_to_bytes().unwrap_or_default();
+                    info.info = MessageField::some(any);
+                }
+                info
+            })
+            .collect();
+        Ok(PidsResponse { processes, ..Default::default() })
     }
 
     fn pause(&mut self, req: PauseRequest) -> RpcResult<Empty> {
@@ -416,18 +689,14 @@ impl Daemon {
         let spec = String::from_utf8(req.spec.value.clone())
             .map_err(|_| status(Code::INVALID_ARGUMENT, "exec process spec: not UTF-8"))?;
         let t = self.task(&req.id)?;
-        if t.execs.contains_key(&req.exec_id) {
-            return Err(status(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
+        if t.init.life.is_gone() {
+            return Err(status(Code::FAILED_PRECONDITION, format!("cannot exec in a stopped container {}", req.id)));
         }
-        t.execs.insert(
-            req.exec_id.clone(),
-            Proc {
-                exec_id: req.exec_id.clone(),
-                paths: paths_of(&req.stdin, &req.stdout, &req.stderr, req.terminal),
-                spec: Some(spec),
-                ..Default::default()
-            },
-        );
+        if t.execs.contains_key(&req.exec_id) {
+            return Err(status(Code::ALREADY_EXISTS, format!("id {}: already exists", req.exec_id)));
+        }
+        let paths = paths_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        t.execs.insert(req.exec_id.clone(), Proc::new(&req.exec_id, paths, Life::Created { spec: Some(spec) }));
         self.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
             "TaskExecAdded",
@@ -489,7 +758,7 @@ impl Daemon {
     }
 
     fn shutdown(&mut self, _req: ShutdownRequest) -> RpcResult<Empty> {
-        if self.tasks.is_empty() {
+        if self.tasks.is_empty() && self.runner.is_empty() {
             log::info!("no task left in namespace {}: shutting down", self.namespace);
             self.exit_soon();
         }

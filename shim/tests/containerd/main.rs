@@ -465,3 +465,94 @@ fn start_without_strata_beside_fails_clearly_and_spawns_nothing() {
     let socket = std::path::PathBuf::from(socket.trim_start_matches("unix://"));
     assert!(!socket.exists(), "{} was created", socket.display());
 }
+
+#[test]
+fn a_writer_that_is_not_pid_1_survives_a_containerd_restart() {
+    // PID 1 ignores SIGPIPE; its child does not. `ctr run -d` leaves no reader on the output
+    // FIFO and the restart takes containerd's away: the shim's own read end keeps the writer
+    // from EPIPE, so the child goes on writing.
+    let mut c = Containerd::start();
+    let script = "(while :; do echo tick; sleep 0.05; done) & child=$!; echo $child > /tmp/child; wait $child; echo child-died-$? > /tmp/child-died; sleep 1000";
+    c.ok(&c.run_args(&["-d"], "writer", &["sh", "-c", script]));
+    c.wait_status("writer", "RUNNING");
+    std::thread::sleep(Duration::from_millis(300));
+    c.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = c.ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "probe",
+        "writer",
+        "sh",
+        "-c",
+        "cat /tmp/child-died 2>/dev/null || echo alive",
+    ]);
+    assert_eq!(out.trim(), "alive", "the background writer died after the restart");
+    c.ok(&["task", "kill", "-s", "SIGKILL", "writer"]);
+    c.wait_status("writer", "STOPPED");
+    c.ok(&["task", "delete", "writer"]);
+    c.ok(&["containers", "rm", "writer"]);
+}
+
+#[test]
+fn a_slow_create_does_not_stall_the_pods_other_containers() {
+    // Two containers of one pod share a shim. While one is created slowly (a createRuntime
+    // hook that takes seconds), an exec in the other — what a Kubernetes probe is — completes.
+    let c = Containerd::start();
+    let pod = "io.kubernetes.cri.sandbox-id=slowpod";
+    c.ok(&c.run_args(&["-d", "--annotation", pod], "slowpod", &["sleep", "1000"]));
+    c.wait_status("slowpod", "RUNNING");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("hook-done");
+    let mut spec: serde_json::Value = serde_json::from_str(&c.ok(&["oci", "spec"])).unwrap();
+    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
+    // With --config, ctr takes no image: the root is a directory of the test's.
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+    spec["root"] = serde_json::json!({"path": rootfs});
+    spec["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": "slowpod"});
+    spec["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh",
+        "args": ["sh", "-c", format!("sleep 4; touch {}", marker.display())]}]});
+    if let Some(r) = spec["linux"]["resources"].as_object_mut() {
+        r.remove("cpu");
+    }
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{}/slow", c.namespace()));
+    let spec_file = dir.path().join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let mut slow = c
+        .ctr_cmd(&["run", "--runtime", harness::RUNTIME, "-d", "--config", spec_file.to_str().unwrap(), "slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The slow create is under way (its hook runs) ...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.ok(&["containers", "ls", "-q"]).lines().all(|l| l != "slow") {
+        if let Ok(Some(st)) = slow.try_wait() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(slow.stderr.as_mut().unwrap(), &mut err);
+            panic!("ctr run --config exited ({st}): {err}");
+        }
+        assert!(Instant::now() < deadline, "the slow container was never registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // ... and a probe in the pod's other container is answered before it ends.
+    let out = c.ok(&["task", "exec", "--exec-id", "probe", "slowpod", "echo", "probed"]);
+    assert_eq!(out, "probed\n");
+    assert!(!marker.exists(), "the probe waited for the slow create");
+    let out = slow.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(marker.exists());
+    c.wait_status("slow", "RUNNING");
+    assert_eq!(c.task("slowpod").map(|t| t.1).as_deref(), Some("RUNNING"));
+    for id in ["slow", "slowpod"] {
+        c.ok(&["task", "kill", "-s", "SIGKILL", id]);
+        c.wait_status(id, "STOPPED");
+        c.ok(&["task", "delete", id]);
+        c.ok(&["containers", "rm", id]);
+    }
+}

@@ -1,0 +1,167 @@
+//! The helpers in flight: each `Create` and exec `Start` runs `strata __strata-shim-helper`
+//! (see [`super::helper`]) while the daemon's loop goes on serving the other containers. A
+//! helper is one more child: the loop's reaper hands its exit to [`Runner::on_exit`], which
+//! reads its report and returns what the call was waiting for; a helper still running at its
+//! deadline is killed, and its call fails. The payload `T` is whatever the caller needs to
+//! finish the call (the connection to answer, the stdio to keep).
+
+use super::helper::{self, HelperRequest};
+use super::ttrpc::{RpcError, status};
+use containerd_shim::protos::ttrpc::Code;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a helper may take to create a container or start an exec (a hook may be slow).
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug)]
+struct Running<T> {
+    report: PathBuf,
+    deadline: Instant,
+    killed: bool,
+    payload: T,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Runner<T> {
+    binary: PathBuf,
+    dir: PathBuf,
+    timeout: Duration,
+    running: HashMap<i32, Running<T>>,
+    next: u64,
+}
+
+impl<T> Runner<T> {
+    /// Helpers run `binary`; their reports go to `dir`.
+    pub fn new(binary: PathBuf, dir: PathBuf, timeout: Duration) -> Runner<T> {
+        Runner { binary, dir, timeout, running: HashMap::new(), next: 0 }
+    }
+
+    /// Starts a helper for `req` with the process's stdio; its exit completes it.
+    pub fn start(&mut self, req: &HelperRequest, stdio: [OwnedFd; 3], payload: T) -> Result<i32, RpcError> {
+        self.next += 1;
+        let report = self.dir.join(format!(".report-{}-{}", std::process::id(), self.next));
+        let pid =
+            helper::spawn(&self.binary, req, &report, stdio).map_err(|e| status(Code::UNKNOWN, e.to_string()))? as i32;
+        self.running.insert(pid, Running { report, deadline: Instant::now() + self.timeout, killed: false, payload });
+        Ok(pid)
+    }
+
+    /// Whether `pid` is a helper in flight.
+    pub fn is_helper(&self, pid: i32) -> bool {
+        self.running.contains_key(&pid)
+    }
+
+    /// Whether any helper runs.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// The payloads of the helpers in flight.
+    pub fn payloads(&self) -> impl Iterator<Item = &T> {
+        self.running.values().map(|r| &r.payload)
+    }
+
+    /// The earliest deadline of a helper not yet killed.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.running.values().filter(|r| !r.killed).map(|r| r.deadline).min()
+    }
+
+    /// Kills the helpers past their deadline (their exits then fail their calls).
+    pub fn kill_overdue(&mut self, now: Instant) {
+        for (pid, r) in self.running.iter_mut().filter(|(_, r)| !r.killed && r.deadline <= now) {
+            log::error!("the shim helper {pid} took longer than {:?}: killing it", self.timeout);
+            // SAFETY: kill(2) takes integers only; the helper is our unreaped child, so its
+            // pid cannot have been reused.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            r.killed = true;
+        }
+    }
+
+    /// A reaped child: if it was a helper, its payload and the pid of the process it made (or
+    /// why it failed).
+    pub fn on_exit(&mut self, pid: i32) -> Option<(T, Result<i32, RpcError>)> {
+        let r = self.running.remove(&pid)?;
+        if r.killed {
+            let _ = std::fs::remove_file(&r.report);
+            let err = status(Code::DEADLINE_EXCEEDED, format!("the shim helper took longer than {:?}", self.timeout));
+            return Some((r.payload, Err(err)));
+        }
+        let rep = helper::read_report(&r.report);
+        let result = match (rep.pid, rep.error) {
+            (_, Some(e)) => Err(status(Code::UNKNOWN, e)),
+            (Some(p), None) => Ok(p),
+            (None, None) => Err(status(Code::UNKNOWN, "the shim helper reported no pid")),
+        };
+        Some((r.payload, result))
+    }
+
+    /// Where reports go.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in for the strata binary: writes `report` (JSON) to its third argument.
+    fn fake_helper(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("fake-strata");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn null3() -> [OwnedFd; 3] {
+        let f = || OwnedFd::from(std::fs::File::options().read(true).write(true).open("/dev/null").unwrap());
+        [f(), f(), f()]
+    }
+
+    fn req() -> HelperRequest {
+        HelperRequest::Create { root: "/r".into(), id: "c1".into(), bundle: "/b".into(), console_socket: None }
+    }
+
+    fn reap(runner: &mut Runner<&'static str>, pid: i32) -> (&'static str, Result<i32, RpcError>) {
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+        runner.on_exit(pid).unwrap()
+    }
+
+    #[test]
+    fn a_helper_reports_the_pid_it_made_or_why_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = fake_helper(dir.path(), r#"printf '{"pid": 4242, "error": null}' > "$3""#);
+        let mut runner = Runner::new(ok, dir.path().to_path_buf(), HELPER_TIMEOUT);
+        let pid = runner.start(&req(), null3(), "create c1").unwrap();
+        assert!(runner.is_helper(pid));
+        let (payload, result) = reap(&mut runner, pid);
+        assert_eq!((payload, result), ("create c1", Ok(4242)));
+        assert!(runner.is_empty());
+        assert!(runner.on_exit(pid).is_none(), "a helper completes once");
+
+        let failing = fake_helper(dir.path(), r#"printf '{"pid": null, "error": "mounts[3]: no such file"}' > "$3""#);
+        let mut runner = Runner::new(failing, dir.path().to_path_buf(), HELPER_TIMEOUT);
+        let pid = runner.start(&req(), null3(), "x").unwrap();
+        let (_, result) = reap(&mut runner, pid);
+        assert_eq!(result.unwrap_err().message, "mounts[3]: no such file");
+    }
+
+    #[test]
+    fn a_helper_past_its_deadline_is_killed_and_its_call_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let stuck = fake_helper(dir.path(), "exec sleep 30");
+        let mut runner = Runner::new(stuck, dir.path().to_path_buf(), Duration::from_millis(10));
+        let pid = runner.start(&req(), null3(), "x").unwrap();
+        assert!(runner.deadline().is_some());
+        std::thread::sleep(Duration::from_millis(20));
+        runner.kill_overdue(Instant::now());
+        assert!(runner.deadline().is_none(), "a killed helper has no deadline left");
+        let (_, result) = reap(&mut runner, pid);
+        assert_eq!(result.unwrap_err().code, Code::DEADLINE_EXCEEDED);
+    }
+}
