@@ -30,8 +30,13 @@ pub enum Error {
         available: String,
     },
     /// A `cgroupsPath` or `unified` key that would leave the cgroup or name no interface file.
-    #[error("linux.cgroupsPath {0:?} is invalid: it must not contain `..` components")]
+    #[error("linux.cgroupsPath {0:?} is invalid: it must not contain `..` components or NUL bytes")]
     InvalidPath(String),
+    /// A `cgroupsPath` in the systemd driver's form, `slice:prefix:name`.
+    #[error(
+        "linux.cgroupsPath {0:?} is a systemd cgroup path (slice:prefix:name): the systemd cgroup driver is not implemented; give a cgroupfs path (/a/b or a/b)"
+    )]
+    SystemdPath(String),
     /// A `linux.resources.unified` key that is not an interface file name this crate may write.
     #[error("linux.resources.unified key {key:?} is refused: {reason}")]
     InvalidUnifiedKey {

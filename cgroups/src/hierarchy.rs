@@ -100,6 +100,9 @@ impl Hierarchy {
     /// Resolves an OCI `cgroupsPath` (absolute, or relative to the caller's own cgroup) to a path
     /// relative to the mount.
     pub fn resolve(&self, cgroups_path: &str) -> Result<PathBuf> {
+        if cgroups_path.split(':').count() == 3 && !cgroups_path.starts_with('/') {
+            return Err(Error::SystemdPath(cgroups_path.to_string()));
+        }
         if Path::new(cgroups_path).components().any(|c| matches!(c, Component::ParentDir))
             || cgroups_path.contains(':')
             || cgroups_path.contains('\0')
@@ -160,7 +163,9 @@ mod tests {
         fs::write(dir.path().join("cgroup.controllers"), "").unwrap();
         let h = Hierarchy::at(dir.path().to_path_buf(), Layout::Pure).unwrap();
         assert!(h.resolve("/a/../../b").is_err());
-        assert!(h.resolve("system.slice:docker:abc").is_err());
+        let e = h.resolve("system.slice:cri-containerd:abc").unwrap_err().to_string();
+        assert!(e.contains("systemd cgroup path") && e.contains("not implemented"), "{e}");
+        assert!(matches!(h.resolve("/a:b"), Err(Error::InvalidPath(_))));
         assert_eq!(h.resolve("/a/b").unwrap(), PathBuf::from("a/b"));
         assert_eq!(h.resolve("//a").unwrap(), PathBuf::from("a"));
         assert!(h.resolve("rel/x").unwrap().ends_with("rel/x"));

@@ -37,6 +37,9 @@ pub enum HelperRequest {
         bundle: PathBuf,
         /// Where the pty master goes when the process has a terminal.
         console_socket: Option<PathBuf>,
+        /// Keep the runtime's session keyring (the `NoNewKeyring` runtime option).
+        #[serde(default)]
+        no_new_keyring: bool,
     },
     /// Run the `poststart` or `poststop` hooks (`kind`) of a container with its state document
     /// on their stdin; their failures are warnings (the runtime-spec's rule), logged.
@@ -138,10 +141,14 @@ fn run(req: &HelperRequest) -> Result<i32> {
             crate::hooks::run_or_warn(Some(&hooks), kind, || state.clone().into_bytes());
             Ok(0)
         }
-        HelperRequest::Create { root, id, bundle, console_socket } => {
+        HelperRequest::Create { root, id, bundle, console_socket, no_new_keyring } => {
             let root = StateRoot::new(root)?;
             let bundle = crate::bundle::Bundle::load(bundle)?;
-            let opts = CreateOptions { console_socket: console_socket.clone(), ..Default::default() };
+            let opts = CreateOptions {
+                console_socket: console_socket.clone(),
+                no_new_keyring: *no_new_keyring,
+                ..Default::default()
+            };
             let created = container::create(&root, id, &bundle, &opts, false)?;
             Ok(created.state.pid)
         }

@@ -124,7 +124,13 @@ mod tests {
     }
 
     fn req() -> HelperRequest {
-        HelperRequest::Create { root: "/r".into(), id: "c1".into(), bundle: "/b".into(), console_socket: None }
+        HelperRequest::Create {
+            root: "/r".into(),
+            id: "c1".into(),
+            bundle: "/b".into(),
+            console_socket: None,
+            no_new_keyring: false,
+        }
     }
 
     fn reap(runner: &mut Runner<&'static str>, pid: i32) -> (&'static str, Result<i32, RpcError>) {

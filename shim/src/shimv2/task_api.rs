@@ -58,6 +58,17 @@ fn paths_of(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> StdioPat
     StdioPaths { stdin: stdin.into(), stdout: stdout.into(), stderr: stderr.into(), terminal }
 }
 
+/// Moves the shim daemon into cgroup `path` (below the cgroup2 mount; made if missing), as the
+/// `ShimCgroup` runtime option asks.
+fn move_into_cgroup(path: &str) -> crate::Result<()> {
+    let h = cgroups::Hierarchy::detect()?;
+    let rel = h.resolve(path)?;
+    let dir = h.mount().join(rel);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    Cgroup::open(dir).add_process(std::process::id() as i32)?;
+    Ok(())
+}
+
 /// An answer given now, or later.
 fn later(r: RpcResult<()>) -> Option<RpcResult<Vec<u8>>> {
     r.err().map(Err)
@@ -206,6 +217,10 @@ impl Daemon {
         }
         let bundle = PathBuf::from(&req.bundle);
         let options = options::parse(&req.options)?;
+        if let Some(cg) = &options.shim_cgroup {
+            move_into_cgroup(cg)
+                .map_err(|e| status(Code::INVALID_ARGUMENT, format!("runtime options: ShimCgroup {cg}: {e}")))?;
+        }
         let root = match options.root {
             Some(dir) => {
                 let dir = dir.join(&self.namespace);
@@ -227,12 +242,14 @@ impl Daemon {
         }
         let paths = paths_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let (id, state_dir, io_owner) = (req.id.clone(), root.path().to_path_buf(), options.io_owner);
+        let no_new_keyring = options.no_new_keyring;
         let what = PendingWhat::Create(Box::new(PendingCreate { req, root, rootfs_mounts: mounted, io_owner }));
         let launched = self.launch(caller, &id, &paths, io_owner, what, |console_socket| HelperRequest::Create {
             root: state_dir,
             id: id.clone(),
             bundle: bundle.clone(),
             console_socket,
+            no_new_keyring,
         });
         if launched.is_err() && mounted > 0 {
             unmount_rootfs(&bundle);

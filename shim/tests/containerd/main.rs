@@ -401,13 +401,33 @@ fn kill_all_reaches_every_process_and_checkpoint_is_refused() {
 }
 
 #[test]
-fn cri_style_runtime_options_are_accepted() {
+fn cri_style_runtime_options_are_read_or_refused_by_name() {
     // For a runtime that is not runc, containerd sends runtimeoptions.v1.Options (a config
-    // path), as CRI does: strata ignores them rather than failing the container.
+    // path), as CRI does: strata reads its TOML, and refuses what it cannot take.
     let c = Containerd::start();
-    let out =
-        c.ok(&c.run_args(&["--rm", "--runtime-config-path", "/nonexistent/strata.toml"], "opts", &["echo", "ran"]));
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, format!("# strata's shim options\nRoot = \"{}\"\n", state.display())).unwrap();
+    let out = c.ok(&c.run_args(
+        &["--rm", "--runtime-config-path", config.to_str().unwrap()],
+        "opts",
+        &["sh", "-c", "echo ran; sleep 0.2"],
+    ));
     assert_eq!(out, "ran\n");
+    // The state went to the root the options named (the namespace appended).
+    assert!(state.join(c.namespace()).is_dir(), "no state root {}", state.display());
+    let out = c.ctr(&c.run_args(&["--rm", "--runtime-config-path", "/nonexistent/strata.toml"], "opts2", &["true"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/strata.toml"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&config, "SystemdCgroup = true\n").unwrap();
+    let out = c.ctr(&c.run_args(&["--rm", "--runtime-config-path", config.to_str().unwrap()], "opts3", &["true"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SystemdCgroup"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
