@@ -3,9 +3,11 @@
 //! It needs a pure cgroup v2 machine and root, so it runs only with `STRATA_CRI=1`
 //! (`vmtest/cri.sh` runs it in the VM); otherwise it reports every scenario ignored.
 //!
-//! Its own runner (not libtest): one containerd serves every scenario, the scenarios run in a
-//! fixed order with the leak check last, each scenario's pods are swept after it whatever
-//! happened, and each prints `CRI-RESULT <scenario> ok|FAILED <seconds>s [error]`.
+//! Its own runner (not libtest): one containerd serves every scenario; the independent
+//! scenarios run at once (`STRATA_CRI_JOBS` at a time, default 4: the VM's time goes to
+//! waiting as much as to work), then those that need the node to themselves, in order, the leak
+//! check last; each scenario's pods are swept after it whatever happened, and each prints
+//! `CRI-RESULT <scenario> ok|FAILED <seconds>s [error]`.
 //!
 //!     cri [FILTER...] [--skip FILTER] [--list]
 //!
@@ -14,12 +16,14 @@
 
 mod scenarios;
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use cri::{Containerd, Settings};
-use scenarios::{Ctx, SCENARIOS};
+use scenarios::{Ctx, Node, SCENARIOS, Scenario};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,12 +66,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(chosen: &[&scenarios::Scenario]) -> cri::Result<bool> {
+fn run(chosen: &[&Scenario]) -> cri::Result<bool> {
     let settings = Settings::from_env()?;
+    let jobs: usize = std::env::var("STRATA_CRI_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(4).max(1);
     let started = Instant::now();
     let ctd = Containerd::start(&settings)?;
-    let cri = ctd.client()?;
-    let version = cri.version()?;
+    let version = ctd.client()?.version()?;
     println!(
         "cri: {} {} (CRI {}), handler {}, containerd up in {:.1}s",
         version.runtime_name,
@@ -76,45 +80,67 @@ fn run(chosen: &[&scenarios::Scenario]) -> cri::Result<bool> {
         settings.handler,
         started.elapsed().as_secs_f64()
     );
-    let mut ctx = Ctx { ctd, cri, handler: settings.handler.clone() };
-    let (mut passed, mut failed) = (0, 0);
-    for s in chosen {
-        let t = Instant::now();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (s.run)(&mut ctx, s.name)));
-        let mut error = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("{e:#}")),
-            Err(panic) => Some(format!(
-                "panicked: {}",
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            )),
-        };
-        // The scenario's pods go whatever happened; a scenario that passed but whose pods cannot
-        // be removed fails.
-        let problems = cri::pod::sweep(&ctx.cri, s.name);
-        if !problems.is_empty() {
-            let text = format!("cleanup: {}", problems.join("; "));
-            error = Some(error.map_or(text.clone(), |e| format!("{e}; {text}")));
+    let node = Node::new(ctd);
+    let (together, alone): (Vec<&Scenario>, Vec<&Scenario>) = chosen.iter().partition(|s| !s.alone);
+    let queue = Mutex::new(together.into_iter().collect::<VecDeque<_>>());
+    let outcomes = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                while let Some(s) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                    let ok = run_one(&node, &settings.handler, s);
+                    outcomes.lock().unwrap_or_else(|e| e.into_inner()).push(ok);
+                }
+            });
         }
-        let secs = t.elapsed().as_secs_f64();
-        match error {
-            None => {
-                passed += 1;
-                println!("CRI-RESULT {} ok {secs:.1}s", s.name);
-            }
-            Some(e) => {
-                failed += 1;
-                println!("CRI-RESULT {} FAILED {secs:.1}s {}", s.name, e.replace('\n', " | "));
-            }
-        }
+    });
+    let mut outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
+    for s in alone {
+        outcomes.push(run_one(&node, &settings.handler, s));
     }
     println!("cri: containerd's log: {}", settings.log.display());
-    drop(ctx);
+    drop(node);
+    let passed = outcomes.iter().filter(|ok| **ok).count();
     println!("cri: the suite took {:.0}s", started.elapsed().as_secs_f64());
-    println!("cri: {passed} passed, {failed} failed");
-    Ok(failed == 0)
+    println!("cri: {passed} passed, {} failed", outcomes.len() - passed);
+    Ok(passed == outcomes.len())
+}
+
+/// Runs one scenario with a client of its own, sweeps its pods whatever happened, prints its
+/// result line; whether it passed.
+fn run_one(node: &Node, handler: &str, s: &Scenario) -> bool {
+    let t = Instant::now();
+    let cri = match node.containerd().client() {
+        Ok(c) => c,
+        Err(e) => {
+            println!("CRI-RESULT {} FAILED 0.0s no CRI client: {e}", s.name);
+            return false;
+        }
+    };
+    let mut ctx = Ctx { node, cri, handler: handler.to_string() };
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (s.run)(&mut ctx, s.name)));
+    let mut error = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(panic) => Some(format!(
+            "panicked: {}",
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        )),
+    };
+    // A scenario that passed but whose pods cannot be removed fails.
+    let problems = cri::pod::sweep(&ctx.cri, s.name);
+    if !problems.is_empty() {
+        let text = format!("cleanup: {}", problems.join("; "));
+        error = Some(error.map_or(text.clone(), |e| format!("{e}; {text}")));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    match &error {
+        None => println!("CRI-RESULT {} ok {secs:.1}s", s.name),
+        Some(e) => println!("CRI-RESULT {} FAILED {secs:.1}s {}", s.name, e.replace('\n', " | ")),
+    }
+    error.is_none()
 }

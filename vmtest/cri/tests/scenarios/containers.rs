@@ -12,7 +12,7 @@ use super::{Ctx, STATE_LIMIT, eventually};
 /// c: a created container is CREATED; one that exits 3 is EXITED with exit code 3 and reason
 /// Error, one that exits 0 with reason Completed, both with start and finish times; a removed
 /// container is NotFound.
-pub fn exit_codes(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn exit_codes(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let pod = ctx.pod(scenario, "exits", Namespaces::default())?;
     let created = pod.create(&ctx.cri, &ContainerSpec::sh("created", "exit 0"))?;
     let st = ctx.cri.container_status(&created)?;
@@ -46,7 +46,7 @@ pub fn exit_codes(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
 
 /// d: a container limited to 32 MiB that allocates 100 MiB is OOM-killed: exit code 137,
 /// reason OOMKilled.
-pub fn oom_killed(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn oom_killed(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let pod = ctx.pod(scenario, "oom", Namespaces::default())?;
     // tail keeps a line that never ends: it grows until the OOM killer takes it.
     let spec = ContainerSpec::sh("hog", "head -c 100m /dev/zero | tail").memory(32 << 20);
@@ -65,7 +65,7 @@ pub fn oom_killed(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
 /// i: StopContainer with a grace period: a container that traps TERM exits by it at once
 /// (exit 0, Completed, its trap's output in the log); one that ignores TERM is killed when the
 /// grace period ends (exit 137, Error), not before.
-pub fn stop_grace(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn stop_grace(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let pod = ctx.pod(scenario, "stop", Namespaces::default())?;
     let polite =
         ContainerSpec::sh("polite", "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.2; done");

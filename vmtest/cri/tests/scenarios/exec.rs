@@ -11,7 +11,7 @@ use super::{Ctx, STATE_LIMIT, eventually};
 /// e: ExecSync returns the command's stdout, stderr and exit code; a command that outlives its
 /// timeout is refused once the timeout passes and is killed; 10 probes at once, while another
 /// container of the pod is being created, all answer rightly.
-pub fn exec_sync(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn exec_sync(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let pod = ctx.pod(scenario, "exec", Namespaces::default())?;
     let id = ctx.running(&pod, &ContainerSpec::sh("main", "exec sleep 3600"))?;
 

@@ -21,7 +21,7 @@ fn numbered(entries: &[Entry]) -> Vec<u64> {
 /// entry per stream, a line longer than containerd's maximum as P entries then an F, the
 /// unterminated end as a P. ReopenContainerLog makes a running container's output go on in a
 /// new file at the path once the old one was moved away; for an exited container it fails.
-pub fn cri_logs(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn cri_logs(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let pod = ctx.pod(scenario, "logs", Namespaces::default())?;
     let script = "echo out-1; echo err-1 >&2; head -c 20000 /dev/zero | tr '\\0' x; echo; printf tail-no-newline";
     let id = pod.start(&ctx.cri, &ContainerSpec::sh("writer", script))?;
@@ -84,7 +84,7 @@ pub fn cri_logs(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
 /// k: containerd restarts while a pod's container writes (from a process that is not its pid
 /// 1, so a broken pipe would kill it): the writer lives on, the container and pod stay up, and
 /// its log goes on after the restart.
-pub fn containerd_restart(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn containerd_restart(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let pod = ctx.pod(scenario, "restart", Namespaces::default())?;
     let script = "while :; do echo tick; sleep 0.2; done & echo writer=$!; wait";
     let id = ctx.running(&pod, &ContainerSpec::sh("ticker", script))?;
@@ -94,30 +94,36 @@ pub fn containerd_restart(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
         let ticks = e.iter().filter(|e| e.content == "tick").count();
         Ok(e.iter().find_map(|e| e.content.strip_prefix("writer=").map(str::to_string)).filter(|_| ticks >= 3))
     })?;
-    let alive = |ctx: &Ctx| -> Result<bool> {
+    let alive = |ctx: &Ctx<'_>| -> Result<bool> {
         let ps = ctx.sh(&id, "ps -o pid,args")?;
         Ok(ps.lines().any(|l| l.split_whitespace().next() == Some(writer.as_str())))
     };
     ensure!(alive(ctx)?, "the writer {writer} is not running before the restart");
 
-    ctx.ctd.restart(Duration::from_secs(2)).context("restarting containerd")?;
-    ctx.cri = ctx.ctd.client()?;
+    {
+        let mut ctd = ctx.node.containerd();
+        ctd.restart(Duration::from_secs(2)).context("restarting containerd")?;
+        ctx.cri = ctd.client()?;
+    }
     let before = read(&path)?.iter().filter(|e| e.content == "tick").count();
+    // Give the writer time to write across the restart before judging.
+    std::thread::sleep(Duration::from_secs(2));
+    let st = ctx.cri.container_status(&id)?;
+    let pst = ctx.cri.pod_status(&pod.id)?;
+    ensure!(
+        st.state == ContainerState::ContainerRunning as i32 && pst.state == PodSandboxState::SandboxReady as i32,
+        "after the restart the container is {:?} (exit code {}, reason {:?}, message {:?}) and the pod {:?}",
+        ContainerState::try_from(st.state).unwrap_or(ContainerState::ContainerUnknown),
+        st.exit_code,
+        st.reason,
+        st.message,
+        PodSandboxState::try_from(pst.state).unwrap_or(PodSandboxState::SandboxNotready)
+    );
+    ensure!(alive(ctx)?, "the writer {writer} died across the restart");
     let after = eventually(Duration::from_secs(30), "ticks after the restart", || {
         let n = read(&path)?.iter().filter(|e| e.content == "tick").count();
         Ok((n >= before + 5).then_some(n))
     })?;
-    let st = ctx.cri.container_status(&id)?;
-    ensure!(
-        st.state == ContainerState::ContainerRunning as i32,
-        "the container is {:?} (exit code {}, reason {:?}) after the restart",
-        st.state,
-        st.exit_code,
-        st.reason
-    );
-    let pst = ctx.cri.pod_status(&pod.id)?;
-    ensure!(pst.state == PodSandboxState::SandboxReady as i32, "the pod is not READY after the restart");
-    ensure!(alive(ctx)?, "the writer {writer} died across the restart");
     println!("  {before} ticks when containerd was back, {after} a moment later; writer {writer} alive");
     Ok(())
 }

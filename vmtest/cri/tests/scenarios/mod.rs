@@ -7,6 +7,8 @@ mod logs;
 mod pods;
 mod resources;
 
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -14,9 +16,28 @@ use cri::pod::{ContainerSpec, Namespaces, Pod, sandbox_config, wait_state};
 use cri::{Containerd, Cri};
 use k8s_cri::v1::ContainerState;
 
-/// What every scenario works with.
-pub struct Ctx {
-    pub ctd: Containerd,
+/// The node: its containerd (locked by the scenario that restarts it and by the leak check)
+/// and where pods' logs go.
+pub struct Node {
+    pub ctd: Mutex<Containerd>,
+    pub log_root: PathBuf,
+}
+
+impl Node {
+    pub fn new(ctd: Containerd) -> Node {
+        let log_root = ctd.log_root();
+        Node { ctd: Mutex::new(ctd), log_root }
+    }
+
+    /// The containerd (a scenario that panicked holding it does not make it unusable).
+    pub fn containerd(&self) -> MutexGuard<'_, Containerd> {
+        self.ctd.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a scenario works with: the node, a CRI client of its own, the handler.
+pub struct Ctx<'n> {
+    pub node: &'n Node,
     pub cri: Cri,
     pub handler: String,
 }
@@ -26,32 +47,40 @@ pub struct Scenario {
     pub name: &'static str,
     /// Left out when `STRATA_CRI_SLOW=0`.
     pub slow: bool,
-    pub run: fn(&mut Ctx, &'static str) -> Result<()>,
+    /// Runs with nothing else running (it counts or changes what the whole node has); the
+    /// others run at once.
+    pub alone: bool,
+    pub run: fn(&mut Ctx<'_>, &'static str) -> Result<()>,
 }
 
-/// Every scenario, in order; the leak check comes last.
+const fn with_others(name: &'static str, run: fn(&mut Ctx<'_>, &'static str) -> Result<()>) -> Scenario {
+    Scenario { name, slow: false, alone: false, run }
+}
+
+/// Every scenario; those that run alone run after the others, in this order (the leak check
+/// last).
 pub const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "a_sandbox_lifecycle", slow: false, run: pods::sandbox_lifecycle },
-    Scenario { name: "b_shared_namespaces", slow: false, run: pods::shared_namespaces },
-    Scenario { name: "c_exit_codes", slow: false, run: containers::exit_codes },
-    Scenario { name: "d_oom_killed", slow: false, run: containers::oom_killed },
-    Scenario { name: "e_exec_sync", slow: false, run: exec::exec_sync },
-    Scenario { name: "f_logs", slow: false, run: logs::cri_logs },
-    Scenario { name: "g_stats", slow: false, run: resources::stats },
-    Scenario { name: "h_update_resources", slow: false, run: resources::update_resources },
-    Scenario { name: "i_stop_grace", slow: false, run: containers::stop_grace },
-    Scenario { name: "j_many_pods", slow: true, run: pods::many_pods },
-    Scenario { name: "k_containerd_restart", slow: true, run: logs::containerd_restart },
-    Scenario { name: "l_no_leaks", slow: false, run: no_leaks },
+    with_others("a_sandbox_lifecycle", pods::sandbox_lifecycle),
+    with_others("b_shared_namespaces", pods::shared_namespaces),
+    with_others("c_exit_codes", containers::exit_codes),
+    with_others("d_oom_killed", containers::oom_killed),
+    with_others("e_exec_sync", exec::exec_sync),
+    with_others("f_logs", logs::cri_logs),
+    with_others("g_stats", resources::stats),
+    with_others("h_update_resources", resources::update_resources),
+    with_others("i_stop_grace", containers::stop_grace),
+    Scenario { name: "j_many_pods", slow: true, alone: true, run: pods::many_pods },
+    Scenario { name: "k_containerd_restart", slow: true, alone: true, run: logs::containerd_restart },
+    Scenario { name: "l_no_leaks", slow: false, alone: true, run: no_leaks },
 ];
 
 /// How long a container may take to reach a state (the VM runs under TCG).
 pub const STATE_LIMIT: Duration = Duration::from_secs(60);
 
-impl Ctx {
+impl Ctx<'_> {
     /// Runs pod `name` of `scenario` with this handler.
     pub fn pod(&self, scenario: &str, name: &str, ns: Namespaces) -> Result<Pod> {
-        let config = sandbox_config(&self.ctd.log_root(), scenario, name, ns)?;
+        let config = sandbox_config(&self.node.log_root, scenario, name, ns)?;
         Pod::run(&self.cri, &self.handler, config).with_context(|| format!("running pod {name}"))
     }
 
@@ -95,7 +124,7 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<
 /// l: once every pod is removed, nothing is left: mounts, cgroups, network namespaces,
 /// processes, state directories, active snapshots, allocated addresses (shims may take a
 /// moment to exit).
-fn no_leaks(ctx: &mut Ctx, _: &'static str) -> Result<()> {
+fn no_leaks(ctx: &mut Ctx<'_>, _: &'static str) -> Result<()> {
     let pods = ctx.cri.list_pods(None)?;
     let containers = ctx.cri.list_containers(None)?;
     ensure!(
@@ -106,7 +135,7 @@ fn no_leaks(ctx: &mut Ctx, _: &'static str) -> Result<()> {
     );
     let mut leaks = Vec::new();
     let found = eventually(Duration::from_secs(20), "nothing left", || {
-        leaks = cri::leaks::find(&ctx.ctd);
+        leaks = cri::leaks::find(&ctx.node.containerd());
         Ok(leaks.is_empty().then_some(()))
     });
     if found.is_err() {

@@ -15,7 +15,7 @@ use super::{Ctx, STATE_LIMIT, eventually};
 /// a: RunPodSandbox gives a READY sandbox with an address on the pods' network (another pod
 /// gets another); StopPodSandbox makes it NOTREADY (twice is fine); RemovePodSandbox removes
 /// it (twice is fine), after which its status is NotFound.
-pub fn sandbox_lifecycle(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn sandbox_lifecycle(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let pod = ctx.pod(scenario, "lifecycle", Namespaces::default())?;
     let other = ctx.pod(scenario, "lifecycle-other", Namespaces::default())?;
     let st = ctx.cri.pod_status(&pod.id)?;
@@ -42,6 +42,13 @@ pub fn sandbox_lifecycle(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
         other => bail!("PodSandboxStatus of a removed pod: {other:?}, not NotFound"),
     }
     ctx.cri.remove_pod(&pod.id).context("removing a removed pod again")?;
+    // kubelet removes the pod's cgroup once the pod is gone: nothing may be left in it.
+    let uid = pod.config.metadata.as_ref().map(|m| m.uid.as_str()).unwrap_or_default();
+    let cgroup = cri::pod::pod_cgroup(uid);
+    if cgroup.exists() {
+        std::fs::remove_dir(&cgroup)
+            .with_context(|| format!("removing the removed pod's cgroup {}", cgroup.display()))?;
+    }
     Ok(())
 }
 
@@ -53,7 +60,7 @@ struct Seen {
     pid1: String,
 }
 
-fn seen(ctx: &Ctx, id: &str) -> Result<Seen> {
+fn seen(ctx: &Ctx<'_>, id: &str) -> Result<Seen> {
     let out = ctx.sh(
         id,
         "for n in net ipc uts pid; do echo $n=$(readlink /proc/self/ns/$n); done; \
@@ -76,7 +83,7 @@ fn own_ns(kind: &str) -> String {
 /// b: a pod's containers share its network, IPC and UTS namespaces (and see its address and
 /// host name); with pid mode POD they share a pid namespace whose pid 1 is the pause program,
 /// with CONTAINER each has its own (its command is pid 1), with NODE they are in the node's.
-pub fn shared_namespaces(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn shared_namespaces(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     for (mode, name) in
         [(NamespaceMode::Pod, "ns-pod"), (NamespaceMode::Container, "ns-container"), (NamespaceMode::Node, "ns-node")]
     {
@@ -128,11 +135,11 @@ pub fn shared_namespaces(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
 }
 
 /// j: 20 pods of 3 containers created at once all run, then are all removed.
-pub fn many_pods(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn many_pods(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     const PODS: usize = 20;
     const PER_POD: usize = 3;
     let configs = (0..PODS)
-        .map(|i| sandbox_config(&ctx.ctd.log_root(), scenario, &format!("many-{i}"), Namespaces::default()))
+        .map(|i| sandbox_config(&ctx.node.log_root, scenario, &format!("many-{i}"), Namespaces::default()))
         .collect::<cri::Result<Vec<_>>>()?;
     let client = ctx.cri.client();
     let handler = ctx.handler.clone();

@@ -16,15 +16,26 @@ fn cpu_and_memory(s: &api::ContainerStats) -> (u64, u64) {
 
 /// g: ContainerStats and ListContainerStats report CPU time and a memory working set for a
 /// running container that has used both.
-pub fn stats(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn stats(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let pod = ctx.pod(scenario, "stats", Namespaces::default())?;
     let script =
         "i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; x=$(head -c 2000000 /dev/zero | tr '\\0' a); exec sleep 3600";
     let id = ctx.running(&pod, &ContainerSpec::sh("busy", script))?;
-    let (cpu, mem) = eventually(Duration::from_secs(30), "CPU time and working set in ContainerStats", || {
-        let (cpu, mem) = cpu_and_memory(&ctx.cri.container_stats(&id)?);
-        Ok((cpu > 0 && mem > 0).then_some((cpu, mem)))
-    })?;
+    let mut last = (0, 0);
+    let seen = eventually(Duration::from_secs(30), "CPU time and working set in ContainerStats", || {
+        last = cpu_and_memory(&ctx.cri.container_stats(&id)?);
+        Ok((last.0 > 0 && last.1 > 0).then_some(last))
+    });
+    let Ok((cpu, mem)) = seen else {
+        // What the container's cgroup offers tells why a figure is missing.
+        let inside = ctx.sh(&id, "echo controllers: $(cat /sys/fs/cgroup/cgroup.controllers); ls /sys/fs/cgroup | grep -c '^memory\\.' || true")?;
+        anyhow::bail!(
+            "ContainerStats: CPU {} ns, working set {} bytes after 30 s; inside the container's cgroup: {} memory.* files",
+            last.0,
+            last.1,
+            inside.replace('\n', ", ").trim_end_matches(", ")
+        );
+    };
     let filter = api::ContainerStatsFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() };
     let listed = ctx.cri.list_container_stats(Some(filter))?;
     let mine = listed.iter().find(|s| s.attributes.as_ref().is_some_and(|a| a.id == id));
@@ -39,7 +50,7 @@ pub fn stats(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
 
 /// h: UpdateContainerResources raises a running container's memory limit, which the container
 /// sees in its own cgroup (and ContainerStatus reports).
-pub fn update_resources(ctx: &mut Ctx, scenario: &'static str) -> Result<()> {
+pub fn update_resources(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let pod = ctx.pod(scenario, "update", Namespaces::default())?;
     let id = ctx.running(&pod, &ContainerSpec::sh("limited", "exec sleep 3600").memory(64 << 20))?;
     let before = ctx.sh(&id, "cat /sys/fs/cgroup/memory.max")?;

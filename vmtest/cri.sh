@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Runs the CRI suite (vmtest/cri: containerd's CRI v1 driven as kubelet drives it) in one boot
+# of run.sh's pure cgroup v2 VM, for containerd 1.7 (trixie) and 2.1 (forky), each with the
+# runc handler (the reference) and the strata handler (containerd-shim-strata-v1), and prints a
+# table of scenario x combination.
+#   vmtest/cri.sh [run.sh OPTIONS]
+# Environment:
+#   STRATA_CRI_STRATA_MUST_PASS  1: strata failures fail the run too (default 0: reported only;
+#                                runc failures always fail it)
+#   STRATA_CRI_SUITES            Debian suites of containerd (default "trixie forky")
+#   STRATA_CRI_HANDLERS          handlers (default "runc strata")
+#   STRATA_CRI_SLOW_HANDLERS     handlers that run the slow scenarios (20x3 pods, containerd
+#                                restart), once per containerd version (default "strata")
+#   STRATA_CRI_FILTER            scenario name filters passed to the suite (default: all)
+#   STRATA_CRI_LOG_LEVEL         containerd's log level (default info)
+#   STRATA_CRI_TARGET_DIR        cargo target directory (default <repo>/.cache/cri-target)
+#   STRATA_CRI_STRATA_REV        build strata and its shim from this git revision (exported with
+#                                git archive) instead of the work tree, e.g. HEAD while the work
+#                                tree is mid-change
+# Results, containerd's logs and each combination's output stay in <cache>/cri-share/results.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+cache=${STRATA_VMTEST_CACHE:-${XDG_CACHE_HOME:+$XDG_CACHE_HOME/strata-vmtest}}
+cache=${cache:-$repo/.cache/vmtest}
+target_dir=${STRATA_CRI_TARGET_DIR:-$repo/.cache/cri-target}
+must_pass=${STRATA_CRI_STRATA_MUST_PASS:-0}
+suites=${STRATA_CRI_SUITES:-trixie forky}
+handlers=${STRATA_CRI_HANDLERS:-runc strata}
+log() { echo "cri: $*" >&2; }
+mkdir -p "$cache"
+started=$(date +%s)
+
+# ---- host packages: protoc (k8s-cri's build), the CNI plugins, runc and its libseccomp -------
+need=()
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+[ -x /usr/sbin/runc ] || need+=(runc)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# ---- static builds ---------------------------------------------------------------------------
+target=x86_64-unknown-linux-gnu
+export RUSTFLAGS='-C target-feature=+crt-static'
+export CARGO_PROFILE_DEV_DEBUG=0
+json=$(cd "$repo" && cargo test -p strata-cri-tests --test cri --no-run --locked \
+    --target "$target" --target-dir "$target_dir" --message-format=json-render-diagnostics)
+(cd "$repo" && cargo build -p strata-cri-tests --bin strata-pause --locked --target "$target" --target-dir "$target_dir" -q)
+src=$repo
+if [ -n "${STRATA_CRI_STRATA_REV:-}" ]; then
+    src=$cache/cri-src
+    rm -rf "$src" && mkdir -p "$src"
+    git -C "$repo" archive "$STRATA_CRI_STRATA_REV" | tar -x -C "$src"
+    log "strata from $(git -C "$repo" rev-parse --short "$STRATA_CRI_STRATA_REV") ($STRATA_CRI_STRATA_REV)"
+fi
+(cd "$src" && cargo build -p strata-shim --bin strata --bin containerd-shim-strata-v1 --locked \
+    --target "$target" --target-dir "$target_dir" -q)
+log "static builds took $(( $(date +%s) - started ))s"
+test_bin=$(printf '%s\n' "$json" | grep '"reason":"compiler-artifact"' | grep -o '"executable":"[^"]*"' \
+    | cut -d'"' -f4 | grep '/deps/cri-' | head -1)
+out=$target_dir/$target/debug
+for f in "$test_bin" "$out/strata" "$out/containerd-shim-strata-v1" "$out/strata-pause"; do
+    file "$f" | grep -Eq 'static(-pie)? linked' || { log "$f is not statically linked"; exit 2; }
+done
+
+# ---- the share: binaries, glibc for containerd/runc/CNI (dynamic), images ---------------------
+share=$cache/cri-share
+rm -rf "$share"
+mkdir -p "$share"/{bin,lib,opt/strata,opt/runc,opt/cni,images,results}
+cp "$test_bin" "$share/bin/cri-tests"
+cp "$out/strata" "$out/containerd-shim-strata-v1" "$share/opt/strata/"
+cp /usr/sbin/runc "$share/opt/runc/"
+cp /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback "$share/opt/cni/"
+cp -L /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libseccomp.so.2 "$share/lib/"
+declare -A version=()
+for s in $suites; do
+    dir=$(sh "$repo/shim/tests/containerd/fetch-containerd.sh" "$s")
+    mkdir -p "$share/opt/containerd-$s"
+    cp "$dir/containerd" "$dir/ctr" "$dir/containerd-shim-runc-v2" "$share/opt/containerd-$s/"
+    version[$s]=$("$dir/containerd" --version | awk '{print $3}' | cut -d. -f1,2)
+done
+rootfs=$(mktemp -d)
+trap 'rm -rf "$rootfs"' EXIT
+mkdir -p "$rootfs/pause/dev" "$rootfs/pause/proc" "$rootfs/pause/sys" "$rootfs/pause/etc"
+cp "$out/strata-pause" "$rootfs/pause/pause"
+sh "$here/cri/make-image.sh" "$share/images/pause.tar" docker.io/library/strata-pause:cri "$rootfs/pause" '["/pause"]'
+mkdir -p "$rootfs/busybox"/{bin,etc,tmp,proc,sys,dev,root}
+cp /bin/busybox "$rootfs/busybox/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ -e "$rootfs/busybox/bin/$applet" ] || ln -s busybox "$rootfs/busybox/bin/$applet"
+done
+echo 'root:x:0:0:root:/root:/bin/sh' > "$rootfs/busybox/etc/passwd"
+echo 'root:x:0:' > "$rootfs/busybox/etc/group"
+chmod 1777 "$rootfs/busybox/tmp"
+sh "$here/cri/make-image.sh" "$share/images/busybox.tar" docker.io/library/strata-busybox:cri "$rootfs/busybox" '["sh"]'
+
+# ---- the VM's commands: setup, then one per combination ---------------------------------------
+setup='set -e
+mkdir -p /lib64 /lib/x86_64-linux-gnu /var/lib /opt
+cp lib/ld-linux-x86-64.so.2 /lib64/
+cp lib/libc.so.6 lib/libseccomp.so.2 /lib/x86_64-linux-gnu/
+cp -a opt/. /opt/
+[ -e /var/run ] || ln -s /run /var/run
+: > /etc/resolv.conf
+echo "127.0.0.1 localhost" > /etc/hosts
+hostname cri-vm
+ip link set lo up
+for d in /opt/containerd-*; do $d/containerd --version; done
+/opt/runc/runc --version | head -1'
+cmds=("$setup")
+combos=()
+for s in $suites; do
+    for h in $handlers; do
+        combo=${version[$s]}-$h
+        combos+=("$combo")
+        tolerate=0 slow=0
+        case " ${STRATA_CRI_SLOW_HANDLERS-strata} " in *" $h "*) slow=1 ;; esac
+        [ "$h" = strata ] && [ "$must_pass" != 1 ] && tolerate=1
+        cmds+=("mkdir -p results/$combo
+STRATA_CRI=1 STRATA_CRI_CONTAINERD=/opt/containerd-$s/containerd STRATA_CRI_HANDLER=$h \\
+STRATA_CRI_DIR=/run/cri-$combo STRATA_CRI_PATH=/opt/containerd-$s:/opt/strata:/opt/runc:/bin \\
+STRATA_CRI_CNI_BIN=/opt/cni STRATA_CRI_IMAGES=/mnt/host/images STRATA_CRI_LOG=/mnt/host/results/$combo/containerd.log \\
+STRATA_CRI_SLOW=$slow STRATA_CRI_LOG_LEVEL=${STRATA_CRI_LOG_LEVEL:-info} \\
+cri-tests ${STRATA_CRI_FILTER:-} > results/$combo/out 2>&1
+rc=\$?
+echo \$rc > results/$combo/rc
+grep -E '^(CRI-RESULT|cri:)' results/$combo/out | cut -c1-300
+[ \$rc = 0 ] || [ $tolerate = 1 ]")
+    done
+done
+
+vm_rc=0
+"$here/run.sh" --share "$share" --mem 3072 --modules "bridge veth" --timeout 1500 "$@" -- "${cmds[@]}" || vm_rc=$?
+
+# ---- the report -------------------------------------------------------------------------------
+echo
+printf '%-24s' scenario
+for c in "${combos[@]}"; do printf '%-18s' "$c"; done
+echo
+scenarios=$(cat "$share"/results/*/out 2>/dev/null | awk '$1 == "CRI-RESULT" {print $2}' | sort -u)
+for sc in $scenarios; do
+    printf '%-24s' "$sc"
+    for c in "${combos[@]}"; do
+        r=$(awk -v s="$sc" '$1 == "CRI-RESULT" && $2 == s {print $3 " " $4}' "$share/results/$c/out" 2>/dev/null)
+        printf '%-18s' "${r:--}"
+    done
+    echo
+done
+status=0
+for c in "${combos[@]}"; do
+    rc=$(cat "$share/results/$c/rc" 2>/dev/null || echo none)
+    summary=$(grep -E '^cri: [0-9]+ passed' "$share/results/$c/out" 2>/dev/null | sed 's/^cri: //' || true)
+    echo "$c: exit $rc${summary:+, $summary}"
+    grep -E '^CRI-RESULT .* FAILED' "$share/results/$c/out" 2>/dev/null | cut -d' ' -f2,5- | cut -c1-400 | sed 's/^/    /' || true
+    grep -E '^cri: cannot run' "$share/results/$c/out" 2>/dev/null | sed 's/^/    /' || true
+    if [ "$rc" != 0 ]; then
+        case "$c" in
+            *-strata) [ "$must_pass" = 1 ] && status=1 ;;
+            *) status=1 ;;
+        esac
+    fi
+done
+echo "results and containerd's logs: $share/results (total $(( $(date +%s) - started ))s)"
+[ $vm_rc = 0 ] || [ $status != 0 ] || { log "the VM run failed (run.sh exit $vm_rc)"; status=1; }
+exit $status
