@@ -25,8 +25,11 @@ impl Cgroup {
         Cgroup { dir }
     }
 
-    /// Creates the cgroup at `rel` under the hierarchy, enabling the controllers `resources`
-    /// needs in every ancestor's `cgroup.subtree_control`, and applies the resources.
+    /// Creates the cgroup at `rel` under the hierarchy, enabling in every ancestor's
+    /// `cgroup.subtree_control` the controllers `resources` needs (an error if one cannot be)
+    /// and, as runc does, every other controller the ancestor offers (where it can: a cgroup
+    /// with processes of its own takes none), so that the container has all the statistics
+    /// (memory, pids, io) whether or not its config limits them. Then applies the resources.
     /// Every check runs before the first directory is made; on a later error nothing created by
     /// this call is left behind.
     pub fn create(h: &Hierarchy, rel: &Path, resources: Option<&LinuxResources>) -> Result<Cgroup> {
@@ -45,6 +48,7 @@ impl Cgroup {
                 for c in &needed {
                     enable_controller(&dir, c)?;
                 }
+                enable_offered_controllers(&dir, &needed);
                 dir.push(comp);
                 match fs::create_dir(&dir) {
                     Ok(()) => created.push(dir.clone()),
@@ -243,6 +247,21 @@ fn remove_tree(dir: &Path, deadline: Instant) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(2));
             }
             Err(e) => return Err(io_err(dir)(e)),
+        }
+    }
+}
+
+/// Enables, best effort, every controller `dir` offers that is not enabled for its children
+/// yet (besides `needed`, which the caller enabled or failed on).
+fn enable_offered_controllers(dir: &Path, needed: &[&str]) {
+    let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let (offered, enabled) = (read("cgroup.controllers"), read("cgroup.subtree_control"));
+    for c in offered.split_whitespace() {
+        if needed.contains(&c) || enabled.split_whitespace().any(|e| e == c) {
+            continue;
+        }
+        if let Ok(mut f) = fs::OpenOptions::new().write(true).open(dir.join("cgroup.subtree_control")) {
+            let _ = f.write_all(format!("+{c}").as_bytes());
         }
     }
 }

@@ -256,3 +256,20 @@ fn events_report_an_oom_kill() {
     c.ok(&["delete", &c.id]);
     c.assert_gone(None);
 }
+
+#[test]
+#[ignore = "needs a pure cgroup v2 kernel: run by vmtest/containers.sh"]
+fn a_container_without_limits_still_has_every_controller() {
+    // As runc does: every controller the parent offers is enabled for the container, so its
+    // statistics (memory, pids, io) exist whether or not its config limits them (Kubernetes'
+    // ContainerStats and eviction read memory from containers that set no limit).
+    let mut c =
+        TestContainer::new("allctl", "cat /sys/fs/cgroup/cgroup.controllers; cat /sys/fs/cgroup/memory.current");
+    c.config["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let out = c.run_ok();
+    let controllers = out.lines().next().unwrap_or_default();
+    for want in ["cpu", "memory", "pids", "io"] {
+        assert!(controllers.split_whitespace().any(|c| c == want), "{want} missing: {out}");
+    }
+    assert!(out.lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()).is_some_and(|m| m > 0), "{out}");
+}
