@@ -4,7 +4,7 @@
 //! (`vmtest/cri.sh` runs it in the VM); otherwise it reports every scenario ignored.
 //!
 //! Its own runner (not libtest): one containerd serves every scenario; the independent
-//! scenarios run at once (`STRATA_CRI_JOBS` at a time, default 4: the VM's time goes to
+//! scenarios run at once (`STRATA_CRI_JOBS` at a time, default 8: the VM's time goes to
 //! waiting as much as to work), then those that need the node to themselves, in order, the leak
 //! check last; each scenario's pods are swept after it whatever happened, and each prints
 //! `CRI-RESULT <scenario> ok|FAILED <seconds>s [error]`.
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
 
 fn run(chosen: &[&Scenario]) -> cri::Result<bool> {
     let settings = Settings::from_env()?;
-    let jobs: usize = std::env::var("STRATA_CRI_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(4).max(1);
+    let jobs: usize = std::env::var("STRATA_CRI_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(8).max(1);
     let started = Instant::now();
     let ctd = Containerd::start(&settings)?;
     let version = ctd.client()?.version()?;

@@ -84,51 +84,71 @@ fn own_ns(kind: &str) -> String {
 /// host name); with pid mode POD they share a pid namespace whose pid 1 is the pause program,
 /// with CONTAINER each has its own (its command is pid 1), with NODE they are in the node's.
 pub fn shared_namespaces(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
-    for (mode, name) in
-        [(NamespaceMode::Pod, "ns-pod"), (NamespaceMode::Container, "ns-container"), (NamespaceMode::Node, "ns-node")]
-    {
-        let ns = Namespaces { pid: mode, ..Namespaces::default() };
-        let pod = ctx.pod(scenario, name, ns)?;
-        let ip = ctx.cri.pod_status(&pod.id)?.network.map(|n| n.ip).unwrap_or_default();
-        let a = ctx.running(&pod, &ContainerSpec::sh("a", "exec sleep 3600"))?;
-        let b = ctx.running(&pod, &ContainerSpec::sh("b", "exec sleep 3601"))?;
-        let (sa, sb) = (seen(ctx, &a)?, seen(ctx, &b)?);
-        for kind in ["net", "ipc", "uts"] {
-            ensure!(
-                !sa.ns[kind].is_empty() && sa.ns[kind] == sb.ns[kind],
-                "{name}: {kind} namespaces differ: {sa:?} / {sb:?}"
-            );
-            ensure!(sa.ns[kind] != own_ns(kind), "{name}: the containers are in the node's {kind} namespace");
-        }
-        ensure!(sa.hostname == name && sb.hostname == name, "{name}: host names {:?}, {:?}", sa.hostname, sb.hostname);
-        let addrs = ctx.sh(&a, "ip -4 addr show")?;
+    // The three pid modes are three pods, checked at once, each with a client of its own.
+    let modes =
+        [(NamespaceMode::Pod, "ns-pod"), (NamespaceMode::Container, "ns-container"), (NamespaceMode::Node, "ns-node")];
+    let (node, handler) = (ctx.node, ctx.handler.clone());
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = modes
+            .iter()
+            .map(|&(mode, name)| {
+                let handler = handler.clone();
+                scope.spawn(move || -> Result<()> {
+                    let cri = node.containerd().client()?;
+                    let ctx = Ctx { node, cri, handler };
+                    pid_mode(&ctx, scenario, mode, name)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a pid mode's check panicked"))))
+            .collect()
+    });
+    let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).map(|e| format!("{e:#}")).collect();
+    ensure!(errors.is_empty(), "{}", errors.join("; "));
+    Ok(())
+}
+
+fn pid_mode(ctx: &Ctx<'_>, scenario: &'static str, mode: NamespaceMode, name: &str) -> Result<()> {
+    let ns = Namespaces { pid: mode, ..Namespaces::default() };
+    let pod = ctx.pod(scenario, name, ns)?;
+    let ip = ctx.cri.pod_status(&pod.id)?.network.map(|n| n.ip).unwrap_or_default();
+    let a = ctx.running(&pod, &ContainerSpec::sh("a", "exec sleep 3600"))?;
+    let b = ctx.running(&pod, &ContainerSpec::sh("b", "exec sleep 3601"))?;
+    let (sa, sb) = (seen(ctx, &a)?, seen(ctx, &b)?);
+    for kind in ["net", "ipc", "uts"] {
         ensure!(
-            addrs.contains(&format!("inet {ip}/")),
-            "{name}: the pod address {ip} is not in the container:\n{addrs}"
+            !sa.ns[kind].is_empty() && sa.ns[kind] == sb.ns[kind],
+            "{name}: {kind} namespaces differ: {sa:?} / {sb:?}"
         );
-        match mode {
-            NamespaceMode::Pod => {
-                ensure!(sa.ns["pid"] == sb.ns["pid"], "{name}: pid namespaces differ: {sa:?} / {sb:?}");
-                ensure!(sa.pid1.contains("pause"), "{name}: pid 1 is {:?}, not the pause program", sa.pid1);
-                let ps = ctx.sh(&a, "ps -o args")?;
-                ensure!(ps.contains("sleep 3601"), "{name}: container a does not see b's process:\n{ps}");
-            }
-            NamespaceMode::Container => {
-                ensure!(sa.ns["pid"] != sb.ns["pid"], "{name}: the containers share a pid namespace: {sa:?}");
-                ensure!(
-                    sa.pid1 == "sleep 3600" && sb.pid1 == "sleep 3601",
-                    "{name}: pid 1 is {:?} and {:?}",
-                    sa.pid1,
-                    sb.pid1
-                );
-                ensure!(sa.ns["pid"] != own_ns("pid"), "{name}: the container is in the node's pid namespace");
-            }
-            _ => {
-                ensure!(
-                    sa.ns["pid"] == own_ns("pid") && sb.ns["pid"] == own_ns("pid"),
-                    "{name}: not in the node's pid namespace: {sa:?} / {sb:?}"
-                );
-            }
+        ensure!(sa.ns[kind] != own_ns(kind), "{name}: the containers are in the node's {kind} namespace");
+    }
+    ensure!(sa.hostname == name && sb.hostname == name, "{name}: host names {:?}, {:?}", sa.hostname, sb.hostname);
+    let addrs = ctx.sh(&a, "ip -4 addr show")?;
+    ensure!(addrs.contains(&format!("inet {ip}/")), "{name}: the pod address {ip} is not in the container:\n{addrs}");
+    match mode {
+        NamespaceMode::Pod => {
+            ensure!(sa.ns["pid"] == sb.ns["pid"], "{name}: pid namespaces differ: {sa:?} / {sb:?}");
+            ensure!(sa.pid1.contains("pause"), "{name}: pid 1 is {:?}, not the pause program", sa.pid1);
+            let ps = ctx.sh(&a, "ps -o args")?;
+            ensure!(ps.contains("sleep 3601"), "{name}: container a does not see b's process:\n{ps}");
+        }
+        NamespaceMode::Container => {
+            ensure!(sa.ns["pid"] != sb.ns["pid"], "{name}: the containers share a pid namespace: {sa:?}");
+            ensure!(
+                sa.pid1 == "sleep 3600" && sb.pid1 == "sleep 3601",
+                "{name}: pid 1 is {:?} and {:?}",
+                sa.pid1,
+                sb.pid1
+            );
+            ensure!(sa.ns["pid"] != own_ns("pid"), "{name}: the container is in the node's pid namespace");
+        }
+        _ => {
+            ensure!(
+                sa.ns["pid"] == own_ns("pid") && sb.ns["pid"] == own_ns("pid"),
+                "{name}: not in the node's pid namespace: {sa:?} / {sb:?}"
+            );
         }
     }
     Ok(())
