@@ -13,7 +13,8 @@
 #                                restart), once per containerd version (default "strata")
 #   STRATA_CRI_FILTER            scenario name filters passed to the suite (default: all)
 #   STRATA_CRI_LOG_LEVEL         containerd's log level (default info)
-#   STRATA_CRI_TARGET_DIR        cargo target directory (default <repo>/.cache/cri-target)
+#   STRATA_CRI_TARGET_DIR        cargo target directory (default <repo>/.cache/cri-target; with
+#                                CI=true, containers.sh's <cache>/target)
 #   STRATA_CRI_STRATA_REV        build strata and its shim from this git revision (exported with
 #                                git archive) instead of the work tree, e.g. HEAD while the work
 #                                tree is mid-change
@@ -23,7 +24,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 cache=${STRATA_VMTEST_CACHE:-${XDG_CACHE_HOME:+$XDG_CACHE_HOME/strata-vmtest}}
 cache=${cache:-$repo/.cache/vmtest}
-target_dir=${STRATA_CRI_TARGET_DIR:-$repo/.cache/cri-target}
+# Its own target directory by default, so a developer's other builds are never blocked on
+# its lock; in CI (run one after the other) containers.sh's, whose static strata it reuses.
+if [ "${CI:-}" = true ]; then default_target=$cache/target; else default_target=$repo/.cache/cri-target; fi
+target_dir=${STRATA_CRI_TARGET_DIR:-$default_target}
 must_pass=${STRATA_CRI_STRATA_MUST_PASS:-0}
 suites=${STRATA_CRI_SUITES:-trixie forky}
 handlers=${STRATA_CRI_HANDLERS:-runc strata}
