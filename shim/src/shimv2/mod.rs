@@ -67,20 +67,23 @@ fn grouping(id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-/// Cleans up after a dead shim (`delete`): kills what is left of container `id`, removes its
-/// cgroup and state, and unmounts its rootfs. Returns the exit status containerd records.
+/// Cleans up after a shim containerd takes for dead (`delete`): kills what is left of
+/// container `id`, removes its cgroup and state, and unmounts its rootfs. A daemon that still
+/// answers (containerd may give up on a live one, after a restart) is told to forget the task
+/// and to exit if it has no other (a pod's shim may serve more containers); the socket of a
+/// daemon that does not answer is removed. Returns the exit status containerd records.
 pub fn cleanup(namespace: &str, id: &str, bundle: &std::path::Path) -> DeleteResponse {
     if let Ok(root) = crate::state::StateRoot::new(service::task_state_root(bundle, namespace)) {
         let _ = crate::container::delete(&root, id, true);
     }
     // Every mount the daemon stacked there (containerd may pass several).
     service::unmount_rootfs(bundle);
-    // The dead daemon's socket (its path is in the bundle's `address` file).
     if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
         let path = PathBuf::from(address.trim().trim_start_matches("unix://"));
-        if path.starts_with(containerd_shim::SOCKET_ROOT)
-            && std::fs::symlink_metadata(&path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-        {
+        let is_socket = path.starts_with(containerd_shim::SOCKET_ROOT)
+            && std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+        if is_socket && !dismiss_live_daemon(&path, id) {
             let _ = std::fs::remove_file(&path);
         }
     }
@@ -90,6 +93,27 @@ pub fn cleanup(namespace: &str, id: &str, bundle: &std::path::Path) -> DeleteRes
         exited_at: MessageField::some(containerd_shim::util::timestamp().unwrap_or_default()),
         ..Default::default()
     }
+}
+
+/// Asks a daemon still listening at `socket` to delete task `id` (already gone from the
+/// engine) and to shut down if it has no other task left (it then removes its socket itself).
+/// False when no daemon answers.
+fn dismiss_live_daemon(socket: &Path, id: &str) -> bool {
+    use containerd_shim::api::{DeleteRequest, ShutdownRequest};
+    let timeout = std::time::Duration::from_secs(2);
+    let Ok(mut conn) = UnixStream::connect(socket) else { return false };
+    let delete = DeleteRequest { id: id.to_string(), ..Default::default() };
+    let call = |conn: &mut UnixStream, stream: u32, method: &str, payload: Vec<u8>| {
+        ttrpc::call(conn, stream, task_api::TASK_SERVICE, method, payload, timeout)
+    };
+    // The task may be unknown to it already: only that it answers matters.
+    match call(&mut conn, 1, "Delete", delete.write_to_bytes().unwrap_or_default()) {
+        Ok(_) => {}
+        Err(e) if e.contains("code") => {}
+        Err(_) => return false,
+    }
+    let shutdown = ShutdownRequest { id: id.to_string(), ..Default::default() };
+    call(&mut conn, 3, "Shutdown", shutdown.write_to_bytes().unwrap_or_default()).is_ok()
 }
 
 /// The shim's main: `-v`, `start`, `delete` or the daemon. Returns the exit code.

@@ -576,3 +576,33 @@ fn a_slow_create_does_not_stall_the_pods_other_containers() {
         c.ok(&["containers", "rm", id]);
     }
 }
+
+#[test]
+fn delete_of_a_task_whose_shim_still_lives_dismisses_the_shim() {
+    // containerd may give up on a shim that still runs (after a restart it could not reach it
+    // in time) and run `delete` for its task: the container goes, and the daemon, told to
+    // forget it, exits with its last task instead of lingering without a socket.
+    let c = Containerd::start();
+    c.ok(&c.run_args(&["-d"], "given-up", &["sleep", "1000"]));
+    c.wait_status("given-up", "RUNNING");
+    let (pid, _) = c.task("given-up").unwrap();
+    assert_eq!(c.shim_pids().len(), 1);
+    let bundle = c.bundle("given-up");
+    let out = Command::new(shim_bin())
+        .args(["-namespace", c.namespace(), "-id", "given-up", "-bundle"])
+        .arg(&bundle)
+        .arg("delete")
+        .current_dir(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.wait_shims_gone("the shim lingered after delete took its last task");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/stat")).exists() || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.contains(") Z")
+        }
+    );
+    let _ = c.ctr(&["task", "delete", "--force", "given-up"]);
+    let _ = c.ctr(&["containers", "rm", "given-up"]);
+}
