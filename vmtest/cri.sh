@@ -5,8 +5,8 @@
 # table of scenario x combination.
 #   vmtest/cri.sh [run.sh OPTIONS]
 # Environment:
-#   STRATA_CRI_STRATA_MUST_PASS  1: strata failures fail the run too (default 0: reported only;
-#                                runc failures always fail it)
+#   STRATA_CRI_STRATA_MUST_PASS  0: strata failures are only reported (default 1: they fail
+#                                the run, as runc's always do)
 #   STRATA_CRI_SUITES            Debian suites of containerd (default "trixie forky")
 #   STRATA_CRI_HANDLERS          handlers (default "runc strata")
 #   STRATA_CRI_SLOW_HANDLERS     handlers that run the slow scenarios (20x3 pods, containerd
@@ -28,7 +28,7 @@ cache=${cache:-$repo/.cache/vmtest}
 # its lock; in CI (run one after the other) containers.sh's, whose static strata it reuses.
 if [ "${CI:-}" = true ]; then default_target=$cache/target; else default_target=$repo/.cache/cri-target; fi
 target_dir=${STRATA_CRI_TARGET_DIR:-$default_target}
-must_pass=${STRATA_CRI_STRATA_MUST_PASS:-0}
+must_pass=${STRATA_CRI_STRATA_MUST_PASS:-1}
 suites=${STRATA_CRI_SUITES:-trixie forky}
 handlers=${STRATA_CRI_HANDLERS:-runc strata}
 log() { echo "cri: $*" >&2; }
