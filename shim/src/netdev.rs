@@ -255,7 +255,10 @@ pub fn move_devices(devices: &HashMap<String, LinuxNetDevice>, netns: &OwnedFd) 
             index_of(name).ok_or_else(|| Error::Invalid(format!("{field}: the host has no interface {name:?}")))?;
         let addresses = host.addresses(index).map_err(|e| Error::Init(format!("{field}: {e}")))?;
         let new_name = dev.name().as_deref().filter(|n| !n.is_empty()).unwrap_or(name);
-        host.set_up(index, false).map_err(|e| Error::sys(format!("{field}: setting it down"), e))?;
+        // No "down" first: the kernel closes the device itself once it has checked that it can
+        // move it, so a move it refuses (an immutable device, a name taken in the container)
+        // leaves the interface up on the host, with its IPv6 addresses, which going down
+        // would have flushed.
         host.move_to(index, netns, new_name)
             .map_err(|e| Error::sys(format!("{field}: moving it into the container as {new_name:?}"), e))?;
         in_netns(netns, || {

@@ -114,6 +114,39 @@ fn a_host_interface_moves_into_the_container_with_its_address() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("linux.netDevices: needs a network namespace"));
 }
 
+/// The host's view of an interface: whether it is up (IFF_UP) and its addresses.
+fn host_link(name: &str) -> (bool, String) {
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/flags")).unwrap();
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+    let addrs = Command::new("ip").args(["-o", "addr", "show", "dev", name]).output().unwrap();
+    (flags & 1 != 0, String::from_utf8_lossy(&addrs.stdout).into_owned())
+}
+
+#[test]
+fn a_failed_move_leaves_the_host_interface_as_it_was() {
+    let _guard = Veth("strata-nf0");
+    let ip = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+    // The kernel refuses to move a bridge to another network namespace (its netns is
+    // immutable), and checks that before it closes the device.
+    ip(&["link", "add", "strata-nf0", "type", "bridge"]);
+    ip(&["addr", "add", "10.231.8.1/24", "dev", "strata-nf0"]);
+    // An IPv6 address is flushed when its interface goes down: it shows whether it ever did.
+    ip(&["addr", "add", "fd00:231:8::1/64", "dev", "strata-nf0", "nodad"]);
+    ip(&["link", "set", "strata-nf0", "up"]);
+    let (up, addrs) = host_link("strata-nf0");
+    assert!(up && addrs.contains("fd00:231:8::1/64"), "{addrs}");
+    let mut c = TestContainer::new("netdevfail", "true");
+    c.config["linux"]["netDevices"] = json!({"strata-nf0": {"name": "eth7"}});
+    let out = c.run();
+    assert!(!out.status.success(), "a bridge was moved into the container");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("linux.netDevices[\"strata-nf0\"]"), "{err}");
+    c.assert_gone(None);
+    let (up, addrs) = host_link("strata-nf0");
+    assert!(up, "the interface was left down on the host");
+    assert!(addrs.contains("10.231.8.1/24") && addrs.contains("fd00:231:8::1/64"), "addresses lost: {addrs}");
+}
+
 #[test]
 fn the_container_gets_a_session_keyring_of_its_own() {
     let keyrings = || std::fs::read_to_string("/proc/keys").unwrap();
