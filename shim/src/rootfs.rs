@@ -792,9 +792,11 @@ pub fn readonly_paths(paths: &[String]) -> Result<()> {
         };
         let tree = sys::open_tree_fd(&target, 0x1 | libc::O_CLOEXEC as u32 | sys::AT_RECURSIVE)
             .ctx(|| format!("linux.readonlyPaths: {p}"))?;
-        // The copy is made read-only, with every mount below it, before it is attached.
-        use sys::mount_attr as A;
-        let attr = sys::MountAttr { attr_set: A::RDONLY | A::NOSUID | A::NODEV | A::NOEXEC, ..Default::default() };
+        // The copy is made read-only, with every mount below it, before it is attached. Only
+        // read-only, as runc: every other flag stays as the mount had it, so a read-only
+        // directory of programs still runs them (nosuid, nodev, noexec are for the config's
+        // mount options to ask for).
+        let attr = sys::MountAttr { attr_set: sys::mount_attr::RDONLY, ..Default::default() };
         sys::mount_setattr(&tree, sys::AT_RECURSIVE, &attr).ctx(|| format!("linux.readonlyPaths: {p}"))?;
         sys::move_mount(&tree, &target).ctx(|| format!("linux.readonlyPaths: {p}"))?;
     }

@@ -25,6 +25,22 @@ fn tmpfs(at: &Path) {
     mount(Some("tmpfs"), at, Some("tmpfs"), MsFlags::empty(), Some("size=1m")).unwrap();
 }
 
+/// Detaches a mount of the test's namespace when dropped, so that its directory can be
+/// removed after it, pass or fail.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 fn bind(c: &mut TestContainer, source: &str, dest: &str, options: serde_json::Value) {
     c.config["mounts"]
         .as_array_mut()
@@ -164,4 +180,35 @@ fn a_prestart_hook_mounting_into_the_container_is_seen_inside() {
     );
     c.config["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]});
     assert_eq!(c.run_ok(), "from-hook tmpfs\n");
+}
+
+#[test]
+fn a_read_only_path_is_only_made_read_only() {
+    private_mounts();
+    let src = tempfile::tempdir().unwrap();
+    executable(&src.path().join("prog"));
+    std::fs::create_dir(src.path().join("sub")).unwrap();
+    tmpfs(&src.path().join("sub"));
+    let _sub = Unmount(src.path().join("sub"));
+    executable(&src.path().join("sub/prog"));
+    // As runc: read-only, the mounts below too, and nothing else of the mount's flags changed
+    // (a directory of programs stays executable). The read-only copy is stacked on the bind,
+    // so the last line of each mount point is the one the container sees.
+    let script = "/m/prog; /m/sub/prog; touch /m/x 2>/dev/null && echo top-rw || echo top-ro; \
+                  touch /m/sub/x 2>/dev/null && echo sub-rw || echo sub-ro; \
+                  for m in /m /m/sub; do grep \" $m \" /proc/self/mounts | tail -1 | cut -d' ' -f4; done";
+    let mut c = TestContainer::new("ropaths", script);
+    bind(&mut c, src.path().to_str().unwrap(), "/m", json!(["rbind"]));
+    c.config["linux"]["readonlyPaths"].as_array_mut().unwrap().push(json!("/m"));
+    let out = c.run_ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..4], ["ran", "ran", "top-ro", "sub-ro"], "{out}");
+    assert_eq!(lines.len(), 6, "{out}");
+    for opts in &lines[4..] {
+        let opts: Vec<&str> = opts.split(',').collect();
+        assert!(opts.contains(&"ro"), "not read-only: {opts:?}");
+        for added in ["nosuid", "nodev", "noexec"] {
+            assert!(!opts.contains(&added), "{added} added: {opts:?}");
+        }
+    }
 }
