@@ -141,6 +141,22 @@ impl Cgroup {
         self.wait_frozen(false)
     }
 
+    /// Asks the kernel to freeze (or thaw) the cgroup without waiting until it is: watch
+    /// [`Cgroup::is_frozen`] for the end (a caller with an event loop must not sleep on it).
+    pub fn request_freeze(&self, frozen: bool) -> Result<()> {
+        self.write("cgroup.freeze", if frozen { "1" } else { "0" })
+    }
+
+    /// Sends SIGKILL to every process in the cgroup and below without waiting for them to
+    /// die (`cgroup.kill`): watch [`Cgroup::is_populated`] for the end. On kernels before
+    /// 5.14, which have no `cgroup.kill`, this is [`Cgroup::kill_all`], which waits.
+    pub fn kill_all_nowait(&self) -> Result<()> {
+        if self.dir.join("cgroup.kill").exists() {
+            return self.write("cgroup.kill", "1");
+        }
+        self.kill_all()
+    }
+
     /// Whether the cgroup is frozen.
     pub fn is_frozen(&self) -> Result<bool> {
         Ok(self.read("cgroup.events")?.lines().any(|l| l.trim() == "frozen 1"))

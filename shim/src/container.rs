@@ -9,7 +9,9 @@ use crate::state::{self, ContainerState, OciState, StateRoot, Status};
 use crate::sync::{self, Channel, Msg};
 use crate::sys::{self, Fork};
 use cgroups::{Cgroup, Hierarchy};
+use nix::fcntl::OFlag;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::stat::Mode;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -404,21 +406,24 @@ fn write_id_maps(pid: i32, bundle: &Bundle) -> Result<()> {
 fn listen_start_socket(dir: &Path) -> Result<OwnedFd> {
     let fd = nix::sys::socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
         .ctx(|| "start socket".into())?;
-    with_cwd(dir, || {
-        let addr = UnixAddr::new(START_SOCKET).ctx(|| "start socket address".into())?;
-        nix::sys::socket::bind(fd.as_raw_fd(), &addr).ctx(|| format!("binding {}/{START_SOCKET}", dir.display()))
+    with_gate_addr(dir, |addr| {
+        nix::sys::socket::bind(fd.as_raw_fd(), addr).ctx(|| format!("binding {}/{START_SOCKET}", dir.display()))
     })?;
     nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(4).unwrap_or(nix::sys::socket::Backlog::MAXCONN))
         .ctx(|| "listening on the start socket".into())?;
     Ok(fd)
 }
 
-fn with_cwd<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let old = std::env::current_dir().ctx(|| "getcwd".into())?;
-    std::env::set_current_dir(dir).ctx(|| format!("chdir {}", dir.display()))?;
-    let r = f();
-    let _ = std::env::set_current_dir(old);
-    r
+/// Runs `f` with the address of the start gate socket in directory `dir`, named through a
+/// descriptor of the directory (`/proc/self/fd/N/start.sock`): long ids do not hit the
+/// 108-byte socket path limit, and the process's working directory (which may be gone, as a
+/// shim daemon's bundle may be) is neither needed nor changed.
+fn with_gate_addr<T>(dir: &Path, f: impl FnOnce(&UnixAddr) -> Result<T>) -> Result<T> {
+    let dirfd = nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .ctx(|| format!("opening {}", dir.display()))?;
+    let addr = UnixAddr::new(format!("/proc/self/fd/{}/{START_SOCKET}", dirfd.as_raw_fd()).as_str())
+        .ctx(|| "start socket address".into())?;
+    f(&addr)
 }
 
 /// The live status of a recorded container.
@@ -478,9 +483,8 @@ pub fn open_gate(root: &StateRoot, id: &str) -> Result<OwnedFd> {
     let dir = root.container_dir(id)?;
     let fd = nix::sys::socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
         .ctx(|| "start socket".into())?;
-    with_cwd(&dir, || {
-        let addr = UnixAddr::new(START_SOCKET).ctx(|| "start socket address".into())?;
-        nix::sys::socket::connect(fd.as_raw_fd(), &addr)
+    with_gate_addr(&dir, |addr| {
+        nix::sys::socket::connect(fd.as_raw_fd(), addr)
             .ctx(|| format!("connecting to {}/{START_SOCKET}", dir.display()))
     })?;
     nix::unistd::write(&fd, b"s").ctx(|| "sending start".into())?;
@@ -518,13 +522,13 @@ pub fn kill(root: &StateRoot, id: &str, signal: i32, all: bool) -> Result<()> {
     if all {
         let cg = Cgroup::open(st.cgroup_path.clone());
         if signal == libc::SIGKILL {
-            return Ok(cg.kill_all()?);
+            // As runc: the kill is sent, not waited for (`delete` waits for the cgroup).
+            return Ok(cg.kill_all_nowait()?);
         }
         for pid in cg.pids()? {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::try_from(signal).ok(),
-            );
+            // SAFETY: kill(2) takes plain integers (nix's Signal cannot name real-time
+            // signals, which must reach the processes all the same).
+            unsafe { libc::kill(pid, signal) };
         }
         return Ok(());
     }
@@ -534,6 +538,20 @@ pub fn kill(root: &StateRoot, id: &str, signal: i32, all: bool) -> Result<()> {
         return Err(Error::WrongState { id: id.into(), status: "stopped".into(), action: "send a signal" });
     }
     sys::pidfd_send_signal(&pidfd, signal).ctx(|| format!("sending signal {signal} to {}", st.pid))
+}
+
+/// Asks the kernel to freeze (`freeze`) or thaw the container, without waiting: the returned
+/// cgroup's [`Cgroup::is_frozen`] tells when it is done.
+pub fn request_freeze(root: &StateRoot, id: &str, freeze: bool) -> Result<Cgroup> {
+    let st = root.load(id)?;
+    let s = status(&st);
+    let (want, action) = if freeze { (Status::Running, "pause it") } else { (Status::Paused, "resume it") };
+    if s != want {
+        return Err(Error::WrongState { id: id.into(), status: s.to_string(), action });
+    }
+    let cg = Cgroup::open(st.cgroup_path);
+    cg.request_freeze(freeze)?;
+    Ok(cg)
 }
 
 /// Freezes the container.
@@ -632,9 +650,33 @@ pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<()> {
 /// [`delete`] without the `poststop` hooks, for a caller that runs them itself (the shim,
 /// which must not wait for them); returns the deleted container's state.
 pub fn delete_quietly(root: &StateRoot, id: &str, force: bool) -> Result<ContainerState> {
+    let st = match delete_begin(root, id, force)? {
+        Deletion::Ready(st) => st,
+        Deletion::Emptying { st, cgroup } => {
+            wait_empty(&cgroup, Duration::from_secs(10))?;
+            wait_gone(&st, Duration::from_secs(10));
+            st
+        }
+    };
+    delete_end(root, &st)?;
+    Ok(st)
+}
+
+/// Where a deletion stands after [`delete_begin`]: finish it with [`delete_end`].
+#[derive(Debug)]
+pub enum Deletion {
+    /// Nothing runs any more.
+    Ready(ContainerState),
+    /// Every process was sent SIGKILL; `cgroup` empties once they are dead.
+    Emptying { st: ContainerState, cgroup: Cgroup },
+}
+
+/// The first half of a deletion, which never waits: checks the state and kills whatever still
+/// runs in the container's cgroup (a created or, with `force`, running container; processes
+/// a stopped init left behind).
+pub fn delete_begin(root: &StateRoot, id: &str, force: bool) -> Result<Deletion> {
     let st = root.load(id)?;
     let s = status(&st);
-    let cg = Cgroup::open(st.cgroup_path.clone());
     match s {
         Status::Stopped | Status::Created => {}
         _ if force => {}
@@ -646,25 +688,49 @@ pub fn delete_quietly(root: &StateRoot, id: &str, force: bool) -> Result<Contain
             });
         }
     }
-    if s != Status::Stopped {
-        if s == Status::Paused {
-            let _ = cg.thaw();
-        }
-        cg.kill_all()?;
-        wait_gone(&st, Duration::from_secs(10));
-    } else if cg.path().exists() {
-        // Processes the init left behind die with the container.
-        cg.kill_all()?;
+    let cg = Cgroup::open(st.cgroup_path.clone());
+    if s == Status::Paused {
+        // A frozen process takes its SIGKILL at once, but thawing lets the rest go on too.
+        let _ = cg.request_freeze(false);
     }
+    if s != Status::Stopped || (cg.path().exists() && cg.is_populated().unwrap_or(false)) {
+        cg.kill_all_nowait()?;
+        return Ok(Deletion::Emptying { st, cgroup: cg });
+    }
+    Ok(Deletion::Ready(st))
+}
+
+/// The second half: removes the cgroup (and the default `strata/` parent once it is empty)
+/// and the state.
+pub fn delete_end(root: &StateRoot, st: &ContainerState) -> Result<()> {
+    let cg = Cgroup::open(st.cgroup_path.clone());
     if cg.path().exists() {
         cg.delete()?;
     }
-    // The default parent `strata/` goes too once its last container is gone.
     if let Some(parent) = cg.path().parent().filter(|p| p.file_name().is_some_and(|n| n == "strata")) {
         let _ = std::fs::remove_dir(parent);
     }
-    root.remove(id)?;
-    Ok(st)
+    root.remove(&st.id)?;
+    Ok(())
+}
+
+/// Waits until `cgroup` has no process left (SIGKILLing stragglers that raced in).
+fn wait_empty(cgroup: &Cgroup, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut sleep = Duration::from_micros(200);
+    while cgroup.path().exists() && cgroup.is_populated()? {
+        if Instant::now() > deadline {
+            return Err(cgroups::Error::KillTimeout {
+                path: cgroup.path().to_path_buf(),
+                remaining: cgroup.pids()?.len(),
+            }
+            .into());
+        }
+        cgroup.kill_all_nowait()?;
+        std::thread::sleep(sleep);
+        sleep = (sleep * 2).min(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// Removes what a `create` stopped part-way left (its helper failed or was killed): the
@@ -778,12 +844,9 @@ pub fn supervise(pid: i32, sigfd: &nix::sys::signalfd::SignalFd, pty: Option<&Ow
         if sig_ready && let Ok(Some(info)) = sigfd.read_signal() {
             let sig = info.ssi_signo as i32;
             if sig == libc::SIGCHLD {
-                while let Ok(ws) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                    if ws == nix::sys::wait::WaitStatus::StillAlive {
-                        break;
-                    }
-                    if ws.pid().map(|p| p.as_raw()) == Some(pid) {
-                        exit = crate::signals::exit_code(ws);
+                while let Some((reaped, code)) = crate::signals::reap_any() {
+                    if reaped == pid {
+                        exit = Some(code);
                     }
                 }
                 if let Some(code) = exit {

@@ -41,6 +41,45 @@ pub fn exit_code(status: WaitStatus) -> Option<i32> {
     }
 }
 
+/// The same for a raw `wait` status; `None` for a stop or a continue.
+pub fn raw_exit_code(status: libc::c_int) -> Option<i32> {
+    if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Some(128 + libc::WTERMSIG(status))
+    } else {
+        None
+    }
+}
+
+/// Reaps one child that has ended, without blocking: its pid and exit code (as
+/// [`exit_code`]); `None` once no ended child is left.
+///
+/// nix's `waitpid` cannot be used for this: it decodes a death by a real-time signal into an
+/// error after the kernel has already reaped the child, so the exit would be lost.
+pub fn reap_any() -> Option<(i32, i32)> {
+    reap(-1, libc::WNOHANG)
+}
+
+/// `waitpid(which, flags)` until a child has ended (stops and continues are skipped): its pid
+/// and exit code; `None` when there is none (or, with `WNOHANG`, none yet).
+pub fn reap(which: libc::pid_t, flags: libc::c_int) -> Option<(i32, i32)> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes only the status integer we own.
+        let pid = unsafe { libc::waitpid(which, &mut status, flags | libc::__WALL) };
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if pid <= 0 {
+            return None;
+        }
+        if let Some(code) = raw_exit_code(status) {
+            return Some((pid, code));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +100,23 @@ mod tests {
         let pid = nix::unistd::Pid::from_raw(1);
         assert_eq!(exit_code(WaitStatus::Exited(pid, 3)), Some(3));
         assert_eq!(exit_code(WaitStatus::Signaled(pid, Signal::SIGKILL, false)), Some(137));
+    }
+
+    #[test]
+    fn a_child_killed_by_a_real_time_signal_is_reaped_with_its_code() {
+        let rt = libc::SIGRTMIN() + 2;
+        // SAFETY: the child only raises a signal and exits; no locks are taken after fork.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            // SAFETY: async-signal-safe calls only.
+            unsafe {
+                libc::signal(rt, libc::SIG_DFL);
+                libc::raise(rt);
+                libc::_exit(9);
+            }
+        }
+        // Only this child: the other tests' children are theirs to reap.
+        assert_eq!(reap(child, 0), Some((child, 128 + rt)));
     }
 }

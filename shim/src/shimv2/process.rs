@@ -119,6 +119,8 @@ pub struct Task {
     pub oom_watch: Option<u64>,
     /// The stdio owner from the runtime options, for the init and every exec.
     pub io_owner: Option<(u32, u32)>,
+    /// `Delete` waits for its cgroup to empty: nothing else may change it.
+    pub deleting: bool,
 }
 
 impl Task {

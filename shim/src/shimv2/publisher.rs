@@ -49,6 +49,9 @@ pub struct Publisher {
     address: String,
     namespace: String,
     conn: Option<OwnedFd>,
+    /// Counts connections made: a new connection often gets the number of the one just
+    /// closed, and the loop must watch it afresh all the same.
+    generation: u64,
     queue: VecDeque<Event>,
     in_flight: Option<InFlight>,
     /// Bytes of the request in flight not yet written.
@@ -78,6 +81,7 @@ impl Publisher {
             address,
             namespace,
             conn: None,
+            generation: 0,
             queue: VecDeque::new(),
             in_flight: None,
             out: Vec::new(),
@@ -114,14 +118,14 @@ impl Publisher {
     }
 
     /// The descriptor the loop should watch and for what (`EPOLLIN`, plus `EPOLLOUT` while a
-    /// request is partly written), if any.
-    pub fn interest(&self) -> Option<(RawFd, u32)> {
+    /// request is partly written), with the connection's generation, if any.
+    pub fn interest(&self) -> Option<(RawFd, u32, u64)> {
         let conn = self.conn.as_ref()?;
         let mut events = libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32;
         if !self.out.is_empty() {
             events |= libc::EPOLLOUT as u32;
         }
-        Some((conn.as_raw_fd(), events))
+        Some((conn.as_raw_fd(), events, self.generation))
     }
 
     /// When the loop must call [`Publisher::drive`] even without readiness: a retry is due, or
@@ -161,6 +165,7 @@ impl Publisher {
                 match connect(&path) {
                     Ok(fd) => {
                         self.conn = Some(fd);
+                        self.generation += 1;
                         self.frames = FrameReader::default();
                     }
                     Err(e) => {
@@ -345,7 +350,7 @@ mod tests {
         })
     }
 
-    fn drive_until(p: &mut Publisher, done: impl Fn(&Publisher) -> bool) {
+    fn drive_until(p: &mut Publisher, mut done: impl FnMut(&Publisher) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !done(p) {
             assert!(Instant::now() < deadline, "the publisher made no progress: {} queued", p.len());
@@ -401,6 +406,36 @@ mod tests {
         let server = fake_containerd(listener, 1);
         drive_until(&mut p, Publisher::is_empty);
         assert_eq!(server.join().unwrap(), vec![9]);
+    }
+
+    #[test]
+    fn a_new_connection_is_a_new_generation_even_with_the_old_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("restarting.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut p = Publisher::new(path.display().to_string(), "default".into());
+        let server = fake_containerd(listener.try_clone().unwrap(), 1);
+        p.push("/tasks/exit", event(1));
+        p.drive(Instant::now());
+        let (fd1, _, gen1) = p.interest().expect("connected");
+        drive_until(&mut p, Publisher::is_empty);
+        // containerd closes the connection (a restart); the next event needs a new one.
+        assert_eq!(server.join().unwrap(), vec![1]);
+        let server = fake_containerd(listener, 1);
+        p.push("/tasks/exit", event(2));
+        // The newest connection seen while the event went out.
+        let mut newest: Option<(RawFd, u32, u64)> = None;
+        drive_until(&mut p, |p| {
+            if let Some(i) = p.interest()
+                && newest.is_none_or(|n| i.2 > n.2)
+            {
+                newest = Some(i);
+            }
+            p.is_empty()
+        });
+        assert_eq!(server.join().unwrap(), vec![2]);
+        let (fd2, _, gen2) = newest.expect("connected again");
+        assert!(gen2 > gen1, "fd {fd1} then {fd2}: the loop must re-watch the new connection");
     }
 
     #[test]

@@ -21,6 +21,8 @@ struct Running<T> {
     report: PathBuf,
     deadline: Instant,
     killed: bool,
+    /// Killed because its call was called off (the container deleted meanwhile).
+    cancelled: bool,
     payload: T,
 }
 
@@ -46,7 +48,10 @@ impl<T> Runner<T> {
         let report = self.dir.join(format!(".report-{}-{}", std::process::id(), self.next));
         let pid =
             helper::spawn(&self.binary, req, &report, stdio).map_err(|e| status(Code::UNKNOWN, e.to_string()))? as i32;
-        self.running.insert(pid, Running { report, deadline: Instant::now() + self.timeout, killed: false, payload });
+        self.running.insert(
+            pid,
+            Running { report, deadline: Instant::now() + self.timeout, killed: false, cancelled: false, payload },
+        );
         Ok(pid)
     }
 
@@ -81,10 +86,28 @@ impl<T> Runner<T> {
         }
     }
 
+    /// Kills the helpers whose payload `which` picks (their calls were called off: their
+    /// exits then fail them as cancelled). Whether there was any.
+    pub fn cancel(&mut self, which: impl Fn(&T) -> bool) -> bool {
+        let mut any = false;
+        for (pid, r) in self.running.iter_mut().filter(|(_, r)| which(&r.payload)) {
+            if !r.killed {
+                // SAFETY: as in `kill_overdue`.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            (r.killed, r.cancelled, any) = (true, true, true);
+        }
+        any
+    }
+
     /// A reaped child: if it was a helper, its payload and the pid of the process it made (or
     /// why it failed).
     pub fn on_exit(&mut self, pid: i32) -> Option<(T, Result<i32, RpcError>)> {
         let r = self.running.remove(&pid)?;
+        if r.cancelled {
+            let _ = std::fs::remove_file(&r.report);
+            return Some((r.payload, Err(status(Code::CANCELLED, "called off: the task was deleted meanwhile"))));
+        }
         if r.killed {
             let _ = std::fs::remove_file(&r.report);
             let err = status(Code::DEADLINE_EXCEEDED, format!("the shim helper took longer than {:?}", self.timeout));
@@ -169,5 +192,21 @@ mod tests {
         assert!(runner.deadline().is_none(), "a killed helper has no deadline left");
         let (_, result) = reap(&mut runner, pid);
         assert_eq!(result.unwrap_err().code, Code::DEADLINE_EXCEEDED);
+    }
+
+    #[test]
+    fn a_called_off_helper_is_killed_and_its_call_fails_as_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let stuck = fake_helper(dir.path(), "exec sleep 30");
+        let mut runner = Runner::new(stuck, dir.path().to_path_buf(), HELPER_TIMEOUT);
+        let a = runner.start(&req(), null3(), "create a").unwrap();
+        let b = runner.start(&req(), null3(), "create b").unwrap();
+        assert!(runner.cancel(|p| *p == "create a"));
+        assert!(!runner.cancel(|p| *p == "create c"), "nothing to call off");
+        let (payload, result) = reap(&mut runner, a);
+        assert_eq!((payload, result.unwrap_err().code), ("create a", Code::CANCELLED));
+        assert!(runner.is_helper(b), "the other helper goes on");
+        runner.cancel(|_| true);
+        assert_eq!(reap(&mut runner, b).1.unwrap_err().code, Code::CANCELLED);
     }
 }

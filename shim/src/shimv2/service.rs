@@ -22,7 +22,7 @@ use super::stdio::{Copies, Kept, Pump, StdioPaths};
 use super::ttrpc::{self as wire, RpcError, status};
 use crate::error::Error;
 use crate::state::StateRoot;
-use cgroups::MemoryEventStream;
+use cgroups::{Cgroup, MemoryEventStream};
 use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -46,6 +46,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 /// Answers a client may leave unread before the daemon drops its connection.
 const MAX_CONN_BACKLOG: usize = 16 << 20;
+/// How long the daemon waits for a cgroup to empty after SIGKILL, or to freeze or thaw.
+const CGROUP_LIMIT: Duration = Duration::from_secs(10);
+/// How long the listener rests when a connection cannot be accepted (out of descriptors).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A `Wait` call to answer when its process exits.
 #[derive(Debug)]
@@ -171,7 +175,7 @@ pub struct Daemon {
     waiters: Vec<Waiter>,
     publisher: Publisher,
     /// What epoll watches of the publisher's connection now.
-    publisher_watch: Option<(RawFd, u32)>,
+    publisher_watch: Option<(RawFd, u32, u64)>,
     pub(super) tasks: HashMap<String, Task>,
     /// The helpers in flight, with the calls they finish.
     pub(super) runner: Runner<Pending>,
@@ -183,6 +187,48 @@ pub struct Daemon {
     next_token: u64,
     /// Set by `Shutdown` with no task left: the loop ends once the events are out or by then.
     exiting: Option<Instant>,
+    /// Out of descriptors, the listener is left unwatched until then (it would stay readable
+    /// and spin the loop).
+    listener_resumes: Option<Instant>,
+    /// Cgroups the loop waits on (to empty, to freeze or thaw) without sleeping.
+    cgroup_waits: Vec<CgroupWait>,
+    /// Tasks deleted while their `Create` ran: the `Delete` calls to answer once the helper,
+    /// killed, is gone and what it made is removed.
+    pub(super) cancelled_creates: HashMap<String, Caller>,
+    /// `Shutdown` came while creates ran and no task was left: decided once they are done.
+    pub(super) shutdown_asked: bool,
+}
+
+/// What a [`CgroupWait`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CgroupGoal {
+    /// No process left.
+    Empty,
+    /// Frozen (`true`) or thawed.
+    Frozen(bool),
+}
+
+/// What to do once a cgroup reached its goal (`true`) or the wait's limit passed (`false`).
+pub(super) type AfterCgroup = Box<dyn FnOnce(&mut Daemon, bool)>;
+
+/// A cgroup the loop checks at growing intervals (1 ms to 20 ms) until it reaches its goal.
+struct CgroupWait {
+    cgroup: Cgroup,
+    goal: CgroupGoal,
+    next: Instant,
+    step: Duration,
+    deadline: Instant,
+    then: AfterCgroup,
+}
+
+impl CgroupGoal {
+    fn reached(self, cg: &Cgroup) -> bool {
+        match self {
+            // A removed cgroup holds nobody.
+            CgroupGoal::Empty => !cg.path().exists() || !cg.is_populated().unwrap_or(true),
+            CgroupGoal::Frozen(want) => cg.is_frozen().is_ok_and(|f| f == want),
+        }
+    }
 }
 
 pub(super) fn engine_err(e: Error) -> RpcError {
@@ -355,6 +401,10 @@ impl Daemon {
             orphans: Vec::new(),
             next_token: 1,
             exiting: None,
+            listener_resumes: None,
+            cgroup_waits: Vec::new(),
+            cancelled_creates: HashMap::new(),
+            shutdown_asked: false,
         })
     }
 
@@ -381,9 +431,13 @@ impl Daemon {
             self.step_loggers();
             self.end_drains(now);
             self.runner.kill_overdue(now);
+            self.resume_listener(now);
+            self.check_cgroups(now);
             let deadline = [
                 self.publisher.deadline(),
                 self.exiting,
+                self.listener_resumes,
+                self.cgroup_waits.iter().map(|w| w.next).min(),
                 self.retiring.iter().map(|r| r.deadline).min(),
                 self.drain_deadline(),
                 self.runner.deadline(),
@@ -435,14 +489,64 @@ impl Daemon {
         if want == self.publisher_watch {
             return;
         }
-        if let Some((fd, _)) = self.publisher_watch.take() {
-            // The old descriptor may be closed already (then the kernel dropped it itself).
+        if let Some((fd, _, _)) = self.publisher_watch.take() {
+            // The old descriptor may be closed already (then the kernel dropped it itself, and
+            // a new connection may have its number: the generation tells them apart).
             let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, fd, 0, 0);
         }
-        if let Some((fd, events)) = want
+        if let Some((fd, events, _)) = want
             && epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, fd, events, PUBLISHER).is_ok()
         {
             self.publisher_watch = want;
+        }
+    }
+
+    /// Calls `then` once `cgroup` reached `goal` (with `true`), or after [`CGROUP_LIMIT`]
+    /// (`false`); at once when it is there already. The loop checks, it never sleeps on it.
+    pub(super) fn when_cgroup(&mut self, cgroup: Cgroup, goal: CgroupGoal, then: AfterCgroup) {
+        if goal.reached(&cgroup) {
+            then(self, true);
+            return;
+        }
+        let now = Instant::now();
+        let step = Duration::from_millis(1);
+        self.cgroup_waits.push(CgroupWait { cgroup, goal, next: now + step, step, deadline: now + CGROUP_LIMIT, then });
+    }
+
+    fn check_cgroups(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.cgroup_waits.len() {
+            let w = &mut self.cgroup_waits[i];
+            if now < w.next {
+                i += 1;
+                continue;
+            }
+            let reached = w.goal.reached(&w.cgroup);
+            if reached || now >= w.deadline {
+                let w = self.cgroup_waits.swap_remove(i);
+                if !reached {
+                    log::warn!("{} did not become {:?} within {CGROUP_LIMIT:?}", w.cgroup.path().display(), w.goal);
+                }
+                (w.then)(self, reached);
+                continue;
+            }
+            if w.goal == CgroupGoal::Empty {
+                // Processes that raced into the cgroup get their SIGKILL too.
+                let _ = w.cgroup.kill_all_nowait();
+            }
+            w.step = (w.step * 2).min(Duration::from_millis(20));
+            w.next = now + w.step;
+            i += 1;
+        }
+    }
+
+    fn resume_listener(&mut self, now: Instant) {
+        if self.listener_resumes.is_some_and(|t| now >= t) {
+            self.listener_resumes = None;
+            if let Err(e) = watch(&self.epoll, &self.listener, libc::EPOLLIN as u32, LISTENER) {
+                log::warn!("watching the listener again: {e}");
+                self.listener_resumes = Some(now + ACCEPT_PAUSE);
+            }
         }
     }
 
@@ -453,8 +557,11 @@ impl Daemon {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of descriptors: the listener stays readable; the next turn retries.
-                    log::warn!("accepting a connection: {e}");
+                    // Out of descriptors (or memory): the connection stays queued and the
+                    // listener readable, so it is unwatched for a while rather than spin.
+                    log::warn!("accepting a connection: {e}; trying again in {ACCEPT_PAUSE:?}");
+                    unwatch(&self.epoll, &self.listener);
+                    self.listener_resumes = Some(Instant::now() + ACCEPT_PAUSE);
                     return;
                 }
             };
@@ -592,23 +699,21 @@ impl Daemon {
         self.exiting = Some(Instant::now() + FLUSH_LIMIT);
     }
 
+    /// Calls off an exit asked for (new work came before the loop ended).
+    pub(super) fn cancel_exit(&mut self) {
+        self.exiting = None;
+        self.shutdown_asked = false;
+    }
+
     /// Reaps every child that exited: a helper finishes its call; a task's process records its
     /// exit.
     fn reap(&mut self) {
-        use nix::sys::wait::{WaitPidFlag, waitpid};
         while let Ok(Some(_)) = self.signals.read_signal() {}
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => break,
-                Ok(ws) => {
-                    let (Some(pid), Some(code)) = (ws.pid(), crate::signals::exit_code(ws)) else { continue };
-                    let pid = pid.as_raw();
-                    if let Some((pending, result)) = self.runner.on_exit(pid) {
-                        self.finish_launch(pending, result);
-                    } else {
-                        self.on_exit(pid, code as u32, now());
-                    }
-                }
+        while let Some((pid, code)) = crate::signals::reap_any() {
+            if let Some((pending, result)) = self.runner.on_exit(pid) {
+                self.finish_launch(pending, result);
+            } else {
+                self.on_exit(pid, code as u32, now());
             }
         }
         if self.runner.is_empty() && self.gates.is_empty() {
@@ -706,7 +811,7 @@ impl Daemon {
     }
 
     /// Makes a draining exit the process's exit: publishes TaskExit and answers its waiters.
-    fn report_exit(&mut self, id: &str, exec_id: &str) {
+    pub(super) fn report_exit(&mut self, id: &str, exec_id: &str) {
         let Some(p) = self.tasks.get_mut(id).and_then(|t| t.proc_mut(exec_id).ok()) else { return };
         let Life::Draining { code, at, .. } = p.life.clone() else { return };
         p.life = Life::Exited { code, at: at.clone() };

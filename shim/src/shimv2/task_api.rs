@@ -10,8 +10,8 @@ use super::metrics;
 use super::options;
 use super::process::{Life, Proc, Task};
 use super::service::{
-    ApiStatus, Caller, ConsoleSocket, Daemon, Pending, PendingCreate, PendingWhat, ROOT_FILE, engine_err, give_pipe,
-    now, receive_master, unmount_rootfs,
+    ApiStatus, Caller, CgroupGoal, ConsoleSocket, Daemon, Pending, PendingCreate, PendingWhat, ROOT_FILE, engine_err,
+    give_pipe, now, receive_master, unmount_rootfs,
 };
 use super::stdio::{self, Copies, Kept, StdioOwner, StdioPaths};
 use super::ttrpc::{RpcError, RpcResult, status};
@@ -97,8 +97,14 @@ impl Daemon {
             "State" => decode(p).and_then(|r| encode(self.state(r))),
             "Kill" => decode(p).and_then(|r| encode(self.kill(r))),
             "Pids" => decode(p).and_then(|r| encode(self.pids(r))),
-            "Pause" => decode(p).and_then(|r| encode(self.pause(r))),
-            "Resume" => decode(p).and_then(|r| encode(self.resume(r))),
+            "Pause" => match decode::<PauseRequest>(p) {
+                Ok(r) => return later(self.freeze(Caller { conn, stream }, &r.id, true)),
+                Err(e) => Err(e),
+            },
+            "Resume" => match decode::<ResumeRequest>(p) {
+                Ok(r) => return later(self.freeze(Caller { conn, stream }, &r.id, false)),
+                Err(e) => Err(e),
+            },
             "Exec" => decode(p).and_then(|r| encode(self.exec(r))),
             "ResizePty" => decode(p).and_then(|r| encode(self.resize_pty(r))),
             "CloseIO" => decode(p).and_then(|r| encode(self.close_io(r))),
@@ -195,6 +201,26 @@ impl Daemon {
             PendingWhat::ExecStart { exec_id, spec } => self.finish_exec_start(p, exec_id, spec, result),
             PendingWhat::Hooks { response } => self.answer(p.caller, response),
         }
+        if self.shutdown_asked && self.runner.is_empty() {
+            // A `Shutdown` that came while creates ran: honoured if none of them made a task
+            // (containerd sends another after deleting one that did).
+            self.shutdown_asked = false;
+            if self.tasks.is_empty() {
+                log::info!("no task left in namespace {} after the creates in flight: shutting down", self.namespace);
+                self.exit_soon();
+            }
+        }
+    }
+
+    /// Kills a process a helper started that no table entry will own (its call failed or
+    /// its task went meanwhile) unless it is reaped already: reaped, its pid could be another
+    /// process's by now.
+    fn kill_unowned(&mut self, pid: i32) {
+        if self.claim_orphan(pid).is_none() {
+            // SAFETY: kill(2) takes plain integers; the process is our unreaped child (the
+            // helper that forked it has exited and the daemon is the subreaper).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 
     /// A terminal's copies once its master arrived (plain stdio's were made at launch).
@@ -215,6 +241,8 @@ impl Daemon {
         if self.tasks.contains_key(&req.id) || self.creating(&req.id) {
             return Err(status(Code::ALREADY_EXISTS, format!("task {} already exists", req.id)));
         }
+        // A Create after a `Shutdown` (a pod's next container): the daemon stays.
+        self.cancel_exit();
         let bundle = PathBuf::from(&req.bundle);
         let options = options::parse(&req.options)?;
         if let Some(cg) = &options.shim_cgroup {
@@ -276,6 +304,12 @@ impl Daemon {
                 let mut kept = std::mem::take(&mut p.kept);
                 self.retire_logger(&mut kept);
                 self.answer(p.caller, Err(e));
+                if let Some(deleter) = self.cancelled_creates.remove(&req.id) {
+                    // Nothing ran: as a created task's delete, the kill's status.
+                    let response =
+                        DeleteResponse { exit_status: 137, exited_at: MessageField::some(now()), ..Default::default() };
+                    self.answer(deleter, encode(Ok(response)));
+                }
                 return;
             }
         };
@@ -293,6 +327,7 @@ impl Daemon {
             execs: HashMap::new(),
             oom_watch,
             io_owner: c.io_owner,
+            deleting: false,
         };
         self.tasks.insert(req.id.clone(), task);
         let (stdin_pump, pty_pump) = self.add_copies(&req.id, "", copies);
@@ -454,7 +489,14 @@ impl Daemon {
 
     fn finish_exec_start(&mut self, mut p: Pending, exec_id: String, spec: String, result: RpcResult<i32>) {
         let id = p.id.clone();
-        let made = result.and_then(|pid| self.stdio_after_launch(&mut p).map(|io| (pid, io)));
+        let made = result.and_then(|pid| match self.stdio_after_launch(&mut p) {
+            Ok(io) => Ok((pid, io)),
+            Err(e) => {
+                // It runs, but without its terminal nobody could reach it: it goes.
+                self.kill_unowned(pid);
+                Err(e)
+            }
+        });
         let (pid, (copies, kept)) = match made {
             Ok(v) => v,
             Err(e) => {
@@ -469,8 +511,7 @@ impl Daemon {
         };
         let Ok(proc_) = self.task(&id).and_then(|t| t.proc_mut(&exec_id)) else {
             // Deleted meanwhile: the process has nothing to report to.
-            // SAFETY: kill(2) takes integers only.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            self.kill_unowned(pid);
             self.answer(p.caller, Err(status(Code::NOT_FOUND, format!("exec {exec_id} not found"))));
             return;
         };
@@ -546,10 +587,16 @@ impl Daemon {
             if pid == 0 {
                 return Err(status(Code::FAILED_PRECONDITION, format!("exec {} was not started", req.exec_id)));
             }
-            let sig =
-                nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
-                .map_err(|e| status(Code::NOT_FOUND, format!("process already finished: {e}")))?;
+            // Not nix's kill: its Signal cannot name real-time signals. The process is not
+            // reaped (else `gone`), so its pid is still its own.
+            // SAFETY: kill(2) takes plain integers.
+            if unsafe { libc::kill(pid, req.signal as i32) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(match e.raw_os_error() {
+                    Some(libc::EINVAL) => status(Code::INVALID_ARGUMENT, format!("signal {}: {e}", req.signal)),
+                    _ => status(Code::NOT_FOUND, format!("process already finished: {e}")),
+                });
+            }
         }
         Ok(Empty::new())
     }
@@ -591,20 +638,83 @@ impl Daemon {
     }
 
     fn delete_task(&mut self, caller: Caller, id: &str) -> RpcResult<Option<RpcResult<Vec<u8>>>> {
+        if !self.tasks.contains_key(id) && self.creating(id) {
+            // containerd gave up on the Create (its caller went): the helper is killed, and
+            // this call answered once what it made is gone (`finish_create`).
+            if self.cancelled_creates.contains_key(id) {
+                return Err(status(Code::FAILED_PRECONDITION, format!("task {id} is being deleted")));
+            }
+            let cancelled = id.to_string();
+            self.runner.cancel(|p| p.id == cancelled && matches!(p.what, PendingWhat::Create(_)));
+            self.cancelled_creates.insert(id.to_string(), caller);
+            return Ok(None);
+        }
         let t = self.task(id)?;
         if matches!(t.init.life, Life::Starting) {
             return Err(status(Code::FAILED_PRECONDITION, format!("task {id} is starting")));
+        }
+        if t.deleting {
+            return Err(status(Code::FAILED_PRECONDITION, format!("task {id} is being deleted")));
         }
         let live = container::oci_state(&t.root, id).map(|s| s.status);
         if !t.init.life.is_gone() && matches!(live, Ok(Status::Running | Status::Paused)) {
             return Err(status(Code::FAILED_PRECONDITION, format!("task {id} is running: kill it first")));
         }
         let root = t.root.clone();
-        let deleted = match container::delete_quietly(&root, id, true) {
-            Ok(st) => Some(st),
-            Err(Error::NotFound(_)) => None,
-            Err(e) => return Err(engine_err(e)),
-        };
+        match container::delete_begin(&root, id, true) {
+            Ok(container::Deletion::Ready(st)) => {
+                container::delete_end(&root, &st).map_err(engine_err)?;
+                self.finish_delete(caller, id, Some(st))
+            }
+            Ok(container::Deletion::Emptying { st, cgroup }) => {
+                // Processes are dying: the answer comes once the cgroup is empty, and the loop
+                // goes on meanwhile.
+                t.deleting = true;
+                let id = id.to_string();
+                self.when_cgroup(
+                    cgroup,
+                    CgroupGoal::Empty,
+                    Box::new(move |d: &mut Daemon, _| {
+                        let ended = container::delete_end(&root, &st).map_err(engine_err);
+                        let answer = ended.and_then(|()| d.finish_delete(caller, &id, Some(st)));
+                        if let Ok(t) = d.task(&id) {
+                            t.deleting = false;
+                        }
+                        match answer {
+                            Ok(Some(r)) => d.answer(caller, r),
+                            Ok(None) => {}
+                            Err(e) => d.answer(caller, Err(e)),
+                        }
+                    }),
+                );
+                Ok(None)
+            }
+            Err(Error::NotFound(_)) => self.finish_delete(caller, id, None),
+            Err(e) => Err(engine_err(e)),
+        }
+    }
+
+    /// The rest of `Delete` once the engine's container is gone (`deleted`; `None` when it
+    /// was gone before): every exit not reported yet is, the process table forgets the task,
+    /// the rootfs is unmounted, TaskDelete goes out; the answer now, or after the `poststop`
+    /// hooks (`None`).
+    fn finish_delete(
+        &mut self,
+        caller: Caller,
+        id: &str,
+        deleted: Option<crate::state::ContainerState>,
+    ) -> RpcResult<Option<RpcResult<Vec<u8>>>> {
+        // An exit still draining its terminal's output is reported before the task goes:
+        // CRI learns a container's end from TaskExit, not from TaskDelete.
+        let draining: Vec<String> = self
+            .task(id)?
+            .procs_mut()
+            .filter(|p| matches!(p.life, Life::Draining { .. }))
+            .map(|p| p.exec_id.clone())
+            .collect();
+        for exec_id in draining {
+            self.report_exit(id, &exec_id);
+        }
         let Some(mut t) = self.tasks.remove(id) else { return Err(task_not_found(id)) };
         if let Some(token) = t.oom_watch.take() {
             self.unwatch_oom(token);
@@ -676,26 +786,39 @@ impl Daemon {
         Ok(PidsResponse { processes, ..Default::default() })
     }
 
-    fn pause(&mut self, req: PauseRequest) -> RpcResult<Empty> {
-        self.task(&req.id)?;
-        container::pause(&self.root_of(&req.id), &req.id).map_err(engine_err)?;
-        self.publish(
-            topics::TASK_PAUSED_EVENT_TOPIC,
-            "TaskPaused",
-            &TaskPaused { container_id: req.id.clone(), ..Default::default() },
+    /// `Pause` (`freeze`) or `Resume`: answered once the cgroup is frozen or thawed.
+    fn freeze(&mut self, caller: Caller, id: &str, freeze: bool) -> RpcResult<()> {
+        if self.task(id)?.deleting {
+            return Err(status(Code::FAILED_PRECONDITION, format!("task {id} is being deleted")));
+        }
+        let cgroup = container::request_freeze(&self.root_of(id), id, freeze).map_err(engine_err)?;
+        let id = id.to_string();
+        self.when_cgroup(
+            cgroup,
+            CgroupGoal::Frozen(freeze),
+            Box::new(move |d: &mut Daemon, done| {
+                if !done {
+                    let what = if freeze { "freeze" } else { "thaw" };
+                    d.answer(caller, Err(status(Code::DEADLINE_EXCEEDED, format!("{id} did not {what} in time"))));
+                    return;
+                }
+                if freeze {
+                    d.publish(
+                        topics::TASK_PAUSED_EVENT_TOPIC,
+                        "TaskPaused",
+                        &TaskPaused { container_id: id.clone(), ..Default::default() },
+                    );
+                } else {
+                    d.publish(
+                        topics::TASK_RESUMED_EVENT_TOPIC,
+                        "TaskResumed",
+                        &TaskResumed { container_id: id.clone(), ..Default::default() },
+                    );
+                }
+                d.answer(caller, encode(Ok(Empty::new())));
+            }),
         );
-        Ok(Empty::new())
-    }
-
-    fn resume(&mut self, req: ResumeRequest) -> RpcResult<Empty> {
-        self.task(&req.id)?;
-        container::resume(&self.root_of(&req.id), &req.id).map_err(engine_err)?;
-        self.publish(
-            topics::TASK_RESUMED_EVENT_TOPIC,
-            "TaskResumed",
-            &TaskResumed { container_id: req.id.clone(), ..Default::default() },
-        );
-        Ok(Empty::new())
+        Ok(())
     }
 
     fn exec(&mut self, req: ExecProcessRequest) -> RpcResult<Empty> {
@@ -778,6 +901,9 @@ impl Daemon {
         if self.tasks.is_empty() && self.runner.is_empty() {
             log::info!("no task left in namespace {}: shutting down", self.namespace);
             self.exit_soon();
+        } else if self.tasks.is_empty() {
+            // Only creates in flight: decided once they are done (`finish_launch`).
+            self.shutdown_asked = true;
         }
         Ok(Empty::new())
     }

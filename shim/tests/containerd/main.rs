@@ -400,6 +400,44 @@ fn kill_all_reaches_every_process_and_checkpoint_is_refused() {
     c.ok(&["containers", "rm", "many"]);
 }
 
+/// Real-time signals (which nix's `Signal` cannot name) reach an exec by its id and every
+/// process with `--all`, and the deaths they cause are reported with 128 + N.
+#[test]
+fn real_time_signals_are_sent_and_the_exits_they_cause_reported() {
+    let c = Containerd::start();
+    c.ok(&c.run_args(&["-d"], "rt", &["sleep", "1000"]));
+    c.wait_status("rt", "RUNNING");
+    let spawn_exec = |id: &str| {
+        c.ctr_cmd(&["task", "exec", "--exec-id", id, "rt", "sleep", "999"]).stdout(Stdio::null()).spawn().unwrap()
+    };
+    let wait_procs = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.ok(&["task", "ps", "rt"]).lines().count() < n + 1 {
+            assert!(Instant::now() < deadline, "the execs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let one = spawn_exec("one");
+    wait_procs(2);
+    c.ok(&["task", "kill", "--exec-id", "one", "-s", &(rtmin + 2).to_string(), "rt"]);
+    let one = one.wait_with_output().unwrap();
+    assert_eq!(one.status.code(), Some(128 + rtmin + 2), "an exec killed by SIGRTMIN+2");
+
+    let two = spawn_exec("two");
+    wait_procs(2);
+    // The init (pid 1 of its namespace, without a handler) ignores it; the exec dies of it.
+    c.ok(&["task", "kill", "--all", "-s", &rtmax.to_string(), "rt"]);
+    let two = two.wait_with_output().unwrap();
+    assert_eq!(two.status.code(), Some(128 + rtmax), "an exec killed by SIGRTMAX through --all");
+    c.wait_status("rt", "RUNNING");
+
+    c.ok(&["task", "kill", "-s", "SIGKILL", "rt"]);
+    c.wait_status("rt", "STOPPED");
+    c.ok(&["task", "delete", "rt"]);
+    c.ok(&["containers", "rm", "rt"]);
+}
+
 #[test]
 fn cri_style_runtime_options_are_read_or_refused_by_name() {
     // For a runtime that is not runc, containerd sends runtimeoptions.v1.Options (a config
