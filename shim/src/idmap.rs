@@ -27,8 +27,12 @@ pub struct IdmapMount {
     pub index: usize,
     /// The source on the host.
     pub source: PathBuf,
-    /// `ridmap` or `rbind`: the whole tree below the source.
-    pub recursive: bool,
+    /// `rbind`: the mounts below the source come along (a clone of the whole tree).
+    pub tree: bool,
+    /// `ridmap`: every mount of the clone is idmapped, not only the top one. Kept apart from
+    /// `tree` as runc does: `rbind` + `idmap` brings submounts unmapped (one whose file system
+    /// cannot be idmapped does not fail the mount), `bind` + `ridmap` brings none.
+    pub map_tree: bool,
     /// The mount's own mappings; `None`: the container's user namespace.
     pub own: Option<(Vec<LinuxIdMapping>, Vec<LinuxIdMapping>)>,
 }
@@ -58,7 +62,8 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Vec<IdmapMount> {
             IdmapMount {
                 index,
                 source,
-                recursive: o.idmap == Some(true) || o.flags.contains(nix::mount::MsFlags::MS_REC),
+                tree: o.flags.contains(nix::mount::MsFlags::MS_REC),
+                map_tree: o.idmap == Some(true),
                 own,
             }
         })
@@ -116,7 +121,7 @@ pub fn make(mounts: &[IdmapMount], container_userns: Option<&OwnedFd>) -> Result
                 )));
             }
         };
-        let flags = OPEN_TREE_CLONE | if m.recursive { sys::AT_RECURSIVE } else { 0 };
+        let flags = OPEN_TREE_CLONE | if m.tree { sys::AT_RECURSIVE } else { 0 };
         let tree = sys::open_tree(libc::AT_FDCWD, &m.source, flags)
             .ctx(|| format!("mounts[{}]: open_tree({})", m.index, m.source.display()))?;
         let attr = sys::MountAttr {
@@ -124,7 +129,7 @@ pub fn make(mounts: &[IdmapMount], container_userns: Option<&OwnedFd>) -> Result
             userns_fd: std::os::fd::AsRawFd::as_raw_fd(userns) as u64,
             ..Default::default()
         };
-        sys::mount_setattr(&tree, if m.recursive { sys::AT_RECURSIVE } else { 0 }, &attr).map_err(|e| {
+        sys::mount_setattr(&tree, if m.map_tree { sys::AT_RECURSIVE } else { 0 }, &attr).map_err(|e| {
             Error::sys(
                 format!(
                     "mounts[{}]: idmapping {} (does its file system support idmapped mounts?)",
@@ -164,4 +169,33 @@ fn userns_with(uids: &[LinuxIdMapping], gids: &[LinuxIdMapping]) -> Result<Owned
     unsafe { libc::kill(child, libc::SIGKILL) };
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(options: &str) -> IdmapMount {
+        let spec: Spec = serde_json::from_str(&format!(
+            r#"{{"mounts":[{{"destination":"/m","type":"bind","source":"/src","options":{options},
+                "uidMappings":[{{"containerID":0,"hostID":1000,"size":1}}],
+                "gidMappings":[{{"containerID":0,"hostID":1000,"size":1}}]}}]}}"#
+        ))
+        .unwrap();
+        let mut p = plan(&spec, Path::new("/bundle"));
+        assert_eq!(p.len(), 1);
+        p.remove(0)
+    }
+
+    #[test]
+    fn rbind_decides_the_tree_and_ridmap_the_mapping() {
+        let m = plan_of(r#"["rbind","idmap"]"#);
+        assert!(m.tree && !m.map_tree, "{m:?}");
+        let m = plan_of(r#"["bind","ridmap"]"#);
+        assert!(!m.tree && m.map_tree, "{m:?}");
+        let m = plan_of(r#"["rbind","ridmap"]"#);
+        assert!(m.tree && m.map_tree, "{m:?}");
+        let m = plan_of(r#"["bind"]"#);
+        assert!(!m.tree && !m.map_tree, "{m:?}");
+    }
 }

@@ -212,3 +212,48 @@ fn a_read_only_path_is_only_made_read_only() {
         }
     }
 }
+
+#[test]
+fn idmap_recursion_follows_rbind_for_the_tree_and_ridmap_for_the_mapping() {
+    private_mounts();
+    let mapped = json!([{"containerID": 0, "hostID": 1000, "size": 1}]);
+    let idmapped = |name: &str, source: &Path, options: serde_json::Value| {
+        let script =
+            "for f in /m/rootfile /m/pts/ptmx /m/tmp/file; do stat -c %u:%g $f 2>/dev/null || echo missing; done";
+        let mut c = TestContainer::new(name, script);
+        c.config["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/m", "type": "bind", "source": source, "options": options,
+            "uidMappings": mapped, "gidMappings": mapped}));
+        c
+    };
+    // Files owned by 0 on disk, which the mapping shows as 1000; a tmpfs below, which can be
+    // idmapped, and a devpts below, which cannot.
+    let src = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::write(src.path().join("rootfile"), "x").unwrap();
+    std::fs::create_dir(src.path().join("tmp")).unwrap();
+    std::fs::create_dir(src.path().join("pts")).unwrap();
+    tmpfs(&src.path().join("tmp"));
+    let _tmp = Unmount(src.path().join("tmp"));
+    std::fs::write(src.path().join("tmp/file"), "x").unwrap();
+    let pts = src.path().join("pts");
+    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::empty(), Some("newinstance,ptmxmode=0666")).unwrap();
+    let pts_mount = Unmount(pts);
+    // rbind + idmap: the submounts come along, the mapping is the top mount's only (as runc),
+    // so a submount that cannot be idmapped does not stop it.
+    let c = idmapped("rbindidmap", src.path(), json!(["rbind", "idmap"]));
+    assert_eq!(c.run_ok(), "1000:1000\n0:0\n0:0\n");
+    // rbind + ridmap: every mount of the tree is idmapped, and the devpts cannot be.
+    let c = idmapped("rbindridmapfail", src.path(), json!(["rbind", "ridmap"]));
+    let out = c.run();
+    assert!(!out.status.success(), "a devpts was idmapped");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mounts[7]") && err.contains("idmapping"), "{err}");
+    c.assert_gone(None);
+    // Without the devpts, rbind + ridmap maps the tmpfs too.
+    drop(pts_mount);
+    let c = idmapped("rbindridmap", src.path(), json!(["rbind", "ridmap"]));
+    assert_eq!(c.run_ok(), "1000:1000\nmissing\n1000:1000\n");
+    // bind + ridmap: only the top mount is cloned; the tmpfs stays behind.
+    let c = idmapped("bindridmap", src.path(), json!(["bind", "ridmap"]));
+    assert_eq!(c.run_ok(), "1000:1000\nmissing\nmissing\n");
+}
