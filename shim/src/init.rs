@@ -165,7 +165,7 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel, idmapped: Vec<(usize, 
     // The terminal before the read-only steps: /dev/console may have to be created.
     launch::attach_terminal(proc_, &args.console, chan, true)?;
     rootfs::readonly_paths(linux.readonly_paths().as_deref().unwrap_or_default())?;
-    rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or_default())?;
+    rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or_default(), crate::lsm::mount_label(spec))?;
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
         rootfs::readonly_root()?;
     }

@@ -33,6 +33,11 @@ pub fn check_labels(
             "the host does not run AppArmor: the profile cannot be applied (leave it empty)".into(),
         ));
     }
+    // The mount label goes into mount options between quotes: a quote (or a NUL) in it would
+    // end them early and pass the rest as options of their own.
+    if mount.is_some_and(|l| l.contains(['"', '\0'])) {
+        return Err(("mountLabel".into(), "a label cannot contain '\"' or NUL".into()));
+    }
     for (field, label) in [("selinuxLabel", selinux), ("mountLabel", mount)] {
         if label.is_some_and(|l| !l.is_empty()) && !selinux_enabled() {
             return Err((
@@ -77,9 +82,62 @@ pub fn apply_exec_labels(apparmor: Option<&str>, selinux: Option<&str>) -> Resul
     Ok(())
 }
 
-/// The mount option that labels a new file system with `linux.mountLabel`.
+/// The mount option that labels a new file system with `linux.mountLabel`, for mount(2)'s
+/// data: quoted, as runc formats it, because an MLS range holds commas (`s0:c1,c2`) and the
+/// kernel splits the data at commas outside quotes (it strips the quotes).
 pub fn mount_label_option(label: &str) -> String {
     format!("context=\"{label}\"")
+}
+
+/// `linux.mountLabel` as the runtime applies it: the label where the host runs SELinux, else
+/// `None`, as runc's label package does nothing without SELinux (and strata refuses such a
+/// label when it loads the bundle, see [`check_labels`]).
+pub fn mount_label(spec: &Spec) -> Option<&str> {
+    spec.linux().as_ref()?.mount_label().as_deref().filter(|l| !l.is_empty() && selinux_enabled())
+}
+
+/// Whether a new mount of file system `typ` gets the `context=` option of `linux.mountLabel`,
+/// as runc gives it: not proc or sysfs (SELinux kernels cannot label them by mount option),
+/// not mqueue (whose root is labelled as a file once mounted, [`label_file`]), not cgroup
+/// (runc mounts it apart, without a label); bind mounts take no file-system options at all.
+pub fn labels_new_mount(typ: &str) -> bool {
+    !matches!(typ, "proc" | "sysfs" | "mqueue" | "cgroup" | "cgroup2" | "bind")
+}
+
+/// The data of a new mount of `typ`: the config's file-system options, and the mount label's
+/// `context=` option where runc adds it.
+pub fn new_mount_data(typ: &str, data: &[String], label: Option<&str>) -> Vec<String> {
+    let mut out = data.to_vec();
+    if let Some(l) = label.filter(|_| labels_new_mount(typ)) {
+        out.push(mount_label_option(l));
+    }
+    out
+}
+
+/// The `fsconfig` options of the empty tmpfs that masks a directory of `maskedPaths`, labelled
+/// as runc labels it. fsconfig hands a value whole to SELinux, which strips no quotes there:
+/// the label goes unquoted.
+pub fn masking_tmpfs_options(label: Option<&str>) -> Vec<String> {
+    let mut out = vec!["nr_blocks=1".to_string(), "nr_inodes=1".to_string()];
+    if let Some(l) = label {
+        out.push(format!("context={l}"));
+    }
+    out
+}
+
+/// Labels the file at `path` (its `security.selinux` attribute), as runc labels the root of an
+/// mqueue mount with the mount label.
+pub fn label_file(path: &Path, label: &str) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::Invalid(format!("{} contains NUL", path.display())))?;
+    // SAFETY: a valid C string for the path and the name, and `label` readable for its length,
+    // all living across the call.
+    let r = unsafe { libc::setxattr(p.as_ptr(), c"security.selinux".as_ptr(), label.as_ptr().cast(), label.len(), 0) };
+    if r < 0 {
+        return Err(Error::sys(format!("linux.mountLabel: labelling {}", path.display()), nix::errno::Errno::last()));
+    }
+    Ok(())
 }
 
 /// Joins a new session keyring `_ses.<id>`, so that the container does not share the
@@ -121,4 +179,48 @@ pub fn join_session_keyring(id: &str, grant_search: Option<bool>) -> Result<()> 
         return Err(Error::sys("setting the session keyring's permissions", nix::errno::Errno::last()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_mount_label_goes_where_runc_puts_it() {
+        let label = "system_u:object_r:container_file_t:s0:c1,c2";
+        let ctx = r#"context="system_u:object_r:container_file_t:s0:c1,c2""#;
+        assert_eq!(mount_label_option(label), ctx);
+        // New file systems get it after their own options.
+        assert_eq!(new_mount_data("tmpfs", &data(&["mode=755"]), Some(label)), data(&["mode=755", ctx]));
+        assert_eq!(new_mount_data("devpts", &[], Some(label)), data(&[ctx]));
+        assert_eq!(new_mount_data("none", &[], Some(label)), data(&[ctx]));
+        // Not those runc leaves unlabelled (or labels otherwise), nor any without a label.
+        for typ in ["proc", "sysfs", "mqueue", "cgroup", "cgroup2", "bind"] {
+            assert_eq!(new_mount_data(typ, &data(&["x=1"]), Some(label)), data(&["x=1"]), "{typ}");
+        }
+        assert_eq!(new_mount_data("tmpfs", &data(&["mode=755"]), None), data(&["mode=755"]));
+        // The masking tmpfs takes it through fsconfig, unquoted.
+        assert_eq!(
+            masking_tmpfs_options(Some(label)),
+            data(&["nr_blocks=1", "nr_inodes=1", "context=system_u:object_r:container_file_t:s0:c1,c2"])
+        );
+        assert_eq!(masking_tmpfs_options(None), data(&["nr_blocks=1", "nr_inodes=1"]));
+    }
+
+    #[test]
+    fn the_mount_label_is_applied_only_where_selinux_runs() {
+        let spec: Spec =
+            serde_json::from_str(r#"{"linux":{"mountLabel":"system_u:object_r:container_file_t:s0"}}"#).unwrap();
+        assert_eq!(mount_label(&spec).is_some(), selinux_enabled());
+        let spec: Spec = serde_json::from_str(r#"{"linux":{"mountLabel":""}}"#).unwrap();
+        assert_eq!(mount_label(&spec), None);
+        // A quote would end the option early, whatever the host.
+        let (field, reason) = check_labels(None, None, Some(r#"a",size=1"#)).unwrap_err();
+        assert_eq!(field, "mountLabel");
+        assert!(reason.contains("cannot contain"), "{reason}");
+    }
 }

@@ -398,8 +398,9 @@ impl RootfsSetup<'_> {
         let root: OwnedFd =
             std::fs::File::open(self.rootfs).ctx(|| format!("opening {}", self.rootfs.display()))?.into();
         let mut dev_is_tmpfs = false;
+        let label = crate::lsm::mount_label(self.spec);
         for (i, m) in self.spec.mounts().iter().flatten().enumerate() {
-            self.mount_one(&root, i, m)
+            self.mount_one(&root, i, m, label)
                 .map_err(|e| Error::Init(format!("mounts[{i}] ({}): {e}", m.destination().display())))?;
             let opts = parse_options(m.options().as_deref().unwrap_or_default());
             if normalize_in_root(m.destination()).is_some_and(|d| d == Path::new("dev")) && !opts.bind {
@@ -424,7 +425,9 @@ impl RootfsSetup<'_> {
         Ok(())
     }
 
-    fn mount_one(&self, root: &OwnedFd, index: usize, m: &Mount) -> Result<()> {
+    /// Makes `mounts[index]`; a new file system is labelled with `label` where runc labels it
+    /// ([`crate::lsm::new_mount_data`]).
+    fn mount_one(&self, root: &OwnedFd, index: usize, m: &Mount, label: Option<&str>) -> Result<()> {
         let rel = normalize_in_root(m.destination())
             .ok_or_else(|| Error::Invalid(format!("{} escapes the root file system", m.destination().display())))?;
         let opts = parse_options(m.options().as_deref().unwrap_or_default());
@@ -478,9 +481,9 @@ impl RootfsSetup<'_> {
             } else {
                 None
             };
-            let data = opts.data.join(",");
-            let data = (!data.is_empty()).then_some(data.as_str());
-            let r = mount(Some(&source), &fd_path(&target), Some(typ), flags, data);
+            let data = crate::lsm::new_mount_data(typ, &opts.data, label);
+            let joined = data.join(",");
+            let r = mount(Some(&source), &fd_path(&target), Some(typ), flags, (!data.is_empty()).then_some(&*joined));
             match (r, typ) {
                 (Err(nix::errno::Errno::EPERM), "sysfs") => {
                     // Without a network namespace of its own the kernel refuses a new sysfs;
@@ -495,16 +498,21 @@ impl RootfsSetup<'_> {
                     .ctx(|| "bind-mounting /sys".into())?;
                     remount(&fd_path(&reopen()?), flags | MsFlags::MS_RDONLY)?;
                 }
-                (Err(nix::errno::Errno::EINVAL), _) if !opts.data.is_empty() => {
+                (Err(nix::errno::Errno::EINVAL), _) if !data.is_empty() => {
+                    // Only the config's own options are tried one by one: the label's would
+                    // need its quotes taken off for fsconfig. The message shows them all.
                     return Err(match sys::refused_fs_option(typ, &opts.data) {
                         Some(opt) => Error::Invalid(format!("options: {typ} does not take {opt:?}")),
-                        None => Error::sys(
-                            format!("mounting {typ} with {:?}", opts.data.join(",")),
-                            nix::errno::Errno::EINVAL,
-                        ),
+                        None => Error::sys(format!("mounting {typ} with {joined:?}"), nix::errno::Errno::EINVAL),
                     });
                 }
                 (r, _) => r.ctx(|| format!("mounting {typ}"))?,
+            }
+            // runc labels an mqueue's root as a file rather than by mount option.
+            if typ == "mqueue"
+                && let Some(l) = label
+            {
+                crate::lsm::label_file(&fd_path(&reopen()?), l)?;
             }
             if let Some(before) = before {
                 let after = sys::openat2(
@@ -758,9 +766,11 @@ fn verified_dev_null() -> Result<OwnedFd> {
 }
 
 /// Hides `maskedPaths`: the verified `/dev/null` over files, an empty read-only tmpfs over
-/// directories; every target opened without following links, every mount made from
-/// descriptor to descriptor.
-pub fn mask_paths(paths: &[String]) -> Result<()> {
+/// directories (labelled with the mount label, as runc); every target opened without following
+/// links, every mount made from descriptor to descriptor.
+pub fn mask_paths(paths: &[String], label: Option<&str>) -> Result<()> {
+    let tmpfs_options = crate::lsm::masking_tmpfs_options(label);
+    let tmpfs_options: Vec<&str> = tmpfs_options.iter().map(String::as_str).collect();
     let mut null = None;
     for p in paths {
         let Some(target) = open_target(p).map_err(|e| Error::Init(format!("linux.maskedPaths: {e}")))? else {
@@ -768,7 +778,7 @@ pub fn mask_paths(paths: &[String]) -> Result<()> {
         };
         let st = nix::sys::stat::fstat(&target).ctx(|| format!("linux.maskedPaths: stat {p}"))?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            let tmpfs = sys::detached_mount("tmpfs", &["nr_blocks=1", "nr_inodes=1"], sys::mount_attr::RDONLY)
+            let tmpfs = sys::detached_mount("tmpfs", &tmpfs_options, sys::mount_attr::RDONLY)
                 .ctx(|| format!("linux.maskedPaths: an empty tmpfs for {p}"))?;
             sys::move_mount(&tmpfs, &target).ctx(|| format!("linux.maskedPaths: {p}"))?;
         } else {
