@@ -235,6 +235,8 @@ pub fn exec(root: &StateRoot, id: &str, req: &ExecRequest) -> Result<i32> {
     }
     crate::lsm::check_labels(req.process.apparmor_profile().as_deref(), req.process.selinux_label().as_deref(), None)
         .map_err(|(field, reason)| Error::Invalid(format!("exec: {field}: {reason}")))?;
+    crate::scheduling::check_process(&req.process)
+        .map_err(|(field, reason)| Error::Invalid(format!("exec: {field}: {reason}")))?;
     let (forked, born_in_cgroup) = container::fork_in(&cgroup)?;
     let stage1 = match forked {
         Fork::Child => {

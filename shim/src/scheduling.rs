@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use oci_spec::runtime::{
     IOPriorityClass, LinuxIOPriority, LinuxMemoryPolicy, LinuxPersonality, LinuxPersonalityDomain, LinuxSchedulerFlag,
-    LinuxSchedulerPolicy, MemoryPolicyFlagType, MemoryPolicyModeType, Scheduler, Spec,
+    LinuxSchedulerPolicy, MemoryPolicyFlagType, MemoryPolicyModeType, Process, Scheduler, Spec,
 };
 
 /// Parses a CPU or node list such as `0-3,7` into its members.
@@ -72,6 +72,22 @@ fn check_scheduler(s: &Scheduler) -> std::result::Result<(), (&'static str, Stri
     if p == LinuxSchedulerPolicy::SchedIso {
         return Err(("policy", "SCHED_ISO does not exist in Linux".into()));
     }
+    // A utilization clamp flag tells sched_setattr to read a clamp value, and the runtime-spec
+    // has no field for one: any value would be made up (runc passes 0, which for the maximum
+    // holds the process at the lowest utilization). Refused, rather than invented.
+    for f in s.flags().iter().flatten() {
+        let name = match f {
+            LinuxSchedulerFlag::SchedFlagUtilClampMin => "SCHED_FLAG_UTIL_CLAMP_MIN",
+            LinuxSchedulerFlag::SchedFlagUtilClampMax => "SCHED_FLAG_UTIL_CLAMP_MAX",
+            _ => continue,
+        };
+        return Err((
+            "flags",
+            format!(
+                "{name} asks for a utilization clamp, whose value the runtime-spec has no field for (leave it out)"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -113,15 +129,22 @@ fn check_memory_policy(m: &LinuxMemoryPolicy) -> std::result::Result<Vec<usize>,
     Ok(nodes)
 }
 
+/// Checks the scheduler and I/O priority of a process (the container's, or an exec's);
+/// returns the field below the process and the reason.
+pub fn check_process(p: &Process) -> std::result::Result<(), (String, String)> {
+    if let Some(s) = p.scheduler() {
+        check_scheduler(s).map_err(|(f, m)| (format!("scheduler.{f}"), m))?;
+    }
+    if let Some(io) = p.io_priority() {
+        check_io_priority(io).map_err(|(f, m)| (format!("ioPriority.{f}"), m))?;
+    }
+    Ok(())
+}
+
 /// Checks the fields of this module in a config; returns the field and the reason.
 pub fn check(spec: &Spec) -> std::result::Result<(), (String, String)> {
     if let Some(p) = spec.process() {
-        if let Some(s) = p.scheduler() {
-            check_scheduler(s).map_err(|(f, m)| (format!("process.scheduler.{f}"), m))?;
-        }
-        if let Some(io) = p.io_priority() {
-            check_io_priority(io).map_err(|(f, m)| (format!("process.ioPriority.{f}"), m))?;
-        }
+        check_process(p).map_err(|(f, m)| (format!("process.{f}"), m))?;
     }
     if let Some(l) = spec.linux() {
         if let Some(m) = l.memory_policy() {
@@ -141,6 +164,8 @@ pub fn check(spec: &Spec) -> std::result::Result<(), (String, String)> {
 
 /// Applies `process.scheduler` with `sched_setattr(2)`.
 pub fn apply_scheduler(s: &Scheduler) -> Result<()> {
+    // The first version of `struct sched_attr` (48 bytes): it has no utilization clamp values,
+    // which is why [`check`] refuses the clamp flags (the kernel would want the larger one).
     #[repr(C)]
     struct SchedAttr {
         size: u32,
@@ -259,6 +284,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(check(&bad).unwrap_err().0, "process.scheduler.priority");
+        // Utilization clamps need values the runtime-spec does not carry: refused by name.
+        for flag in ["SCHED_FLAG_UTIL_CLAMP_MIN", "SCHED_FLAG_UTIL_CLAMP_MAX"] {
+            let bad: Spec = serde_json::from_str(&format!(
+                r#"{{"process":{{"cwd":"/","user":{{"uid":0,"gid":0}},
+                    "scheduler":{{"policy":"SCHED_OTHER","flags":["SCHED_RESET_ON_FORK","{flag}"]}}}}}}"#
+            ))
+            .unwrap();
+            let (field, reason) = check(&bad).unwrap_err();
+            assert_eq!(field, "process.scheduler.flags");
+            assert!(reason.contains(flag), "{reason}");
+        }
+        let ok: Spec = serde_json::from_str(
+            r#"{"process":{"cwd":"/","user":{"uid":0,"gid":0},
+                "scheduler":{"policy":"SCHED_OTHER","flags":["SCHED_RESET_ON_FORK"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(check(&ok), Ok(()));
         let bad: Spec = serde_json::from_str(r#"{"linux":{"memoryPolicy":{"mode":"MPOL_BIND"}}}"#).unwrap();
         assert_eq!(check(&bad).unwrap_err().0, "linux.memoryPolicy.nodes");
         let ok: Spec = serde_json::from_str(

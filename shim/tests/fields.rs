@@ -50,6 +50,14 @@ fn scheduler_io_priority_and_memory_policy() {
     let out = c.run();
     assert!(String::from_utf8_lossy(&out.stderr).contains("process.scheduler.priority"));
     c.assert_gone(None);
+    // A utilization clamp without a value to clamp to (the runtime-spec has none).
+    let mut c = TestContainer::new("uclamp", "true");
+    c.config["process"]["scheduler"] = json!({"policy": "SCHED_OTHER", "flags": ["SCHED_FLAG_UTIL_CLAMP_MAX"]});
+    let out = c.run();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("process.scheduler.flags") && err.contains("SCHED_FLAG_UTIL_CLAMP_MAX"), "{err}");
+    c.assert_gone(None);
 }
 
 #[test]
