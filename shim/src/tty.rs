@@ -74,9 +74,9 @@ pub fn open_pty(size: Option<WinSize>, owner: u32) -> Result<Pty> {
 }
 
 /// Binds the terminal `slave` onto `/dev/console` of the container (after `pivot_root`):
-/// `/dev/console` is created or opened without following a symlink, and the bind is made from
-/// descriptor to descriptor (`open_tree` + `move_mount`), so no path decides what is mounted
-/// where.
+/// `/dev/console` is opened as a mount point only ([`console_mount_point`]), and the bind is
+/// made from descriptor to descriptor (`open_tree` + `move_mount`), so no path decides what is
+/// mounted where.
 pub fn bind_console(slave: &OwnedFd) -> Result<()> {
     let dev = crate::sys::openat2(
         libc::AT_FDCWD,
@@ -86,16 +86,53 @@ pub fn bind_console(slave: &OwnedFd) -> Result<()> {
         0x02 | 0x04, // RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS
     )
     .ctx(|| "/dev/console: opening /dev".into())?;
-    let console = nix::fcntl::openat(
-        &dev,
-        "console",
-        OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
-        nix::sys::stat::Mode::from_bits_truncate(0o666),
-    )
-    .ctx(|| "/dev/console: creating it (it must not be a symlink)".into())?;
+    let console = console_mount_point(&dev, "console")?;
     let tree = crate::sys::open_tree_fd(slave, 0x1 | libc::O_CLOEXEC as u32)
         .ctx(|| "/dev/console: cloning the terminal".into())?;
     crate::sys::move_mount(&tree, &console).ctx(|| "/dev/console: binding the terminal onto it".into())
+}
+
+/// The file `name` in `dev` to bind the terminal onto, never opened for I/O: an existing one is
+/// opened `O_PATH` (an image's `/dev/console` can be a device node, and opening that for real
+/// would reach its driver before the container's device rules apply: the host's console, or a
+/// serial line that blocks the open); a missing one is created empty, `O_EXCL` so that nothing
+/// put there meanwhile is opened instead. A symlink is refused either way.
+fn console_mount_point(dev: &OwnedFd, name: &str) -> Result<OwnedFd> {
+    let existing = || -> Result<Option<OwnedFd>> {
+        match nix::fcntl::openat(
+            dev,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            // O_PATH | O_NOFOLLOW opens a symlink itself rather than failing.
+            Ok(fd) => match nix::sys::stat::fstat(&fd) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                    Err(Error::Invalid("/dev/console: it is a symlink, which it must not be".into()))
+                }
+                Ok(_) => Ok(Some(fd)),
+                Err(e) => Err(Error::sys("/dev/console: stat", e)),
+            },
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(e) => Err(Error::sys("/dev/console: opening it", e)),
+        }
+    };
+    if let Some(fd) = existing()? {
+        return Ok(fd);
+    }
+    match nix::fcntl::openat(
+        dev,
+        name,
+        OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+    ) {
+        Ok(fd) => Ok(fd),
+        // Made by someone else since: that one is opened as any existing one.
+        Err(nix::errno::Errno::EEXIST) => {
+            existing()?.ok_or_else(|| Error::Invalid("/dev/console: it came and went while being created".into()))
+        }
+        Err(e) => Err(Error::sys("/dev/console: creating it", e)),
+    }
 }
 
 /// Sets a terminal's window size.
@@ -172,5 +209,59 @@ impl Drop for RawMode {
         // SAFETY: see `enter`.
         let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
         let _ = nix::sys::termios::tcsetattr(bfd, nix::sys::termios::SetArg::TCSANOW, &self.saved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_fd(p: &Path) -> OwnedFd {
+        std::fs::File::open(p).unwrap().into()
+    }
+
+    fn is_o_path(fd: &OwnedFd) -> bool {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap() & libc::O_PATH != 0
+    }
+
+    #[test]
+    fn a_missing_console_is_created_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = console_mount_point(&dir_fd(dir.path()), "console").unwrap();
+        let st = nix::sys::stat::fstat(&fd).unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFREG);
+        assert_eq!(st.st_size, 0);
+    }
+
+    #[test]
+    fn an_existing_console_is_not_opened_for_io() {
+        // A FIFO stands for a device whose open blocks (a serial line): opening it for reading
+        // waits for a writer, opening it O_PATH does not.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let dev = dir_fd(dir.path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opener = std::thread::spawn(move || tx.send(console_mount_point(&dev, "console").map(|fd| is_o_path(&fd))));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        if got.is_err() {
+            // Let the blocked open through, so that the test ends rather than hangs.
+            let _ = std::fs::OpenOptions::new().write(true).open(&path);
+        }
+        let _ = opener.join();
+        assert!(got.expect("the existing console was opened for reading and blocked").unwrap(), "not O_PATH");
+    }
+
+    #[test]
+    fn a_symlinked_console_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/tty", dir.path().join("console")).unwrap();
+        let err = console_mount_point(&dir_fd(dir.path()), "console").unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        // Dangling: O_EXCL does not create through it either.
+        std::fs::remove_file(dir.path().join("console")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("target"), dir.path().join("console")).unwrap();
+        assert!(console_mount_point(&dir_fd(dir.path()), "console").is_err());
+        assert!(!dir.path().join("target").exists());
     }
 }

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 
 /// CVE-2024-21626 (fixed in runc 1.1.12): a working directory given as `/proc/self/fd/N` would
@@ -168,6 +169,41 @@ fn dev_console_is_the_terminal_and_never_a_redirected_path() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/console"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(saved.unchanged());
     c.assert_gone(None);
+
+    // An image's /dev/console that is a device node is never opened for I/O before the device
+    // rules apply (it could be the host's console, or a serial line whose open blocks). A FIFO
+    // stands for the blocking kind: opening it for reading waits for a writer.
+    let rootfs = OwnRootfs::new();
+    let console = rootfs.path().join("dev/console");
+    nix::unistd::mkfifo(&console, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let null = rootfs.path().join("dev/null");
+    nix::sys::stat::mknod(
+        &null,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let mut c = TestContainer::new("consolefifo", "stat -c '%t:%T' /dev/console; stat -c '%t:%T' $(tty)");
+    c.config["process"]["terminal"] = json!(true);
+    without_dev_tmpfs(&mut c, &rootfs);
+    c.write_config();
+    let run = c.strata(&["run", &c.id]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(run.unwrap().wait_with_output()));
+    let out = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // Release the blocked open so that the container and the runtime can end.
+            let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&console);
+            panic!("the container did not start: its /dev/console was opened for reading");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    assert_eq!(lines.len(), 2, "{stdout:?}");
+    assert_eq!(lines[0], lines[1], "/dev/console is not the container's terminal: {stdout:?}");
 }
 
 /// CVE-2025-52881 (fixed in runc 1.2.8/1.3.3): procfs writes (sysctls, oom_score_adj, LSM
