@@ -7,7 +7,8 @@
 //!   task API's calls in `task_api`, the ttrpc wire in [`ttrpc`]).
 //! - The daemon never forks a container itself: [`helper`] explains why and how the `strata`
 //!   binary does it in a process of its own; [`runner`] keeps the helpers in flight while the
-//!   loop goes on; [`publisher`] sends the events; [`process`] is the table of tasks.
+//!   loop goes on; [`publisher`] sends the events; [`process`] is the table of tasks;
+//!   [`sandbox`] serves containerd 2.x's sandbox API (a pod sandbox without a pause image).
 //! - [`stdio`] connects a process to containerd's FIFOs (or a [`binary_log`] logger program);
 //!   [`metrics`] converts cgroup statistics.
 
@@ -19,6 +20,7 @@ pub mod process;
 pub mod publisher;
 mod rootfs_mount;
 pub mod runner;
+pub mod sandbox;
 pub mod service;
 pub mod stdio;
 mod task_api;

@@ -197,6 +197,8 @@ pub struct Daemon {
     pub(super) cancelled_creates: HashMap<String, Caller>,
     /// `Shutdown` came while creates ran and no task was left: decided once they are done.
     pub(super) shutdown_asked: bool,
+    /// The pod sandbox, when containerd's sandbox API made one here.
+    pub(super) sandbox: Option<super::sandbox::Sandbox>,
 }
 
 /// What a [`CgroupWait`] waits for.
@@ -405,6 +407,7 @@ impl Daemon {
             cgroup_waits: Vec::new(),
             cancelled_creates: HashMap::new(),
             shutdown_asked: false,
+            sandbox: None,
         })
     }
 
@@ -433,11 +436,13 @@ impl Daemon {
             self.runner.kill_overdue(now);
             self.resume_listener(now);
             self.check_cgroups(now);
+            self.sandbox_kill_due(now);
             let deadline = [
                 self.publisher.deadline(),
                 self.exiting,
                 self.listener_resumes,
                 self.cgroup_waits.iter().map(|w| w.next).min(),
+                self.sandbox_deadline(),
                 self.retiring.iter().map(|r| r.deadline).min(),
                 self.drain_deadline(),
                 self.runner.deadline(),
@@ -744,6 +749,9 @@ impl Daemon {
     /// A reaped process: its task's process is done (reported once its terminal output
     /// drained). One no task knows yet may belong to a helper still running: kept for it.
     pub(super) fn on_exit(&mut self, pid: i32, code: u32, at: Timestamp) {
+        if self.sandbox_exited(pid, code, &at) {
+            return;
+        }
         let mut found = None;
         let mut starting = false;
         for (id, task) in self.tasks.iter_mut() {

@@ -77,6 +77,9 @@ fn later(r: RpcResult<()>) -> Option<RpcResult<Vec<u8>>> {
 impl Daemon {
     /// Runs one call. `None`: the answer comes later.
     pub(super) fn dispatch(&mut self, conn: u64, stream: u32, req: &Request) -> Option<RpcResult<Vec<u8>>> {
+        if req.service == super::sandbox::SANDBOX_SERVICE {
+            return self.dispatch_sandbox(conn, stream, req);
+        }
         if req.service != TASK_SERVICE {
             return Some(Err(status(Code::UNIMPLEMENTED, format!("service {} is not served here", req.service))));
         }
@@ -201,11 +204,17 @@ impl Daemon {
             PendingWhat::ExecStart { exec_id, spec } => self.finish_exec_start(p, exec_id, spec, result),
             PendingWhat::Hooks { response } => self.answer(p.caller, response),
         }
+        self.shutdown_if_asked();
+    }
+
+    /// Honours a `Shutdown` (or `ShutdownSandbox`) that had to wait, once nothing is left: no
+    /// create in flight, no task, no live sandbox.
+    pub(super) fn shutdown_if_asked(&mut self) {
         if self.shutdown_asked && self.runner.is_empty() {
             // A `Shutdown` that came while creates ran: honoured if none of them made a task
             // (containerd sends another after deleting one that did).
             self.shutdown_asked = false;
-            if self.tasks.is_empty() {
+            if self.tasks.is_empty() && !self.sandbox_alive() {
                 log::info!("no task left in namespace {} after the creates in flight: shutting down", self.namespace);
                 self.exit_soon();
             }
@@ -898,6 +907,10 @@ impl Daemon {
     }
 
     fn shutdown(&mut self, _req: ShutdownRequest) -> RpcResult<Empty> {
+        if self.sandbox_alive() {
+            // A pod's shim serves its sandbox until `ShutdownSandbox`.
+            return Ok(Empty::new());
+        }
         if self.tasks.is_empty() && self.runner.is_empty() {
             log::info!("no task left in namespace {}: shutting down", self.namespace);
             self.exit_soon();
