@@ -2,15 +2,21 @@
 # Runs the CRI suite (vmtest/cri: containerd's CRI v1 driven as kubelet drives it) in one boot
 # of run.sh's pure cgroup v2 VM, for containerd 1.7 (trixie) and 2.1 (forky), each with the
 # runc handler (the reference) and the strata handler (containerd-shim-strata-v1), and prints a
-# table of scenario x combination.
-#   vmtest/cri.sh [run.sh OPTIONS]
+# table of scenario x combination. With --bench it runs the pod start/teardown bench
+# (vmtest/cri/benches/pods.rs: strata against runc on one containerd per version) instead, with
+# release builds.
+#   vmtest/cri.sh [--bench] [run.sh OPTIONS]
 # Environment:
 #   STRATA_CRI_STRATA_MUST_PASS  0: strata failures are only reported (default 1: they fail
 #                                the run, as runc's always do)
 #   STRATA_CRI_SUITES            Debian suites of containerd (default "trixie forky")
 #   STRATA_CRI_HANDLERS          handlers (default "runc strata")
 #   STRATA_CRI_SLOW_HANDLERS     handlers that run the slow scenarios (20x3 pods, containerd
-#                                restart), once per containerd version (default "strata")
+#                                restart) (default "strata")
+#   STRATA_CRI_SLOW_SUITES       suites whose containerd runs them (default "forky": once)
+#   STRATA_CRI_SANDBOX_SUITES    suites (containerd 2.x) that also run the strata-sandbox handler:
+#                                strata's shim makes the pods through containerd's sandbox API
+#                                (sandboxer = shim) (default "forky"; "" for none)
 #   STRATA_CRI_FILTER            scenario name filters passed to the suite (default: all)
 #   STRATA_CRI_LOG_LEVEL         containerd's log level (default info)
 #   STRATA_CRI_TARGET_DIR        cargo target directory (default <repo>/.cache/cri-target; with
@@ -32,6 +38,8 @@ must_pass=${STRATA_CRI_STRATA_MUST_PASS:-1}
 suites=${STRATA_CRI_SUITES:-trixie forky}
 handlers=${STRATA_CRI_HANDLERS:-runc strata}
 log() { echo "cri: $*" >&2; }
+bench=0
+if [ "${1:-}" = --bench ]; then bench=1; shift; fi
 mkdir -p "$cache"
 started=$(date +%s)
 
@@ -50,9 +58,17 @@ fi
 target=x86_64-unknown-linux-gnu
 export RUSTFLAGS='-C target-feature=+crt-static'
 export CARGO_PROFILE_DEV_DEBUG=0
-json=$(cd "$repo" && cargo test -p strata-cri-tests --test cri --no-run --locked \
-    --target "$target" --target-dir "$target_dir" --message-format=json-render-diagnostics)
-(cd "$repo" && cargo build -p strata-cri-tests --bin strata-pause --locked --target "$target" --target-dir "$target_dir" -q)
+if [ $bench = 1 ]; then
+    profile=(--release) out=$target_dir/$target/release
+    json=$(cd "$repo" && cargo bench -p strata-cri-tests --bench pods --no-run --locked \
+        --target "$target" --target-dir "$target_dir" --message-format=json-render-diagnostics)
+else
+    profile=() out=$target_dir/$target/debug
+    json=$(cd "$repo" && cargo test -p strata-cri-tests --test cri --no-run --locked \
+        --target "$target" --target-dir "$target_dir" --message-format=json-render-diagnostics)
+fi
+(cd "$repo" && cargo build "${profile[@]}" -p strata-cri-tests --bin strata-pause --locked --target "$target" \
+    --target-dir "$target_dir" -q)
 src=$repo
 if [ -n "${STRATA_CRI_STRATA_REV:-}" ]; then
     src=$cache/cri-src
@@ -60,12 +76,11 @@ if [ -n "${STRATA_CRI_STRATA_REV:-}" ]; then
     git -C "$repo" archive "$STRATA_CRI_STRATA_REV" | tar -x -C "$src"
     log "strata from $(git -C "$repo" rev-parse --short "$STRATA_CRI_STRATA_REV") ($STRATA_CRI_STRATA_REV)"
 fi
-(cd "$src" && cargo build -p strata-shim --bin strata --bin containerd-shim-strata-v1 --locked \
+(cd "$src" && cargo build "${profile[@]}" -p strata-shim --bin strata --bin containerd-shim-strata-v1 --locked \
     --target "$target" --target-dir "$target_dir" -q)
 log "static builds took $(( $(date +%s) - started ))s"
 test_bin=$(printf '%s\n' "$json" | grep '"reason":"compiler-artifact"' | grep -o '"executable":"[^"]*"' \
-    | cut -d'"' -f4 | grep '/deps/cri-' | head -1)
-out=$target_dir/$target/debug
+    | cut -d'"' -f4 | grep -E '/deps/(cri|pods)-' | head -1)
 for f in "$test_bin" "$out/strata" "$out/containerd-shim-strata-v1" "$out/strata-pause"; do
     file "$f" | grep -Eq 'static(-pie)? linked' || { log "$f is not statically linked"; exit 2; }
 done
@@ -116,13 +131,40 @@ for d in /opt/containerd-*; do $d/containerd --version; done
 /opt/runc/runc --version | head -1'
 cmds=("$setup")
 combos=()
+if [ $bench = 1 ]; then
+    for s in $suites; do
+        v=${version[$s]}
+        cmds+=("mkdir -p results/bench-$v
+STRATA_CRI=1 STRATA_CRI_CONTAINERD=/opt/containerd-$s/containerd STRATA_CRI_HANDLER=strata \\
+STRATA_CRI_DIR=/run/cri-bench-$v STRATA_CRI_PATH=/opt/containerd-$s:/opt/strata:/opt/runc:/bin \\
+STRATA_CRI_CNI_BIN=/opt/cni STRATA_CRI_IMAGES=/mnt/host/images STRATA_CRI_LOG=/mnt/host/results/bench-$v/containerd.log \\
+STRATA_BENCH_ROUNDS=${STRATA_BENCH_ROUNDS:-15} STRATA_CRI_BENCH_HANDLERS='${STRATA_CRI_BENCH_HANDLERS:-strata runc}' \\
+cri-tests > results/bench-$v/out 2>&1
+rc=\$?
+grep -E '^pods:' results/bench-$v/out | cut -c1-300
+exit \$rc")
+    done
+    vm_rc=0
+    "$here/run.sh" --share "$share" --cpus 1 --mem 3072 --modules "bridge veth" --timeout 1500 "$@" -- "${cmds[@]}" \
+        || vm_rc=$?
+    echo
+    cat "$share"/results/bench-*/out 2>/dev/null | grep -E '^(pods|POD-BENCH)' || true
+    echo "results and containerd's logs: $share/results (total $(( $(date +%s) - started ))s)"
+    exit $vm_rc
+fi
 for s in $suites; do
-    for h in $handlers; do
+    hs=$handlers
+    case " $handlers " in *" strata "*)
+        case " ${STRATA_CRI_SANDBOX_SUITES-forky} " in *" $s "*) hs="$hs strata-sandbox" ;; esac ;;
+    esac
+    for h in $hs; do
         combo=${version[$s]}-$h
         combos+=("$combo")
         tolerate=0 slow=0
-        case " ${STRATA_CRI_SLOW_HANDLERS-strata} " in *" $h "*) slow=1 ;; esac
-        [ "$h" = strata ] && [ "$must_pass" != 1 ] && tolerate=1
+        case " ${STRATA_CRI_SLOW_HANDLERS-strata} " in *" $h "*)
+            case " ${STRATA_CRI_SLOW_SUITES-forky} " in *" $s "*) slow=1 ;; esac ;;
+        esac
+        case $h in strata*) [ "$must_pass" != 1 ] && tolerate=1 ;; esac
         cmds+=("mkdir -p results/$combo
 STRATA_CRI=1 STRATA_CRI_CONTAINERD=/opt/containerd-$s/containerd STRATA_CRI_HANDLER=$h \\
 STRATA_CRI_DIR=/run/cri-$combo STRATA_CRI_PATH=/opt/containerd-$s:/opt/strata:/opt/runc:/bin \\
@@ -136,20 +178,45 @@ grep -E '^(CRI-RESULT|cri:)' results/$combo/out | cut -c1-300
     done
 done
 
+# The combinations run in STRATA_CRI_VMS guests at once (default 2, one per host core), each
+# with one vCPU (see run.sh: a multi-vCPU TCG guest either runs on one host thread or risks
+# an int3 oops at boot); combination k goes to guest k mod N. Each guest has its own share
+# (hard links of this one) and writes its results back here.
+nvm=${STRATA_CRI_VMS:-2}
+[ "$nvm" -ge 1 ] || nvm=1
+[ "$nvm" -le $(( ${#cmds[@]} - 1 )) ] || nvm=$(( ${#cmds[@]} - 1 ))
 vm_rc=0
-"$here/run.sh" --share "$share" --mem 3072 --modules "bridge veth" --timeout 1500 "$@" -- "${cmds[@]}" || vm_rc=$?
+pids=()
+for v in $(seq 0 $((nvm - 1))); do
+    vshare=$cache/cri-share-vm$v
+    rm -rf "$vshare" && mkdir -p "$vshare"
+    cp -al "$share"/. "$vshare"/
+    vcmds=("${cmds[0]}")
+    for k in $(seq 1 $(( ${#cmds[@]} - 1 ))); do
+        [ $(( (k - 1) % nvm )) = "$v" ] && vcmds+=("${cmds[$k]}")
+    done
+    "$here/run.sh" --share "$vshare" --cpus 1 --mem 3072 --modules "bridge veth" --timeout 1500 "$@" \
+        -- "${vcmds[@]}" > "$cache/cri-vm$v.log" 2>&1 &
+    pids+=($!)
+done
+for v in $(seq 0 $((nvm - 1))); do
+    wait "${pids[$v]}" || vm_rc=$?
+    sed "s/^/[vm$v] /" "$cache/cri-vm$v.log"
+    cp -r "$cache/cri-share-vm$v/results/." "$share/results/"
+    rm -rf "$cache/cri-share-vm$v"
+done
 
 # ---- the report -------------------------------------------------------------------------------
 echo
 printf '%-24s' scenario
-for c in "${combos[@]}"; do printf '%-18s' "$c"; done
+for c in "${combos[@]}"; do printf '%-22s' "$c"; done
 echo
 scenarios=$(cat "$share"/results/*/out 2>/dev/null | awk '$1 == "CRI-RESULT" {print $2}' | sort -u)
 for sc in $scenarios; do
     printf '%-24s' "$sc"
     for c in "${combos[@]}"; do
         r=$(awk -v s="$sc" '$1 == "CRI-RESULT" && $2 == s {print $3 " " $4}' "$share/results/$c/out" 2>/dev/null)
-        printf '%-18s' "${r:--}"
+        printf '%-22s' "${r:--}"
     done
     echo
 done
@@ -162,7 +229,7 @@ for c in "${combos[@]}"; do
     grep -E '^cri: cannot run' "$share/results/$c/out" 2>/dev/null | sed 's/^/    /' || true
     if [ "$rc" != 0 ]; then
         case "$c" in
-            *-strata) [ "$must_pass" = 1 ] && status=1 ;;
+            *-strata|*-strata-sandbox) [ "$must_pass" = 1 ] && status=1 ;;
             *) status=1 ;;
         esac
     fi

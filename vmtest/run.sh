@@ -109,6 +109,9 @@ moddir=$kdir/modules/$kver/kernel
 # ---- initramfs: busybox, init, decompressed modules in dependency order ------------------
 wanted_modules="virtio_mmio netfs 9pnet 9pnet_virtio 9p overlay loop$extra_modules"
 initrd=$cache/initramfs-$kver-$( (cat "$here/init.sh" "$0"; echo "$wanted_modules") | md5sum | cut -c1-12).cpio
+# Guests booted at once (vmtest/cri.sh) build it once: the lock makes the others wait for it.
+exec {initrd_lock}>"$cache/initramfs.lock"
+flock "$initrd_lock"
 if [ ! -f "$initrd" ]; then
     log "building $initrd"
     # Keep the two newest images (suites with different modules alternate).
@@ -143,6 +146,7 @@ if [ ! -f "$initrd" ]; then
     mv "$initrd.tmp" "$initrd"
     rm -rf "$work"
 fi
+exec {initrd_lock}>&-
 
 # ---- the share -------------------------------------------------------------------------
 own_share=0
@@ -169,7 +173,19 @@ qemu_cmd() { # accel timeout-log
     local a=$1
     local cmd=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
         -m "$mem" -smp "$cpus" -serial stdio)
-    if [ "$a" = kvm ]; then cmd+=(-accel kvm -cpu host); else cmd+=(-accel tcg -cpu max); fi
+    # Several vCPUs under TCG run on one host thread (thread=single), not one thread each: with
+    # multi-threaded TCG a vCPU can execute a stale translation of kernel text another vCPU has
+    # just patched (the kernel's int3-based live patching of static keys) and the guest dies
+    # with "Oops: int3" at boot. One thread executes one vCPU at a time, so every vCPU sees
+    # the patched text; a guest that needs the host's two cores is better run as two 1-vCPU
+    # guests (vmtest/cri.sh does).
+    if [ "$a" = kvm ]; then
+        cmd+=(-accel kvm -cpu host)
+    elif [ "$cpus" -gt 1 ]; then
+        cmd+=(-accel tcg,thread=single -cpu max)
+    else
+        cmd+=(-accel tcg -cpu max)
+    fi
     local append="console=ttyS0 quiet loglevel=2 panic=-1 reboot=t rdinit=/init"
     # Under TCG on a busy host the guest can fail to calibrate its TSC against the PIT and
     # hang at boot; giving it the host's rate skips the calibration (20 of 20 boots under load,

@@ -182,6 +182,33 @@ impl CriAsync {
         bounded("ExecSync", bound, c.exec_sync(req)).await
     }
 
+    /// Exec: the streaming URL for `cmd` in container `id` with the streams asked for.
+    pub async fn exec(&self, id: &str, cmd: &[&str], io: StreamsWanted) -> Result<String> {
+        let mut c = self.runtime.clone();
+        let req = api::ExecRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: io.tty,
+            stdin: io.stdin,
+            stdout: io.stdout,
+            stderr: io.stderr,
+        };
+        Ok(bounded("Exec", self.timeout, c.exec(req)).await?.url)
+    }
+
+    /// Attach: the streaming URL for container `id`'s own streams.
+    pub async fn attach(&self, id: &str, io: StreamsWanted) -> Result<String> {
+        let mut c = self.runtime.clone();
+        let req = api::AttachRequest {
+            container_id: id.to_string(),
+            stdin: io.stdin,
+            tty: io.tty,
+            stdout: io.stdout,
+            stderr: io.stderr,
+        };
+        Ok(bounded("Attach", self.timeout, c.attach(req)).await?.url)
+    }
+
     pub async fn container_stats(&self, id: &str) -> Result<api::ContainerStats> {
         let mut c = self.runtime.clone();
         let req = api::ContainerStatsRequest { container_id: id.to_string() };
@@ -225,6 +252,15 @@ impl CriAsync {
         }
         Ok(())
     }
+}
+
+/// The streams an Exec or Attach asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamsWanted {
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
 }
 
 /// The CRI client with blocking calls.
@@ -307,6 +343,12 @@ impl Cri {
     }
     pub fn exec_sync(&self, id: &str, cmd: &[&str], limit: i64) -> Result<api::ExecSyncResponse> {
         self.rt.block_on(self.client.exec_sync(id, cmd, limit))
+    }
+    pub fn exec(&self, id: &str, cmd: &[&str], io: StreamsWanted) -> Result<String> {
+        self.rt.block_on(self.client.exec(id, cmd, io))
+    }
+    pub fn attach(&self, id: &str, io: StreamsWanted) -> Result<String> {
+        self.rt.block_on(self.client.attach(id, io))
     }
     pub fn container_stats(&self, id: &str) -> Result<api::ContainerStats> {
         self.rt.block_on(self.client.container_stats(id))

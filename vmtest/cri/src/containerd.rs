@@ -17,6 +17,9 @@ pub const PAUSE_IMAGE: &str = "docker.io/library/strata-pause:cri";
 pub const BUSYBOX_IMAGE: &str = "docker.io/library/strata-busybox:cri";
 /// The containerd namespace of CRI.
 pub const NAMESPACE: &str = "k8s.io";
+/// The handler (containerd 2.x only) whose pods are made through containerd's sandbox API by
+/// strata's shim itself (`sandboxer = 'shim'`), without a pause container.
+pub const SANDBOX_HANDLER: &str = "strata-sandbox";
 /// The CNI network: a bridge with host-local addresses on a private /24.
 pub const NETWORK: &str = "strata-cri";
 /// The bridge the CNI network makes.
@@ -67,8 +70,11 @@ impl Settings {
             });
         }
         let handler = env_or("STRATA_CRI_HANDLER", "strata");
-        if handler != "strata" && handler != "runc" {
-            return Err(Error::Setting { name: "STRATA_CRI_HANDLER", problem: format!("{handler:?}: strata or runc") });
+        if !["strata", "runc", SANDBOX_HANDLER].contains(&handler.as_str()) {
+            return Err(Error::Setting {
+                name: "STRATA_CRI_HANDLER",
+                problem: format!("{handler:?}: strata, runc or {SANDBOX_HANDLER}"),
+            });
         }
         let dir = PathBuf::from(env_or("STRATA_CRI_DIR", "/run/strata-cri"));
         let beside = containerd.parent().map(|p| p.display().to_string()).unwrap_or_default();
@@ -385,6 +391,8 @@ fn config_v3(s: &Settings) -> String {
          [{rt}.containerd]\n  default_runtime_name = 'runc'\n\n\
          [{rt}.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n\n\
          [{rt}.containerd.runtimes.strata]\n  runtime_type = 'io.containerd.strata.v1'\n\n\
+         [{rt}.containerd.runtimes.{SANDBOX_HANDLER}]\n  runtime_type = 'io.containerd.strata.v1'\n  \
+         sandboxer = 'shim'\n\n\
          [{rt}.cni]\n  bin_dirs = ['{bin}']\n  conf_dir = '{conf}'\n\n\
          [plugins.'io.containerd.grpc.v1.cri']\n  disable_tcp_service = true\n  \
          stream_server_address = '127.0.0.1'\n  stream_server_port = '0'\n",
@@ -447,6 +455,10 @@ mod tests {
             assert!(c.contains("/run/x/c.sock") && c.contains("/run/x/cni"), "{c}");
         }
         assert!(config_v2(&settings()).starts_with("version = 2\n"));
+        assert!(
+            config_v3(&settings())
+                .contains("runtimes.strata-sandbox]\n  runtime_type = 'io.containerd.strata.v1'\n  sandboxer = 'shim'")
+        );
         assert!(config_v3(&settings()).starts_with("version = 3\n"));
     }
 

@@ -9,6 +9,8 @@
 //! - [`pod`]: pod and container configurations as kubelet writes them, and the sweep that
 //!   removes a scenario's pods whatever happened to it.
 //! - [`logs`]: the CRI log format (`TIMESTAMP STREAM F|P CONTENT`).
+//! - [`stream`]: a client of containerd's streaming server (Exec and Attach as `kubectl` uses
+//!   them: a WebSocket with the `v4.channel.k8s.io` protocol).
 //! - [`leaks`]: what containers leave on the machine (mounts, cgroups, network namespaces,
 //!   processes, state directories), to check that nothing is left once everything is removed.
 //!
@@ -20,6 +22,7 @@ pub mod containerd;
 pub mod leaks;
 pub mod logs;
 pub mod pod;
+pub mod stream;
 
 pub use client::Cri;
 pub use containerd::{Containerd, Settings};
@@ -44,6 +47,9 @@ pub enum Error {
     /// containerd did not do what it was asked (its log says why).
     #[error("containerd: {0}")]
     Containerd(String),
+    /// An exec or attach stream failed or said something unexpected.
+    #[error("streaming: {0}")]
+    Stream(String),
     /// A setting of the suite is missing or wrong.
     #[error("setting {name}: {problem}")]
     Setting { name: &'static str, problem: String },

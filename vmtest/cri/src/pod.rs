@@ -84,6 +84,9 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     pub memory_limit: Option<i64>,
     pub namespaces: Namespaces,
+    /// Its stdin is kept open for Attach (`stdin: true`, `stdinOnce: false`).
+    pub stdin: bool,
+    pub tty: bool,
 }
 
 impl ContainerSpec {
@@ -94,7 +97,16 @@ impl ContainerSpec {
             command: vec!["sh".into(), "-c".into(), script.into()],
             memory_limit: None,
             namespaces: Namespaces::default(),
+            stdin: false,
+            tty: false,
         }
+    }
+
+    /// The same with an open stdin (and a terminal if `tty`), as `kubectl run -i [-t]`.
+    pub fn interactive(mut self, tty: bool) -> ContainerSpec {
+        self.stdin = true;
+        self.tty = tty;
+        self
     }
 
     /// The same with a memory limit of `bytes`.
@@ -115,6 +127,8 @@ impl ContainerSpec {
             metadata: Some(api::ContainerMetadata { name: self.name.clone(), attempt: 0 }),
             image: Some(api::ImageSpec { image: BUSYBOX_IMAGE.to_string(), ..Default::default() }),
             command: self.command.clone(),
+            stdin: self.stdin,
+            tty: self.tty,
             log_path: format!("{}/0.log", self.name),
             labels: pod.labels.clone(),
             linux: Some(api::LinuxContainerConfig {

@@ -81,7 +81,7 @@ pub fn cri_logs(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// k: containerd restarts while a pod's container writes (from a process that is not its pid
+/// l: containerd restarts while a pod's container writes (from a process that is not its pid
 /// 1, so a broken pipe would kill it): the writer lives on, the container and pod stay up, and
 /// its log goes on after the restart.
 pub fn containerd_restart(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {

@@ -69,9 +69,10 @@ pub const SCENARIOS: &[Scenario] = &[
     with_others("g_stats", resources::stats),
     with_others("h_update_resources", resources::update_resources),
     with_others("i_stop_grace", containers::stop_grace),
-    Scenario { name: "j_many_pods", slow: true, alone: true, run: pods::many_pods },
-    Scenario { name: "k_containerd_restart", slow: true, alone: true, run: logs::containerd_restart },
-    Scenario { name: "l_no_leaks", slow: false, alone: true, run: no_leaks },
+    with_others("j_exec_attach", exec::exec_attach),
+    Scenario { name: "k_many_pods", slow: true, alone: true, run: pods::many_pods },
+    Scenario { name: "l_containerd_restart", slow: true, alone: true, run: logs::containerd_restart },
+    Scenario { name: "m_no_leaks", slow: false, alone: true, run: no_leaks },
 ];
 
 /// How long a container may take to reach a state (the VM runs under TCG).
@@ -121,7 +122,7 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<
     }
 }
 
-/// l: once every pod is removed, nothing is left: mounts, cgroups, network namespaces,
+/// m: once every pod is removed, nothing is left: mounts, cgroups, network namespaces,
 /// processes, state directories, active snapshots, allocated addresses (shims may take a
 /// moment to exit).
 fn no_leaks(ctx: &mut Ctx<'_>, _: &'static str) -> Result<()> {

@@ -58,13 +58,16 @@ struct Seen {
     ns: HashMap<String, String>,
     hostname: String,
     pid1: String,
+    /// pid 1's name (`comm`): `pause` for the pause program and for strata's sandbox process
+    /// (the `strata-sandbox` handler, which runs no pause image).
+    pid1_name: String,
 }
 
 fn seen(ctx: &Ctx<'_>, id: &str) -> Result<Seen> {
     let out = ctx.sh(
         id,
         "for n in net ipc uts pid; do echo $n=$(readlink /proc/self/ns/$n); done; \
-         echo hostname=$(hostname); echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline)",
+         echo hostname=$(hostname); echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline); echo pid1_name=$(cat /proc/1/comm)",
     )?;
     let kv: HashMap<String, String> =
         out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect();
@@ -73,6 +76,7 @@ fn seen(ctx: &Ctx<'_>, id: &str) -> Result<Seen> {
         ns: ["net", "ipc", "uts", "pid"].iter().map(|k| (k.to_string(), get(k))).collect(),
         hostname: get("hostname"),
         pid1: get("pid1"),
+        pid1_name: get("pid1_name"),
     })
 }
 
@@ -81,7 +85,8 @@ fn own_ns(kind: &str) -> String {
 }
 
 /// b: a pod's containers share its network, IPC and UTS namespaces (and see its address and
-/// host name); with pid mode POD they share a pid namespace whose pid 1 is the pause program,
+/// host name); with pid mode POD they share a pid namespace whose pid 1 is the pause program
+/// (or strata's sandbox process, also named `pause`),
 /// with CONTAINER each has its own (its command is pid 1), with NODE they are in the node's.
 pub fn shared_namespaces(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     // The three pid modes are three pods, checked at once, each with a client of its own.
@@ -130,7 +135,12 @@ fn pid_mode(ctx: &Ctx<'_>, scenario: &'static str, mode: NamespaceMode, name: &s
     match mode {
         NamespaceMode::Pod => {
             ensure!(sa.ns["pid"] == sb.ns["pid"], "{name}: pid namespaces differ: {sa:?} / {sb:?}");
-            ensure!(sa.pid1.contains("pause"), "{name}: pid 1 is {:?}, not the pause program", sa.pid1);
+            ensure!(
+                sa.pid1_name == "pause" && sb.pid1_name == "pause",
+                "{name}: pid 1 is {:?} ({:?}), not the pause program",
+                sa.pid1_name,
+                sa.pid1
+            );
             let ps = ctx.sh(&a, "ps -o args")?;
             ensure!(ps.contains("sleep 3601"), "{name}: container a does not see b's process:\n{ps}");
         }
@@ -154,7 +164,7 @@ fn pid_mode(ctx: &Ctx<'_>, scenario: &'static str, mode: NamespaceMode, name: &s
     Ok(())
 }
 
-/// j: 20 pods of 3 containers created at once all run, then are all removed.
+/// k: 20 pods of 3 containers created at once all run, then are all removed.
 pub fn many_pods(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     const PODS: usize = 20;
     const PER_POD: usize = 3;
