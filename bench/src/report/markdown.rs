@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::pods::PodRow;
 use super::{DensityRow, ImageRow, MemRow, Outcome, Report, Samples, StartRow};
 
 /// Bytes as MiB with two decimals.
@@ -140,6 +141,32 @@ fn image_table(out: &mut String, rows: &[ImageRow]) {
     }
 }
 
+fn pod_table(out: &mut String, rows: &[PodRow]) {
+    out.push_str(
+        "| system | rounds | pod start → running, ms (median) | pod teardown, ms (median) | ratio strata / runc (start) | ratio strata / runc (teardown) |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let cells = match not_measured(&r.outcome, 5) {
+            Some(c) => c,
+            None => {
+                let Some(f) = r.outcome.measured() else { continue };
+                // strata's row carries the ratio to runc on the same containerd.
+                let runc = r
+                    .system
+                    .strip_prefix("strata ")
+                    .and_then(|rest| rows.iter().find(|o| o.system == format!("runc {rest}")))
+                    .and_then(|o| o.outcome.measured());
+                let (rs, rt) = match runc {
+                    Some(p) => (ratio(f.start_ms, p.start_ms), ratio(f.teardown_ms, p.teardown_ms)),
+                    None => ("-".into(), "-".into()),
+                };
+                format!("{} | {} | {} | {rs} | {rt}", f.rounds, ms(f.start_ms), ms(f.teardown_ms))
+            }
+        };
+        let _ = writeln!(out, "| {} | {cells} |", escape(&r.system));
+    }
+}
+
 /// The whole REPORT.md.
 pub fn render(r: &Report, command: &str) -> String {
     let mut out = String::new();
@@ -203,6 +230,16 @@ pub fn render(r: &Report, command: &str) -> String {
          fetches: the distinct compressed blobs for the store, the qcow2 files for VMs.\n\n![image size](images.svg)\n\n",
     );
     image_table(&mut out, &r.images);
+    out.push_str(
+        "\n## 5. Pods through CRI\n\n\
+         A pod as kubelet starts one through containerd's CRI: RunPodSandbox (the pause container, the CNI \
+         bridge network), CreateContainer and StartContainer of one busybox container, until ContainerStatus says it \
+         runs; then its teardown, StopPodSandbox and RemovePodSandbox. strata's handler (`io.containerd.strata.v1`) \
+         and runc's (`io.containerd.runc.v2`, Debian's runc) alternate round by round on one containerd per version, \
+         inside the project's pure cgroup v2 VM (one vCPU, TCG: absolute times are the emulator's, the ratio is the \
+         figure), release builds (`vmtest/cri.sh --bench`).\n\n",
+    );
+    pod_table(&mut out, &r.pods);
     for n in &r.notes {
         let _ = writeln!(out, "\n{n}");
     }

@@ -1,5 +1,6 @@
 //! The containers-against-VMs report: start time, memory per instance, density and image size of
-//! strata, runc, crun and a qemu microvm, measured side by side in one run and written as
+//! strata, runc, crun and a qemu microvm, and pod start through containerd's CRI (strata against
+//! runc), measured side by side in one run and written as
 //! `REPORT.md` plus SVG charts. `cargo run --release -p strata-bench --bin report` drives it.
 //!
 //! Every figure in the report comes from this run; what cannot be measured on the machine is kept
@@ -13,6 +14,7 @@ pub mod containers;
 pub mod images;
 pub mod machine;
 pub mod markdown;
+pub mod pods;
 pub mod procmem;
 pub mod vm;
 
@@ -52,6 +54,11 @@ impl Options {
     /// core busy while it boots; 4 at once on 2 cores never became ready within a minute.
     pub fn vm_density_cap(&self) -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4)
+    }
+
+    /// Interleaved rounds of the pod start/teardown bench (full runs only).
+    pub fn pod_rounds(&self) -> usize {
+        10
     }
 
     /// Applications in the image-size set.
@@ -236,6 +243,8 @@ pub struct Report {
     pub density: Vec<DensityRow>,
     /// Image size.
     pub images: Vec<ImageRow>,
+    /// Pods through CRI.
+    pub pods: Vec<pods::PodRow>,
     /// Free-form notes per section (method), in order.
     pub notes: Vec<String>,
     /// Wall time of the whole run, s.
@@ -273,6 +282,9 @@ pub fn run_suite(opts: &Options) -> Report {
 
     progress("image size");
     report.images = images::image_rows(opts, vm_env.kernel_image());
+
+    progress("pods through CRI");
+    report.pods = pods::rows(opts);
 
     report.elapsed_s = t0.elapsed().as_secs_f64();
     report
