@@ -15,8 +15,8 @@ pub const IMAGE: &str = "docker.io/library/strata-busybox:test";
 /// The runtime under test.
 pub const RUNTIME: &str = "io.containerd.strata.v1";
 
-/// The shim under test: `$STRATA_SHIM_BIN` (CI also runs the suite against the static musl
-/// build), else the one cargo built for this package.
+/// The shim under test: `$STRATA_SHIM_BIN` (e.g. the static musl release build the README
+/// installs), else the one cargo built for this package.
 pub fn shim_bin() -> PathBuf {
     std::env::var_os("STRATA_SHIM_BIN")
         .map(PathBuf::from)
