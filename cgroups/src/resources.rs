@@ -376,7 +376,7 @@ mod tests {
         assert_eq!(
             firsts(&p),
             pairs(&[
-                ("cpu.weight", "39"),
+                ("cpu.weight", "100"),
                 ("cpu.max", "50000 100000"),
                 ("cpu.max.burst", "1000"),
                 ("cpu.idle", "1"),

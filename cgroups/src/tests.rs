@@ -64,7 +64,7 @@ fn create_writes_every_file_and_enables_controllers_in_ancestors() {
     assert_eq!(read(&dir, "memory.max"), "1048576");
     assert_eq!(read(&dir, "memory.low"), "4096");
     assert_eq!(read(&dir, "memory.swap.max"), "1048576");
-    assert_eq!(read(&dir, "cpu.weight"), "39");
+    assert_eq!(read(&dir, "cpu.weight"), "100");
     assert_eq!(read(&dir, "cpu.max"), "20000 100000");
     assert_eq!(read(&dir, "pids.max"), "20");
     assert_eq!(read(&dir, "io.weight"), "default 4950");

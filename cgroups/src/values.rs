@@ -328,14 +328,24 @@ pub fn parse_id_list(s: &str) -> Result<Vec<u32>> {
     Ok(out)
 }
 
-/// Converts cgroup v1 `cpu.shares` (2..262144) to cgroup v2 `cpu.weight` (1..10000) with the
-/// formula runc and crun share, so a config means the same under every runtime.
+/// Converts cgroup v1 `cpu.shares` (2..262144, default 1024) to cgroup v2 `cpu.weight`
+/// (1..10000, default 100) with the conversion runc (since 1.3.2) and crun (since 1.23) use, so
+/// that a config means the same under every runtime: in log2 of the shares, a quadratic through
+/// the three points (2, 1), (1024, 100) and (262144, 10000), so that the defaults meet. The
+/// linear conversion before it sent 1024 shares to weight 39: a container given the default share
+/// got less than two fifths of a sibling with the default weight. 0 means unset: no weight.
 pub fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 100;
+    match shares {
+        0 => 0,
+        1..=2 => 1,
+        262_144.. => 10_000,
+        _ => {
+            let l = (shares as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            // The result lies in (1, 10000]: the cast cannot truncate.
+            10f64.powf(exponent).ceil() as u64
+        }
     }
-    let shares = shares.clamp(2, 262_144);
-    1 + ((shares - 2) * 9999) / 262_142
 }
 
 /// Converts a cgroup v1 `blkio.weight` (10..1000) to cgroup v2 `io.weight` (1..10000), as runc does.
@@ -436,8 +446,14 @@ mod tests {
     fn weight_conversions_hit_the_ends() {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(262_144), 10_000);
-        assert_eq!(shares_to_weight(1024), 39);
-        assert_eq!(shares_to_weight(0), 100);
+        assert_eq!(shares_to_weight(1024), 100);
+        assert_eq!(shares_to_weight(0), 0);
+        // Points of the conversion runc 1.3.2 and crun 1.23 publish (2 → 1 and 262144 → 10000
+        // above, the default 1024 → 100), and values between them.
+        assert_eq!(shares_to_weight(512), 59);
+        assert_eq!(shares_to_weight(2048), 174);
+        assert_eq!(shares_to_weight(3), 2);
+        assert_eq!(shares_to_weight(262_143), 10_000);
         assert_eq!(blkio_weight_to_io_weight(10), 1);
         assert_eq!(blkio_weight_to_io_weight(1000), 10_000);
     }

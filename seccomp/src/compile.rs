@@ -11,6 +11,16 @@
 //! Then the number space of each audit token is cut into segments of equal outcome, and the
 //! program does a binary search over the segments, so a syscall costs a handful of comparisons
 //! however long the allow list is.
+//!
+//! A syscall newer than the profile gets `ENOSYS`, as runc does (its "ENOSYS stub"): when the
+//! default action denies (anything but allow, log or trace, and not already `ENOSYS`), numbers
+//! above the highest one the profile names on an architecture (whatever that rule's action)
+//! return `ENOSYS` instead of the default action, so that libc falls back to an older call (the
+//! `clone3`/`faccessat2` class of breakage) instead of failing with `EPERM`. Only the syscall
+//! number and architecture decide it, so the kernel's per-number cache still applies. On the
+//! x86-64 audit token runc tells the ABIs apart by bit 30 alone: a number without it above the
+//! x86-64 maximum, and a number with it above the x32 maximum when x32 is listed, get `ENOSYS`;
+//! so does what [`segments`] would otherwise give the bad-arch action in those ranges.
 
 use std::collections::BTreeMap;
 
@@ -98,7 +108,16 @@ pub(crate) struct Plan {
     pub outcomes: BTreeMap<Arch, BTreeMap<u32, Outcome>>,
     pub flags: c_ulong,
     pub uses_notify: bool,
+    /// Per architecture, the highest syscall number the profile names, when numbers above it
+    /// return `ENOSYS` (see the module docs); empty when the default action allows.
+    pub last_named: BTreeMap<Arch, u32>,
 }
+
+/// `SECCOMP_RET_ERRNO` with `ENOSYS`.
+pub const ENOSYS_ACTION: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+
+/// The x32 ABI's bit in a syscall number on the x86-64 audit token.
+const X32_BIT: u64 = 1 << 30;
 
 /// A validated condition before it is narrowed to an architecture.
 struct RawCondition {
@@ -157,6 +176,22 @@ pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
     let mut outcomes: BTreeMap<Arch, BTreeMap<u32, Outcome>> = arches.iter().map(|a| (*a, BTreeMap::new())).collect();
     let mut uses_notify = false;
 
+    let permissive = matches!(
+        profile.default_action(),
+        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog | LinuxSeccompAction::ScmpActTrace
+    );
+    let mut last_named: BTreeMap<Arch, u32> = BTreeMap::new();
+    if !permissive && default_action != ENOSYS_ACTION {
+        for name in profile.syscalls().iter().flatten().flat_map(|r| r.names()) {
+            for arch in &arches {
+                if let Some(nr) = arch.syscall_number(name).filter(|nr| *nr != 0) {
+                    let last = last_named.entry(*arch).or_insert(nr);
+                    *last = (*last).max(nr);
+                }
+            }
+        }
+    }
+
     for (r, syscall) in profile.syscalls().iter().flatten().enumerate() {
         let action = action_value(syscall.action(), syscall.errno_ret(), &format!("syscalls[{r}].errnoRet"))?;
         let mut conditions = Vec::new();
@@ -201,7 +236,7 @@ pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
         }
     }
 
-    Ok(Plan { default_action, arches, outcomes, flags, uses_notify })
+    Ok(Plan { default_action, arches, outcomes, flags, uses_notify, last_named })
 }
 
 /// Merges one rule for one syscall number, following libseccomp's precedence.
@@ -275,8 +310,69 @@ pub(crate) fn generate(plan: &Plan) -> Result<Vec<libc::sock_filter>, Error> {
     Ok(program)
 }
 
-/// Cuts `[0, 2^32)` into segments of equal outcome for the architectures sharing one token.
+/// Cuts `[0, 2^32)` into segments of equal outcome for the architectures sharing one token,
+/// then lays the `ENOSYS` ranges over them.
 fn segments<'a>(plan: &'a Plan, members: &[Arch]) -> Vec<Segment<'a>> {
+    let base = rule_segments(plan, members);
+    let mut out: Vec<Segment<'a>> = Vec::with_capacity(base.len() + 4);
+    let mut push = |start: u64, outcome: SegmentOutcome<'a>| {
+        if out.last().is_some_and(|s| s.outcome == outcome) {
+            return;
+        }
+        out.push(Segment { start, outcome });
+    };
+    let enosys = enosys_ranges(plan, members);
+    let ends: Vec<u64> = base.iter().skip(1).map(|s| s.start).chain([1 << 32]).collect();
+    for (seg, end) in base.iter().zip(ends) {
+        let mut at = seg.start;
+        for &(lo, hi) in &enosys {
+            if hi <= at || lo >= end {
+                continue;
+            }
+            if lo > at {
+                push(at, seg.outcome);
+            }
+            push(lo.max(at), SegmentOutcome::Return(ENOSYS_ACTION));
+            at = hi.min(end);
+        }
+        if at < end {
+            push(at, seg.outcome);
+        }
+    }
+    out
+}
+
+/// The sorted, disjoint ranges of numbers that get `ENOSYS` on the token these architectures
+/// share (see the module docs), following runc's stub bit for bit on the x86-64 token.
+fn enosys_ranges(plan: &Plan, members: &[Arch]) -> Vec<(u64, u64)> {
+    let last = |arch: Arch| plan.last_named.get(&arch).map(|n| u64::from(*n));
+    let mut ranges = Vec::new();
+    if members.contains(&Arch::X86_64) {
+        let x32 = if members.contains(&Arch::X32) { last(Arch::X32) } else { None };
+        // Bit 30 clear: [0, 2^30) and [2^31, 2^31 + 2^30) compare with the x86-64 maximum.
+        if let Some(l) = last(Arch::X86_64) {
+            ranges.push((l + 1, X32_BIT));
+            ranges.push((2 * X32_BIT, 3 * X32_BIT));
+        }
+        // Bit 30 set: [2^30, 2^31) and [3 * 2^30, 2^32) compare with the x32 maximum.
+        if let Some(l) = x32 {
+            ranges.push(((l + 1).max(X32_BIT), 2 * X32_BIT));
+            ranges.push(((l + 1).max(3 * X32_BIT), 1 << 32));
+        }
+    } else {
+        for arch in members {
+            if let Some(l) = last(*arch) {
+                ranges.push((l + 1, arch.number_range().1));
+            }
+        }
+    }
+    ranges.retain(|(lo, hi)| lo < hi);
+    ranges.sort_unstable();
+    ranges
+}
+
+/// Cuts `[0, 2^32)` into segments of equal outcome from the rules alone.
+fn rule_segments<'a>(plan: &'a Plan, members: &[Arch]) -> Vec<Segment<'a>> {
     let mut ranges: Vec<(u64, u64, Arch)> =
         members.iter().map(|a| (a.number_range().0, a.number_range().1, *a)).collect();
     ranges.sort();

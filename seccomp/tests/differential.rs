@@ -388,8 +388,34 @@ fn libseccomp_export(spec: &ProfileSpec, pool: &[&str], file: &std::fs::File) ->
     ctx.export_bpf(file).ok()
 }
 
+/// What runc's ENOSYS stub (prepended to libseccomp's filter) decides, if it decides: written
+/// from its description (highest named number per listed architecture, bit 30 telling x86-64 from
+/// x32), independently of the compiler's ranges.
+fn runc_stub(spec: &ProfileSpec, pool: &[&str], data: &SeccompData) -> Option<u32> {
+    if matches!(spec.default, Act::Allow | Act::Log | Act::Trace(_)) || spec.default == Act::Errno(ENOSYS) {
+        return None;
+    }
+    let last = |arch: Arch| {
+        spec.rules.iter().flat_map(|r| &r.names).filter_map(|n| arch.syscall_number(pool[*n])).max().filter(|m| *m != 0)
+    };
+    let above = |arch: Arch| last(arch).is_some_and(|l| data.nr > l);
+    let newer = if data.arch == Arch::X86_64.audit_token() {
+        if data.nr & (1 << 30) == 0 { above(Arch::X86_64) } else { spec.x32 && above(Arch::X32) }
+    } else if data.arch == Arch::X86.audit_token() && spec.x86 {
+        above(Arch::X86)
+    } else {
+        false
+    };
+    newer.then_some(Act::Errno(ENOSYS).value())
+}
+
+const ENOSYS: u16 = libc::ENOSYS as u16;
+
 /// The documented semantics (see `seccomp`'s `compile` module), evaluated directly.
 fn reference(spec: &ProfileSpec, pool: &[&str], data: &SeccompData) -> u32 {
+    if let Some(action) = runc_stub(spec, pool, data) {
+        return action;
+    }
     let default = spec.default.value();
     let bad_arch = seccomp::BAD_ARCH_ACTION;
     let arch = if data.arch == Arch::X86_64.audit_token() {
@@ -519,7 +545,11 @@ proptest! {
             .map_err(|e| TestCaseError::fail(format!("strata refused {json}: {e}")))?;
         seccomp::verify(ours.instructions()).map_err(TestCaseError::fail)?;
         for data in inputs(&spec, &pool, seed, 300) {
-            let libseccomp = run(&theirs, &data).map_err(TestCaseError::fail)?;
+            // runc: its ENOSYS stub, then libseccomp's filter
+            let libseccomp = match runc_stub(&spec, &pool, &data) {
+                Some(action) => action,
+                None => run(&theirs, &data).map_err(TestCaseError::fail)?,
+            };
             let got = run(ours.instructions(), &data).map_err(TestCaseError::fail)?;
             let model = reference(&spec, &pool, &data);
             prop_assert_eq!(got, model, "strata differs from the model: input {:x?}\nprofile {}", data, json);
@@ -650,3 +680,73 @@ const MULTIPLEXED: &[&str] = &[
     "shmget",
     "shmctl",
 ];
+
+/// runc's ENOSYS rule on fixed cases: a number above the highest one a profile names on an
+/// architecture returns ENOSYS when the default action denies, and only then.
+#[test]
+fn syscalls_newer_than_the_profile_get_enosys() {
+    let enosys = Act::Errno(ENOSYS).value();
+    let eperm = Act::Errno(1).value();
+    let allow = Act::Allow.value();
+    let x86_64 = Arch::X86_64.audit_token();
+    let x86 = Arch::X86.audit_token();
+    let compile = |json: serde_json::Value| {
+        let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(json).expect("test profile");
+        seccomp::compile(&profile).expect("test profile compiles")
+    };
+    let decide = |filter: &seccomp::Filter, arch: u32, nr: u32| {
+        run(filter.instructions(), &SeccompData { nr, arch, ip: 0, args: [0; 6] }).expect("program runs")
+    };
+    let exit_group = |arch: Arch| arch.syscall_number("exit_group").expect("exit_group");
+    let rules = serde_json::json!([{"names": ["getpid", "exit_group"], "action": "SCMP_ACT_ALLOW"}]);
+
+    let all = compile(serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": rules,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]}));
+    let x64_last = exit_group(Arch::X86_64);
+    assert_eq!(decide(&all, x86_64, x64_last), allow);
+    assert_eq!(decide(&all, x86_64, x64_last + 1), enosys);
+    assert_eq!(decide(&all, x86_64, 1000), enosys);
+    assert_eq!(decide(&all, x86_64, Arch::X86_64.syscall_number("getppid").expect("getppid")), eperm);
+    let x32_last = exit_group(Arch::X32);
+    assert_eq!(decide(&all, x86_64, x32_last), allow);
+    assert_eq!(decide(&all, x86_64, x32_last + 1), enosys);
+    assert_eq!(decide(&all, x86_64, 0x4000_0000 | 110), eperm);
+    assert_eq!(decide(&all, x86_64, 0x8000_0000), enosys);
+    assert_eq!(decide(&all, x86_64, u32::MAX), enosys);
+    assert_eq!(decide(&all, x86, exit_group(Arch::X86) + 1), enosys);
+    assert_eq!(decide(&all, x86, 20), allow, "getpid on x86");
+
+    // Without x32, its numbers keep the bad-arch action and -1 (a tracer's skip) the default.
+    let native = compile(serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": rules}));
+    assert_eq!(decide(&native, x86_64, x64_last + 1), enosys);
+    assert_eq!(decide(&native, x86_64, x32_last + 1), seccomp::BAD_ARCH_ACTION);
+    assert_eq!(decide(&native, x86_64, u32::MAX), eperm);
+    assert_eq!(decide(&native, x86_64, 0x8000_0000), enosys, "bit 30 clear: compared as x86-64, as runc does");
+    assert_eq!(decide(&native, x86, 20), seccomp::BAD_ARCH_ACTION);
+
+    // A killing default is replaced too; a permissive one or an ENOSYS default are not.
+    let kill = compile(serde_json::json!({"defaultAction": "SCMP_ACT_KILL_PROCESS", "syscalls": rules}));
+    assert_eq!(decide(&kill, x86_64, 1000), enosys);
+    assert_eq!(decide(&kill, x86_64, 110), Act::KillProcess.value());
+    let deny = serde_json::json!([{"names": ["getppid"], "action": "SCMP_ACT_ERRNO"}]);
+    for permissive in ["SCMP_ACT_ALLOW", "SCMP_ACT_LOG"] {
+        let f = compile(serde_json::json!({"defaultAction": permissive, "syscalls": deny}));
+        assert_ne!(decide(&f, x86_64, 1000), enosys, "{permissive}");
+    }
+    let f = compile(serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38, "syscalls": rules}));
+    assert_eq!(decide(&f, x86_64, 1000), enosys);
+    assert_eq!(decide(&f, x86_64, 110), enosys);
+
+    // The default profile: the first number above its highest call, against a call it denies.
+    let default = seccomp::compile(&seccomp::default_profile(&[])).expect("default profile compiles");
+    let highest = seccomp::default_profile(&[])
+        .syscalls()
+        .iter()
+        .flatten()
+        .flat_map(|r| r.names())
+        .filter_map(|n| Arch::X86_64.syscall_number(n))
+        .max()
+        .expect("the default profile names calls");
+    assert_eq!(decide(&default, x86_64, highest + 1), enosys);
+    assert_eq!(decide(&default, x86_64, Arch::X86_64.syscall_number("kexec_load").expect("kexec_load")), eperm);
+}

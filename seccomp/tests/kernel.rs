@@ -178,3 +178,38 @@ fn notify_returns_a_listener() {
     unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(exit_code(status), Some(0), "status {status:#x}");
 }
+
+#[test]
+fn a_syscall_newer_than_the_profile_fails_with_enosys() {
+    // exit_group is the highest call named; statx (332 on x86-64) comes after it, getppid before.
+    let profile = r#"{
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 7,
+        "syscalls": [{"names": ["exit", "exit_group", "getpid"], "action": "SCMP_ACT_ALLOW"}]
+    }"#;
+    let status = in_child(profile, || {
+        // SAFETY: getppid takes no arguments.
+        let older = unsafe { libc::syscall(libc::SYS_getppid) };
+        let older_errno = errno();
+        // SAFETY: statx with null pointers; the filter answers before the kernel reads them.
+        let newer = unsafe { libc::syscall(libc::SYS_statx, -1, 0usize, 0, 0, 0usize) };
+        let newer_errno = errno();
+        if older == -1 && older_errno == 7 && newer == -1 && newer_errno == libc::ENOSYS { 0 } else { 1 }
+    });
+    assert_eq!(exit_code(status), Some(0), "status {status:#x}");
+}
+
+#[test]
+fn the_default_profile_answers_an_unknown_future_syscall_with_enosys() {
+    let profile = serde_json::to_string(&seccomp::default_profile(&[])).expect("profile serialises");
+    let status = in_child(&profile, || {
+        // SAFETY: number 1000 is no syscall yet; the filter answers without the kernel acting.
+        let r = unsafe { libc::syscall(1000) };
+        let e = errno();
+        // SAFETY: kexec_load takes integers and pointers; the filter denies it before use.
+        let denied = unsafe { libc::syscall(libc::SYS_kexec_load, 0, 0, 0usize, 0) };
+        let denied_errno = errno();
+        if r == -1 && e == libc::ENOSYS && denied == -1 && denied_errno == libc::EPERM { 0 } else { 1 }
+    });
+    assert_eq!(exit_code(status), Some(0), "status {status:#x}");
+}

@@ -129,10 +129,32 @@ pub(crate) fn fork_in(cgroup: &Cgroup) -> Result<(Fork, bool)> {
 /// The cgroup a container gets: `linux.cgroupsPath`, or `strata/<id>` under the caller's cgroup.
 fn cgroup_location(h: &Hierarchy, bundle: &Bundle, id: &str) -> Result<PathBuf> {
     let path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-    match path {
-        Some(p) => Ok(h.resolve(&p.to_string_lossy())?),
+    cgroup_location_of(h, path.as_deref().map(|p| p.to_string_lossy()).as_deref(), id)
+}
+
+/// Where the cgroup of container `id` is, from `linux.cgroupsPath` (`None`: absent).
+fn cgroup_location_of(h: &Hierarchy, cgroups_path: Option<&str>, id: &str) -> Result<PathBuf> {
+    match cgroups_path {
+        Some(p) => Ok(h.resolve(p)?),
         None => Ok(h.resolve(&format!("strata/{id}"))?),
     }
+}
+
+/// `linux.cgroupsPath` of the bundle's config, read without the whole config: the shim daemon
+/// calls this, and parsing a full config would link (and map) the config reader into it.
+fn bundle_cgroups_path(bundle_dir: &Path) -> Option<Option<String>> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        linux: Option<Linux>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Linux {
+        #[serde(rename = "cgroupsPath")]
+        cgroups_path: Option<String>,
+    }
+    let bytes = std::fs::read(bundle_dir.join("config.json")).ok()?;
+    let config: Config = serde_json::from_slice(&bytes).ok()?;
+    Some(config.linux.and_then(|l| l.cgroups_path))
 }
 
 /// Creates container `id` from `bundle`. Returns when the init waits for `start` (with
@@ -743,9 +765,9 @@ pub fn remove_leftovers(root: &StateRoot, id: &str, bundle_dir: &Path) -> Result
         Err(Error::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    if let Ok(bundle) = Bundle::load(bundle_dir)
+    if let Some(cgroups_path) = bundle_cgroups_path(bundle_dir)
         && let Ok(h) = Hierarchy::detect()
-        && let Ok(rel) = cgroup_location(&h, &bundle, id)
+        && let Ok(rel) = cgroup_location_of(&h, cgroups_path.as_deref(), id)
     {
         let cg = Cgroup::open(h.mount().join(rel));
         if cg.path().exists() {

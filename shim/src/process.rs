@@ -28,17 +28,19 @@ pub fn cap_mask(set: Option<&Capabilities>) -> u64 {
         .fold(0u64, |m, i| m | (1u64 << i))
 }
 
-/// The capabilities the calling process can still grant: its bounding set. The runtime-spec
-/// asks that capabilities which cannot be granted be skipped with a warning, not fail.
-pub fn grantable_caps() -> u64 {
-    (0..=sys::last_cap()).filter(|i| sys::bounding_has(*i)).fold(0u64, |m, i| m | (1u64 << i))
+/// Which of the `wanted` capabilities the calling process can still grant: those in its bounding
+/// set (only the wanted ones are asked for: one prctl each). The runtime-spec asks that
+/// capabilities which cannot be granted be skipped with a warning, not fail.
+pub fn grantable_caps(wanted: u64) -> u64 {
+    (0..=sys::last_cap())
+        .filter(|i| wanted & (1u64 << i) != 0 && sys::bounding_has(*i))
+        .fold(0u64, |m, i| m | (1u64 << i))
 }
 
 /// The names of the capabilities a process asks for that this runtime cannot grant.
 pub fn ungrantable(caps: Option<&LinuxCapabilities>) -> Vec<String> {
-    let m = CapMasks::of(caps);
-    let wanted = m.bounding | m.effective | m.permitted | m.inheritable | m.ambient;
-    let missing = wanted & !grantable_caps();
+    let wanted = CapMasks::of(caps).all();
+    let missing = wanted & !grantable_caps(wanted);
     caps.into_iter()
         .flat_map(|c| [c.bounding(), c.effective(), c.permitted(), c.inheritable(), c.ambient()])
         .flatten()
@@ -118,6 +120,11 @@ impl CapMasks {
         }
     }
 
+    /// Every capability any of the sets names.
+    pub fn all(&self) -> u64 {
+        self.bounding | self.effective | self.permitted | self.inheritable | self.ambient
+    }
+
     /// These masks without the capabilities outside `grantable`.
     pub fn within(self, grantable: u64) -> CapMasks {
         CapMasks {
@@ -135,7 +142,8 @@ impl CapMasks {
 /// effective/permitted/inheritable in one capset, then ambient.
 pub fn switch_user_and_caps(user: &User, caps: Option<&LinuxCapabilities>) -> Result<()> {
     // What cannot be granted is skipped (the runtime warned when it read the config).
-    let masks = CapMasks::of(caps).within(grantable_caps());
+    let masks = CapMasks::of(caps);
+    let masks = masks.within(grantable_caps(masks.all()));
     for i in 0..=sys::last_cap() {
         if masks.bounding & (1u64 << i) == 0 {
             sys::bounding_drop(i).ctx(|| format!("process.capabilities.bounding: dropping capability {i}"))?;

@@ -225,8 +225,12 @@ pub fn bounding_drop(cap: u8) -> nix::Result<()> {
 }
 
 /// The highest capability number this kernel knows.
+/// Read once per process: a container start asks for it for every capability set.
 pub fn last_cap() -> u8 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
+    static LAST: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
+    })
 }
 
 /// Opens a pidfd for `pid`.

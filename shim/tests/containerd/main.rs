@@ -615,6 +615,66 @@ fn a_slow_create_does_not_stall_the_pods_other_containers() {
     }
 }
 
+/// Kills what runs in these cgroups and removes them (deepest first) when a test ends, even
+/// when it failed because it found them.
+struct CgroupGuard(Vec<std::path::PathBuf>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            if dir.exists() {
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_create_whose_helper_dies_leaves_no_cgroup_state_or_process() {
+    // The helper that creates the container is SIGKILLed part-way (by a createRuntime hook, once
+    // the container's cgroup and init exist): the shim removes what it left, finding the cgroup
+    // from the bundle's linux.cgroupsPath as create did.
+    let c = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec: serde_json::Value = serde_json::from_str(&c.ok(&["oci", "spec"])).unwrap();
+    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+    spec["root"] = serde_json::json!({"path": rootfs});
+    let marker = dir.path().join("hook-ran");
+    spec["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh",
+        "args": ["sh", "-c", format!("touch {}; kill -9 $PPID", marker.display())]}]});
+    if let Some(r) = spec["linux"]["resources"].as_object_mut() {
+        r.remove("cpu");
+    }
+    let rel = format!("{}/dies", c.namespace());
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{rel}"));
+    let _cleanup = CgroupGuard(vec![
+        std::path::Path::new("/sys/fs/cgroup/unified").join(&rel),
+        std::path::Path::new("/sys/fs/cgroup/unified").join(c.namespace()),
+    ]);
+    let spec_file = dir.path().join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = c
+        .ctr_cmd(&["run", "--runtime", harness::RUNTIME, "-d", "--config", spec_file.to_str().unwrap(), "dies"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "create succeeded although its helper was killed");
+    assert!(marker.exists(), "the hook never ran: {}", String::from_utf8_lossy(&out.stderr));
+    let cgroup = std::path::Path::new("/sys/fs/cgroup/unified").join(&rel);
+    let pure = std::path::Path::new("/sys/fs/cgroup").join(&rel);
+    assert!(!cgroup.exists() && !pure.exists(), "cgroup {rel} left behind");
+    assert!(!c.state_root().join("dies").exists(), "engine state left behind");
+    assert!(c.task("dies").is_none(), "containerd kept a task");
+    let _ = c.ctr_cmd(&["containers", "rm", "dies"]).output();
+}
+
 #[test]
 fn delete_of_a_task_whose_shim_still_lives_dismisses_the_shim() {
     // containerd may give up on a shim that still runs (after a restart it could not reach it
