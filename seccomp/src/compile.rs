@@ -6,7 +6,10 @@
 //! * a rule whose action equals the default action is dropped (libseccomp refuses it, runc skips it);
 //! * the first unconditional rule for a syscall wins over every other rule for it;
 //! * conditional rules are tried in profile order and the first whose conditions all hold decides
-//!   (when their actions agree this is libseccomp's OR; libseccomp has no defined order otherwise).
+//!   (when their actions agree this is libseccomp's OR; libseccomp has no defined order otherwise);
+//! * a rule with several conditions on one argument becomes one rule per condition, ORed, as runc
+//!   hands it to libseccomp (which refuses two conditions on one argument in a rule); conditions
+//!   on distinct arguments are ANDed.
 //!
 //! Then the number space of each audit token is cut into segments of equal outcome, and the
 //! program does a binary search over the segments, so a syscall costs a handful of comparisons
@@ -214,6 +217,7 @@ pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
             tracing::debug!(rule = r, "seccomp: rule has the default action, skipped");
             continue;
         }
+        let split = conditions.iter().enumerate().any(|(i, c)| conditions[..i].iter().any(|d| d.index == c.index));
         let mut any_known = false;
         for name in syscall.names() {
             let mut known = false;
@@ -222,9 +226,15 @@ pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
                     continue;
                 };
                 known = true;
-                let narrowed: Vec<Condition> = conditions.iter().filter_map(|c| c.for_arch(*arch)).collect();
                 let map = outcomes.entry(*arch).or_default();
-                add_rule(map, nr, narrowed, action);
+                if split {
+                    for c in &conditions {
+                        add_rule(map, nr, c.for_arch(*arch).into_iter().collect(), action);
+                    }
+                } else {
+                    let narrowed: Vec<Condition> = conditions.iter().filter_map(|c| c.for_arch(*arch)).collect();
+                    add_rule(map, nr, narrowed, action);
+                }
             }
             if !known {
                 tracing::warn!(syscall = %name, "seccomp: unknown syscall name in the profile, skipped");

@@ -30,6 +30,11 @@ impl SeccompData {
 
 /// Runs `program` on `data` as the kernel would; `Err` for anything the kernel would reject.
 pub fn run(program: &[sock_filter], data: &SeccompData) -> Result<u32, String> {
+    run_traced(program, data, &mut Vec::new())
+}
+
+/// [`run`], recording in `loads` the offset of every word of `seccomp_data` the program reads.
+pub fn run_traced(program: &[sock_filter], data: &SeccompData, loads: &mut Vec<u32>) -> Result<u32, String> {
     let (mut a, mut x) = (0u32, 0u32);
     let mut mem = [0u32; 16];
     let mut pc = 0usize;
@@ -38,7 +43,10 @@ pub fn run(program: &[sock_filter], data: &SeccompData) -> Result<u32, String> {
         pc += 1;
         let k = insn.k;
         match insn.code {
-            0x20 => a = data.word(k).ok_or("bad load")?,            // ld [k]
+            0x20 => {
+                loads.push(k);
+                a = data.word(k).ok_or("bad load")?; // ld [k]
+            }
             0x00 => a = k,                                          // ld #k
             0x80 => a = 64,                                         // ld len
             0x60 => a = *mem.get(k as usize).ok_or("bad mem")?,     // ld M[k]
