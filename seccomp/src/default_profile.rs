@@ -3,8 +3,12 @@
 //! Same shape as Docker's: deny with `EPERM` by default, allow the ordinary syscalls, allow
 //! `clone` only without namespace flags and `clone3` not at all (`ENOSYS`, so libc falls back to
 //! `clone`) unless `CAP_SYS_ADMIN` is held, restrict `personality` to the harmless personas and
-//! `socket` to families other than `AF_VSOCK`, and open the groups that a capability already
-//! guards in the kernel when the container holds that capability.
+//! `socket` to families other than `AF_ALG` and `AF_VSOCK`, and open the groups that a capability
+//! already guards in the kernel when the container holds that capability. It follows Docker's
+//! current profile (moby 28): the `io_uring` calls are denied (Docker and containerd removed them
+//! after a run of kernel escapes through them), the calls up to Linux 6.13 (`mseal`, `statmount`,
+//! `listmount`, the `*xattrat` family, `uretprobe`) are allowed, the `lsm_*` calls need
+//! `CAP_SYS_ADMIN`, and `ptrace` without `CAP_SYS_PTRACE` only from Linux 4.8 (`minKernel`).
 
 use oci_spec::runtime::{
     Arch as OciArch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompOperator,
@@ -99,6 +103,8 @@ const ALLOWED: &[&str] = &[
     "futex_waitv",
     "futex_wake",
     "futimesat",
+    "get_robust_list",
+    "get_thread_area",
     "getcpu",
     "getcwd",
     "getdents",
@@ -124,34 +130,30 @@ const ALLOWED: &[&str] = &[
     "getresuid",
     "getresuid32",
     "getrlimit",
-    "get_robust_list",
     "getrusage",
     "getsid",
     "getsockname",
     "getsockopt",
-    "get_thread_area",
     "gettid",
     "gettimeofday",
     "getuid",
     "getuid32",
     "getxattr",
+    "getxattrat",
     "inotify_add_watch",
     "inotify_init",
     "inotify_init1",
     "inotify_rm_watch",
     "io_cancel",
-    "ioctl",
     "io_destroy",
     "io_getevents",
     "io_pgetevents",
     "io_pgetevents_time64",
-    "ioprio_get",
-    "ioprio_set",
     "io_setup",
     "io_submit",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
+    "ioctl",
+    "ioprio_get",
+    "ioprio_set",
     "ipc",
     "kill",
     "landlock_add_rule",
@@ -163,7 +165,9 @@ const ALLOWED: &[&str] = &[
     "link",
     "linkat",
     "listen",
+    "listmount",
     "listxattr",
+    "listxattrat",
     "llistxattr",
     "_llseek",
     "lremovexattr",
@@ -196,6 +200,7 @@ const ALLOWED: &[&str] = &[
     "mq_timedsend_time64",
     "mq_unlink",
     "mremap",
+    "mseal",
     "msgctl",
     "msgget",
     "msgrcv",
@@ -244,6 +249,7 @@ const ALLOWED: &[&str] = &[
     "recvmsg",
     "remap_file_pages",
     "removexattr",
+    "removexattrat",
     "rename",
     "renameat",
     "renameat2",
@@ -259,11 +265,11 @@ const ALLOWED: &[&str] = &[
     "rt_sigtimedwait",
     "rt_sigtimedwait_time64",
     "rt_tgsigqueueinfo",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
     "sched_getaffinity",
     "sched_getattr",
     "sched_getparam",
-    "sched_get_priority_max",
-    "sched_get_priority_min",
     "sched_getscheduler",
     "sched_rr_get_interval",
     "sched_rr_get_interval_time64",
@@ -284,6 +290,9 @@ const ALLOWED: &[&str] = &[
     "sendmmsg",
     "sendmsg",
     "sendto",
+    "set_robust_list",
+    "set_thread_area",
+    "set_tid_address",
     "setfsgid",
     "setfsgid32",
     "setfsuid",
@@ -304,14 +313,12 @@ const ALLOWED: &[&str] = &[
     "setreuid",
     "setreuid32",
     "setrlimit",
-    "set_robust_list",
     "setsid",
     "setsockopt",
-    "set_thread_area",
-    "set_tid_address",
     "setuid",
     "setuid32",
     "setxattr",
+    "setxattrat",
     "shmat",
     "shmctl",
     "shmdt",
@@ -329,6 +336,7 @@ const ALLOWED: &[&str] = &[
     "stat64",
     "statfs",
     "statfs64",
+    "statmount",
     "statx",
     "symlink",
     "symlinkat",
@@ -360,6 +368,7 @@ const ALLOWED: &[&str] = &[
     "uname",
     "unlink",
     "unlinkat",
+    "uretprobe",
     "utime",
     "utimensat",
     "utimensat_time64",
@@ -391,6 +400,9 @@ const CAPABILITY_GROUPS: &[(&str, &[&str])] = &[
             "fsopen",
             "fspick",
             "lookup_dcookie",
+            "lsm_get_self_attr",
+            "lsm_list_modules",
+            "lsm_set_self_attr",
             "mount",
             "mount_setattr",
             "move_mount",
@@ -421,14 +433,17 @@ const CAPABILITY_GROUPS: &[(&str, &[&str])] = &[
     ("CAP_PERFMON", &["perf_event_open"]),
 ];
 
-/// Docker allows these without CAP_SYS_PTRACE on kernels >= 4.8, where ptrace can no longer
-/// bypass seccomp.
+/// Docker allows these without CAP_SYS_PTRACE on kernels >= 4.8 (its `minKernel`), where ptrace
+/// can no longer bypass seccomp; on older kernels only with CAP_SYS_PTRACE.
 const PTRACE_FAMILY: &[&str] = &["process_vm_readv", "process_vm_writev", "ptrace"];
+const PTRACE_MIN_KERNEL: (u32, u32) = (4, 8);
 
 /// Namespace flags of `clone` (CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID |
 /// NEWNET): creating namespaces needs CAP_SYS_ADMIN.
 const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
-/// `AF_VSOCK`: host-guest sockets, denied as in Docker.
+/// `AF_ALG` (the kernel's crypto API, a frequent source of kernel bugs) and `AF_VSOCK`
+/// (host-guest sockets): the families `socket(2)` may not create, as in Docker.
+const AF_ALG: u64 = 38;
 const AF_VSOCK: u64 = 40;
 /// Personas `personality(2)` may switch to: PER_LINUX, PER_LINUX32, UNAME26, UNAME26|PER_LINUX32,
 /// and 0xffffffff (query).
@@ -459,7 +474,9 @@ pub fn default_profile(capabilities: &[String]) -> LinuxSeccomp {
     let has = |cap: &str| capabilities.iter().any(|c| c.eq_ignore_ascii_case(cap));
     let allow = LinuxSeccompAction::ScmpActAllow;
     let mut rules = vec![syscall(ALLOWED, allow, None, vec![])];
-    rules.push(syscall(PTRACE_FAMILY, allow, None, vec![]));
+    if kernel_at_least(PTRACE_MIN_KERNEL) {
+        rules.push(syscall(PTRACE_FAMILY, allow, None, vec![]));
+    }
 
     for persona in PERSONAS {
         rules.push(syscall(
@@ -469,7 +486,11 @@ pub fn default_profile(capabilities: &[String]) -> LinuxSeccomp {
             vec![arg(0, LinuxSeccompOperator::ScmpCmpEq, *persona, None)],
         ));
     }
-    rules.push(syscall(&["socket"], allow, None, vec![arg(0, LinuxSeccompOperator::ScmpCmpNe, AF_VSOCK, None)]));
+    // Three rules, ORed: every family below AF_ALG, between the two, and above AF_VSOCK.
+    use LinuxSeccompOperator::{ScmpCmpEq, ScmpCmpGt, ScmpCmpLt};
+    for (op, family) in [(ScmpCmpLt, AF_ALG), (ScmpCmpEq, AF_ALG + 1), (ScmpCmpGt, AF_VSOCK)] {
+        rules.push(syscall(&["socket"], allow, None, vec![arg(0, op, family, None)]));
+    }
 
     for (cap, names) in CAPABILITY_GROUPS {
         if has(cap) {
@@ -493,6 +514,23 @@ pub fn default_profile(capabilities: &[String]) -> LinuxSeccomp {
     profile.set_architectures(Some(native_architectures()));
     profile.set_syscalls(Some(rules));
     profile
+}
+
+/// Whether the running kernel is at least `major.minor` (an unreadable release counts as new:
+/// every kernel strata runs on is far above the versions asked about).
+fn kernel_at_least((major, minor): (u32, u32)) -> bool {
+    // SAFETY: utsname is plain bytes, valid when zeroed; uname fills it or fails.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return true;
+    }
+    let release: String = uts.release.iter().take_while(|c| **c != 0).map(|c| char::from(*c as u8)).collect();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => true,
+    }
 }
 
 fn native_architectures() -> Vec<OciArch> {
@@ -538,11 +576,45 @@ mod tests {
     #[test]
     fn post_6_1_names_are_in_the_x86_64_table() {
         let names = all_names();
-        for name in ["cachestat", "fchmodat2", "futex_wake", "futex_wait", "futex_requeue", "map_shadow_stack"] {
+        for name in [
+            "cachestat",
+            "fchmodat2",
+            "futex_wake",
+            "futex_wait",
+            "futex_requeue",
+            "map_shadow_stack",
+            "mseal",
+            "statmount",
+            "listmount",
+            "getxattrat",
+            "setxattrat",
+            "listxattrat",
+            "removexattrat",
+            "lsm_get_self_attr",
+        ] {
             assert!(names.iter().any(|n| n == name), "{name} is in the profile");
             assert!(Arch::X86_64.syscall_number(name).is_some(), "{name} is in the x86_64 table");
         }
         assert_eq!(Arch::X86_64.syscall_number("cachestat"), Some(451));
         assert_eq!(Arch::X86_64.syscall_number("map_shadow_stack"), Some(453));
+    }
+
+    #[test]
+    fn io_uring_is_denied_and_lsm_calls_need_cap_sys_admin() {
+        let names = |caps: &[String]| -> Vec<String> {
+            default_profile(caps).syscalls().iter().flatten().flat_map(|r| r.names().clone()).collect()
+        };
+        let plain = names(&[]);
+        assert!(!plain.iter().any(|n| n.starts_with("io_uring")), "io_uring allowed");
+        assert!(!plain.iter().any(|n| n.starts_with("lsm_")), "lsm_* allowed without CAP_SYS_ADMIN");
+        let admin = names(&["CAP_SYS_ADMIN".to_string()]);
+        assert!(admin.iter().any(|n| n == "lsm_set_self_attr"));
+        assert!(!admin.iter().any(|n| n.starts_with("io_uring")), "io_uring allowed with CAP_SYS_ADMIN");
+    }
+
+    #[test]
+    fn kernel_versions_compare_by_major_then_minor() {
+        assert!(kernel_at_least((4, 8)));
+        assert!(!kernel_at_least((999, 0)));
     }
 }

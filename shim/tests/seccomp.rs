@@ -114,7 +114,7 @@ fn default_profile_allows_ordinary_work() {
     for name in ["chroot", "touch", "mknod", "kill", "sleep", "nproc", "linux64"] {
         assert!(tried(&out, name).contains(" rc=0 "), "{name} failed under the default profile:\n{out}");
     }
-    // socket(AF_INET) is allowed (only AF_VSOCK is not): the connection fails, but not with EPERM
+    // socket(AF_INET) is allowed (only AF_ALG and AF_VSOCK are not): the connection fails, but not with EPERM
     assert!(!tried(&out, "nc").contains("Operation not permitted"), "{out}");
     assert!(out.ends_with("1\n0\n"), "{out}");
 }
