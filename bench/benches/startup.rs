@@ -3,7 +3,9 @@
 //!
 //! Protects the figure "strata's median ≤ crun's". Besides criterion's own report, the bench
 //! times interleaved rounds (one run of each runtime per round, so drift hits all alike) and
-//! prints each median and the ratio strata/peer.
+//! prints each median and the ratio strata/peer. With `STRATA_BENCH_BASELINE=PATH` (a `strata`
+//! built from an earlier commit) that build runs in the same rounds as peer `baseline`, so that
+//! the ratio strata/baseline says what the changes since cost the start path.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::sync::atomic::{AtomicU64, Ordering};

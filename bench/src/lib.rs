@@ -49,6 +49,14 @@ pub fn runtimes() -> Result<Vec<Runtime>, String> {
     if let Some(b) = which("runc") {
         out.push(Runtime { name: "runc", binary: b, hide_hybrid_cgroup2: false });
     }
+    // An earlier strata build, to measure what a change costs the start path in the same run.
+    if let Some(b) = std::env::var_os("STRATA_BENCH_BASELINE") {
+        let binary = PathBuf::from(b);
+        if !binary.is_file() {
+            return Err(format!("STRATA_BENCH_BASELINE={}: no such file", binary.display()));
+        }
+        out.push(Runtime { name: "baseline", binary, hide_hybrid_cgroup2: false });
+    }
     Ok(out)
 }
 
