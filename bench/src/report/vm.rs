@@ -46,6 +46,13 @@ fi
 poweroff -f
 "#;
 
+/// The host CPU's rate in kHz (`cpu MHz` of /proc/cpuinfo), which a TCG guest's TSC runs at.
+fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    (mhz >= 1.0).then_some((mhz * 1000.0) as u64)
+}
+
 /// Which accelerator VMs use and why.
 #[derive(Debug, Clone)]
 pub struct Accel {
@@ -242,7 +249,14 @@ impl RunningVm {
     /// the host forwarded to the guest's port 80.
     fn boot_with(env: &VmEnv, accel: &Accel, mode: &str, http_port: Option<u16>) -> Result<RunningVm, String> {
         let (kernel, initrd) = env.parts_for(http_port.is_some())?;
-        let append = format!("console=ttyS0 quiet loglevel=2 panic=-1 reboot=t rdinit=/init strata_mode={mode}");
+        let mut append = format!("console=ttyS0 quiet loglevel=2 panic=-1 reboot=t rdinit=/init strata_mode={mode}");
+        // Under TCG a guest on a busy host can fail to calibrate its TSC against the PIT and stop
+        // (the hung boots): given the host's rate it does not calibrate at all.
+        if accel.mode != "kvm"
+            && let Some(khz) = host_tsc_khz()
+        {
+            append.push_str(&format!(" tsc_early_khz={khz}"));
+        }
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-smp", "1", "-m"])
             .arg(GUEST_MEM_MIB.to_string())
