@@ -204,12 +204,15 @@ fn masked_and_combined_argument_conditions() {
         try unshare -n true
         try unshare -un true
         try unshare -i true
-        try unshare -iu true"
+        try unshare -iu true
+        try unshare -m true"
     );
     let mut c = TestContainer::new("sc-args", &script);
     add_caps(&mut c, &["CAP_SYS_ADMIN"]);
     // Rule 1 (one condition): deny EXDEV when CLONE_NEWNET is among the flags.
-    // Rule 2 (two conditions, both must hold): deny EDQUOT for NEWIPC together with NEWUTS.
+    // Rule 2 (two conditions on the same argument): as runc gives them to libseccomp, each is a
+    // rule of its own, ORed: deny EDQUOT for NEWIPC or NEWUTS. Rule 1 comes first in the
+    // profile, so it decides when both match.
     c.config["linux"]["seccomp"] = allow_all_but(json!([
         {"names": ["unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": 18,
          "args": [{"index": 0, "value": NEWNET, "valueTwo": NEWNET, "op": "SCMP_CMP_MASKED_EQ"}]},
@@ -219,12 +222,13 @@ fn masked_and_combined_argument_conditions() {
     ]));
     let out = c.run_ok();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 5, "{out}");
-    assert!(lines[0].starts_with("unshare rc=0 "), "-u is allowed: {out}");
+    assert_eq!(lines.len(), 6, "{out}");
+    assert!(lines[0].ends_with("Disk quota exceeded"), "-u hits rule 2's second condition: {out}");
     assert!(lines[1].ends_with("Invalid cross-device link"), "-n hits rule 1: {out}");
-    assert!(lines[2].ends_with("Invalid cross-device link"), "-un hits rule 1: {out}");
-    assert!(lines[3].starts_with("unshare rc=0 "), "-i alone matches half of rule 2: {out}");
+    assert!(lines[2].ends_with("Invalid cross-device link"), "-un hits rule 1 first: {out}");
+    assert!(lines[3].ends_with("Disk quota exceeded"), "-i hits rule 2's first condition: {out}");
     assert!(lines[4].ends_with("Disk quota exceeded"), "-iu hits rule 2: {out}");
+    assert!(lines[5].starts_with("unshare rc=0 "), "-m matches no rule: {out}");
 }
 
 #[test]
