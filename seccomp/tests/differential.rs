@@ -382,7 +382,7 @@ fn libseccomp_export(spec: &ProfileSpec, pool: &[&str], file: &std::fs::File) ->
             })
             .collect();
         // runc: with several conditions on one argument, one rule per condition
-        let split = rule.conds.iter().enumerate().any(|(i, c)| rule.conds[..i].iter().any(|d| d.index == c.index));
+        let split = repeats_an_argument(&rule.conds);
         let sets: Vec<Vec<ScmpArgCompare>> = if split { conds.iter().map(|c| vec![*c]).collect() } else { vec![conds] };
         for name in &rule.names {
             let sys = ScmpSyscall::from_name(pool[*name]).ok()?;
@@ -417,12 +417,18 @@ fn runc_stub(spec: &ProfileSpec, pool: &[&str], data: &SeccompData) -> Option<u3
 
 const ENOSYS: u16 = libc::ENOSYS as u16;
 
+/// Whether conditions test one argument more than once: runc then splits the rule (one rule per
+/// condition, ORed).
+fn repeats_an_argument(conds: &[Cond]) -> bool {
+    conds.iter().enumerate().any(|(i, c)| conds[..i].iter().any(|d| d.index == c.index))
+}
+
 /// How many conditional rules libseccomp is given for `spec` (after runc's split).
 fn conditional_rules(spec: &ProfileSpec) -> usize {
     spec.rules
         .iter()
         .map(|r| {
-            let split = r.conds.iter().enumerate().any(|(i, c)| r.conds[..i].iter().any(|d| d.index == c.index));
+            let split = repeats_an_argument(&r.conds);
             if split { r.conds.len() } else { usize::from(!r.conds.is_empty()) }
         })
         .sum()
@@ -458,7 +464,7 @@ fn reference(spec: &ProfileSpec, pool: &[&str], data: &SeccompData) -> u32 {
             continue;
         }
         // runc's split (see the module docs): several conditions on one argument are ORed rules
-        let split = rule.conds.iter().enumerate().any(|(i, c)| rule.conds[..i].iter().any(|d| d.index == c.index));
+        let split = repeats_an_argument(&rule.conds);
         let sets: Vec<&[Cond]> =
             if split { rule.conds.iter().map(std::slice::from_ref).collect() } else { vec![&rule.conds[..]] };
         for conds in sets {

@@ -563,23 +563,13 @@ fn a_slow_create_does_not_stall_the_pods_other_containers() {
     c.wait_status("slowpod", "RUNNING");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("hook-done");
-    let mut spec: serde_json::Value = serde_json::from_str(&c.ok(&["oci", "spec"])).unwrap();
-    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
-    // With --config, ctr takes no image: the root is a directory of the test's.
-    let rootfs = dir.path().join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
-    spec["root"] = serde_json::json!({"path": rootfs});
-    spec["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": "slowpod"});
-    spec["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh",
-        "args": ["sh", "-c", format!("sleep 4; touch {}", marker.display())]}]});
-    if let Some(r) = spec["linux"]["resources"].as_object_mut() {
-        r.remove("cpu");
-    }
-    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{}/slow", c.namespace()));
-    let spec_file = dir.path().join("spec.json");
-    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let spec_file = sleep_config(
+        &c,
+        dir.path(),
+        &format!("sleep 4; touch {}", marker.display()),
+        &format!("{}/slow", c.namespace()),
+        Some(serde_json::json!({"io.kubernetes.cri.sandbox-id": "slowpod"})),
+    );
     let mut slow = c
         .ctr_cmd(&["run", "--runtime", harness::RUNTIME, "-d", "--config", spec_file.to_str().unwrap(), "slow"])
         .stdout(Stdio::null())
@@ -615,6 +605,37 @@ fn a_slow_create_does_not_stall_the_pods_other_containers() {
     }
 }
 
+/// A config for `ctr run --config` (which then takes no image): `sleep 1000` over a busybox root
+/// in `dir`, a createRuntime hook running `sh -c HOOK`, no CPU resources (this host's cgroup2
+/// has no cpu controller), the cgroup at `/CGROUP`, `annotations` if given. Written to
+/// `dir/spec.json`, whose path it returns.
+fn sleep_config(
+    c: &Containerd,
+    dir: &std::path::Path,
+    hook: &str,
+    cgroup: &str,
+    annotations: Option<serde_json::Value>,
+) -> std::path::PathBuf {
+    let mut spec: serde_json::Value = serde_json::from_str(&c.ok(&["oci", "spec"])).unwrap();
+    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+    spec["root"] = serde_json::json!({"path": rootfs});
+    if let Some(a) = annotations {
+        spec["annotations"] = a;
+    }
+    spec["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", hook]}]});
+    if let Some(r) = spec["linux"]["resources"].as_object_mut() {
+        r.remove("cpu");
+    }
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{cgroup}"));
+    let file = dir.join("spec.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    file
+}
+
 /// Kills what runs in these cgroups and removes them (deepest first) when a test ends, even
 /// when it failed because it found them.
 struct CgroupGuard(Vec<std::path::PathBuf>);
@@ -640,27 +661,13 @@ fn a_create_whose_helper_dies_leaves_no_cgroup_state_or_process() {
     // from the bundle's linux.cgroupsPath as create did.
     let c = Containerd::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut spec: serde_json::Value = serde_json::from_str(&c.ok(&["oci", "spec"])).unwrap();
-    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
-    let rootfs = dir.path().join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
-    spec["root"] = serde_json::json!({"path": rootfs});
     let marker = dir.path().join("hook-ran");
-    spec["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh",
-        "args": ["sh", "-c", format!("touch {}; kill -9 $PPID", marker.display())]}]});
-    if let Some(r) = spec["linux"]["resources"].as_object_mut() {
-        r.remove("cpu");
-    }
     let rel = format!("{}/dies", c.namespace());
-    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{rel}"));
     let _cleanup = CgroupGuard(vec![
         std::path::Path::new("/sys/fs/cgroup/unified").join(&rel),
         std::path::Path::new("/sys/fs/cgroup/unified").join(c.namespace()),
     ]);
-    let spec_file = dir.path().join("spec.json");
-    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let spec_file = sleep_config(&c, dir.path(), &format!("touch {}; kill -9 $PPID", marker.display()), &rel, None);
     let out = c
         .ctr_cmd(&["run", "--runtime", harness::RUNTIME, "-d", "--config", spec_file.to_str().unwrap(), "dies"])
         .output()
