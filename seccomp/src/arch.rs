@@ -12,6 +12,8 @@ pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// `AUDIT_ARCH_AARCH64`.
 pub const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+/// `AUDIT_ARCH_ARM` (little-endian 32-bit Arm, the compat ABI of aarch64 kernels).
+pub const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
 /// The bit that marks an x32 syscall number.
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
@@ -26,6 +28,8 @@ pub enum Arch {
     X32,
     /// 64-bit Arm.
     Aarch64,
+    /// 32-bit Arm (EABI), the compat ABI of aarch64 kernels.
+    Arm,
 }
 
 impl Arch {
@@ -45,6 +49,7 @@ impl Arch {
             Oci::ScmpArchX86 => Some(Arch::X86),
             Oci::ScmpArchX32 => Some(Arch::X32),
             Oci::ScmpArchAarch64 => Some(Arch::Aarch64),
+            Oci::ScmpArchArm => Some(Arch::Arm),
             _ => None,
         }
     }
@@ -55,13 +60,14 @@ impl Arch {
             Arch::X86_64 | Arch::X32 => AUDIT_ARCH_X86_64,
             Arch::X86 => AUDIT_ARCH_I386,
             Arch::Aarch64 => AUDIT_ARCH_AARCH64,
+            Arch::Arm => AUDIT_ARCH_ARM,
         }
     }
 
     /// Whether syscall arguments are 32 bits wide, so only their low halves are compared (as
-    /// libseccomp does for x86 and x32).
+    /// libseccomp does for x86, x32 and 32-bit Arm).
     pub fn has_32bit_args(self) -> bool {
-        matches!(self, Arch::X86 | Arch::X32)
+        matches!(self, Arch::X86 | Arch::X32 | Arch::Arm)
     }
 
     /// The half-open range of syscall numbers this architecture owns within its audit token.
@@ -69,7 +75,7 @@ impl Arch {
         match self {
             Arch::X86_64 => (0, u64::from(X32_SYSCALL_BIT)),
             Arch::X32 => (u64::from(X32_SYSCALL_BIT), 1 << 32),
-            Arch::X86 | Arch::Aarch64 => (0, 1 << 32),
+            Arch::X86 | Arch::Aarch64 | Arch::Arm => (0, 1 << 32),
         }
     }
 
@@ -86,6 +92,7 @@ impl Arch {
             Arch::X86 => tables::x86::SYSCALLS,
             Arch::X32 => tables::x32::SYSCALLS,
             Arch::Aarch64 => tables::aarch64::SYSCALLS,
+            Arch::Arm => tables::arm::SYSCALLS,
         }
     }
 }
@@ -96,7 +103,7 @@ mod tests {
 
     #[test]
     fn tables_are_sorted_and_unique() {
-        for arch in [Arch::X86_64, Arch::X86, Arch::X32, Arch::Aarch64] {
+        for arch in [Arch::X86_64, Arch::X86, Arch::X32, Arch::Aarch64, Arch::Arm] {
             let table = arch.table();
             assert!(table.windows(2).all(|w| w[0].0 < w[1].0), "{arch:?}");
             let (lo, hi) = arch.number_range();
@@ -111,6 +118,13 @@ mod tests {
         assert_eq!(Arch::X32.syscall_number("read"), Some(X32_SYSCALL_BIT));
         assert_eq!(Arch::Aarch64.syscall_number("openat"), Some(56));
         assert_eq!(Arch::Aarch64.syscall_number("open"), None);
+        assert_eq!(Arch::Arm.syscall_number("open"), Some(5));
+        assert_eq!(Arch::Arm.syscall_number("getppid"), Some(64));
+        // Docker's Arm-only names, and the Arm-private calls at 0xf0000 + n
+        assert_eq!(Arch::Arm.syscall_number("arm_fadvise64_64"), Some(270));
+        assert_eq!(Arch::Arm.syscall_number("sync_file_range2"), Some(341));
+        assert_eq!(Arch::Arm.syscall_number("breakpoint"), Some(0xf_0001));
+        assert_eq!(Arch::Arm.syscall_number("set_tls"), Some(0xf_0005));
         assert_eq!(Arch::X86_64.syscall_number("no_such_call"), None);
     }
 }

@@ -78,6 +78,10 @@ pub(crate) enum Outcome {
     Rules(Vec<Rule>),
 }
 
+/// The kernel's `MAX_ERRNO`: libseccomp refuses an errno action at or above it, so runc and crun
+/// refuse such profiles, and so does strata.
+const MAX_ERRNO: u32 = 4095;
+
 /// The return value of an OCI action, with its errno or trace data.
 pub(crate) fn action_value(action: LinuxSeccompAction, data: Option<u32>, field: &str) -> Result<u32, Error> {
     use LinuxSeccompAction as A;
@@ -89,6 +93,9 @@ pub(crate) fn action_value(action: LinuxSeccompAction, data: Option<u32>, field:
         Some(v) => v,
         None => 1,
     };
+    if action == A::ScmpActErrno && data >= MAX_ERRNO {
+        return Err(Error::ErrnoRange { field: field.to_string(), value: data });
+    }
     Ok(match action {
         A::ScmpActKill | A::ScmpActKillThread => libc::SECCOMP_RET_KILL_THREAD,
         A::ScmpActKillProcess => libc::SECCOMP_RET_KILL_PROCESS,

@@ -18,9 +18,8 @@ use oci_spec::runtime::{
 /// Allowed for every container.
 ///
 /// Every name is in the x86_64 or i386 table (the `tests` below check it), so compiling the
-/// profile on x86_64 warns about no unknown name. Docker's `recv` and `send` are left out: they
-/// are direct syscalls only on architectures without a table here (32-bit Arm), and on i386 they
-/// exist only as `socketcall` operations, which the compiler does not filter.
+/// profile on x86_64 warns about no unknown name. Docker's `recv` and `send`, direct syscalls on
+/// 32-bit Arm only, are in [`ARM_ONLY`].
 const ALLOWED: &[&str] = &[
     "accept",
     "accept4",
@@ -385,6 +384,19 @@ const ALLOWED: &[&str] = &[
     "modify_ldt",
 ];
 
+/// Allowed on aarch64 hosts, whose filters also cover 32-bit Arm: Docker's Arm-only calls (its
+/// `includes.arches` arm/arm64) and the socket calls that only 32-bit Arm has as syscalls.
+const ARM_ONLY: &[&str] = &[
+    "arm_fadvise64_64",
+    "arm_sync_file_range",
+    "breakpoint",
+    "cacheflush",
+    "recv",
+    "send",
+    "set_tls",
+    "sync_file_range2",
+];
+
 /// Syscalls that only make sense with a capability the kernel checks anyway.
 const CAPABILITY_GROUPS: &[(&str, &[&str])] = &[
     ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
@@ -474,6 +486,9 @@ pub fn default_profile(capabilities: &[String]) -> LinuxSeccomp {
     let has = |cap: &str| capabilities.iter().any(|c| c.eq_ignore_ascii_case(cap));
     let allow = LinuxSeccompAction::ScmpActAllow;
     let mut rules = vec![syscall(ALLOWED, allow, None, vec![])];
+    if cfg!(target_arch = "aarch64") {
+        rules.push(syscall(ARM_ONLY, allow, None, vec![]));
+    }
     if kernel_at_least(PTRACE_MIN_KERNEL) {
         rules.push(syscall(PTRACE_FAMILY, allow, None, vec![]));
     }
@@ -610,6 +625,14 @@ mod tests {
         let admin = names(&["CAP_SYS_ADMIN".to_string()]);
         assert!(admin.iter().any(|n| n == "lsm_set_self_attr"));
         assert!(!admin.iter().any(|n| n.starts_with("io_uring")), "io_uring allowed with CAP_SYS_ADMIN");
+    }
+
+    /// Docker's Arm-only names resolve on 32-bit Arm, the compat ABI aarch64 filters cover.
+    #[test]
+    fn arm_only_names_are_in_the_arm_table() {
+        for name in ARM_ONLY {
+            assert!(Arch::Arm.syscall_number(name).is_some(), "{name} is in the 32-bit Arm table");
+        }
     }
 
     #[test]

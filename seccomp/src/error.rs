@@ -34,6 +34,14 @@ pub enum Error {
         /// The value found.
         value: u32,
     },
+    /// An errno at or above the kernel's `MAX_ERRNO` (4095), which libseccomp, runc and crun refuse.
+    #[error("seccomp: {field} is {value}, but an errno must be at most 4094 (runc refuses larger ones too)")]
+    ErrnoRange {
+        /// The JSON path of the field, e.g. `syscalls[3].errnoRet`.
+        field: String,
+        /// The value found.
+        value: u32,
+    },
     /// `SCMP_ACT_NOTIFY` cannot be the default action (the agent would have to answer every syscall).
     #[error("seccomp: defaultAction SCMP_ACT_NOTIFY is not allowed; use it only on syscall rules")]
     NotifyDefault,

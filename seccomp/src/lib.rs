@@ -105,6 +105,16 @@ mod tests {
         let err = compile(&profile(errno)).expect_err("errno too large");
         assert!(err.to_string().contains("defaultErrnoRet"), "{err}");
 
+        // libseccomp (so runc and crun) refuses an errno of MAX_ERRNO or more; a trace value may be
+        let max_errno = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],
+            "action":"SCMP_ACT_ERRNO","errnoRet":4095}]}"#;
+        let err = compile(&profile(max_errno)).expect_err("errno 4095 is refused");
+        assert!(matches!(&err, Error::ErrnoRange { field, value: 4095 } if field == "syscalls[0].errnoRet"), "{err}");
+        let largest = max_errno.replace("4095", "4094");
+        compile(&profile(&largest)).expect("errno 4094 compiles");
+        let trace = max_errno.replace("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE").replace("4095", "65535");
+        compile(&profile(&trace)).expect("trace data 65535 compiles");
+
         let notify = r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#;
         assert!(matches!(compile(&profile(notify)), Err(Error::NotifyDefault)));
     }

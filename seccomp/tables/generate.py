@@ -24,7 +24,8 @@ refetch it without touching the system's apt configuration or installing anythin
 (use the mirror host of the machine's /etc/apt/sources.list; trixie works the same way.) For an
 extracted package the version is read from its changelog.Debian.gz; --version overrides it.
 
-Each table is the set of `__NR_<name>` macros of one header, expanded by the C preprocessor. For
+Each table is the set of `__NR_<name>` macros of one header (and for 32-bit Arm the
+`__ARM_NR_<name>` ones), expanded by the C preprocessor. For
 aarch64 that is `aarch64-linux-gnu/asm/unistd_64.h` (generated from arch/arm64's syscall.tbl
 since Linux 6.11) when the header set has it, else the generic table with the same
 `__ARCH_WANT_*` switches as the old arch/arm64/include/uapi/asm/unistd.h.
@@ -68,7 +69,16 @@ TABLES = [
         ],
         "aarch64 (AUDIT_ARCH_AARCH64)",
     ),
+    (
+        "arm",
+        [("arm-linux-gnueabihf/asm/unistd.h", "arm-linux-gnueabihf", ["-D__ARM_EABI__"])],
+        "32-bit Arm, EABI (AUDIT_ARCH_ARM), with the Arm-private calls (`__ARM_NR_*`)",
+    ),
 ]
+
+# Macro prefixes that name syscalls: `__NR_<name>`, and on 32-bit Arm its private calls
+# `__ARM_NR_<name>` (breakpoint, cacheflush, set_tls, ...), which libseccomp names the same way.
+PREFIXES = ("__NR_", "__ARM_NR_")
 
 # Macros that look like syscalls but are table bookkeeping.
 NOT_SYSCALLS = {"syscalls", "arch_specific_syscall"}
@@ -168,10 +178,12 @@ def main():
         defs = macros(include, header, multiarch, flags)
         table = {}
         for name, value in defs.items():
-            if not name.startswith("__NR_"):
+            prefix = next((p for p in PREFIXES if name.startswith(p)), None)
+            if prefix is None:
                 continue
-            syscall = name[len("__NR_"):]
-            if syscall in NOT_SYSCALLS:
+            syscall = name[len(prefix):]
+            # bookkeeping, and the upper-case bases and masks (__NR_SYSCALL_BASE, __ARM_NR_BASE)
+            if syscall in NOT_SYSCALLS or syscall.isupper():
                 continue
             table[syscall] = evaluate(value, defs)
         rows = sorted(table.items())
