@@ -32,11 +32,29 @@ pub enum Error {
     /// A `cgroupsPath` or `unified` key that would leave the cgroup or name no interface file.
     #[error("linux.cgroupsPath {0:?} is invalid: it must not contain `..` components or NUL bytes")]
     InvalidPath(String),
-    /// A `cgroupsPath` in the systemd driver's form, `slice:prefix:name`.
+    /// A `cgroupsPath` in the systemd driver's form, `slice:prefix:name`, without that driver.
     #[error(
-        "linux.cgroupsPath {0:?} is a systemd cgroup path (slice:prefix:name): the systemd cgroup driver is not implemented; give a cgroupfs path (/a/b or a/b)"
+        "linux.cgroupsPath {0:?} is a systemd cgroup path (slice:prefix:name), but the cgroupfs driver is in use: run with --systemd-cgroup (the shim: SystemdCgroup = true), or give a cgroupfs path (/a/b or a/b)"
     )]
     SystemdPath(String),
+    /// A `cgroupsPath` the systemd driver cannot use.
+    #[error("linux.cgroupsPath {path:?} is not a systemd cgroup path: {reason}")]
+    InvalidSystemdPath {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// systemd refused or failed a request of the systemd cgroup driver.
+    #[error("systemd cgroup driver: {action} {unit}: {message}")]
+    Systemd {
+        /// The unit concerned (empty while connecting).
+        unit: String,
+        /// What strata asked for.
+        action: &'static str,
+        /// systemd's error, or the I/O error.
+        message: String,
+    },
     /// A `linux.resources.unified` key that is not an interface file name this crate may write.
     #[error("linux.resources.unified key {key:?} is refused: {reason}")]
     InvalidUnifiedKey {

@@ -10,7 +10,7 @@
 //! Modules, in the order a container meets them: [`hierarchy`] (where cgroup2 is, what it
 //! offers), [`resources`] (OCI fields → interface file writes), [`values`] (the interface file
 //! formats), [`devices`] (the eBPF device program), [`cgroup`] (one cgroup's life), [`stats`]
-//! and [`events`].
+//! and [`events`]; [`systemd`] is the systemd cgroup driver (a transient scope per container).
 
 pub mod cgroup;
 pub mod devices;
@@ -19,6 +19,7 @@ pub mod events;
 pub mod hierarchy;
 pub mod resources;
 pub mod stats;
+pub mod systemd;
 pub mod values;
 
 pub use cgroup::Cgroup;

@@ -31,6 +31,8 @@ pub struct CreateOptions {
     pub no_new_keyring: bool,
     /// Where a pidfd of the process is sent (`--pidfd-socket`).
     pub pidfd_socket: Option<PathBuf>,
+    /// The systemd cgroup driver (`--systemd-cgroup`): the cgroup is a transient scope.
+    pub systemd_cgroup: bool,
 }
 
 /// A container that has been created: its state and, in the process that created it, the
@@ -50,6 +52,8 @@ struct CreateGuard<'a> {
     root: &'a StateRoot,
     id: String,
     cgroup: Option<Cgroup>,
+    /// The scope unit started for the cgroup (systemd driver).
+    unit: Option<String>,
     pids: Vec<i32>,
     armed: bool,
 }
@@ -66,6 +70,9 @@ impl Drop for CreateGuard<'_> {
         }
         if let Some(cg) = &self.cgroup {
             let _ = cg.kill_all();
+            if let Some(unit) = &self.unit {
+                let _ = cgroups::systemd::Manager::connect().and_then(|mut m| m.stop_unit(unit));
+            }
             let _ = cg.delete();
             if let Some(parent) = cg.path().parent().filter(|p| p.file_name().is_some_and(|n| n == "strata")) {
                 let _ = std::fs::remove_dir(parent);
@@ -126,12 +133,6 @@ pub(crate) fn fork_in(cgroup: &Cgroup) -> Result<(Fork, bool)> {
     Ok((sys::fork(0).ctx(|| "fork".into())?, false))
 }
 
-/// The cgroup a container gets: `linux.cgroupsPath`, or `strata/<id>` under the caller's cgroup.
-fn cgroup_location(h: &Hierarchy, bundle: &Bundle, id: &str) -> Result<PathBuf> {
-    let path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-    cgroup_location_of(h, path.as_deref().map(|p| p.to_string_lossy()).as_deref(), id)
-}
-
 /// Where the cgroup of container `id` is, from `linux.cgroupsPath` (`None`: absent).
 fn cgroup_location_of(h: &Hierarchy, cgroups_path: Option<&str>, id: &str) -> Result<PathBuf> {
     match cgroups_path {
@@ -190,13 +191,30 @@ pub fn create(
     };
 
     let dir = root.create_dir(id)?;
-    let mut guard = CreateGuard { root, id: id.to_string(), cgroup: None, pids: Vec::new(), armed: true };
-    let cg_rel = cgroup_location(&hierarchy, bundle, id)?;
+    let mut guard = CreateGuard { root, id: id.to_string(), cgroup: None, unit: None, pids: Vec::new(), armed: true };
+    let cgroups_path = linux.cgroups_path().as_ref().map(|p| p.to_string_lossy().into_owned());
     // Device rules are applied once the init has made /dev (as runc does): the program also
     // governs mknod, and the init creates the default nodes inside the cgroup.
     let (resources, device_rules) = split_device_rules(linux.resources().as_ref());
-    let cgroup = create_cgroup(&hierarchy, &cg_rel, resources.as_ref())?;
-    guard.cgroup = Some(cgroup.clone());
+    // The systemd driver's scope is started once stage 1 exists (systemd moves it in); the
+    // cgroupfs driver's cgroup is made first, so that stage 1 is born in it.
+    let scope = if opts.systemd_cgroup {
+        let path = cgroups::systemd::SystemdPath::parse(
+            cgroups_path.as_deref().unwrap_or(&format!("system.slice:strata:{id}")),
+        )?;
+        Some((path, cgroups::systemd::Manager::connect()?))
+    } else {
+        None
+    };
+    let cgroup = match &scope {
+        Some((path, _)) => Cgroup::open(hierarchy.mount().join(path.cgroup_rel())),
+        None => {
+            let cg_rel = cgroup_location_of(&hierarchy, cgroups_path.as_deref(), id)?;
+            let cgroup = create_cgroup(&hierarchy, &cg_rel, resources.as_ref())?;
+            guard.cgroup = Some(cgroup.clone());
+            cgroup
+        }
+    };
 
     let gate = if gate_channel { Gate::Channel } else { Gate::Socket(listen_start_socket(&dir)?) };
     let (parent_end, child_end) = sync::pair()?;
@@ -210,7 +228,8 @@ pub fn create(
         id,
         no_new_keyring: opts.no_new_keyring,
     };
-    let (forked, born_in_cgroup) = fork_in(&cgroup)?;
+    let (forked, born_in_cgroup) =
+        if scope.is_some() { (sys::fork(0).ctx(|| "fork".into())?, true) } else { fork_in(&cgroup)? };
     let stage1 = match forked {
         Fork::Child => {
             drop(parent_end);
@@ -221,6 +240,18 @@ pub fn create(
     drop(child_end);
     drop(args);
     guard.pids.push(stage1);
+    if let Some((path, mut manager)) = scope {
+        let properties = match &resources {
+            Some(r) => cgroups::systemd::resource_properties(r)?,
+            None => Vec::new(),
+        };
+        guard.unit = Some(path.unit.clone());
+        guard.cgroup = Some(cgroup.clone());
+        manager.start_scope(&path, stage1, &format!("strata container {id}"), properties)?;
+        if let Some(r) = &resources {
+            cgroup.apply(r)?;
+        }
+    }
 
     if !born_in_cgroup {
         cgroup.add_process(stage1)?;
@@ -305,6 +336,7 @@ pub fn create(
         hooks: spec.hooks().clone(),
         no_new_keyring: opts.no_new_keyring,
         resources: resources.clone(),
+        systemd_unit: guard.unit.clone(),
     };
     root.save(&state)?;
     if let Some(fd) = seccomp_listener {
@@ -650,6 +682,10 @@ pub fn update(root: &StateRoot, id: &str, resources: &oci_spec::runtime::LinuxRe
     Hierarchy::detect()?.check_resources(&merged)?;
     // Device rules stay as the container was created with them.
     merged.set_devices(None);
+    if let Some(unit) = &st.systemd_unit {
+        // systemd re-applies its properties on reload: they must hold the new values too
+        cgroups::systemd::Manager::connect()?.set_properties(unit, cgroups::systemd::resource_properties(&merged)?)?;
+    }
     Cgroup::open(st.cgroup_path.clone()).update(&merged)?;
     st.resources = Some(merged);
     root.save(&st)
@@ -726,6 +762,9 @@ pub fn delete_begin(root: &StateRoot, id: &str, force: bool) -> Result<Deletion>
 /// and the state.
 pub fn delete_end(root: &StateRoot, st: &ContainerState) -> Result<()> {
     let cg = Cgroup::open(st.cgroup_path.clone());
+    if let Some(unit) = &st.systemd_unit {
+        cgroups::systemd::Manager::connect()?.stop_unit(unit)?;
+    }
     if cg.path().exists() {
         cg.delete()?;
     }

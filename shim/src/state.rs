@@ -82,6 +82,9 @@ pub struct ContainerState {
     /// The container's resources as set now (without device rules): what `update` merges into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<oci_spec::runtime::LinuxResources>,
+    /// The transient scope unit holding the cgroup, under the systemd cgroup driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
 }
 
 impl ContainerState {
@@ -281,6 +284,7 @@ mod tests {
         root.create_dir("c1").unwrap();
         assert!(matches!(root.create_dir("c1"), Err(Error::Exists(_))));
         let st = ContainerState {
+            systemd_unit: None,
             oci_version: "1.0.2".into(),
             id: "c1".into(),
             pid: 42,

@@ -40,6 +40,9 @@ pub enum HelperRequest {
         /// Keep the runtime's session keyring (the `NoNewKeyring` runtime option).
         #[serde(default)]
         no_new_keyring: bool,
+        /// The systemd cgroup driver (the `SystemdCgroup` runtime option).
+        #[serde(default)]
+        systemd_cgroup: bool,
     },
     /// Run the `poststart` or `poststop` hooks (`kind`) of a container with its state document
     /// on their stdin; their failures are warnings (the runtime-spec's rule), logged.
@@ -141,12 +144,13 @@ fn run(req: &HelperRequest) -> Result<i32> {
             crate::hooks::run_or_warn(Some(&hooks), kind, || state.clone().into_bytes());
             Ok(0)
         }
-        HelperRequest::Create { root, id, bundle, console_socket, no_new_keyring } => {
+        HelperRequest::Create { root, id, bundle, console_socket, no_new_keyring, systemd_cgroup } => {
             let root = StateRoot::new(root)?;
             let bundle = crate::bundle::Bundle::load(bundle)?;
             let opts = CreateOptions {
                 console_socket: console_socket.clone(),
                 no_new_keyring: *no_new_keyring,
+                systemd_cgroup: *systemd_cgroup,
                 ..Default::default()
             };
             let created = container::create(&root, id, &bundle, &opts, false)?;
@@ -163,6 +167,7 @@ fn run(req: &HelperRequest) -> Result<i32> {
                 preserve_fds: 0,
                 no_new_keyring: false,
                 pidfd_socket: None,
+                systemd_cgroup: false,
             };
             exec::exec(
                 &root,

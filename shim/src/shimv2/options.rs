@@ -44,6 +44,8 @@ pub struct RuntimeOptions {
     pub no_new_keyring: bool,
     /// A cgroup v2 path (below the mount) the shim daemon moves into (`ShimCgroup`).
     pub shim_cgroup: Option<String>,
+    /// The systemd cgroup driver (`SystemdCgroup`): containers' cgroups are transient scopes.
+    pub systemd_cgroup: bool,
 }
 
 fn invalid(message: impl std::fmt::Display) -> super::ttrpc::RpcError {
@@ -67,7 +69,6 @@ pub fn parse(any: &MessageField<Any>) -> RpcResult<RuntimeOptions> {
 fn from_runc(bytes: &[u8]) -> RpcResult<RuntimeOptions> {
     let o = Options::parse_from_bytes(bytes).map_err(invalid)?;
     let refused = [
-        (o.systemd_cgroup, "SystemdCgroup: the systemd cgroup driver is not implemented (set SystemdCgroup = false)"),
         (o.no_pivot_root, "NoPivotRoot: strata always uses pivot_root (chroot can be escaped)"),
         (!o.binary_name.is_empty(), "BinaryName: strata runs the strata binary found beside its shim"),
         (!o.criu_image_path.is_empty() || !o.criu_work_path.is_empty(), "Criu*: strata has no CRIU support"),
@@ -80,6 +81,7 @@ fn from_runc(bytes: &[u8]) -> RpcResult<RuntimeOptions> {
         io_owner: (o.io_uid != 0 || o.io_gid != 0).then_some((o.io_uid, o.io_gid)),
         no_new_keyring: o.no_new_keyring,
         shim_cgroup: (!o.shim_cgroup.is_empty()).then(|| o.shim_cgroup.clone()),
+        systemd_cgroup: o.systemd_cgroup,
     })
 }
 
@@ -197,15 +199,17 @@ fn from_toml(text: &str) -> Result<RuntimeOptions, String> {
             ("iogid", v) => gid = Some(int(v)?),
             ("nonewkeyring", Value::Bool(b)) => o.no_new_keyring = *b,
             ("shimcgroup", Value::Str(s)) => o.shim_cgroup = (!s.is_empty()).then(|| s.clone()),
-            ("systemdcgroup", Value::Bool(false)) | ("nopivotroot", Value::Bool(false)) => {}
-            ("systemdcgroup", _) => return Err(format!("{key}: the systemd cgroup driver is not implemented")),
+            ("systemdcgroup", Value::Bool(b)) => o.systemd_cgroup = *b,
+            ("nopivotroot", Value::Bool(false)) => {}
             ("nopivotroot", _) => return Err(format!("{key}: strata always uses pivot_root")),
             // CRI adds these two to the table it re-encodes.
             ("typeurl" | "configpath", _) => {}
-            ("root" | "nonewkeyring" | "shimcgroup", _) => return Err(format!("{key}: wrong type of value")),
+            ("root" | "nonewkeyring" | "shimcgroup" | "systemdcgroup", _) => {
+                return Err(format!("{key}: wrong type of value"));
+            }
             _ => {
                 return Err(format!(
-                    "{key} is not an option strata takes (Root, IoUid, IoGid, NoNewKeyring, ShimCgroup)"
+                    "{key} is not an option strata takes (Root, IoUid, IoGid, NoNewKeyring, ShimCgroup, SystemdCgroup)"
                 ));
             }
         }
@@ -259,8 +263,9 @@ mod tests {
         assert_eq!(got.root, Some(PathBuf::from("/run/elsewhere")));
         assert_eq!(got.io_owner, Some((1000, 1001)));
         assert!(got.no_new_keyring);
+        assert!(!got.systemd_cgroup);
+        assert!(parse(&runc(&Options { systemd_cgroup: true, ..Default::default() })).unwrap().systemd_cgroup);
         for (o, word) in [
-            (Options { systemd_cgroup: true, ..Default::default() }, "SystemdCgroup"),
             (Options { no_pivot_root: true, ..Default::default() }, "NoPivotRoot"),
             (Options { binary_name: "crun".into(), ..Default::default() }, "BinaryName"),
         ] {
@@ -280,8 +285,9 @@ mod tests {
         let got = parse(&runtimeoptions(file.to_str().unwrap(), "")).unwrap();
         assert_eq!(got.shim_cgroup.as_deref(), Some("/strata-shims"));
         assert!(got.no_new_keyring);
+        assert!(parse(&runtimeoptions("", "SystemdCgroup = true")).unwrap().systemd_cgroup);
         for (body, word) in [
-            ("SystemdCgroup = true", "systemd"),
+            ("SystemdCgroup = 'yes'", "SystemdCgroup: wrong type"),
             ("Colour = 'blue'", "Colour"),
             ("[options]\nRoot = '/x'", "tables"),
             ("IoUid = 'root'", "integer"),

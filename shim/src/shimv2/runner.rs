@@ -153,6 +153,7 @@ mod tests {
             bundle: "/b".into(),
             console_socket: None,
             no_new_keyring: false,
+            systemd_cgroup: false,
         }
     }
 

@@ -279,7 +279,7 @@ impl Daemon {
         }
         let paths = paths_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let (id, state_dir, io_owner) = (req.id.clone(), root.path().to_path_buf(), options.io_owner);
-        let no_new_keyring = options.no_new_keyring;
+        let (no_new_keyring, systemd_cgroup) = (options.no_new_keyring, options.systemd_cgroup);
         let what = PendingWhat::Create(Box::new(PendingCreate { req, root, rootfs_mounts: mounted, io_owner }));
         let launched = self.launch(caller, &id, &paths, io_owner, what, |console_socket| HelperRequest::Create {
             root: state_dir,
@@ -287,6 +287,7 @@ impl Daemon {
             bundle: bundle.clone(),
             console_socket,
             no_new_keyring,
+            systemd_cgroup,
         });
         if launched.is_err() && mounted > 0 {
             unmount_rootfs(&bundle);

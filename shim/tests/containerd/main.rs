@@ -465,7 +465,12 @@ fn cri_style_runtime_options_are_read_or_refused_by_name() {
     std::fs::write(&config, "SystemdCgroup = true\n").unwrap();
     let out = c.ctr(&c.run_args(&["--rm", "--runtime-config-path", config.to_str().unwrap()], "opts3", &["true"]));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SystemdCgroup"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The systemd driver (taken now) needs a slice:prefix:name path; ctr gives /namespace/id.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("slice:prefix:name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -24,8 +24,9 @@ pub struct Cli {
     /// Log debug messages.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// The systemd cgroup driver (cgroupsPath "slice:prefix:name"): not implemented yet, so
-    /// refused rather than ignored.
+    /// The systemd cgroup driver: each container's cgroup is a transient scope unit that
+    /// systemd creates and removes; cgroupsPath reads "slice:prefix:name" (default
+    /// "system.slice:strata:<id>").
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
     #[command(subcommand)]
@@ -437,13 +438,6 @@ fn state_root(cli: &Cli) -> Result<StateRoot> {
 
 /// Runs the command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> Result<i32> {
-    if cli.systemd_cgroup
-        && matches!(cli.command, Command::Create(_) | Command::Run(_) | Command::Update(_) | Command::Exec(_))
-    {
-        bail!(
-            "--systemd-cgroup: the systemd cgroup driver is not implemented; strata manages cgroupfs paths itself (drop the flag)"
-        );
-    }
     if matches!(
         cli.command,
         Command::Create(_) | Command::Run(_) | Command::Exec(_) | Command::Demo | Command::Image(_)
@@ -454,7 +448,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Create(a) => {
             let root = state_root(&cli)?;
             let bundle = Bundle::load(&a.bundle)?;
-            let created = container::create(&root, &a.id, &bundle, &create_options(&a.flags)?, false)?;
+            let created =
+                container::create(&root, &a.id, &bundle, &create_options(&a.flags, cli.systemd_cgroup)?, false)?;
             drop(created);
             Ok(0)
         }
@@ -490,7 +485,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let root = state_root(&cli)?;
             let id = &r.args[0];
             let bundle = Bundle::load(r.bundle.as_deref().unwrap_or(std::path::Path::new(".")))?;
-            let opts = create_options(&r.flags)?;
+            let opts = create_options(&r.flags, cli.systemd_cgroup)?;
             if r.detach {
                 container::create(&root, id, &bundle, &opts, false)?;
                 container::start(&root, id)?;
@@ -554,6 +549,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     pid_file: x.pid_file.clone(),
                     no_new_keyring: false,
                     pidfd_socket: x.pidfd_socket.clone(),
+                    systemd_cgroup: false,
                 },
                 sub_cgroup: x.cgroup.first().cloned(),
                 ignore_paused: x.ignore_paused,
@@ -727,7 +723,7 @@ fn update_resources(u: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources>
     serde_json::from_value(r).context("invalid resources")
 }
 
-fn create_options(a: &CreateFlags) -> Result<CreateOptions> {
+fn create_options(a: &CreateFlags, systemd_cgroup: bool) -> Result<CreateOptions> {
     if a.no_pivot {
         bail!("--no-pivot is not supported: strata always enters the root with pivot_root (chroot can be escaped)");
     }
@@ -737,6 +733,7 @@ fn create_options(a: &CreateFlags) -> Result<CreateOptions> {
         pid_file: a.pid_file.clone(),
         no_new_keyring: a.no_new_keyring,
         pidfd_socket: a.pidfd_socket.clone(),
+        systemd_cgroup,
     })
 }
 
