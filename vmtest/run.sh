@@ -17,6 +17,8 @@
 #   --modules "M..." more kernel modules to load in the guest (with their dependencies)
 #   --machine M      microvm (default; uncompressed vmlinux, PVH) or q35 (bzImage)
 #   --accel A        auto (default: KVM if a probe boot works, cached), kvm or tcg
+#   --systemd        boot systemd (the host's, with its libraries) as PID 1; the commands run
+#                    in a service once it is up (for the systemd cgroup driver's tests)
 #   --quiet          do not echo the serial console (it is always kept in the run log)
 # Environment: STRATA_VMTEST_CACHE (default $XDG_CACHE_HOME/strata-vmtest, else
 # <repo>/.cache/vmtest), STRATA_VMTEST_KERNEL (a linux-image-6.12.*-amd64 package name).
@@ -29,7 +31,7 @@ cache=${STRATA_VMTEST_CACHE:-${XDG_CACHE_HOME:+$XDG_CACHE_HOME/strata-vmtest}}
 cache=${cache:-$repo/.cache/vmtest}
 
 bins=() envs=() share="" timeout=900 boot_timeout=45 retries=3 mem=2048 cpus=2 machine=microvm accel=auto quiet=0
-extra_modules=""
+extra_modules="" systemd=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bins+=("$2"); shift 2 ;;
@@ -44,6 +46,7 @@ while [ $# -gt 0 ]; do
         --machine) machine=$2; shift 2 ;;
         --accel) accel=$2; shift 2 ;;
         --quiet) quiet=1; shift ;;
+        --systemd) systemd=1; shift ;;
         --) shift; break ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "vmtest: unknown option $1" >&2; exit 2 ;;
@@ -61,6 +64,7 @@ command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v zstd >/dev/null || need_pkgs+=(zstd)
 command -v xz >/dev/null || need_pkgs+=(xz-utils)
+if [ $systemd = 1 ]; then [ -x /lib/systemd/systemd ] || need_pkgs+=(systemd); fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     apt-get update -qq >/dev/null
@@ -108,7 +112,7 @@ moddir=$kdir/modules/$kver/kernel
 
 # ---- initramfs: busybox, init, decompressed modules in dependency order ------------------
 wanted_modules="virtio_mmio netfs 9pnet 9pnet_virtio 9p overlay loop$extra_modules"
-initrd=$cache/initramfs-$kver-$( (cat "$here/init.sh" "$0"; echo "$wanted_modules") | md5sum | cut -c1-12).cpio
+initrd=$cache/initramfs-$kver-$( (cat "$here/init.sh" "$0"; echo "$wanted_modules systemd=$systemd") | md5sum | cut -c1-12).cpio
 # Guests booted at once (vmtest/cri.sh) build it once: the lock makes the others wait for it.
 exec {initrd_lock}>"$cache/initramfs.lock"
 flock "$initrd_lock"
@@ -142,6 +146,20 @@ if [ ! -f "$initrd" ]; then
     }
     for m in $wanted_modules; do add_module "$m"; done
     printf '%s\n' "${order[@]}" > "$work/lib/modules/order"
+    if [ $systemd = 1 ]; then
+        # The host's systemd and systemctl with every library they load (at the paths the
+        # loader and their RUNPATH look in: /usr/lib is a link to /lib here).
+        mkdir -p "$work/lib/systemd" "$work/lib64"
+        ln -s ../lib "$work/usr/lib"
+        cp /lib/systemd/systemd "$work/lib/systemd/systemd"
+        cp /bin/systemctl "$work/usr/bin/systemctl"
+        for lib in $(ldd /lib/systemd/systemd /bin/systemctl | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/lib64\// {print $1}' | sort -u); do
+            dest=$work/${lib#/usr}
+            mkdir -p "${dest%/*}"
+            cp -L "$lib" "$dest"
+        done
+        cp /etc/os-release "$work/etc/os-release" 2>/dev/null || true
+    fi
     (cd "$work" && find . | cpio -o -H newc --quiet > "$initrd.tmp")
     mv "$initrd.tmp" "$initrd"
     rm -rf "$work"
@@ -187,6 +205,7 @@ qemu_cmd() { # accel timeout-log
         cmd+=(-accel tcg -cpu max)
     fi
     local append="console=ttyS0 quiet loglevel=2 panic=-1 reboot=t rdinit=/init"
+    if [ $systemd = 1 ]; then append="$append vmtest.systemd systemd.unit=vmtest.service systemd.show_status=0"; fi
     # Under TCG on a busy host the guest can fail to calibrate its TSC against the PIT and
     # hang at boot; giving it the host's rate skips the calibration (20 of 20 boots under load,
     # where 6 of 10 had hung).

@@ -199,15 +199,13 @@ pub fn create(
     // The systemd driver's scope is started once stage 1 exists (systemd moves it in); the
     // cgroupfs driver's cgroup is made first, so that stage 1 is born in it.
     let scope = if opts.systemd_cgroup {
-        let path = cgroups::systemd::SystemdPath::parse(
-            cgroups_path.as_deref().unwrap_or(&format!("system.slice:strata:{id}")),
-        )?;
-        Some((path, cgroups::systemd::Manager::connect()?))
+        let default = format!("system.slice:strata:{id}");
+        Some(cgroups::systemd::SystemdPath::parse(cgroups_path.as_deref().unwrap_or(&default))?)
     } else {
         None
     };
     let cgroup = match &scope {
-        Some((path, _)) => Cgroup::open(hierarchy.mount().join(path.cgroup_rel())),
+        Some(path) => Cgroup::open(hierarchy.mount().join(path.cgroup_rel())),
         None => {
             let cg_rel = cgroup_location_of(&hierarchy, cgroups_path.as_deref(), id)?;
             let cgroup = create_cgroup(&hierarchy, &cg_rel, resources.as_ref())?;
@@ -240,7 +238,9 @@ pub fn create(
     drop(child_end);
     drop(args);
     guard.pids.push(stage1);
-    if let Some((path, mut manager)) = scope {
+    if let Some(path) = scope {
+        // connected only now, so that no process of the container inherits the connection
+        let mut manager = cgroups::systemd::Manager::connect()?;
         let properties = match &resources {
             Some(r) => cgroups::systemd::resource_properties(r)?,
             None => Vec::new(),

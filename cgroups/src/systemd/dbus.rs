@@ -3,12 +3,12 @@
 //!
 //! strata connects to systemd's private socket, a direct connection with no bus daemon in
 //! between (as `systemctl` does when run as root), so there is no `Hello` and no name to
-//! address; systemd sends its manager signals (`JobRemoved`) to every direct connection.
+//! address. Signals that arrive are read and dropped: strata polls the state it waits for.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A D-Bus value of the types strata sends and receives.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,7 +273,6 @@ fn single_type(sig: &str) -> io::Result<&str> {
 const METHOD_CALL: u8 = 1;
 const METHOD_RETURN: u8 = 2;
 const ERROR: u8 = 3;
-const SIGNAL: u8 = 4;
 
 /// A message received.
 #[derive(Debug)]
@@ -360,8 +359,6 @@ pub struct CallError {
 pub struct Connection {
     stream: BufReader<UnixStream>,
     serial: u32,
-    /// Signals that arrived while waiting for a reply.
-    signals: Vec<Message>,
 }
 
 impl Connection {
@@ -383,7 +380,37 @@ impl Connection {
             ));
         }
         stream.get_mut().write_all(b"BEGIN\r\n")?;
-        Ok(Connection { stream, serial: 0, signals: Vec::new() })
+        let mut conn = Connection { stream, serial: 0 };
+        conn.ping(timeout)?;
+        Ok(conn)
+    }
+
+    /// Pings the peer until it answers. systemd's server leaves a message that arrives in the
+    /// same read as `BEGIN` unread until more bytes come (seen with systemd 252: a call on a
+    /// second connection of a process went unanswered), so each unanswered ping is followed by
+    /// another; the answer to any of them means the peer reads the connection.
+    fn ping(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut wait = Duration::from_millis(10);
+        let first = self.serial.wrapping_add(1);
+        loop {
+            self.serial = self.serial.wrapping_add(1);
+            let ping = method_call(self.serial, "/", "org.freedesktop.DBus.Peer", "Ping", &[])?;
+            self.stream.get_mut().write_all(&ping)?;
+            self.stream.get_ref().set_read_timeout(Some(wait))?;
+            match self.read_message() {
+                Ok(m) if matches!(m.kind, METHOD_RETURN | ERROR) && m.reply_serial.is_some_and(|s| s >= first) => break,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "the D-Bus peer does not answer pings"));
+                    }
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.stream.get_ref().set_read_timeout(Some(timeout))
     }
 
     fn read_message(&mut self) -> io::Result<Message> {
@@ -421,31 +448,9 @@ impl Connection {
                     let message = m.body.first().and_then(Value::as_str).unwrap_or("").to_string();
                     return Ok(Err(CallError { name: m.error_name.unwrap_or_default(), message }));
                 }
-                SIGNAL => self.signals.push(m),
+                // signals (systemd sends its manager's to every direct connection) and
+                // anything else are not what strata waits for
                 _ => {}
-            }
-        }
-    }
-
-    /// Waits until `deadline` for a signal named `member` that `accept` takes.
-    pub fn wait_signal(
-        &mut self,
-        member: &str,
-        deadline: Instant,
-        mut accept: impl FnMut(&[Value]) -> bool,
-    ) -> io::Result<Vec<Value>> {
-        if let Some(i) = self.signals.iter().position(|m| m.member.as_deref() == Some(member) && accept(&m.body)) {
-            return Ok(self.signals.remove(i).body);
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no {member} signal in time")));
-            }
-            self.stream.get_ref().set_read_timeout(Some(left))?;
-            let m = self.read_message()?;
-            if m.kind == SIGNAL && m.member.as_deref() == Some(member) && accept(&m.body) {
-                return Ok(m.body);
             }
         }
     }

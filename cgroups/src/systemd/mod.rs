@@ -25,6 +25,7 @@ pub const PRIVATE_SOCKET: &str = "/run/systemd/private";
 const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
 
 /// A parsed `slice:prefix:name` cgroups path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,29 +187,77 @@ impl Manager {
     }
 
     fn call(&mut self, unit: &str, action: &'static str, member: &str, body: &[Value]) -> Result<Vec<Value>> {
+        self.call_on(MANAGER_PATH, MANAGER, unit, action, member, body)
+    }
+
+    fn call_on(
+        &mut self,
+        path: &str,
+        interface: &str,
+        unit: &str,
+        action: &'static str,
+        member: &str,
+        body: &[Value],
+    ) -> Result<Vec<Value>> {
         let err = |message: String| Error::Systemd { unit: unit.to_string(), action, message };
-        match self.conn.call(MANAGER_PATH, MANAGER, member, body).map_err(|e| err(e.to_string()))? {
+        match self.conn.call(path, interface, member, body).map_err(|e| err(e.to_string()))? {
             Ok(reply) => Ok(reply),
             Err(e) => Err(err(format!("{}: {}", e.name, e.message))),
         }
     }
 
-    /// Waits for the job at `job` to finish; its result must be `done`.
-    fn wait_job(&mut self, unit: &str, action: &'static str, job: &Value) -> Result<()> {
-        let job = job.as_str().unwrap_or_default().to_string();
+    /// The unit's `ActiveState`, or `None` when systemd has no such unit (any more).
+    fn active_state(&mut self, unit: &str, action: &'static str) -> Result<Option<String>> {
+        let reply = match self.call(unit, action, "GetUnit", &[Value::Str(unit.into())]) {
+            Ok(reply) => reply,
+            Err(Error::Systemd { message, .. }) if message.starts_with(NO_SUCH_UNIT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let path = reply.first().and_then(Value::as_str).unwrap_or_default().to_string();
+        let body = [Value::Str("org.freedesktop.systemd1.Unit".into()), Value::Str("ActiveState".into())];
+        let reply = match self.call_on(&path, "org.freedesktop.DBus.Properties", unit, action, "Get", &body) {
+            Ok(reply) => reply,
+            // collected between the two calls
+            Err(Error::Systemd { message, .. }) if message.starts_with("org.freedesktop.DBus.Error.UnknownObject") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(match reply.first() {
+            Some(Value::Variant(v)) => v.as_str().map(str::to_string),
+            _ => None,
+        })
+    }
+
+    /// Polls the unit's state until `done` decides (`Some`), or the job timeout passes. The
+    /// state, not the `JobRemoved` signal, is what counts: a job systemd finds redundant (the
+    /// stop of a scope that emptied and stopped by itself) ends without one.
+    fn wait_state(
+        &mut self,
+        unit: &str,
+        action: &'static str,
+        mut done: impl FnMut(Option<&str>) -> Option<std::result::Result<(), String>>,
+    ) -> Result<()> {
         let deadline = Instant::now() + JOB_TIMEOUT;
-        // JobRemoved(u id, o job, s unit, s result)
-        let body = self
-            .conn
-            .wait_signal("JobRemoved", deadline, |b| b.get(1).and_then(Value::as_str) == Some(job.as_str()))
-            .map_err(|e| Error::Systemd { unit: unit.to_string(), action, message: format!("job {job}: {e}") })?;
-        match body.get(3).and_then(Value::as_str) {
-            Some("done") => Ok(()),
-            other => Err(Error::Systemd {
-                unit: unit.to_string(),
-                action,
-                message: format!("job {job} ended with {:?} (see `journalctl -u {unit}`)", other.unwrap_or("?")),
-            }),
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let state = self.active_state(unit, action)?;
+            if let Some(outcome) = done(state.as_deref()) {
+                return outcome.map_err(|message| Error::Systemd { unit: unit.to_string(), action, message });
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Systemd {
+                    unit: unit.to_string(),
+                    action,
+                    message: format!(
+                        "still {} after {}s",
+                        state.as_deref().unwrap_or("unknown"),
+                        JOB_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
@@ -246,9 +295,13 @@ impl Manager {
             Value::Array("(sv)".into(), props),
             Value::Array("(sa(sv))".into(), vec![]),
         ];
-        let reply = self.call(&path.unit, "starting the scope", "StartTransientUnit", &body)?;
-        let job = reply.first().cloned().unwrap_or(Value::ObjectPath(String::new()));
-        self.wait_job(&path.unit, "starting the scope", &job)
+        self.call(&path.unit, "starting the scope", "StartTransientUnit", &body)?;
+        let unit = path.unit.clone();
+        self.wait_state(&path.unit, "starting the scope", |state| match state {
+            Some("active") => Some(Ok(())),
+            Some("failed") | None => Some(Err(format!("systemd could not start it (see `journalctl -u {unit}`)"))),
+            _ => None,
+        })
     }
 
     /// Sets `properties` on `unit` for as long as it runs (`update`).
@@ -265,13 +318,14 @@ impl Manager {
     pub fn stop_unit(&mut self, unit: &str) -> Result<()> {
         let body = [Value::Str(unit.into()), Value::Str("replace".into())];
         match self.call(unit, "stopping the scope", "StopUnit", &body) {
-            Ok(reply) => {
-                let job = reply.first().cloned().unwrap_or(Value::ObjectPath(String::new()));
-                self.wait_job(unit, "stopping the scope", &job)
-            }
-            Err(Error::Systemd { message, .. }) if message.starts_with("org.freedesktop.systemd1.NoSuchUnit") => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) => {}
+            Err(Error::Systemd { message, .. }) if message.starts_with(NO_SUCH_UNIT) => return Ok(()),
+            Err(e) => return Err(e),
         }
+        self.wait_state(unit, "stopping the scope", |state| match state {
+            None | Some("inactive" | "failed") => Some(Ok(())),
+            _ => None,
+        })
     }
 }
 
