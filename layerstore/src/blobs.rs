@@ -173,14 +173,25 @@ impl BlobStore {
     /// store's exclusive lock); a lock file removed under a waiter costs at most a second copy of the same
     /// blob, renamed atomically over the first.
     pub(crate) fn clear_ingest(&self) -> Result<usize> {
+        /// How long an interrupted pull's download waits to be resumed.
+        const PARTIAL_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
         let mut n = 0;
         for entry in fs::read_dir(&self.ingest).map_err(Error::io("read directory", &self.ingest))? {
             let entry = entry.map_err(Error::io("read directory", &self.ingest))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("blob-") {
+            // A pull's `.partial` download is kept for the next pull to resume, until it is
+            // a day old: an abandoned pull's then goes.
+            let stale = name.ends_with(".partial")
+                && entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > PARTIAL_KEPT_FOR);
+            if name.starts_with("blob-") || stale {
                 n += 1;
             }
-            if name.starts_with("blob-") || name.ends_with(".lock") {
+            if name.starts_with("blob-") || name.ends_with(".lock") || stale {
                 let _ = fs::remove_file(entry.path());
             }
         }

@@ -9,9 +9,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The hash algorithms a digest may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Algorithm {
     /// SHA-256, the default of every OCI tool.
+    #[default]
     Sha256,
     /// SHA-512, accepted on input.
     Sha512,

@@ -35,6 +35,31 @@ pub enum Error {
         /// The digest it has.
         actual: Digest,
     },
+    /// A blob whose size is not the one its descriptor gives.
+    #[error("{what}: {actual} bytes, but its descriptor says {expected}; the source is corrupt or hostile")]
+    SizeMismatch {
+        /// The blob, e.g. `layer sha256:…`.
+        what: String,
+        /// The descriptor's size.
+        expected: u64,
+        /// What the source holds.
+        actual: u64,
+    },
+    /// A layer above the store's limits (uncompressed bytes or entries): a bomb, or a layer
+    /// larger than this store accepts.
+    #[error(
+        "layer {layer}: more than {limit} {what} uncompressed; the store's limit (raise it with {option}) stops it, and nothing of it is kept"
+    )]
+    LayerLimit {
+        /// The layer blob.
+        layer: Digest,
+        /// `bytes` or `entries`.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+        /// How to raise it.
+        option: &'static str,
+    },
     /// A blob that a manifest or index names is neither in the source nor in the store.
     #[error("blob {digest} named by {referenced_by} is missing from the image")]
     MissingBlob {

@@ -153,6 +153,8 @@ pub fn host_arch() -> &'static str {
 pub(crate) struct LayerDesc {
     pub digest: Digest,
     pub media_type: String,
+    /// The descriptor's size.
+    pub size: u64,
 }
 
 /// One image found in a source.
@@ -164,6 +166,8 @@ pub(crate) struct SourceImage {
     pub manifest: Vec<u8>,
     pub manifest_digest: Digest,
     pub config: Digest,
+    /// The config descriptor's size.
+    pub config_size: u64,
     pub layers: Vec<LayerDesc>,
     /// For `docker save`: where each blob is, since it is not under `blobs/`.
     pub files: Vec<(Digest, PathBuf)>,
@@ -285,11 +289,16 @@ impl Source {
         let what = format!("manifest {manifest_digest}");
         let parsed: ImageManifest = serde_json::from_slice(&manifest).map_err(Error::json(&what))?;
         let config: Digest = parsed.config().digest().to_string().parse()?;
+        let config_size = parsed.config().size();
         let mut layers = Vec::new();
         for l in parsed.layers() {
-            layers.push(LayerDesc { digest: l.digest().to_string().parse()?, media_type: l.media_type().to_string() });
+            layers.push(LayerDesc {
+                digest: l.digest().to_string().parse()?,
+                media_type: l.media_type().to_string(),
+                size: l.size(),
+            });
         }
-        Ok(SourceImage { name, manifest, manifest_digest, config, layers, files: Vec::new() })
+        Ok(SourceImage { name, manifest, manifest_digest, config, config_size, layers, files: Vec::new() })
     }
 
     fn docker_images(&self) -> Result<Vec<SourceImage>> {
@@ -314,7 +323,7 @@ impl Source {
                 let digest = self.hash_file(rel)?;
                 let (media_type, size) = self.sniff_layer(rel, &digest)?;
                 descs.push(serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": size}));
-                layers.push(LayerDesc { digest: digest.clone(), media_type: media_type.to_string() });
+                layers.push(LayerDesc { digest: digest.clone(), media_type: media_type.to_string(), size });
                 files.push((digest, PathBuf::from(rel)));
             }
             let config_size = self.open_file(&e.config).and_then(|f| f.metadata()).map(|m| m.len()).unwrap_or(0);
@@ -327,7 +336,7 @@ impl Source {
             .map_err(Error::json("synthesized manifest"))?;
             let manifest_digest = Digest::of(crate::Algorithm::Sha256, &manifest);
             let name = e.repo_tags.and_then(|t| t.into_iter().next());
-            out.push(SourceImage { name, manifest, manifest_digest, config, layers, files });
+            out.push(SourceImage { name, manifest, manifest_digest, config, config_size, layers, files });
         }
         Ok(out)
     }

@@ -34,4 +34,4 @@ pub use import::host_arch;
 pub use maintain::{DiskUsage, FsckProblem, FsckReport, GcReport};
 pub use pull::{NoProgress, PullOptions, PullProgress, PullReport, Reference, parse_challenge};
 pub use store::{ContainerRef, ImageRecord, ImportOptions, Store};
-pub use unpack::{UnpackOptions, UnpackStats, unpack_layer};
+pub use unpack::{LayerLimits, UnpackOptions, UnpackStats, unpack_layer};

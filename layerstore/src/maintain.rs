@@ -4,7 +4,7 @@
 //! and snapshot chain) and container claims (their snapshot chain). A pool entry is live while any
 //! snapshot links to it, i.e. while its link count is above one.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -13,6 +13,15 @@ use std::path::Path;
 use crate::fsutil::remove_any;
 use crate::store::SnapshotInfo;
 use crate::{Algorithm, Digest, Error, Hasher, Result, Store};
+
+/// What unpacking a snapshot again takes.
+struct UnpackPlan {
+    layer: Digest,
+    diff_id: Digest,
+    chain: Digest,
+    compression: crate::import::Compression,
+    lowers: Vec<std::path::PathBuf>,
+}
 
 /// What [`Store::gc`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,6 +63,16 @@ pub enum FsckProblem {
         /// The directory name.
         name: String,
     },
+    /// A file of a snapshot that is no longer what its layer unpacked: its content (through its
+    /// pool file) or its metadata changed.
+    SnapshotFile {
+        /// The snapshot's chain ID.
+        snapshot: String,
+        /// The file, inside the snapshot's tree.
+        path: String,
+        /// What differs.
+        reason: &'static str,
+    },
     /// Temp files left by a crashed writer.
     Stray {
         /// The path.
@@ -68,6 +87,9 @@ impl std::fmt::Display for FsckProblem {
             FsckProblem::Missing { owner, what } => write!(f, "{owner}: {what} is missing"),
             FsckProblem::CorruptPoolFile { key } => write!(f, "pool file {key} does not match its content hash"),
             FsckProblem::BadSnapshot { name } => write!(f, "snapshot {name} has no valid info.json"),
+            FsckProblem::SnapshotFile { snapshot, path, reason } => {
+                write!(f, "snapshot {snapshot}: /{path}: {reason}")
+            }
             FsckProblem::Stray { path } => write!(f, "stray temp file {path}"),
         }
     }
@@ -82,10 +104,21 @@ pub struct FsckReport {
     pub snapshots_checked: usize,
     /// Pool files re-hashed.
     pub pool_checked: usize,
+    /// Regular files of snapshots verified through their pool file (content re-hashed there,
+    /// metadata compared with the pool key).
+    pub files_checked: usize,
+    /// Regular files of snapshots outside the pool (files with xattrs, or a pool on another
+    /// file system), whose content fsck cannot verify.
+    pub files_unverified: usize,
     /// Problems, in the order found.
     pub problems: Vec<FsckProblem>,
-    /// Problems fixed (with `repair`): corrupt blobs and pool files and stray temp files removed, and bad snapshots.
+    /// Problems fixed (with `repair`): corrupt blobs and stray temp files removed; corrupt pool
+    /// files removed and every snapshot with a damaged file, or without its info record,
+    /// unpacked again from its kept layer blob.
     pub repaired: usize,
+    /// What `repair` could not fix, and why (a snapshot whose layer blob was not kept, or that a
+    /// container uses).
+    pub unrepaired: Vec<String>,
 }
 
 impl FsckReport {
@@ -200,6 +233,8 @@ impl Store {
         }
         let snaps = self.root.join("snapshots");
         let mut present = HashSet::new();
+        // snapshots to unpack again (with `repair`)
+        let mut damaged = BTreeSet::new();
         for entry in fs::read_dir(&snaps).map_err(Error::io("read directory", &snaps))? {
             let entry = entry.map_err(Error::io("read directory", &snaps))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -209,14 +244,14 @@ impl Store {
             if info.is_some_and(|i| i.chain_id.hex() == name) && entry.path().join("fs").is_dir() {
                 present.insert(name);
             } else {
-                r.problems.push(FsckProblem::BadSnapshot { name });
-                if repair {
-                    remove_any(&entry.path())?;
-                    r.repaired += 1;
-                }
+                r.problems.push(FsckProblem::BadSnapshot { name: name.clone() });
+                damaged.insert(name);
             }
         }
         let pool = self.root.join("pool");
+        let mut corrupt_pool = Vec::new();
+        // (device, inode) of each pool file: its key, and whether its content matches it
+        let mut pooled: HashMap<(u64, u64), (String, bool)> = HashMap::new();
         for entry in fs::read_dir(&pool).map_err(Error::io("read directory", &pool))? {
             let entry = entry.map_err(Error::io("read directory", &pool))?;
             let key = entry.file_name().to_string_lossy().into_owned();
@@ -225,8 +260,52 @@ impl Store {
             let mut hasher = Hasher::new(Algorithm::Sha256);
             let mut f = fs::File::open(entry.path()).map_err(Error::io("open", entry.path()))?;
             io::copy(&mut f, &mut hasher).map_err(Error::io("read", entry.path()))?;
-            if hasher.finish().hex() != want {
-                r.problems.push(FsckProblem::CorruptPoolFile { key });
+            let good = hasher.finish().hex() == want;
+            if !good {
+                r.problems.push(FsckProblem::CorruptPoolFile { key: key.clone() });
+                corrupt_pool.push(entry.path());
+            }
+            let meta = f.metadata().map_err(Error::io("stat", entry.path()))?;
+            pooled.insert((meta.dev(), meta.ino()), (key, good));
+        }
+        for name in &present {
+            if self.check_snapshot_files(name, &pooled, &mut r)? {
+                damaged.insert(name.clone());
+            }
+        }
+        if repair {
+            let mut plans = Vec::new();
+            for name in &damaged {
+                match self.unpack_plan(name) {
+                    Ok(plan) => plans.push(plan),
+                    Err(why) => r.unrepaired.push(format!("snapshot {name}: {why}")),
+                }
+            }
+            if !corrupt_pool.is_empty() && !r.unrepaired.is_empty() {
+                // A corrupt pool file must go before snapshots are unpacked again (they would link
+                // to it), but a snapshot that cannot be unpacked again still links to it: keep
+                // everything as it is, so that fsck goes on reporting it.
+                r.unrepaired.push(format!(
+                    "{} corrupt pool files and {} other snapshots are left as they are until every snapshot \
+                     can be unpacked again",
+                    corrupt_pool.len(),
+                    plans.len()
+                ));
+            } else {
+                for path in &corrupt_pool {
+                    remove_any(path)?;
+                    r.repaired += 1;
+                }
+                for plan in plans {
+                    let name = plan.chain.hex().to_string();
+                    match self.unpack_from_plan(plan) {
+                        Ok(()) => {
+                            r.repaired += 1;
+                            present.insert(name);
+                        }
+                        Err(e) => r.unrepaired.push(format!("snapshot {name}: unpacking it again failed: {e}")),
+                    }
+                }
             }
         }
         for image in self.images()? {
@@ -270,6 +349,90 @@ impl Store {
             }
         }
         Ok(r)
+    }
+
+    /// Checks every regular file of snapshot `name` against the pool file it is linked to: its
+    /// content through the pool's hash, its mode, owner and mtime against the pool key (which the
+    /// unpacker wrote from the layer's entry). Returns whether a file was damaged.
+    fn check_snapshot_files(
+        &self,
+        name: &str,
+        pooled: &HashMap<(u64, u64), (String, bool)>,
+        r: &mut FsckReport,
+    ) -> Result<bool> {
+        let problems_before = r.problems.len();
+        let root = self.root.join("snapshots").join(name).join("fs");
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).map_err(Error::io("read directory", &dir))? {
+                let entry = entry.map_err(Error::io("read directory", &dir))?;
+                let meta = entry.metadata().map_err(Error::io("stat", entry.path()))?;
+                if meta.is_dir() {
+                    dirs.push(entry.path());
+                    continue;
+                }
+                if !meta.is_file() {
+                    continue;
+                }
+                let Some((key, good)) = pooled.get(&(meta.dev(), meta.ino())) else {
+                    r.files_unverified += 1;
+                    continue;
+                };
+                r.files_checked += 1;
+                let path = entry.path().strip_prefix(&root).unwrap_or(&entry.path()).display().to_string();
+                let problem =
+                    |reason| FsckProblem::SnapshotFile { snapshot: name.to_string(), path: path.clone(), reason };
+                if !good {
+                    r.problems.push(problem("its content no longer matches what the layer held"));
+                }
+                let expected = key.split_once('-').map_or("", |(_, rest)| rest);
+                let actual = format!("{:o}-{}-{}-{}", meta.mode() & 0o7777, meta.uid(), meta.gid(), meta.mtime());
+                if expected != actual {
+                    r.problems.push(problem("its mode, owner or mtime changed"));
+                }
+            }
+        }
+        Ok(r.problems.len() > problems_before)
+    }
+
+    /// How snapshot `name` can be unpacked again from its layer blob (an image holding it), or
+    /// why it cannot.
+    fn unpack_plan(&self, name: &str) -> std::result::Result<UnpackPlan, String> {
+        let containers = self.containers().map_err(|e| e.to_string())?;
+        if let Some(c) = containers.iter().find(|c| c.chain.iter().any(|s| s.hex() == name)) {
+            return Err(format!("container {} uses it; remove the container, then run fsck --repair again", c.id));
+        }
+        let images = self.images().map_err(|e| e.to_string())?;
+        let Some((image, i)) =
+            images.iter().find_map(|im| im.chain.iter().position(|c| c.hex() == name).map(|i| (im, i)))
+        else {
+            return Err("no image uses it (`strata gc` removes it)".into());
+        };
+        if image.layer_blobs_dropped || !self.blobs.contains(&image.layers[i]) {
+            return Err(format!(
+                "image {}'s layer blob {} was not kept: pull or import the image again",
+                image.name, image.layers[i]
+            ));
+        }
+        let manifest = self.blobs.read(&image.manifest).map_err(|e| e.to_string())?;
+        let parsed: oci_spec::image::ImageManifest =
+            serde_json::from_slice(&manifest).map_err(|e| format!("manifest {}: {e}", image.manifest))?;
+        let media_type = parsed.layers().get(i).map(|l| l.media_type().to_string()).unwrap_or_default();
+        let compression =
+            crate::import::Compression::of_media_type(&media_type, &image.layers[i]).map_err(|e| e.to_string())?;
+        Ok(UnpackPlan {
+            layer: image.layers[i].clone(),
+            diff_id: image.diff_ids[i].clone(),
+            chain: image.chain[i].clone(),
+            compression,
+            lowers: image.chain[..i].iter().rev().map(|c| self.snapshot_path(c).join("fs")).collect(),
+        })
+    }
+
+    /// Replaces a snapshot with a fresh unpack of its layer blob.
+    fn unpack_from_plan(&self, plan: UnpackPlan) -> Result<()> {
+        remove_any(&self.snapshot_path(&plan.chain))?;
+        self.unpack_snapshot(&plan.layer, &plan.diff_id, &plan.chain, plan.compression, plan.lowers).map(|_| ())
     }
 
     /// Logical size, bytes on disk and what each kind of dedup saved.

@@ -84,6 +84,8 @@ pub(crate) struct SnapshotInfo {
 pub struct Store {
     pub(crate) root: PathBuf,
     pub(crate) blobs: BlobStore,
+    /// Bounds on each layer unpacked (see [`LayerLimits`]).
+    pub(crate) limits: crate::LayerLimits,
 }
 
 pub(crate) fn now() -> u64 {
@@ -103,13 +105,27 @@ fn check_id(id: &str) -> Result<()> {
 }
 
 impl Store {
-    /// Opens the store at `root`, creating it if needed.
+    /// Opens the store at `root`, creating it if needed. The root and the pool are private to
+    /// their owner (0700, as containerd's and Docker's trees are): every image's files are in
+    /// the store, and the pool's names list every setuid binary of every image. Containers do not
+    /// need the way in: their root file systems are mounted by the runtime.
     pub fn open(root: &Path) -> Result<Store> {
+        use std::os::unix::fs::PermissionsExt;
+        mkdir_p(root)?;
         for dir in ["snapshots", "pool", "images", "containers", "tmp"] {
             mkdir_p(&root.join(dir))?;
         }
+        for dir in [root.to_path_buf(), root.join("pool")] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(Error::io("chmod 0700", &dir))?;
+        }
         let blobs = BlobStore::open(root)?;
-        Ok(Store { root: root.to_path_buf(), blobs })
+        Ok(Store { root: root.to_path_buf(), blobs, limits: crate::LayerLimits::default() })
+    }
+
+    /// The store with other bounds on each layer it unpacks.
+    pub fn with_layer_limits(mut self, limits: crate::LayerLimits) -> Store {
+        self.limits = limits;
+        self
     }
 
     /// The blob store.
@@ -248,14 +264,26 @@ impl Store {
             }
             Ok(())
         };
-        let open = |digest: &Digest| match src {
-            Some(src) => src.open_blob(image, digest, &manifest_what),
-            None => Err(Error::MissingBlob { digest: digest.clone(), referenced_by: manifest_what.clone() }),
+        // A source blob must have its descriptor's size, checked before a byte is stored; the
+        // read is bounded by it too.
+        let open = |digest: &Digest, size: u64, what: &str| -> Result<std::io::Take<fs::File>> {
+            let f = match src {
+                Some(src) => src.open_blob(image, digest, &manifest_what)?,
+                None => {
+                    return Err(Error::MissingBlob { digest: digest.clone(), referenced_by: manifest_what.clone() });
+                }
+            };
+            let actual = f.metadata().map_err(Error::io("stat", what))?.len();
+            if actual != size {
+                return Err(Error::SizeMismatch { what: what.to_string(), expected: size, actual });
+            }
+            Ok(f.take(size))
         };
         ingest(&mut image.manifest.as_slice(), &image.manifest_digest, &manifest_what)?;
         if !self.blobs.contains(&image.config) {
-            let mut f = open(&image.config)?;
-            ingest(&mut f, &image.config, &format!("config {}", image.config))?;
+            let what = format!("config {}", image.config);
+            let mut f = open(&image.config, image.config_size, &what)?;
+            ingest(&mut f, &image.config, &what)?;
         }
         let config_bytes = self.blobs.read(&image.config)?;
         // Only the diff IDs are needed here; the rest of the config is read (strictly) when a container runs.
@@ -279,8 +307,9 @@ impl Store {
         }
         for layer in &image.layers {
             if !self.blobs.contains(&layer.digest) {
-                let mut f = open(&layer.digest)?;
-                ingest(&mut f, &layer.digest, &format!("layer {}", layer.digest))?;
+                let what = format!("layer {}", layer.digest);
+                let mut f = open(&layer.digest, layer.size, &what)?;
+                ingest(&mut f, &layer.digest, &what)?;
             }
         }
         let mut chain = Vec::new();
@@ -311,7 +340,7 @@ impl Store {
     }
 
     /// Unpacks a layer blob into `tmp/`, checks its diff ID, and renames it to its snapshot directory.
-    fn unpack_snapshot(
+    pub(crate) fn unpack_snapshot(
         &self,
         layer: &Digest,
         diff_id: &Digest,
@@ -324,7 +353,12 @@ impl Store {
             mkdir_p(&tmp.join("fs"))?;
             let blob = self.blobs.open_blob(layer)?;
             let reader = c.threaded_reader(blob);
-            let opts = UnpackOptions { pool: Some(self.root.join("pool")), lowers: Some(lowers) };
+            let opts = UnpackOptions {
+                pool: Some(self.root.join("pool")),
+                lowers: Some(lowers),
+                diff_id_algorithm: diff_id.algorithm(),
+                limits: self.limits,
+            };
             let stats = unpack_layer(reader, &tmp.join("fs"), layer, &opts)?;
             let actual = stats.diff_id.clone().unwrap_or_else(|| diff_id.clone());
             if actual != *diff_id {

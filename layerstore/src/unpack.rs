@@ -41,6 +41,48 @@ pub struct UnpackOptions {
     /// The snapshots below this layer (top-most first). With them, whiteouts of names that nothing below
     /// shows are dropped, since overlayfs would list them as broken entries; without, all are kept.
     pub lowers: Option<Vec<PathBuf>>,
+    /// The algorithm of the diff ID computed (the config's: sha512 diff IDs are valid).
+    pub diff_id_algorithm: Algorithm,
+    /// Bounds on what one layer may hold.
+    pub limits: LayerLimits,
+}
+
+/// Bounds on one layer, so that a decompression bomb stops with an error instead of filling the
+/// disk: its uncompressed tar stream and its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerLimits {
+    /// The most bytes of uncompressed tar.
+    pub max_bytes: u64,
+    /// The most tar entries.
+    pub max_entries: u64,
+}
+
+impl Default for LayerLimits {
+    /// 64 GiB and 4 million entries: far above real layers (a full Debian is 0.2 GiB and 20 000
+    /// entries; the largest CUDA layers are near 10 GiB), far below a bomb's expansion.
+    fn default() -> Self {
+        LayerLimits { max_bytes: 64 << 30, max_entries: 4_000_000 }
+    }
+}
+
+/// Counts what passes and fails the read once more than `max` bytes did, marking `tripped`.
+struct Bounded<'a, R> {
+    inner: R,
+    read: u64,
+    max: u64,
+    tripped: &'a std::cell::Cell<bool>,
+}
+
+impl<R: Read> Read for Bounded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.max {
+            self.tripped.set(true);
+            return Err(io::Error::other("layer size limit"));
+        }
+        Ok(n)
+    }
 }
 
 /// What unpacking one layer did.
@@ -78,19 +120,38 @@ pub fn unpack_layer(tar: impl Read, root: &Path, layer: &Digest, opts: &UnpackOp
         dir_times: Vec::new(),
         whiteouts: Vec::new(),
     };
-    let mut reader = HashingReader::new(tar, Algorithm::Sha256);
-    {
-        let mut archive = tar::Archive::new(&mut reader);
-        let entries = archive.entries().map_err(|e| u.bad(None, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| u.bad(None, e))?;
-            u.stats.entries += 1;
-            u.entry(entry)?;
+    let tripped = std::cell::Cell::new(false);
+    let limits = opts.limits;
+    let too_many = |what, limit| Error::LayerLimit {
+        layer: layer.clone(),
+        what,
+        limit,
+        option: "--max-layer-bytes/--max-layer-entries",
+    };
+    let bounded = Bounded { inner: tar, read: 0, max: limits.max_bytes, tripped: &tripped };
+    let mut reader = HashingReader::new(bounded, opts.diff_id_algorithm);
+    let read = (|| {
+        {
+            let mut archive = tar::Archive::new(&mut reader);
+            let entries = archive.entries().map_err(|e| u.bad(None, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| u.bad(None, e))?;
+                u.stats.entries += 1;
+                if u.stats.entries > limits.max_entries {
+                    return Err(too_many("entries", limits.max_entries));
+                }
+                u.entry(entry)?;
+            }
         }
+        u.finish_whiteouts()?;
+        u.finish_dirs()?;
+        reader.finish().map_err(|e| u.bad(None, e))
+    })();
+    // an error the size bound caused, however the tar reader reported it
+    if tripped.get() {
+        return Err(too_many("bytes", limits.max_bytes));
     }
-    u.finish_whiteouts()?;
-    u.finish_dirs()?;
-    let (diff_id, _) = reader.finish().map_err(|e| u.bad(None, e))?;
+    let (diff_id, _) = read?;
     u.stats.diff_id = Some(diff_id);
     Ok(u.stats)
 }
@@ -205,19 +266,45 @@ impl Unpacker<'_> {
         let header = entry.header().clone();
         let kind = header.entry_type();
         let mode = header.mode().map_err(|e| self.bad(Some(&shown), e))? & 0o7777;
-        let uid = header.uid().map_err(|e| self.bad(Some(&shown), e))?;
-        let gid = header.gid().map_err(|e| self.bad(Some(&shown), e))?;
-        let mtime = header.mtime().map_err(|e| self.bad(Some(&shown), e))?;
-        let owner = (Uid::from_raw(uid as u32), Gid::from_raw(gid as u32));
+        // A PAX record replaces a header field (which may then be empty or garbage).
+        let (mut uid, mut gid, mut mtime) = (header.uid(), header.gid(), header.mtime());
+        // The content's size, a PAX `size` record's when there is one (Go's tar, so Docker and
+        // buildkit, write files of 8 GiB or more that way, with a raw header size of 0).
+        let size = entry.size();
         let mut xattrs = Vec::new();
         if let Some(exts) = entry.pax_extensions().map_err(|e| self.bad(Some(&shown), e))? {
             for ext in exts {
                 let ext = ext.map_err(|e| self.bad(Some(&shown), e))?;
-                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                let number = |what: &str| -> Result<u64> {
+                    let v = ext
+                        .value()
+                        .map_err(|e| self.bad(Some(&shown), io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                    // an mtime may have a fraction: whole seconds are what is kept
+                    v.split('.').next().unwrap_or("").parse().map_err(|_| {
+                        self.bad(Some(&shown), io::Error::new(io::ErrorKind::InvalidData, format!("PAX {what} {v:?}")))
+                    })
+                };
+                match ext.key_bytes() {
+                    b"uid" => uid = Ok(number("uid")?),
+                    b"gid" => gid = Ok(number("gid")?),
+                    b"mtime" => mtime = Ok(number("mtime")?),
+                    key => {
+                        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                            xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                        }
+                    }
                 }
             }
         }
+        let uid = uid.map_err(|e| self.bad(Some(&shown), e))?;
+        let gid = gid.map_err(|e| self.bad(Some(&shown), e))?;
+        let mtime = mtime.map_err(|e| self.bad(Some(&shown), e))?;
+        let id = |v: u64, what: &str| {
+            u32::try_from(v).map_err(|_| {
+                self.bad(Some(&shown), io::Error::new(io::ErrorKind::InvalidData, format!("{what} {v} out of range")))
+            })
+        };
+        let owner = (Uid::from_raw(id(uid, "uid")?), Gid::from_raw(id(gid, "gid")?));
         let link = entry.link_name_bytes().map(|l| l.into_owned());
 
         let Some(name) = path.name.clone() else {
@@ -243,7 +330,9 @@ impl Unpacker<'_> {
             if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 return Err(self.escape(&shown, "whiteout of an invalid name"));
             }
-            self.clear(&dir, OsStr::from_bytes(hidden), &path.parents, &shown)?;
+            // A whiteout hides what the layers below hold, never an entry of its own layer (the
+            // image spec's rule): one made earlier in this layer stays, and finish_whiteouts
+            // makes no whiteout where a name exists.
             let mut full = path.parents.clone();
             full.push(hidden.to_vec());
             self.whiteouts.push((full, shown));
@@ -282,12 +371,12 @@ impl Unpacker<'_> {
                 )
                 .map_err(|e| self.io("create", &shown, e))?;
                 let mut file = File::from(fd);
-                let mut hasher = Hasher::new(Algorithm::Sha256);
-                let size = copy_hashing(&mut entry, &mut file, &mut hasher).map_err(|e| match e {
+                let mut hasher = Hasher::new(Algorithm::Sha256); // the pool's names
+                let written = copy_hashing(&mut entry, &mut file, &mut hasher).map_err(|e| match e {
                     CopyError::Read(e) => self.bad(Some(&shown), e),
                     CopyError::Write(e) => self.io("write", &shown, e),
                 })?;
-                let expected = header.entry_size().map_err(|e| self.bad(Some(&shown), e))?;
+                let (size, expected) = (written, size);
                 if size != expected {
                     return Err(self.bad(
                         Some(&shown),

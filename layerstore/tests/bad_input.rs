@@ -165,3 +165,49 @@ fn full_disk_during_unpack() {
     assert_eq!(contents(&store), before);
     assert!(store.fsck(false).expect("fsck").is_clean());
 }
+
+#[test]
+fn a_blob_larger_than_its_descriptor() {
+    let err = check_rejected(|dir| {
+        layout_with(dir, vec![(busybox_layer(), Comp::Gzip)], |layout, w| {
+            let path = layout.join("blobs/sha256").join(w.layers[0].hex());
+            let mut data = fs::read(&path).expect("read");
+            data.extend_from_slice(&[0; 4096]);
+            fs::write(&path, data).expect("write");
+        })
+    });
+    assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("layer sha256:"), "{err}");
+}
+
+/// A decompression bomb, and a layer of too many entries, stop at the store's limits with one
+/// error naming the layer, and nothing of them stays.
+#[test]
+fn layers_above_the_store_limits() {
+    let (tmp, store) = store();
+    let store = store.with_layer_limits(layerstore::LayerLimits { max_bytes: 1 << 20, max_entries: 20 });
+    Image::new(vec![(Layer::new().file("good", b"good").tar(), Comp::Gzip)])
+        .write_layout(&tmp.path().join("good"), "good");
+    store.import(&tmp.path().join("good"), None).expect("good import");
+    let before = contents(&store);
+
+    // 8 MiB of zeros: a few KiB of gzip, 8 times the limit
+    let bomb = Layer::new().file("zeros", &vec![0u8; 8 << 20]).tar();
+    let layout = tmp.path().join("bomb");
+    let w = Image::new(vec![(bomb, Comp::Gzip)]).write_layout(&layout, "bomb");
+    let err = store.import(&layout, None).expect_err("bomb imported");
+    assert!(matches!(&err, Error::LayerLimit { what: "bytes", limit, .. } if *limit == 1 << 20), "{err}");
+    assert!(err.to_string().contains(&w.layers[0].to_string()), "{err}");
+    assert_eq!(contents(&store), before, "the bomb left something in the store");
+
+    let mut many = Layer::new();
+    for i in 0..30 {
+        many.file(&format!("f{i}"), b"x");
+    }
+    let layout = tmp.path().join("many");
+    Image::new(vec![(many.tar(), Comp::Gzip)]).write_layout(&layout, "many");
+    let err = store.import(&layout, None).expect_err("30 entries imported");
+    assert!(matches!(&err, Error::LayerLimit { what: "entries", limit: 20, .. }), "{err}");
+    assert_eq!(contents(&store), before, "the layer left something in the store");
+    assert!(store.fsck(false).expect("fsck").is_clean());
+}

@@ -76,15 +76,47 @@ fn fsck_detects_and_repairs_a_corrupted_blob() {
     assert!(store.fsck(false).expect("fsck").is_clean());
 }
 
+/// A deduplicated file changed behind the store's back: fsck names the pool file and each
+/// snapshot file, and --repair unpacks every affected snapshot again from its kept layer blob,
+/// after which the store is clean and the files are the layers' again. A snapshot whose blob was
+/// not kept is reported as not repaired, with the reason.
 #[test]
-fn fsck_detects_a_changed_deduplicated_file() {
+fn fsck_detects_and_repairs_a_changed_deduplicated_file() {
     let (tmp, store) = store();
     two_images(tmp.path(), &store);
-    let pool = store.root().join("pool");
-    let entry = fs::read_dir(&pool).expect("pool").next().expect("a pooled file").expect("entry").path();
-    fs::write(&entry, b"changed").expect("write");
+    let image = store.image("a").expect("a");
+    let snap = store.snapshot_path(&image.chain[0]).join("fs/bin/busybox");
+    let original = fs::read(&snap).expect("busybox");
+    fs::write(&snap, b"changed").expect("write");
     let report = store.fsck(false).expect("fsck");
     assert!(report.problems.iter().any(|p| matches!(p, FsckProblem::CorruptPoolFile { .. })), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| matches!(p, FsckProblem::SnapshotFile { path, .. } if path == "bin/busybox")),
+        "{:?}",
+        report.problems
+    );
+    let report = store.fsck(true).expect("fsck --repair");
+    assert!(report.unrepaired.is_empty(), "{:?}", report.unrepaired);
+    assert!(report.repaired >= 2, "pool file and snapshot: {}", report.repaired);
+    assert_eq!(fs::read(&snap).expect("busybox"), original, "the snapshot holds the layer's file again");
+    let after = store.fsck(false).expect("fsck");
+    assert!(after.is_clean(), "{:?}", after.problems);
+
+    // an image imported without its layer blobs cannot be repaired that way, and fsck says why
+    let (tmp2, lean) = common::store();
+    Image::new(vec![(busybox_layer(), Comp::Gzip)]).write_layout(&tmp2.path().join("l"), "lean");
+    lean.import_with(&tmp2.path().join("l"), None, layerstore::ImportOptions { drop_layer_blobs: true })
+        .expect("import without blobs");
+    let chain = lean.image("lean").expect("lean").chain[0].clone();
+    fs::write(lean.snapshot_path(&chain).join("fs/etc/group"), b"changed").expect("write");
+    let report = lean.fsck(true).expect("fsck --repair");
+    assert!(report.unrepaired.iter().any(|u| u.contains("not kept")), "{:?}", report.unrepaired);
+    let after = lean.fsck(false).expect("fsck");
+    assert!(
+        after.problems.iter().any(|p| p.to_string().contains("/etc/group")),
+        "still reported: {:?}",
+        after.problems
+    );
 }
 
 /// A reader that never ends, so the child is killed mid-ingest.
@@ -220,4 +252,24 @@ fn dropped_layer_blobs_free_the_disk_run_the_image_and_refuse_export() {
     store.export("a", &out).expect("export");
     assert!(out.join("blobs/sha256").join(a.layers[1].hex()).exists());
     assert!(store.fsck(false).expect("fsck").is_clean());
+}
+
+/// An interrupted pull's `.partial` download waits a day for the next pull to resume it; then
+/// `gc` collects it.
+#[test]
+fn gc_collects_partial_downloads_older_than_a_day() {
+    let (_tmp, store) = store();
+    let ingest = store.root().join("ingest");
+    let (old, fresh) = (
+        ingest.join(format!("pull-sha256-{}.partial", "a".repeat(64))),
+        ingest.join(format!("pull-sha256-{}.partial", "b".repeat(64))),
+    );
+    fs::write(&old, b"abandoned").expect("old");
+    fs::write(&fresh, b"resumable").expect("fresh");
+    let status = Command::new("touch").args(["-d", "2 days ago"]).arg(&old).status().expect("touch");
+    assert!(status.success());
+    let report = store.gc().expect("gc");
+    assert_eq!(report.temps, 1, "{report:?}");
+    assert!(!old.exists(), "the two-day-old download stayed");
+    assert!(fresh.exists(), "the fresh download went");
 }

@@ -17,6 +17,120 @@ fn app_layer(name: &str, size: usize) -> Vec<u8> {
     Layer::new().dir("app").file(&format!("app/{name}"), &data).file("etc/app.conf", name.as_bytes()).tar()
 }
 
+/// The store and its pool are private to root: another user can neither list the pool (whose
+/// names tell every setuid binary of every image) nor reach an image's files; an existing store
+/// with looser modes is tightened on open. A container still reads its files as any user (the
+/// runtime mounts its root file system).
+#[test]
+fn the_store_and_its_pool_are_private_to_root() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let (tmp, store) = store();
+    // the temp directory itself is 0700: open it so that only the store's modes stand in the way
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod tmp");
+    let layout = tmp.path().join("layout");
+    Image::new(vec![(busybox_layer(), Comp::Gzip)]).write_layout(&layout, "busybox:latest");
+    store.import(&layout, None).expect("import");
+    for dir in [store.root().to_path_buf(), store.root().join("pool")] {
+        assert_eq!(fs::metadata(&dir).expect("stat").mode() & 0o777, 0o700, "{}", dir.display());
+    }
+    let as_nobody = |path: &std::path::Path| {
+        Command::new("ls").arg(path).uid(65534).gid(65534).output().expect("ls as nobody").status.success()
+    };
+    assert!(Command::new("ls").arg(store.root().join("pool")).status().expect("ls").success());
+    assert!(!as_nobody(&store.root().join("pool")), "nobody lists the pool");
+    assert!(!as_nobody(&store.root().join("snapshots")), "nobody reaches the snapshots");
+    assert!(as_nobody(tmp.path()), "the test's own directory is open (the check above means something)");
+
+    fs::set_permissions(store.root(), fs::Permissions::from_mode(0o755)).expect("loosen");
+    fs::set_permissions(store.root().join("pool"), fs::Permissions::from_mode(0o755)).expect("loosen");
+    let reopened = Store::open(store.root()).expect("reopen");
+    assert_eq!(fs::metadata(reopened.root()).expect("stat").mode() & 0o777, 0o700);
+    assert_eq!(fs::metadata(reopened.root().join("pool")).expect("stat").mode() & 0o777, 0o700);
+
+    // a container's processes still read the image's files as another user
+    let rootfs = Rootfs::new(&store, "c-private", "busybox:latest");
+    let out = Command::new("chroot")
+        .arg("--userspec=65534:65534")
+        .arg(&rootfs.path)
+        .args(["/bin/sh", "-c", "cat /etc/group"])
+        .output()
+        .expect("chroot");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nogroup"));
+}
+
+/// A config may give sha512 diff IDs (the image spec allows them): the layer is checked against
+/// the digest of that algorithm.
+#[test]
+fn sha512_diff_ids_are_checked_with_sha512() {
+    let (tmp, store) = store();
+    let tar = Layer::new().file("hello", b"sha512").tar();
+    let mut image = Image::new(vec![(tar.clone(), Comp::Gzip)]);
+    image.diff_ids = Some(vec![Digest::of(layerstore::Algorithm::Sha512, &tar)]);
+    image.write_layout(&tmp.path().join("layout"), "sha512:latest");
+    store.import(&tmp.path().join("layout"), None).expect("import with a sha512 diff ID");
+    let rootfs = Rootfs::new(&store, "c512", "sha512:latest");
+    assert_eq!(fs::read(rootfs.path.join("hello")).expect("hello"), b"sha512");
+    drop(rootfs);
+
+    let mut wrong = Image::new(vec![(tar.clone(), Comp::Gzip)]);
+    wrong.diff_ids = Some(vec![Digest::of(layerstore::Algorithm::Sha512, b"other")]);
+    wrong.write_layout(&tmp.path().join("wrong"), "wrong:latest");
+    let err = store.import(&tmp.path().join("wrong"), None).expect_err("a wrong sha512 diff ID");
+    assert!(err.to_string().contains("sha512:"), "{err}");
+}
+
+/// The identity model: identical files of different images are one pooled inode on disk, but a
+/// container never writes to it: overlayfs copies a file up before its content or metadata
+/// changes, so a write in one container is seen neither by another container nor by any image.
+/// fsck then checks every pooled file of every snapshot (content and metadata) and finds a change
+/// made behind the store's back.
+#[test]
+fn a_write_to_a_deduplicated_file_stays_in_its_container_and_fsck_checks_snapshots() {
+    use std::os::unix::fs::PermissionsExt;
+    let (tmp, store) = store();
+    for (name, extra) in [("one", "1"), ("two", "2")] {
+        let app = Layer::new().file("shared", b"the same bytes").file("own", extra.as_bytes()).tar();
+        Image::new(vec![(busybox_layer(), Comp::Gzip), (app, Comp::Gzip)])
+            .write_layout(&tmp.path().join(name), &format!("{name}:latest"));
+        store.import(&tmp.path().join(name), None).expect("import");
+    }
+    let (one, two) = (store.image("one:latest").expect("one"), store.image("two:latest").expect("two"));
+    let snap = |r: &layerstore::ImageRecord| store.snapshot_path(r.chain.last().expect("chain")).join("fs/shared");
+    let (ino_one, ino_two) =
+        (fs::metadata(snap(&one)).expect("one").ino(), fs::metadata(snap(&two)).expect("two").ino());
+    assert_eq!(ino_one, ino_two, "the file is deduplicated (one inode in both snapshots)");
+
+    let a = Rootfs::new(&store, "iso-a", "one:latest");
+    let b = Rootfs::new(&store, "iso-b", "two:latest");
+    let c = Rootfs::new(&store, "iso-c", "one:latest");
+    fs::write(a.path.join("shared"), "written in a").expect("write in a");
+    fs::set_permissions(a.path.join("shared"), fs::Permissions::from_mode(0o600)).expect("chmod in a");
+    fs::write(a.path.join("bin/sh"), "clobbered").expect("write busybox in a");
+    for other in [&b, &c] {
+        assert_eq!(fs::read(other.path.join("shared")).expect("read"), b"the same bytes");
+        assert_eq!(fs::metadata(other.path.join("shared")).expect("stat").mode() & 0o777, 0o644);
+        assert_ne!(fs::read(other.path.join("bin/sh")).expect("busybox"), b"clobbered");
+    }
+    assert_eq!(fs::read(snap(&one)).expect("snapshot"), b"the same bytes");
+    assert_eq!(fs::metadata(snap(&one)).expect("snapshot").ino(), ino_one, "the snapshot still links the pool");
+    drop((a, b, c));
+    let report = store.fsck(false).expect("fsck");
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert!(report.files_checked > 2, "fsck checked {} snapshot files", report.files_checked);
+
+    // behind the store's back: the pooled inode changed (both images see it), a mode changed
+    fs::write(snap(&one), "tampered").expect("tamper");
+    let own = store.snapshot_path(one.chain.last().expect("chain")).join("fs/own");
+    fs::set_permissions(&own, fs::Permissions::from_mode(0o4755)).expect("chmod");
+    let report = store.fsck(false).expect("fsck");
+    let shown: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert!(shown.iter().any(|p| p.contains("pool file") && p.contains("content hash")), "{shown:?}");
+    assert_eq!(shown.iter().filter(|p| p.contains("/shared: its content")).count(), 2, "{shown:?}");
+    assert!(shown.iter().any(|p| p.contains("/own: its mode, owner or mtime changed")), "{shown:?}");
+}
+
 #[test]
 fn oci_layout_with_gzip_busybox_imports_and_runs_in_overlay() {
     let (tmp, store) = store();

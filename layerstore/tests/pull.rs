@@ -335,3 +335,83 @@ fn token_auth_index_and_resumed_download_against_an_in_memory_registry() {
     let err = store.pull(&missing, &opts, &NoProgress).expect_err("missing digest pulled");
     assert!(err.to_string().contains(&missing) && err.to_string().contains("HTTP 404"), "{err}");
 }
+
+/// A hostile registry: the manifest and config as they should be, and a layer blob whose body
+/// never ends (no length, then zeros until the client hangs up) or ends short. The pull stops
+/// at the descriptor's size with one error naming the layer, and keeps nothing, not even a
+/// partial download.
+#[test]
+fn a_registry_sending_more_or_less_than_the_descriptor_is_cut_off_and_nothing_kept() {
+    let (tmp, store) = store();
+    let (_layout, w) = busybox_image(tmp.path());
+    for endless in [true, false] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let blobs: BTreeMap<String, Vec<u8>> = w.blobs.iter().map(|(d, b)| (d.to_string(), b.clone())).collect();
+        let (manifest, layer) = (w.manifest_bytes.clone(), w.layers[1].to_string());
+        let served_layer = layer.clone();
+        let server = std::thread::spawn(move || {
+            let layer = served_layer;
+            let mut sent = 0u64;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+                if path == "/quit" {
+                    return sent;
+                }
+                if path.contains("/manifests/") {
+                    let ct = "application/vnd.oci.image.manifest.v1+json".to_string();
+                    let _ = respond(stream, "200 OK", &[("Content-Type", ct)], &manifest);
+                } else if path.ends_with(&layer) {
+                    let data = &blobs[&layer];
+                    if endless {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                        let chunk = vec![0u8; 64 << 10];
+                        while stream.write_all(&chunk).is_ok() {
+                            sent += chunk.len() as u64;
+                        }
+                    } else {
+                        let _ = respond(stream, "200 OK", &[], &data[..data.len() / 2]);
+                    }
+                } else if let Some(data) = path.rsplit('/').next().and_then(|d| blobs.get(d)) {
+                    let _ = respond(stream, "200 OK", &[], data);
+                } else {
+                    let _ = respond(stream, "200 OK", &[], b"{}");
+                }
+            }
+            sent
+        });
+        let reference = format!("127.0.0.1:{port}/app:latest");
+        let err = store.pull(&reference, &PullOptions::default(), &NoProgress).expect_err("hostile blob pulled");
+        let mut quit = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        quit.write_all(b"GET /quit HTTP/1.1\r\n\r\n").expect("quit");
+        let msg = err.to_string();
+        assert!(msg.contains(&layer), "{msg}");
+        if endless {
+            assert!(msg.contains("sent more than"), "{msg}");
+            let sent = server.join().expect("server");
+            // cut off at the first read past the size, not after the whole stream
+            assert!(sent < 64 << 20, "the client read {sent} bytes of an endless body");
+        } else {
+            assert!(msg.contains("ended after"), "{msg}");
+            server.join().expect("server");
+        }
+        // a short body may be resumed by the next pull: its partial file is the only thing kept
+        let left: Vec<_> =
+            contents(&store).into_iter().filter(|p| !p.to_string_lossy().ends_with(".partial")).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        if endless {
+            assert!(contents(&store).is_empty(), "an endless body left {:?}", contents(&store));
+        }
+    }
+    assert_fsck_clean(&store);
+}

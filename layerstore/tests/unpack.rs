@@ -36,6 +36,72 @@ fn whiteouts_become_overlay_char_devices_and_opaque_xattrs() {
     assert!(!root.join("etc/.wh.gone").exists());
 }
 
+/// The image spec: a whiteout hides what the layers below hold, never an entry of its own layer,
+/// whether that entry comes before the whiteout in the tar or after it.
+#[test]
+fn a_whiteout_never_hides_an_entry_of_its_own_layer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let tar = Layer::new()
+        .file("before", b"kept")
+        .whiteout("", "before")
+        .whiteout("", "after")
+        .file("after", b"also kept")
+        .dir("d")
+        .file("d/x", b"x")
+        .whiteout("", "d")
+        .whiteout("", "lower")
+        .tar();
+    unpack(&tar, &root).expect("unpack");
+    assert_eq!(fs::read(root.join("before")).expect("before"), b"kept");
+    assert_eq!(fs::read(root.join("after")).expect("after"), b"also kept");
+    assert_eq!(fs::read(root.join("d/x")).expect("d/x"), b"x");
+    // a name of the layers below still gets its whiteout
+    assert!(fs::symlink_metadata(root.join("lower")).expect("whiteout").file_type().is_char_device());
+}
+
+/// Go's tar (Docker, buildkit) writes what does not fit the header in PAX records: a file's size
+/// (from 8 GiB; the header's field is then 0), large owner ids and fractional mtimes.
+#[test]
+fn pax_sizes_owners_and_mtimes_are_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let data = b"pax-sized content";
+    let mut b = tar::Builder::new(Vec::new());
+    let size = data.len().to_string();
+    b.append_pax_extensions([
+        ("size", size.as_bytes()),
+        ("uid", b"3000000".as_slice()),
+        ("gid", b"3000001".as_slice()),
+        ("mtime", b"1700000123.75".as_slice()),
+    ])
+    .expect("pax header");
+    let mut h = tar::Header::new_ustar();
+    h.set_path("big").expect("path");
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o640);
+    h.set_size(0); // the size is the PAX record's
+    // garbage where the PAX records stand in
+    h.as_old_mut().uid = *b"xxxxxxx\0";
+    h.as_old_mut().mtime = *b"yyyyyyyyyyy\0";
+    h.set_cksum();
+    b.append(&h, data.as_slice()).expect("entry");
+    let mut next = tar::Header::new_gnu();
+    next.set_size(10);
+    next.set_mode(0o644);
+    next.set_entry_type(tar::EntryType::Regular);
+    next.set_uid(0);
+    next.set_gid(0);
+    next.set_mtime(MTIME);
+    b.append_data(&mut next, "after", b"next entry".as_slice()).expect("next");
+    let tar = b.into_inner().expect("tar");
+    unpack(&tar, &root).expect("unpack");
+    let m = fs::metadata(root.join("big")).expect("big");
+    assert_eq!(fs::read(root.join("big")).expect("read"), data);
+    assert_eq!((m.uid(), m.gid(), m.mtime()), (3_000_000, 3_000_001, 1_700_000_123));
+    assert_eq!(fs::read(root.join("after")).expect("after"), b"next entry", "the stream stays in step");
+}
+
 #[test]
 fn owners_modes_xattrs_mtimes_hardlinks_and_devices_are_kept() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -243,8 +243,7 @@ pub fn send_listener(chan: &Channel, listener: Option<OwnedFd>) -> Result<()> {
 /// holds can never become its working directory. Then checks that the directory is reachable
 /// from the root, which the kernel marks otherwise.
 pub fn chdir_in_root(cwd: &Path) -> Result<()> {
-    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-    const RESOLVE_IN_ROOT: u64 = 0x10;
+    use crate::sys::{RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS};
     let rel = cwd.strip_prefix("/").unwrap_or(cwd);
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let root = sys::openat2(libc::AT_FDCWD, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0, 0)

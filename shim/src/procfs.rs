@@ -19,10 +19,7 @@ use std::path::Path;
 
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const PROC_ROOT_INO: u64 = 1;
-const RESOLVE_NO_XDEV: u64 = 0x01;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
+use crate::sys::{RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV};
 
 /// A verified procfs root.
 #[derive(Debug)]

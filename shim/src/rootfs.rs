@@ -253,8 +253,7 @@ pub fn root_propagation(value: Option<&str>) -> Result<MsFlags> {
     })
 }
 
-const RESOLVE_IN_ROOT: u64 = 0x10;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+use crate::sys::{RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS};
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))

@@ -84,6 +84,49 @@ pub fn fork_into_cgroup(cgroup: std::os::fd::BorrowedFd<'_>) -> nix::Result<Opti
     }
 }
 
+/// `RESOLVE_NO_XDEV`: no crossing into another mount while resolving.
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
+/// `RESOLVE_NO_MAGICLINKS`: no `/proc/*/fd`-style links while resolving.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// `RESOLVE_NO_SYMLINKS`: no symlink at all while resolving.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// `RESOLVE_BENEATH`: the path must stay below the directory (no absolute paths, no `..` above).
+pub const RESOLVE_BENEATH: u64 = 0x08;
+/// `RESOLVE_IN_ROOT`: resolve as if the directory were `/` (`..` and absolute links stay in it).
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// Reads the regular file `rel` inside the directory `root` as if `root` were `/` (a symlink,
+/// even an absolute one or one through `..`, never leaves it; no magic links), refusing
+/// anything but a regular file (a FIFO, a device, a directory) and a file over `limit` bytes:
+/// for files of an untrusted tree, such as an image's `/etc/passwd`.
+pub fn read_in_root(root: &Path, rel: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let dir = openat2(libc::AT_FDCWD, root, libc::O_PATH | libc::O_DIRECTORY, 0, 0)?;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer
+    let fd = openat2(
+        dir.as_raw_fd(),
+        rel,
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        0,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    )?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(invalid(format!("/{} is not a regular file", rel.display())));
+    }
+    if meta.len() > limit {
+        return Err(invalid(format!("/{} is larger than {limit} bytes", rel.display())));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(invalid(format!("/{} is larger than {limit} bytes", rel.display())));
+    }
+    Ok(bytes)
+}
+
 /// `openat2(dirfd, path, flags, mode, resolve)`.
 pub fn openat2(dirfd: RawFd, path: &Path, flags: i32, mode: u32, resolve: u64) -> nix::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
@@ -509,4 +552,42 @@ pub fn fs_magic(fd: &impl AsRawFd) -> nix::Result<u64> {
     // SAFETY: fstatfs succeeded, so it initialised the struct. f_type is signed in glibc and
     // unsigned in musl: compared as u64.
     Ok(unsafe { st.assume_init() }.f_type as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image's file is read inside its root: a link out of it (absolute or through `..`)
+    /// lands inside, and a FIFO, a device, a directory or an oversized file is refused at once.
+    #[test]
+    fn read_in_root_stays_in_the_root_and_reads_only_small_regular_files() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::write(r.join("etc/group"), "root:x:0:\n").unwrap();
+        assert_eq!(read_in_root(r, Path::new("etc/group"), 100).unwrap(), b"root:x:0:\n");
+
+        // a host file the link names is looked for inside the root instead
+        std::os::unix::fs::symlink("/etc/hostname", r.join("etc/passwd")).unwrap();
+        let e = read_in_root(r, Path::new("etc/passwd"), 100).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        std::fs::remove_file(r.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/group", r.join("etc/passwd")).unwrap();
+        assert_eq!(read_in_root(r, Path::new("etc/passwd"), 100).unwrap(), b"root:x:0:\n", "`..` stops at the root");
+
+        std::fs::remove_file(r.join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(&r.join("etc/passwd"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = read_in_root(r, Path::new("etc/passwd"), 100).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+
+        std::fs::remove_file(r.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", r.join("etc/passwd")).unwrap();
+        assert!(read_in_root(r, Path::new("etc/passwd"), 100).is_err(), "/dev/zero of the host");
+
+        std::fs::write(r.join("etc/big"), vec![b'x'; 101]).unwrap();
+        let e = read_in_root(r, Path::new("etc/big"), 100).unwrap_err();
+        assert!(e.to_string().contains("larger than 100 bytes"), "{e}");
+        assert!(read_in_root(r, Path::new("etc"), 100).unwrap_err().to_string().contains("not a regular file"));
+    }
 }

@@ -15,29 +15,40 @@ use serde_json::json;
 
 /// Writes an OCI layout at `dir` with one uncompressed layer holding the busybox tree.
 fn busybox_layout(dir: &Path) {
+    busybox_layout_with(dir, "user", None);
+}
+
+/// [`busybox_layout`] with the config's `User`, and a second layer `top` over the busybox one.
+fn busybox_layout_with(dir: &Path, user: &str, top: Option<Vec<u8>>) {
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     tar.append_dir_all(".", busybox_rootfs()).expect("pack rootfs");
-    let layer = tar.into_inner().expect("finish tar");
-    let layer_digest = Digest::of(Algorithm::Sha256, &layer);
+    let mut layers = vec![tar.into_inner().expect("finish tar")];
+    layers.extend(top);
+    let digests: Vec<Digest> = layers.iter().map(|l| Digest::of(Algorithm::Sha256, l)).collect();
     let config = serde_json::to_vec(&json!({
         "architecture": layerstore::host_arch(), "os": "linux",
         "config": {"Cmd": ["sh", "-c", "echo $GREETING from $(pwd) as $(id -u)"], "Env": ["GREETING=hello", "PATH=/bin"],
-                   "WorkingDir": "/tmp", "User": "user"},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest.to_string()]},
+                   "WorkingDir": "/tmp", "User": user},
+        "rootfs": {"type": "layers", "diff_ids": digests.iter().map(Digest::to_string).collect::<Vec<_>>()},
     }))
     .expect("json");
     let config_digest = Digest::of(Algorithm::Sha256, &config);
+    let descs: Vec<_> = layers
+        .iter()
+        .zip(&digests)
+        .map(|(l, d)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": l.len()}))
+        .collect();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest.to_string(), "size": layer.len()}],
+        "layers": descs,
     }))
     .expect("json");
     let manifest_digest = Digest::of(Algorithm::Sha256, &manifest);
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).expect("mkdir");
-    for (d, data) in [(&layer_digest, &layer), (&config_digest, &config), (&manifest_digest, &manifest)] {
+    for (d, data) in digests.iter().zip(&layers).chain([(&config_digest, &config), (&manifest_digest, &manifest)]) {
         std::fs::write(blobs.join(d.hex()), data).expect("write blob");
     }
     let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -133,4 +144,71 @@ fn import_with_dropped_blobs_runs_and_export_refuses_in_one_line() {
     assert!(!dest.join("index.json").exists());
     let (success, out, _) = strata(&state, &store, &["fsck"]);
     assert!(success && out.contains("0 problems"), "{out}");
+}
+
+/// An image's `/etc/passwd` is read inside its root: a link to a host file finds the image's own
+/// (here, none), and a FIFO or a device is refused at once instead of hanging `strata run`.
+#[test]
+fn image_user_lookup_stays_inside_the_image() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host_passwd = tmp.path().join("host-passwd");
+    std::fs::write(&host_passwd, "hostuser:x:4242:4242::/:/bin/sh\n").expect("host file");
+    let link = |target: &str| {
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        t.append_link(&mut h, "etc/passwd", target).expect("symlink");
+        t.into_inner().expect("tar")
+    };
+    let fifo = {
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Fifo);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        t.append_data(&mut h, "etc/passwd", std::io::empty()).expect("fifo");
+        t.into_inner().expect("tar")
+    };
+    for (case, layer, expected) in [
+        ("host-link", link(host_passwd.to_str().expect("utf8")), "is not in /etc/passwd"),
+        ("dev-zero", link("/dev/zero"), "is not in /etc/passwd"),
+        ("fifo", fifo, "not a regular file"),
+    ] {
+        let dir = tmp.path().join(case);
+        let (state, store) = (dir.join("state"), dir.join("store"));
+        busybox_layout_with(&dir.join("layout"), "hostuser", Some(layer));
+        let (ok, out, err) = strata(&state, &store, &["image", "import", dir.join("layout").to_str().expect("utf8")]);
+        assert!(ok, "{out}{err}");
+        let started = std::time::Instant::now();
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(strata_bin())
+            .arg("--root")
+            .arg(&state)
+            .args(["image", "--store"])
+            .arg(&store)
+            .args(["run", "bb", "id", "-u"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run strata");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: ran as {}", String::from_utf8_lossy(&out.stdout));
+        assert!(err.contains(expected), "{case}: {err}");
+        assert!(!err.contains("4242"), "{case}: the host's file was read: {err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{case}: took {:?}", started.elapsed());
+        assert_eq!(
+            std::fs::read_dir(store.join("containers")).expect("dir").count(),
+            0,
+            "{case}: a root file system was left"
+        );
+    }
 }

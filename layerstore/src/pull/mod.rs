@@ -104,7 +104,7 @@ impl Store {
             let digest: Digest = l.digest().to_string().parse()?;
             // An unknown layer type fails before anything is downloaded.
             Compression::of_media_type(l.media_type().as_ref(), &digest)?;
-            layers.push(LayerDesc { digest: digest.clone(), media_type: l.media_type().to_string() });
+            layers.push(LayerDesc { digest: digest.clone(), media_type: l.media_type().to_string(), size: l.size() });
             wanted.push(Wanted { digest: digest.clone(), size: l.size(), what: format!("layer {digest}") });
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -112,7 +112,9 @@ impl Store {
         let total = wanted.len();
         wanted.retain(|w| !self.blobs.contains(&w.digest));
         let blobs_present = total - wanted.len();
-        let image = SourceImage { name: None, manifest, manifest_digest, config, layers, files: Vec::new() };
+        let config_size = parsed_manifest.config().size();
+        let image =
+            SourceImage { name: None, manifest, manifest_digest, config, config_size, layers, files: Vec::new() };
         let name = opts.name.clone().unwrap_or_else(|| reference.to_string());
 
         let created = Mutex::new(Created::default());
@@ -200,9 +202,9 @@ impl Store {
         if have < w.size || w.size == 0 {
             let mut reply = client.get(&url, None, (have > 0).then_some(have))?;
             let status = reply.status().as_u16();
-            let mut file = match status {
-                206 => OpenOptions::new().append(true).open(&partial).map_err(Error::io("open", &partial))?,
-                200 => File::create(&partial).map_err(Error::io("create", &partial))?,
+            let (mut file, mut written) = match status {
+                206 => (OpenOptions::new().append(true).open(&partial).map_err(Error::io("open", &partial))?, have),
+                200 => (File::create(&partial).map_err(Error::io("create", &partial))?, 0),
                 416 => {
                     // What we have is no prefix the registry recognizes: start over on the next pull.
                     let _ = fs::remove_file(&partial);
@@ -217,6 +219,8 @@ impl Store {
                 }
                 _ => return Err(client.error(&url, Some(status), format!("fetching {} failed", w.what))),
             };
+            // The descriptor's size bounds the body: a registry that sends more (an endless
+            // body) is cut off at the first byte too many, and nothing of it is kept.
             let mut body = reply.body_mut().with_config().limit(u64::MAX).reader();
             let mut buf = vec![0u8; 128 * 1024];
             loop {
@@ -233,11 +237,28 @@ impl Store {
                         ));
                     }
                 };
+                written += n as u64;
+                if written > w.size {
+                    drop(file);
+                    let _ = fs::remove_file(&partial);
+                    return Err(client.error(
+                        &url,
+                        Some(status),
+                        format!("the registry sent more than the {} bytes the descriptor of {} gives", w.size, w.what),
+                    ));
+                }
                 file.write_all(&buf[..n]).map_err(Error::io("write", &partial))?;
                 bytes.fetch_add(n as u64, Ordering::Relaxed);
                 progress.advanced(&w.digest, n as u64);
             }
             file.sync_all().map_err(Error::io("fsync", &partial))?;
+            if written < w.size {
+                return Err(client.error(
+                    &url,
+                    Some(status),
+                    format!("{} ended after {written} of {} bytes; pull again to resume", w.what, w.size),
+                ));
+            }
         }
         let file = File::open(&partial).map_err(Error::io("open", &partial))?;
         let result = self.blobs.ingest(file, Some(&w.digest), &format!("{} from {url}", w.what));

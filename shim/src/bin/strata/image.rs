@@ -19,11 +19,20 @@ pub struct StoreArg {
     /// Directory of the image store.
     #[arg(long, global = true, default_value = DEFAULT_STORE, env = "STRATA_STORE")]
     pub store: PathBuf,
+    /// The most uncompressed bytes one layer may hold (a decompression bomb stops there).
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = layerstore::LayerLimits::default().max_bytes)]
+    pub max_layer_bytes: u64,
+    /// The most entries (files, directories, links) one layer may hold.
+    #[arg(long, global = true, value_name = "N", default_value_t = layerstore::LayerLimits::default().max_entries)]
+    pub max_layer_entries: u64,
 }
 
 impl StoreArg {
     fn open(&self) -> Result<Store> {
-        Store::open(&self.store).with_context(|| format!("opening the image store {}", self.store.display()))
+        let store =
+            Store::open(&self.store).with_context(|| format!("opening the image store {}", self.store.display()))?;
+        let limits = layerstore::LayerLimits { max_bytes: self.max_layer_bytes, max_entries: self.max_layer_entries };
+        Ok(store.with_layer_limits(limits))
     }
 }
 
@@ -282,31 +291,56 @@ pub fn gc(state_root: &Path, args: &GcArgs) -> Result<i32> {
 
 /// `strata fsck`: exit status 1 when something is wrong (and not repaired).
 pub fn fsck(args: &FsckArgs) -> Result<i32> {
-    let r = args.store.open()?.fsck(args.repair)?;
+    let store = args.store.open()?;
+    let r = store.fsck(args.repair)?;
     for p in &r.problems {
         println!("{p}");
     }
+    for why in &r.unrepaired {
+        println!("not repaired: {why}");
+    }
     println!(
-        "fsck: {} blobs, {} snapshots, {} pooled files checked; {} problems, {} repaired",
+        "fsck: {} blobs, {} snapshots ({} files through the pool, {} outside it), {} pooled files checked; {} problems, {} repaired",
         r.blobs_checked,
         r.snapshots_checked,
+        r.files_checked,
+        r.files_unverified,
         r.pool_checked,
         r.problems.len(),
         r.repaired
     );
-    Ok(if r.problems.len() > r.repaired { 1 } else { 0 })
+    if !args.repair {
+        return Ok(if r.is_clean() { 0 } else { 1 });
+    }
+    // The exit status after a repair says whether the store is now clean.
+    let after = store.fsck(false)?;
+    for p in &after.problems {
+        println!("still: {p}");
+    }
+    Ok(if after.is_clean() { 0 } else { 1 })
 }
 
-/// Looks `name` up in the image's `/etc/passwd` or `/etc/group` (field 3 is the id, 4 the primary group).
-fn lookup(rootfs: &Path, file: &str, name: &str) -> Option<(u32, Option<u32>)> {
-    let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
-    text.lines().find_map(|l| {
+/// The largest `/etc/passwd` or `/etc/group` read from an image.
+const ACCOUNT_FILE_LIMIT: u64 = 4 << 20;
+
+/// Looks `name` up in the image's `/etc/passwd` or `/etc/group` (field 3 is the id, 4 the
+/// primary group). The file is the image's own: resolved inside the root file system (a link to
+/// a host file stays inside it), a regular file of at most [`ACCOUNT_FILE_LIMIT`] bytes; a
+/// missing one has no names, anything else is an error.
+fn lookup(rootfs: &Path, file: &str, name: &str) -> Result<Option<(u32, Option<u32>)>> {
+    let bytes = match engine::sys::read_in_root(rootfs, Path::new(file), ACCOUNT_FILE_LIMIT) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => bail!("the image's /{file}: {e}"),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         if f.first() != Some(&name) {
             return None;
         }
         Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|g| g.parse().ok())))
-    })
+    }))
 }
 
 /// The image's `User` (`uid`, `name`, `uid:gid`, `name:group`) as ids, names resolved in the image.
@@ -319,14 +353,16 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32)> {
         None => (user, None),
     };
     let (uid, primary) = match u.parse::<u32>() {
-        Ok(uid) => (uid, lookup(rootfs, "etc/passwd", u).and_then(|(_, g)| g)),
-        Err(_) => lookup(rootfs, "etc/passwd", u).with_context(|| format!("image user {u:?} is not in /etc/passwd"))?,
+        Ok(uid) => (uid, lookup(rootfs, "etc/passwd", u)?.and_then(|(_, g)| g)),
+        Err(_) => {
+            lookup(rootfs, "etc/passwd", u)?.with_context(|| format!("image user {u:?} is not in /etc/passwd"))?
+        }
     };
     let gid = match g {
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => {
-                lookup(rootfs, "etc/group", g).with_context(|| format!("image group {g:?} is not in /etc/group"))?.0
+                lookup(rootfs, "etc/group", g)?.with_context(|| format!("image group {g:?} is not in /etc/group"))?.0
             }
         },
         None => primary.unwrap_or(0),
