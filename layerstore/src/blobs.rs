@@ -180,18 +180,28 @@ impl BlobStore {
             let entry = entry.map_err(Error::io("read directory", &self.ingest))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             // A pull's `.partial` download is kept for the next pull to resume, until it is
-            // a day old: an abandoned pull's then goes.
-            let stale = name.ends_with(".partial")
+            // a day old: an abandoned pull's then goes (and so does a lease nothing uses).
+            let stale = (name.ends_with(".partial")
+                || (name.ends_with(".lease") && !self.ingest.join(name.replace(".lease", ".partial")).exists()))
                 && entry
                     .metadata()
                     .ok()
                     .and_then(|m| m.modified().ok())
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > PARTIAL_KEPT_FOR);
-            if name.starts_with("blob-") || stale {
+            if name.starts_with("blob-") || (stale && name.ends_with(".partial")) {
                 n += 1;
             }
-            if name.starts_with("blob-") || name.ends_with(".lock") || stale {
+            // A pull's lease on a blob goes once the blob is stored and nothing of its download
+            // is left (a pull that then finds the lease gone also finds the blob stored).
+            let done_lease = name
+                .strip_suffix(".lease")
+                .and_then(|n| n.strip_prefix("pull-"))
+                .and_then(|n| n.replacen('-', ":", 1).parse::<Digest>().ok())
+                .is_some_and(|d| {
+                    self.contains(&d) && !self.ingest.join(format!("{}.partial", &name[..name.len() - 6])).exists()
+                });
+            if name.starts_with("blob-") || name.ends_with(".lock") || stale || done_lease {
                 let _ = fs::remove_file(entry.path());
             }
         }

@@ -336,7 +336,8 @@ impl Store {
                 let path = entry.map_err(Error::io("read directory", &dir))?.path();
                 // A `.partial` file is an interrupted pull's download, kept so the next pull resumes it.
                 let name = path.to_string_lossy();
-                if !name.ends_with(".lock") && !name.ends_with(".partial") {
+                // A `.lease` is the lock of a pull's download of one blob.
+                if !name.ends_with(".lock") && !name.ends_with(".partial") && !name.ends_with(".lease") {
                     strays.push(path);
                 }
             }

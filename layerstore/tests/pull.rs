@@ -187,6 +187,8 @@ struct Seen {
     token_auth: Vec<Option<String>>,
     ranges: Vec<(String, String)>,
     unauthorized: usize,
+    /// Blob GETs answered, by digest.
+    blob_gets: BTreeMap<String, usize>,
 }
 
 /// A registry thread serving blobs and manifests from memory, behind a Bearer token that needs the
@@ -271,6 +273,7 @@ fn serve(
         return respond(stream, "404 Not Found", &[], b"{}");
     };
     let digest = path.rsplit('/').next().unwrap_or_default().to_string();
+    *seen.blob_gets.entry(digest.clone()).or_default() += 1;
     match headers.get("range").and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')) {
         Some(from) => {
             seen.ranges.push((digest, from.to_string()));
@@ -338,8 +341,8 @@ fn token_auth_index_and_resumed_download_against_an_in_memory_registry() {
 
 /// A hostile registry: the manifest and config as they should be, and a layer blob whose body
 /// never ends (no length, then zeros until the client hangs up) or ends short. The pull stops
-/// at the descriptor's size with one error naming the layer, and keeps nothing, not even a
-/// partial download.
+/// at the descriptor's size with one error naming the layer and stores nothing; of the endless
+/// body not a byte is kept (the other downloads are, for the next pull).
 #[test]
 fn a_registry_sending_more_or_less_than_the_descriptor_is_cut_off_and_nothing_kept() {
     let (tmp, store) = store();
@@ -405,13 +408,130 @@ fn a_registry_sending_more_or_less_than_the_descriptor_is_cut_off_and_nothing_ke
             assert!(msg.contains("ended after"), "{msg}");
             server.join().expect("server");
         }
-        // a short body may be resumed by the next pull: its partial file is the only thing kept
+        // nothing stored; downloads kept for the next pull to resume or reuse (verified when
+        // committed), but none of the endless body
         let left: Vec<_> =
             contents(&store).into_iter().filter(|p| !p.to_string_lossy().ends_with(".partial")).collect();
         assert!(left.is_empty(), "left behind: {left:?}");
         if endless {
-            assert!(contents(&store).is_empty(), "an endless body left {:?}", contents(&store));
+            let hex = layer.trim_start_matches("sha256:").to_string();
+            let kept = contents(&store);
+            assert!(!kept.iter().any(|p| p.to_string_lossy().contains(&hex)), "the endless body was kept: {kept:?}");
         }
     }
+    assert_fsck_clean(&store);
+}
+
+/// Two pulls of one image at once download each blob once (the second waits on the blob's lease
+/// and finds it downloaded), and both record the image.
+#[test]
+fn two_concurrent_pulls_of_one_image_download_each_blob_once() {
+    let (tmp, store) = store();
+    let (_layout, w) = busybox_image(tmp.path());
+    let blobs: BTreeMap<String, Vec<u8>> = w.blobs.iter().map(|(d, b)| (d.to_string(), b.clone())).collect();
+    let mut manifests = BTreeMap::new();
+    let oci_manifest = "application/vnd.oci.image.manifest.v1+json".to_string();
+    manifests.insert("latest".to_string(), (oci_manifest, w.manifest_bytes.clone()));
+    let fake = FakeRegistry::start(manifests, blobs);
+    let reference = format!("127.0.0.1:{}/app:latest", fake.port);
+    let opts = PullOptions { credentials: Some(("u".into(), "p".into())), ..PullOptions::default() };
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let pulls: Vec<_> = (0..2).map(|_| s.spawn(|| store.pull(&reference, &opts, &NoProgress))).collect();
+        pulls.into_iter().map(|p| p.join().expect("pull thread").expect("pull")).collect()
+    });
+    assert_eq!(reports[0].record.manifest, w.manifest);
+    assert_eq!(reports[1].record.manifest, w.manifest);
+    let seen = fake.seen.lock().expect("seen");
+    for d in [&w.config, &w.layers[0], &w.layers[1]] {
+        assert_eq!(
+            seen.blob_gets.get(&d.to_string()).copied(),
+            Some(1),
+            "{d} fetched {:?} times",
+            seen.blob_gets.get(&d.to_string())
+        );
+    }
+    assert_eq!(
+        reports[0].blobs_fetched + reports[1].blobs_fetched,
+        3,
+        "{} + {}",
+        reports[0].blobs_fetched,
+        reports[1].blobs_fetched
+    );
+    drop(seen);
+    assert_fsck_clean(&store);
+    let leftovers: Vec<_> = fs_names(&store.root().join("ingest"));
+    assert!(leftovers.iter().all(|n| n.ends_with(".lock") || n.ends_with(".lease")), "{leftovers:?}");
+    store.gc().expect("gc");
+    let leftovers: Vec<_> = fs_names(&store.root().join("ingest"));
+    assert!(leftovers.iter().all(|n| n.ends_with(".lock")), "gc left the leases of stored blobs: {leftovers:?}");
+}
+
+fn fs_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A pull holds the store lock only to commit: while its download hangs, an import of another
+/// image goes through, and a `gc` does not take the download away.
+#[test]
+fn a_pull_does_not_block_the_store_while_it_downloads() {
+    let (tmp, store) = store();
+    let (_layout, w) = busybox_image(tmp.path());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let blobs: BTreeMap<String, Vec<u8>> = w.blobs.iter().map(|(d, b)| (d.to_string(), b.clone())).collect();
+    let (manifest, slow) = (w.manifest_bytes.clone(), w.layers[1].to_string());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+            if path == "/quit" {
+                return;
+            }
+            if path.contains("/manifests/") {
+                let ct = "application/vnd.oci.image.manifest.v1+json".to_string();
+                let _ = respond(stream, "200 OK", &[("Content-Type", ct)], &manifest);
+            } else if let Some(data) = path.rsplit('/').next().and_then(|d| blobs.get(d)) {
+                if path.ends_with(&slow) {
+                    let _ = started_tx.send(());
+                    let _ = gate.recv();
+                }
+                let _ = respond(stream, "200 OK", &[], data);
+            } else {
+                let _ = respond(stream, "200 OK", &[], b"{}");
+            }
+        }
+    });
+    let reference = format!("127.0.0.1:{port}/app:latest");
+    std::thread::scope(|s| {
+        let pull = s.spawn(|| store.pull(&reference, &PullOptions::default(), &NoProgress));
+        started.recv_timeout(Duration::from_secs(60)).expect("the pull never asked for the slow layer");
+        // the download hangs: the store is free meanwhile
+        let other = tmp.path().join("other");
+        Image::new(vec![(Layer::new().file("other", b"other").tar(), Comp::Gzip)]).write_layout(&other, "other");
+        let t = Instant::now();
+        store.import(&other, None).expect("import during the pull");
+        store.gc().expect("gc during the pull");
+        assert!(t.elapsed() < Duration::from_secs(20), "the import waited {:?}", t.elapsed());
+        release.send(()).expect("release");
+        let report = pull.join().expect("pull thread").expect("pull");
+        assert_eq!(report.record.layers, w.layers);
+    });
+    let mut quit = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    quit.write_all(b"GET /quit HTTP/1.1\r\n\r\n").expect("quit");
+    assert!(store.image("other").is_ok());
     assert_fsck_clean(&store);
 }

@@ -27,6 +27,7 @@ use oci_spec::image::{ImageIndex, ImageManifest};
 use self::client::Client;
 pub use self::client::parse_challenge;
 pub use self::reference::Reference;
+use crate::fsutil::FileLock;
 use crate::import::{Compression, LayerDesc, SourceImage, is_index, is_manifest, pick_platform};
 use crate::store::{Created, ImageRecord, Store};
 use crate::{Algorithm, Digest, Error, Ingested, Result};
@@ -89,7 +90,9 @@ impl Store {
     pub fn pull(&self, reference: &str, opts: &PullOptions, progress: &dyn PullProgress) -> Result<PullReport> {
         let parsed = Reference::parse(reference)?;
         let client = Client::new(&parsed, opts.credentials.clone(), opts.insecure);
-        let _lock = self.lock(true)?;
+        // No store lock while talking to the registry: runs, imports and other pulls go on. Each
+        // blob downloads into its `.partial` file under a per-digest lease; the store lock is
+        // taken for the commit only (ingest, unpack, the image record).
         let (manifest, manifest_digest) = fetch_manifest(&client, &parsed)?;
         let what = format!("manifest {manifest_digest}");
         let parsed_manifest: ImageManifest = serde_json::from_slice(&manifest).map_err(Error::json(&what))?;
@@ -109,6 +112,8 @@ impl Store {
         }
         let mut seen = std::collections::BTreeSet::new();
         wanted.retain(|w| seen.insert(w.digest.clone()));
+        let all: Vec<(Digest, u64, String)> =
+            wanted.iter().map(|w| (w.digest.clone(), w.size, w.what.clone())).collect();
         let total = wanted.len();
         wanted.retain(|w| !self.blobs.contains(&w.digest));
         let blobs_present = total - wanted.len();
@@ -119,8 +124,15 @@ impl Store {
 
         let created = Mutex::new(Created::default());
         let bytes = AtomicU64::new(0);
-        let result = self.download_all(&client, wanted, opts.parallel, progress, &created, &bytes).and_then(|n| {
+        let result = self.download_all(&client, wanted, opts.parallel, progress, &bytes).and_then(|n| {
+            let _lock = self.lock(true)?;
             let mut created = created.lock().map_err(|_| poisoned())?;
+            for (digest, size, what) in all {
+                let w = Wanted { digest, size, what };
+                if self.commit_blob(&client, &w, progress, &bytes)? == Ingested::Created {
+                    created.blobs.push(w.digest.clone());
+                }
+            }
             let record = self.import_image(None, &image, Some(&name), &mut created)?;
             self.write_record(&record)?;
             Ok((record, n))
@@ -143,7 +155,6 @@ impl Store {
         wanted: Vec<Wanted>,
         parallel: usize,
         progress: &dyn PullProgress,
-        created: &Mutex<Created>,
         bytes: &AtomicU64,
     ) -> Result<usize> {
         let threads = if parallel == 0 { 3 } else { parallel }.min(wanted.len()).max(1);
@@ -159,13 +170,10 @@ impl Store {
                         let result = self.download_blob(client, &w, progress, bytes);
                         progress.finished(&w.digest);
                         match result {
-                            Ok(Ingested::Created) => {
+                            Ok(true) => {
                                 fetched.fetch_add(1, Ordering::SeqCst);
-                                if let Ok(mut c) = created.lock() {
-                                    c.blobs.push(w.digest.clone());
-                                }
                             }
-                            Ok(Ingested::Present) => {}
+                            Ok(false) => {}
                             Err(e) => {
                                 failed.store(true, Ordering::SeqCst);
                                 if let Ok(mut slot) = first_error.lock() {
@@ -183,16 +191,46 @@ impl Store {
         }
     }
 
-    /// Downloads one blob into its `.partial` file (resuming what is there) and ingests it.
-    fn download_blob(
+    /// Stores a downloaded blob from its `.partial` file (its digest verified), under the store
+    /// lock; one that is neither stored nor downloaded (gc removed it meanwhile) is downloaded now.
+    fn commit_blob(
         &self,
         client: &Client,
         w: &Wanted,
         progress: &dyn PullProgress,
         bytes: &AtomicU64,
     ) -> Result<Ingested> {
+        if self.blobs.contains(&w.digest) {
+            return Ok(Ingested::Present);
+        }
+        let partial = self.partial_path(&w.digest);
+        if fs::metadata(&partial).map(|m| m.len()).ok() != Some(w.size) {
+            self.download_blob(client, w, progress, bytes)?;
+        }
+        let file = File::open(&partial).map_err(Error::io("open", &partial))?;
+        let url = client.url(&format!("blobs/{}", w.digest));
+        let result = self.blobs.ingest(file, Some(&w.digest), &format!("{} from {url}", w.what));
+        // Verified and stored, or wrong: either way the partial file has served its purpose.
+        let _ = fs::remove_file(&partial);
+        result.map(|(_, how)| how)
+    }
+
+    /// Downloads one blob into its `.partial` file (resuming what is there), under the blob's
+    /// lease, so that two pulls of it download it once: the second finds it downloaded (or
+    /// stored) when the lease is its. Whether it downloaded anything.
+    fn download_blob(
+        &self,
+        client: &Client,
+        w: &Wanted,
+        progress: &dyn PullProgress,
+        bytes: &AtomicU64,
+    ) -> Result<bool> {
+        let _lease = FileLock::acquire(&self.lease_path(&w.digest), true)?;
         let partial = self.partial_path(&w.digest);
         let mut have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if self.blobs.contains(&w.digest) || (have == w.size && w.size > 0) {
+            return Ok(false);
+        }
         if have > w.size {
             fs::remove_file(&partial).map_err(Error::io("remove", &partial))?;
             have = 0;
@@ -260,15 +298,17 @@ impl Store {
                 ));
             }
         }
-        let file = File::open(&partial).map_err(Error::io("open", &partial))?;
-        let result = self.blobs.ingest(file, Some(&w.digest), &format!("{} from {url}", w.what));
-        // Verified and stored, or wrong: either way the partial file has served its purpose.
-        let _ = fs::remove_file(&partial);
-        result.map(|(_, how)| how)
+        Ok(true)
     }
 
-    fn partial_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn partial_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("ingest").join(format!("pull-{}-{}.partial", digest.algorithm().name(), digest.hex()))
+    }
+
+    /// The lock file a download of `digest` holds (kept: removing a lock file under a holder
+    /// would let a second download write the same `.partial`).
+    pub(crate) fn lease_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("ingest").join(format!("pull-{}-{}.lease", digest.algorithm().name(), digest.hex()))
     }
 }
 

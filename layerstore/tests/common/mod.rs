@@ -299,7 +299,8 @@ pub fn contents(store: &Store) -> Vec<PathBuf> {
     }
     for e in fs::read_dir(store.root().join("ingest")).expect("read ingest") {
         let p = e.expect("entry").path();
-        if !p.to_string_lossy().ends_with(".lock") {
+        // lock files: a blob's ingest lock and a pull's lease on a blob, empty, kept (see blobs.rs)
+        if !p.to_string_lossy().ends_with(".lock") && !p.to_string_lossy().ends_with(".lease") {
             out.push(p);
         }
     }
