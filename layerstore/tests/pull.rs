@@ -315,11 +315,18 @@ fn token_auth_index_and_resumed_download_against_an_in_memory_registry() {
     assert_fsck_clean(&store);
 
     let reference = format!("127.0.0.1:{}/app:latest", fake.port);
-    let anonymous = store.pull(&reference, &PullOptions::default(), &NoProgress).expect_err("pulled without a token");
+    let no_files = PullOptions { credential_sources: Some(Default::default()), ..PullOptions::default() };
+    let anonymous = store.pull(&reference, &no_files, &NoProgress).expect_err("pulled without a token");
     assert!(anonymous.to_string().contains("--user"), "{anonymous}");
 
-    let opts = PullOptions { credentials: Some(("u".into(), "p".into())), ..PullOptions::default() };
+    // The credentials come from an auth file, as `docker login` writes it, when --user gives none.
+    let auth_file = tmp.path().join("auth.json");
+    std::fs::write(&auth_file, format!(r#"{{"auths": {{"127.0.0.1:{}": {{"auth": "dTpw"}}}}}}"#, fake.port))
+        .expect("auth file");
+    let sources = layerstore::credentials::CredentialSources { files: vec![auth_file], helper_path: None };
+    let opts = PullOptions { credential_sources: Some(sources), ..PullOptions::default() };
     let pulled = store.pull(&reference, &opts, &NoProgress).expect("pull with token");
+    let opts = PullOptions { credentials: Some(("u".into(), "p".into())), ..PullOptions::default() };
     assert_eq!(pulled.record.manifest, w.manifest, "the index did not resolve to linux/{}", layerstore::host_arch());
     assert_eq!(pulled.record.layers, w.layers);
     assert_eq!(pulled.blobs_fetched, 3);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ureq::Agent;
 use ureq::http::Response;
 
-use crate::pull::Reference;
+use crate::pull::{PullOptions, Reference};
 use crate::{Error, Result};
 
 /// A registry session for one repository.
@@ -28,23 +28,32 @@ pub(crate) struct Client {
 pub(crate) type Reply = Response<ureq::Body>;
 
 impl Client {
-    pub(crate) fn new(reference: &Reference, credentials: Option<(String, String)>, insecure: bool) -> Client {
-        let scheme = if insecure || reference.is_local() { "http" } else { "https" };
+    pub(crate) fn new(
+        reference: &Reference,
+        credentials: Option<(String, String)>,
+        opts: &PullOptions,
+    ) -> Result<Client> {
+        let scheme = if opts.plain_http || reference.is_local() { "http" } else { "https" };
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(root_certs(&opts.ca_files)?)
+            .disable_verification(opts.skip_tls_verify)
+            .build();
         let config = Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_per_read(Some(Duration::from_secs(60)))
             .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
             .build();
-        Client {
+        Ok(Client {
             agent: config.new_agent(),
             base: format!("{scheme}://{}", reference.registry),
             reference: reference.to_string(),
             repository: reference.repository.clone(),
             credentials,
             auth: Mutex::new(None),
-        }
+        })
     }
 
     /// The URL of `/v2/<repository>/<path>`.
@@ -184,22 +193,41 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
-/// Standard base64 with padding, for a Basic `Authorization` header.
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
+/// The system's CA bundle: `$SSL_CERT_FILE`, else Debian's, else Red Hat's.
+const SYSTEM_BUNDLES: &[&str] = &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
+
+/// The roots TLS trusts: the system's bundle and the `extra` PEM files; the bundled web PKI
+/// roots when the system has no bundle and no extra file is given.
+fn root_certs(extra: &[std::path::PathBuf]) -> Result<ureq::tls::RootCerts> {
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(SYSTEM_BUNDLES.iter().map(std::path::PathBuf::from))
+        .find(|p| p.is_file());
+    let mut certs = Vec::new();
+    for (file, required) in system.iter().map(|f| (f, false)).chain(extra.iter().map(|f| (f, true))) {
+        let pem = std::fs::read(file).map_err(crate::Error::io("read CA certificates", file))?;
+        let before = certs.len();
+        for item in ureq::tls::parse_pem(&pem) {
+            if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
+                certs.push(c);
             }
         }
+        if required && certs.len() == before {
+            return Err(crate::Error::BadField {
+                what: file.display().to_string(),
+                field: "--ca-file".into(),
+                reason: "holds no PEM certificate".into(),
+            });
+        }
     }
-    out
+    Ok(if certs.is_empty() { ureq::tls::RootCerts::WebPki } else { ureq::tls::RootCerts::new_with_certs(&certs) })
+}
+
+/// Standard base64 with padding, for a Basic `Authorization` header.
+fn base64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[cfg(test)]

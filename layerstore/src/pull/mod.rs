@@ -13,6 +13,7 @@
 //! of GETs.
 
 mod client;
+pub mod credentials;
 mod reference;
 
 use std::collections::VecDeque;
@@ -39,10 +40,17 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.o
 /// How to pull.
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
-    /// `USER` and `PASS` for Basic auth or for the token service.
+    /// `USER` and `PASS` for Basic auth or for the token service; when `None`, the auth files
+    /// and credential helpers of [`credentials::CredentialSources`] are asked.
     pub credentials: Option<(String, String)>,
-    /// Plain HTTP even for a registry that is not on this host.
-    pub insecure: bool,
+    /// Where to look for credentials (`None`: [`credentials::CredentialSources::from_env`]).
+    pub credential_sources: Option<credentials::CredentialSources>,
+    /// Plain HTTP even for a registry that is not on this host (`--plain-http`).
+    pub plain_http: bool,
+    /// HTTPS without verifying the registry's certificate (`--insecure-skip-tls-verify`).
+    pub skip_tls_verify: bool,
+    /// PEM files of CA certificates trusted besides the system's (`--ca-file`).
+    pub ca_files: Vec<PathBuf>,
     /// Downloads at a time (0: 3).
     pub parallel: usize,
     /// The name to store the image under (default: the reference as given).
@@ -89,7 +97,14 @@ impl Store {
     /// Pulls `reference` (`host[:port]/repository[:tag][@digest]`) into the store.
     pub fn pull(&self, reference: &str, opts: &PullOptions, progress: &dyn PullProgress) -> Result<PullReport> {
         let parsed = Reference::parse(reference)?;
-        let client = Client::new(&parsed, opts.credentials.clone(), opts.insecure);
+        let credentials = match &opts.credentials {
+            Some(c) => Some(c.clone()),
+            None => {
+                let sources = opts.credential_sources.clone().unwrap_or_else(credentials::CredentialSources::from_env);
+                credentials::lookup(&parsed.registry, &sources)?
+            }
+        };
+        let client = Client::new(&parsed, credentials, opts)?;
         // No store lock while talking to the registry: runs, imports and other pulls go on. Each
         // blob downloads into its `.partial` file under a per-digest lease; the store lock is
         // taken for the commit only (ingest, unpack, the image record).

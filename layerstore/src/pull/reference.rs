@@ -5,7 +5,12 @@ use std::fmt;
 use crate::{Digest, Error, Result};
 
 /// Docker Hub's registry, for references that name no registry.
-const DOCKER_HUB: &str = "registry-1.docker.io";
+pub(crate) const DOCKER_HUB: &str = "registry-1.docker.io";
+
+/// The names Docker Hub goes by in references and in auth files.
+pub(crate) fn is_docker_hub(host: &str) -> bool {
+    matches!(host, "docker.io" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com")
+}
 
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +35,8 @@ impl Reference {
             None => (reference, None),
         };
         let (registry, path) = match rest.split_once('/') {
+            // `docker.io/busybox` is Docker Hub's, as docker reads it
+            Some((first, path)) if is_docker_hub(first) => (DOCKER_HUB.to_string(), path),
             Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (first.to_string(), path),
             _ => (DOCKER_HUB.to_string(), rest),
         };
@@ -118,6 +125,12 @@ mod tests {
         let r = Reference::parse("busybox").expect("parse");
         assert_eq!((r.registry.as_str(), r.repository.as_str()), (DOCKER_HUB, "library/busybox"));
         assert!(!r.is_local());
+        for hub in ["docker.io/busybox", "index.docker.io/library/busybox:latest", "busybox:latest"] {
+            let r = Reference::parse(hub).expect("parse");
+            assert_eq!(r.to_string(), "registry-1.docker.io/library/busybox:latest", "{hub}");
+        }
+        let r = Reference::parse("docker.io/team/app").expect("parse");
+        assert_eq!(r.to_string(), "registry-1.docker.io/team/app:latest");
         let r = Reference::parse("ghcr.io/o/app:v1.2").expect("parse");
         assert_eq!(r.to_string(), "ghcr.io/o/app:v1.2");
         assert!(!Reference::parse("example.com:443/app").expect("parse").is_local());

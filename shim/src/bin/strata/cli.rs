@@ -808,10 +808,10 @@ mod tests {
         let c = Cli::try_parse_from(["strata", "run", "--rm", "-it", "-e", "A=b", "busybox", "sh", "-c", "echo hi"])
             .unwrap();
         assert!(matches!(c.command, Command::Run(ref r) if r.is_image_form() && r.tty && r.args.len() == 4));
-        let c =
-            Cli::try_parse_from(["strata", "image", "pull", "--user", "u:p", "--insecure", "reg.lan/app:v1"]).unwrap();
+        let c = Cli::try_parse_from(["strata", "image", "pull", "--user", "u:p", "--plain-http", "reg.lan/app:v1"])
+            .unwrap();
         assert!(matches!(c.command, Command::Image(ref a) if matches!(a.command,
-            crate::image::ImageCommand::Pull { ref reference, ref user, insecure: true, parallel: 3, .. }
+            crate::image::ImageCommand::Pull { ref reference, ref user, plain_http: true, parallel: 3, .. }
                 if reference == "reg.lan/app:v1" && user.as_deref() == Some("u:p"))));
         let c = Cli::try_parse_from(["strata", "kill", "--all", "id1", "KILL"]).unwrap();
         assert!(matches!(c.command, Command::Kill { all: true, ref signal, .. } if signal == "KILL"));

@@ -60,15 +60,27 @@ pub enum ImageCommand {
         #[arg(long)]
         drop_blobs: bool,
     },
-    /// Pull an image from a registry (HTTPS; plain HTTP for localhost and 127.0.0.1, or with --insecure).
+    /// Pull an image from a registry (HTTPS; plain HTTP for localhost and 127.0.0.1, or with
+    /// --plain-http). Without --user, credentials come from docker's and the containers tools'
+    /// auth files and credential helpers.
     Pull {
-        /// `host[:port]/repository[:tag][@digest]`, e.g. `127.0.0.1:5000/busybox:latest`.
+        /// `[host[:port]/]repository[:tag][@digest]`, as docker reads it (`busybox` is Docker
+        /// Hub's `library/busybox:latest`), e.g. `127.0.0.1:5000/busybox:latest`.
         reference: String,
         /// Credentials for the registry or its token service.
         #[arg(long, value_name = "USER:PASS")]
         user: Option<String>,
         /// Use plain HTTP for a registry that is not on this host.
         #[arg(long)]
+        plain_http: bool,
+        /// Use HTTPS without verifying the registry's certificate.
+        #[arg(long)]
+        insecure_skip_tls_verify: bool,
+        /// A PEM file of CA certificates to trust besides the system's (repeatable).
+        #[arg(long, value_name = "PEM")]
+        ca_file: Vec<PathBuf>,
+        /// Refused: say which of --plain-http and --insecure-skip-tls-verify is meant.
+        #[arg(long, hide = true)]
         insecure: bool,
         /// Store the image under this name instead of the reference.
         #[arg(long)]
@@ -172,7 +184,21 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
             }
             eprintln!("imported in {:.2} s", started.elapsed().as_secs_f64());
         }
-        ImageCommand::Pull { reference, user, insecure, name, parallel } => {
+        ImageCommand::Pull {
+            reference,
+            user,
+            plain_http,
+            insecure_skip_tls_verify,
+            ca_file,
+            insecure,
+            name,
+            parallel,
+        } => {
+            if *insecure {
+                bail!(
+                    "--insecure: say which is meant: --plain-http (HTTP, no TLS) or --insecure-skip-tls-verify (HTTPS without checking the certificate)"
+                );
+            }
             let credentials = match user {
                 Some(u) => match u.split_once(':') {
                     Some((user, pass)) => Some((user.to_string(), pass.to_string())),
@@ -180,8 +206,15 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
                 },
                 None => None,
             };
-            let opts =
-                layerstore::PullOptions { credentials, insecure: *insecure, parallel: *parallel, name: name.clone() };
+            let opts = layerstore::PullOptions {
+                credentials,
+                plain_http: *plain_http,
+                skip_tls_verify: *insecure_skip_tls_verify,
+                ca_files: ca_file.clone(),
+                parallel: *parallel,
+                name: name.clone(),
+                ..layerstore::PullOptions::default()
+            };
             let started = std::time::Instant::now();
             let report = store.pull(reference, &opts, &crate::progress::Bars::new())?;
             let r = &report.record;
