@@ -379,16 +379,63 @@ pub(crate) fn is_manifest(media_type: &str) -> bool {
 /// The manifest for linux/<host arch> in an index.
 pub(crate) fn pick_platform(index: &ImageIndex, what: &str) -> Result<Digest> {
     let arch = host_arch();
+    let level = amd64_level();
     let mut offered = Vec::new();
+    let mut best: Option<(u8, Digest)> = None;
     for desc in index.manifests() {
         let Some(p) = desc.platform() else { continue };
         let (os, a) = (p.os().to_string(), p.architecture().to_string());
-        if os == "linux" && a == arch && is_manifest(desc.media_type().as_ref()) {
-            return desc.digest().to_string().parse();
+        let variant = p.variant().clone().unwrap_or_default();
+        offered.push(if variant.is_empty() { format!("{os}/{a}") } else { format!("{os}/{a}/{variant}") });
+        if os != "linux" || a != arch || !is_manifest(desc.media_type().as_ref()) {
+            continue;
         }
-        offered.push(format!("{os}/{a}"));
+        let Some(score) = variant_score(arch, &variant, level) else { continue };
+        if best.as_ref().is_none_or(|(b, _)| score > *b) {
+            best = Some((score, desc.digest().to_string().parse()?));
+        }
     }
-    Err(Error::NoPlatform { index: what.to_string(), arch: arch.to_string(), offered: offered.join(", ") })
+    best.map(|(_, d)| d).ok_or_else(|| Error::NoPlatform {
+        index: what.to_string(),
+        arch: arch.to_string(),
+        offered: offered.join(", "),
+    })
+}
+
+/// How well an image built for `arch`'s `variant` fits this host (higher is better), as
+/// containerd's platform matcher reads it; `None` when it cannot run here. amd64's variants are
+/// its microarchitecture levels (v1-v4: the best the CPU runs wins); arm64's only variant is v8.
+fn variant_score(arch: &str, variant: &str, amd64_level: u8) -> Option<u8> {
+    match (arch, variant) {
+        (_, "") => Some(1),
+        ("amd64", v) => {
+            let n: u8 = v.strip_prefix('v')?.parse().ok()?;
+            (n >= 1 && n <= amd64_level).then_some(n)
+        }
+        ("arm64", "v8") => Some(1),
+        _ => None,
+    }
+}
+
+/// The x86-64 microarchitecture level this CPU runs (1-4), from the flags of /proc/cpuinfo.
+fn amd64_level() -> u8 {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: std::collections::HashSet<&str> = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags").and_then(|r| r.split_once(':')).map(|(_, f)| f))
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let all = |needed: &[&str]| needed.iter().all(|f| flags.contains(f));
+    if !all(&["cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"]) {
+        1
+    } else if !all(&["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"]) {
+        2
+    } else if !all(&["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"]) {
+        3
+    } else {
+        4
+    }
 }
 
 /// Extracts an archive (OCI archive or `docker save`) into `dest`: directories, files and symlinks only;
@@ -439,6 +486,17 @@ mod tests {
             let err = Compression::of_media_type(media_type, &digest()).expect_err(media_type);
             assert!(err.to_string().contains(&digest().to_string()), "{err}");
         }
+    }
+
+    #[test]
+    fn variants_are_matched_as_containerd_does() {
+        assert_eq!(variant_score("amd64", "", 3), Some(1));
+        assert_eq!(variant_score("amd64", "v3", 3), Some(3), "the best level the CPU runs");
+        assert_eq!(variant_score("amd64", "v4", 3), None, "a level above the CPU's");
+        assert_eq!(variant_score("arm64", "v8", 1), Some(1));
+        assert_eq!(variant_score("arm64", "v9", 1), None);
+        assert_eq!(variant_score("amd64", "x", 3), None);
+        assert!((1..=4).contains(&amd64_level()));
     }
 
     #[test]

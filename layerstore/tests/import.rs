@@ -225,9 +225,11 @@ fn index_with_several_platforms_picks_linux_host_arch() {
         json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": w.manifest.to_string(),
                "size": w.manifest_bytes.len(), "platform": {"os": "linux", "architecture": arch}})
     };
-    let index = serde_json::to_vec(
-        &json!({"schemaVersion": 2, "manifests": [desc(&other, other_arch), desc(&native, layerstore::host_arch())]}),
-    )
+    // the host's architecture in a variant no CPU runs comes first: it is passed over
+    let mut unrunnable = desc(&other, layerstore::host_arch());
+    unrunnable["platform"]["variant"] = "v99".into();
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+        desc(&other, other_arch), unrunnable, desc(&native, layerstore::host_arch())]}))
     .expect("json");
     let index_digest = sha256(&index);
     fs::write(layout.join("blobs/sha256").join(index_digest.hex()), &index).expect("write");
