@@ -542,3 +542,63 @@ fn a_pull_does_not_block_the_store_while_it_downloads() {
     assert!(store.image("other").is_ok());
     assert_fsck_clean(&store);
 }
+
+/// Mirrors configured as containerd configures them (`<dir>/<registry>/hosts.toml`): the image
+/// comes from the mirror while the registry itself is down, and a blob the mirror lacks comes
+/// from the registry.
+#[test]
+fn mirrors_from_hosts_toml_are_tried_first_and_fall_back_to_the_registry() {
+    let (tmp, store) = store();
+    let (_layout, w) = busybox_image(tmp.path());
+    let all: BTreeMap<String, Vec<u8>> = w.blobs.iter().map(|(d, b)| (d.to_string(), b.clone())).collect();
+    let mut manifests = BTreeMap::new();
+    manifests.insert(
+        "latest".to_string(),
+        ("application/vnd.oci.image.manifest.v1+json".to_string(), w.manifest_bytes.clone()),
+    );
+    let upstream_port = free_port(); // nothing listens there yet
+    let mirror = FakeRegistry::start(manifests.clone(), all.clone());
+    let hosts = tmp.path().join("certs.d");
+    let dir = hosts.join(format!("127.0.0.1:{upstream_port}"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!("server = \"http://127.0.0.1:{upstream_port}\"\n[host.\"http://127.0.0.1:{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", mirror.port),
+    )
+    .expect("hosts.toml");
+    let auth = tmp.path().join("auth.json");
+    let creds = |ports: &[u16]| {
+        let entries: Vec<String> = ports.iter().map(|p| format!(r#""127.0.0.1:{p}": {{"auth": "dTpw"}}"#)).collect();
+        std::fs::write(&auth, format!(r#"{{"auths": {{{}}}}}"#, entries.join(","))).expect("auth.json");
+    };
+    creds(&[mirror.port]);
+    let opts = PullOptions {
+        hosts_dir: Some(hosts.clone()),
+        credential_sources: Some(layerstore::credentials::CredentialSources {
+            files: vec![auth.clone()],
+            helper_path: None,
+        }),
+        ..PullOptions::default()
+    };
+    let reference = format!("127.0.0.1:{upstream_port}/app:latest");
+    let pulled = store.pull(&reference, &opts, &NoProgress).expect("pull through the mirror, the registry down");
+    assert_eq!(pulled.record.layers, w.layers);
+    assert_eq!(mirror.seen.lock().expect("seen").blob_gets.len(), 3);
+
+    // a mirror that lacks the big layer: that one blob comes from the registry
+    let (tmp2, store2) = common::store();
+    let mut partial = all.clone();
+    partial.remove(&w.layers[1].to_string());
+    let thin = FakeRegistry::start(manifests.clone(), partial);
+    let registry = FakeRegistry::start(manifests, all);
+    let dir = hosts.join(format!("127.0.0.1:{}", registry.port));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("hosts.toml"), format!("[host.\"http://127.0.0.1:{}\"]\n", thin.port)).expect("hosts.toml");
+    creds(&[thin.port, registry.port]);
+    let reference = format!("127.0.0.1:{}/app:latest", registry.port);
+    let pulled = store2.pull(&reference, &opts, &NoProgress).expect("pull with a thin mirror");
+    assert_eq!(pulled.record.layers, w.layers);
+    let from_registry: Vec<String> = registry.seen.lock().expect("seen").blob_gets.keys().cloned().collect();
+    assert_eq!(from_registry, vec![w.layers[1].to_string()], "only the missing blob came from the registry");
+    drop(tmp2);
+}

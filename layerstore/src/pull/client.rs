@@ -9,7 +9,7 @@ use std::time::Duration;
 use ureq::Agent;
 use ureq::http::Response;
 
-use crate::pull::{PullOptions, Reference};
+use crate::pull::Reference;
 use crate::{Error, Result};
 
 /// A registry session for one repository.
@@ -28,16 +28,17 @@ pub(crate) struct Client {
 pub(crate) type Reply = Response<ureq::Body>;
 
 impl Client {
+    /// A session with the registry at `base` (`scheme://host[:port]`: the reference's own, or a
+    /// mirror), trusting `ca_files` besides the system's roots.
     pub(crate) fn new(
         reference: &Reference,
+        base: &str,
         credentials: Option<(String, String)>,
-        opts: &PullOptions,
+        ca_files: &[std::path::PathBuf],
+        skip_verify: bool,
     ) -> Result<Client> {
-        let scheme = if opts.plain_http || reference.is_local() { "http" } else { "https" };
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(root_certs(&opts.ca_files)?)
-            .disable_verification(opts.skip_tls_verify)
-            .build();
+        let tls =
+            ureq::tls::TlsConfig::builder().root_certs(root_certs(ca_files)?).disable_verification(skip_verify).build();
         let config = Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
@@ -48,7 +49,7 @@ impl Client {
             .build();
         Ok(Client {
             agent: config.new_agent(),
-            base: format!("{scheme}://{}", reference.registry),
+            base: base.to_string(),
             reference: reference.to_string(),
             repository: reference.repository.clone(),
             credentials,

@@ -14,6 +14,7 @@
 
 mod client;
 pub mod credentials;
+pub mod hosts;
 mod reference;
 
 use std::collections::VecDeque;
@@ -51,6 +52,8 @@ pub struct PullOptions {
     pub skip_tls_verify: bool,
     /// PEM files of CA certificates trusted besides the system's (`--ca-file`).
     pub ca_files: Vec<PathBuf>,
+    /// Where mirrors are configured, containerd's way (`None`: [`hosts::DEFAULT_DIR`]).
+    pub hosts_dir: Option<PathBuf>,
     /// Downloads at a time (0: 3).
     pub parallel: usize,
     /// The name to store the image under (default: the reference as given).
@@ -97,18 +100,28 @@ impl Store {
     /// Pulls `reference` (`host[:port]/repository[:tag][@digest]`) into the store.
     pub fn pull(&self, reference: &str, opts: &PullOptions, progress: &dyn PullProgress) -> Result<PullReport> {
         let parsed = Reference::parse(reference)?;
-        let credentials = match &opts.credentials {
-            Some(c) => Some(c.clone()),
-            None => {
-                let sources = opts.credential_sources.clone().unwrap_or_else(credentials::CredentialSources::from_env);
-                credentials::lookup(&parsed.registry, &sources)?
-            }
-        };
-        let client = Client::new(&parsed, credentials, opts)?;
+        let scheme = if opts.plain_http || parsed.is_local() { "http" } else { "https" };
+        let upstream = format!("{scheme}://{}", parsed.registry);
+        let hosts_dir = opts.hosts_dir.clone().unwrap_or_else(|| PathBuf::from(hosts::DEFAULT_DIR));
+        let sources = opts.credential_sources.clone().unwrap_or_else(credentials::CredentialSources::from_env);
+        let mut clients = Vec::new();
+        for host in hosts::hosts_for(&parsed.registry, &hosts_dir, &upstream)? {
+            let name = host.url.split_once("://").map_or(host.url.as_str(), |(_, h)| h);
+            // --user is for the registry named; a mirror's come from the auth files
+            let credentials = match &opts.credentials {
+                Some(c) if host.url == upstream => Some(c.clone()),
+                _ => credentials::lookup(name, &sources)?,
+            };
+            let ca: Vec<PathBuf> = opts.ca_files.iter().chain(&host.ca).cloned().collect();
+            let client = Client::new(&parsed, &host.url, credentials, &ca, opts.skip_tls_verify || host.skip_verify)?;
+            clients.push((client, host));
+        }
+        let resolvers: Vec<&Client> = clients.iter().filter(|(_, h)| h.resolve).map(|(c, _)| c).collect();
+        let pullers: Vec<&Client> = clients.iter().filter(|(_, h)| h.pull).map(|(c, _)| c).collect();
         // No store lock while talking to the registry: runs, imports and other pulls go on. Each
         // blob downloads into its `.partial` file under a per-digest lease; the store lock is
         // taken for the commit only (ingest, unpack, the image record).
-        let (manifest, manifest_digest) = fetch_manifest(&client, &parsed)?;
+        let (manifest, manifest_digest) = first_that_works(&resolvers, |c| fetch_manifest(c, &parsed))?;
         let what = format!("manifest {manifest_digest}");
         let parsed_manifest: ImageManifest = serde_json::from_slice(&manifest).map_err(Error::json(&what))?;
         let config: Digest = parsed_manifest.config().digest().to_string().parse()?;
@@ -139,12 +152,12 @@ impl Store {
 
         let created = Mutex::new(Created::default());
         let bytes = AtomicU64::new(0);
-        let result = self.download_all(&client, wanted, opts.parallel, progress, &bytes).and_then(|n| {
+        let result = self.download_all(&pullers, wanted, opts.parallel, progress, &bytes).and_then(|n| {
             let _lock = self.lock(true)?;
             let mut created = created.lock().map_err(|_| poisoned())?;
             for (digest, size, what) in all {
                 let w = Wanted { digest, size, what };
-                if self.commit_blob(&client, &w, progress, &bytes)? == Ingested::Created {
+                if self.commit_blob(&pullers, &w, progress, &bytes)? == Ingested::Created {
                     created.blobs.push(w.digest.clone());
                 }
             }
@@ -166,7 +179,7 @@ impl Store {
     /// Downloads `wanted` on up to `parallel` threads; stops starting new ones after the first error.
     fn download_all(
         &self,
-        client: &Client,
+        clients: &[&Client],
         wanted: Vec<Wanted>,
         parallel: usize,
         progress: &dyn PullProgress,
@@ -182,7 +195,7 @@ impl Store {
                 s.spawn(|| {
                     while !failed.load(Ordering::SeqCst) {
                         let Some(w) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { break };
-                        let result = self.download_blob(client, &w, progress, bytes);
+                        let result = first_that_works(clients, |c| self.download_blob(c, &w, progress, bytes));
                         progress.finished(&w.digest);
                         match result {
                             Ok(true) => {
@@ -210,7 +223,7 @@ impl Store {
     /// lock; one that is neither stored nor downloaded (gc removed it meanwhile) is downloaded now.
     fn commit_blob(
         &self,
-        client: &Client,
+        clients: &[&Client],
         w: &Wanted,
         progress: &dyn PullProgress,
         bytes: &AtomicU64,
@@ -220,11 +233,10 @@ impl Store {
         }
         let partial = self.partial_path(&w.digest);
         if fs::metadata(&partial).map(|m| m.len()).ok() != Some(w.size) {
-            self.download_blob(client, w, progress, bytes)?;
+            first_that_works(clients, |c| self.download_blob(c, w, progress, bytes))?;
         }
         let file = File::open(&partial).map_err(Error::io("open", &partial))?;
-        let url = client.url(&format!("blobs/{}", w.digest));
-        let result = self.blobs.ingest(file, Some(&w.digest), &format!("{} from {url}", w.what));
+        let result = self.blobs.ingest(file, Some(&w.digest), &format!("{} of the pull", w.what));
         // Verified and stored, or wrong: either way the partial file has served its purpose.
         let _ = fs::remove_file(&partial);
         result.map(|(_, how)| how)
@@ -336,6 +348,26 @@ fn poisoned() -> Error {
 }
 
 /// GETs and verifies the manifest of `reference`, resolving an index to `linux/<host arch>`.
+/// `f` on each host in turn until one works; the last host's error when none does. A mirror
+/// that lacks something, answers badly or is down makes way for the next host.
+fn first_that_works<T>(clients: &[&Client], mut f: impl FnMut(&Client) -> Result<T>) -> Result<T> {
+    let mut last = None;
+    for c in clients {
+        match f(c) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::debug!("pull: {e}; trying the next host");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::BadField {
+        what: "hosts.toml".into(),
+        field: "capabilities".into(),
+        reason: "no host may be pulled from or resolve tags".into(),
+    }))
+}
+
 fn fetch_manifest(client: &Client, reference: &Reference) -> Result<(Vec<u8>, Digest)> {
     let (data, media_type, digest) =
         get_manifest(client, reference, &reference.manifest_ref(), reference.digest.as_ref())?;
