@@ -32,6 +32,6 @@ pub use digest::{Algorithm, Digest, Hasher, HashingReader};
 pub use error::{Error, Result};
 pub use import::host_arch;
 pub use maintain::{DiskUsage, FsckProblem, FsckReport, GcReport};
-pub use pull::{NoProgress, PullOptions, PullProgress, PullReport, Reference, credentials, parse_challenge};
+pub use pull::{NoProgress, PullOptions, PullProgress, PullReport, Reference, credentials, hosts, parse_challenge};
 pub use store::{ContainerRef, ImageRecord, ImportOptions, Store};
 pub use unpack::{LayerLimits, UnpackOptions, UnpackStats, unpack_layer};

@@ -79,6 +79,9 @@ pub enum ImageCommand {
         /// A PEM file of CA certificates to trust besides the system's (repeatable).
         #[arg(long, value_name = "PEM")]
         ca_file: Vec<PathBuf>,
+        /// Where registry mirrors are configured, containerd's way (`<dir>/<registry>/hosts.toml`).
+        #[arg(long, value_name = "DIR", default_value = layerstore::hosts::DEFAULT_DIR)]
+        hosts_dir: PathBuf,
         /// Refused: say which of --plain-http and --insecure-skip-tls-verify is meant.
         #[arg(long, hide = true)]
         insecure: bool,
@@ -190,6 +193,7 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
             plain_http,
             insecure_skip_tls_verify,
             ca_file,
+            hosts_dir,
             insecure,
             name,
             parallel,
@@ -211,6 +215,7 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
                 plain_http: *plain_http,
                 skip_tls_verify: *insecure_skip_tls_verify,
                 ca_files: ca_file.clone(),
+                hosts_dir: Some(hosts_dir.clone()),
                 parallel: *parallel,
                 name: name.clone(),
                 ..layerstore::PullOptions::default()
