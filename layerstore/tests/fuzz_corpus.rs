@@ -77,3 +77,30 @@ fn registry_challenge_corpus_parses() {
     }
     assert!(replayed >= 5, "only {replayed} corpus files in {}", dir.display());
 }
+
+/// The corpus of `fuzz/fuzz_targets/registry_hosts.rs`: every `hosts.toml` parses or fails
+/// without panicking; the mirror file gives its mirror then the server, and a setting strata does
+/// not implement is refused by name.
+#[test]
+fn registry_hosts_corpus_parses_or_refuses_by_name() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/registry_hosts");
+    let mut replayed = 0;
+    for entry in fs::read_dir(&dir).expect("corpus directory exists") {
+        let path = entry.expect("corpus entry").path();
+        let text = fs::read_to_string(&path).expect("utf-8 corpus file");
+        let parsed = layerstore::hosts::parse(&text, &path, "https://registry.lan");
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some("mirror") => {
+                let hosts = parsed.expect("the mirror file");
+                let urls: Vec<&str> = hosts.iter().map(|h| h.url.as_str()).collect();
+                assert_eq!(urls, ["https://mirror.lan:5000", "https://registry-1.docker.io"]);
+                assert_eq!(hosts[0].ca.len(), 2);
+            }
+            Some("header") => assert!(parsed.expect_err("header").to_string().contains("header")),
+            Some("empty") => assert_eq!(parsed.expect("empty").len(), 1, "the upstream alone"),
+            _ => {}
+        }
+        replayed += 1;
+    }
+    assert!(replayed >= 7, "only {replayed} corpus files in {}", dir.display());
+}

@@ -602,3 +602,27 @@ fn mirrors_from_hosts_toml_are_tried_first_and_fall_back_to_the_registry() {
     assert_eq!(from_registry, vec![w.layers[1].to_string()], "only the missing blob came from the registry");
     drop(tmp2);
 }
+
+/// A decompression bomb served by a registry stops at the store's layer limit, like one
+/// imported from an archive: one error naming the layer, nothing stored.
+#[test]
+fn a_bomb_from_a_registry_stops_at_the_layer_limit() {
+    let (tmp, store) = store();
+    let store = store.with_layer_limits(layerstore::LayerLimits { max_bytes: 1 << 20, max_entries: 1000 });
+    let bomb = Layer::new().file("zeros", &vec![0u8; 8 << 20]).tar();
+    let w = Image::new(vec![(bomb, Comp::Gzip)]).write_layout(&tmp.path().join("bomb"), "latest");
+    let blobs: BTreeMap<String, Vec<u8>> = w.blobs.iter().map(|(d, b)| (d.to_string(), b.clone())).collect();
+    let mut manifests = BTreeMap::new();
+    manifests.insert(
+        "latest".to_string(),
+        ("application/vnd.oci.image.manifest.v1+json".to_string(), w.manifest_bytes.clone()),
+    );
+    let fake = FakeRegistry::start(manifests, blobs);
+    let opts = PullOptions { credentials: Some(("u".into(), "p".into())), ..PullOptions::default() };
+    let err =
+        store.pull(&format!("127.0.0.1:{}/app:latest", fake.port), &opts, &NoProgress).expect_err("a bomb pulled");
+    assert!(matches!(&err, Error::LayerLimit { what: "bytes", .. }), "{err}");
+    assert!(err.to_string().contains(&w.layers[0].to_string()), "{err}");
+    assert!(contents(&store).is_empty(), "left behind: {:?}", contents(&store));
+    assert_fsck_clean(&store);
+}

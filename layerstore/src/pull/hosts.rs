@@ -129,7 +129,13 @@ pub fn hosts_for(registry: &str, dir: &Path, upstream: &str) -> Result<Vec<Host>
         }
         Err(e) => return Err(Error::io("read", &file)(e)),
     };
-    let parsed: HostsFile = toml::from_str(&text).map_err(|e| Error::BadField {
+    parse(&text, &file, upstream)
+}
+
+/// The hosts a `hosts.toml` holding `text` gives (`file` names it in errors), mirrors first.
+pub fn parse(text: &str, file: &Path, upstream: &str) -> Result<Vec<Host>> {
+    let file = file.to_path_buf();
+    let parsed: HostsFile = toml::from_str(text).map_err(|e| Error::BadField {
         what: file.display().to_string(),
         field: "hosts.toml".into(),
         reason: e.to_string().trim().replace('\n', " "),
