@@ -35,6 +35,9 @@ pub enum Error {
         /// The digest it has.
         actual: Digest,
     },
+    /// Every host of a registry (its mirrors, then itself) failed; each one's error, in order.
+    #[error("every host failed: {0}")]
+    EveryHostFailed(String),
     /// A blob whose size is not the one its descriptor gives.
     #[error("{what}: {actual} bytes, but its descriptor says {expected}; the source is corrupt or hostile")]
     SizeMismatch {

@@ -30,15 +30,23 @@ struct Registry {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// With `tls` (certificate and key PEM files), the registry serves HTTPS.
+    fn start_with(tls: Option<(&Path, &Path)>) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let data = dir.path().join("data");
         let config = dir.path().join("config.yml");
-        let yaml = format!(
+        let mut yaml = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
              http:\n  addr: 127.0.0.1:{port}\n",
             data.display()
         );
+        if let Some((cert, key)) = tls {
+            yaml.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+        }
         std::fs::write(&config, yaml).expect("write registry config");
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -625,4 +633,112 @@ fn a_bomb_from_a_registry_stops_at_the_layer_limit() {
     assert!(err.to_string().contains(&w.layers[0].to_string()), "{err}");
     assert!(contents(&store).is_empty(), "left behind: {:?}", contents(&store));
     assert_fsck_clean(&store);
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made with openssl in `dir`: (ca, cert, key).
+fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is needed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=strata test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// A registry over HTTPS with a certificate from a private CA, reached as a mirror: trusted
+/// through the mirror's `ca` in hosts.toml or through `--ca-file`, refused without either (the
+/// error names the certificate), and taken unverified with `skip_verify`.
+#[test]
+fn a_tls_registry_is_trusted_through_its_ca_and_refused_without_it() {
+    let (tmp, store) = store();
+    let (ca, cert, key) = make_tls(tmp.path());
+    let registry = Registry::start_with(Some((&cert, &key)));
+    let (layout, w) = busybox_image(tmp.path());
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false", "--format", "oci"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{}/busybox:latest", registry.host()))
+        .output()
+        .expect("skopeo is needed");
+    assert!(out.status.success(), "skopeo copy over TLS: {}", String::from_utf8_lossy(&out.stderr));
+    // the image is asked of a registry that is down; its mirror is the TLS one
+    let dead = free_port();
+    let hosts = tmp.path().join("certs.d");
+    let dir = hosts.join(format!("127.0.0.1:{dead}"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let write = |extra: &str| {
+        let toml = format!("[host.\"https://{}\"]\n{extra}", registry.host());
+        std::fs::write(dir.join("hosts.toml"), toml).expect("hosts.toml");
+    };
+    let reference = format!("127.0.0.1:{dead}/busybox:latest");
+    let opts = PullOptions {
+        hosts_dir: Some(hosts.clone()),
+        credential_sources: Some(Default::default()),
+        ..PullOptions::default()
+    };
+
+    write("");
+    let err = store.pull(&reference, &opts, &NoProgress).expect_err("pulled from an unknown CA");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate") || err.to_string().contains("UnknownIssuer"),
+        "{err}"
+    );
+    assert!(contents(&store).is_empty());
+
+    write(&format!("  ca = \"{}\"\n", ca.display()));
+    let pulled = store.pull(&reference, &opts, &NoProgress).expect("pull with the mirror's CA");
+    assert_eq!(pulled.record.layers, w.layers);
+
+    write("");
+    let (_tmp2, store2) = common::store();
+    let with_ca_file = PullOptions { ca_files: vec![ca.clone()], ..opts.clone() };
+    store2.pull(&reference, &with_ca_file, &NoProgress).expect("pull with --ca-file");
+
+    write("  skip_verify = true\n");
+    let (_tmp3, store3) = common::store();
+    store3.pull(&reference, &opts, &NoProgress).expect("pull with skip_verify");
 }

@@ -351,21 +351,26 @@ fn poisoned() -> Error {
 /// `f` on each host in turn until one works; the last host's error when none does. A mirror
 /// that lacks something, answers badly or is down makes way for the next host.
 fn first_that_works<T>(clients: &[&Client], mut f: impl FnMut(&Client) -> Result<T>) -> Result<T> {
-    let mut last = None;
+    let mut errors = Vec::new();
     for c in clients {
         match f(c) {
             Ok(v) => return Ok(v),
             Err(e) => {
                 tracing::debug!("pull: {e}; trying the next host");
-                last = Some(e);
+                errors.push(e);
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::BadField {
-        what: "hosts.toml".into(),
-        field: "capabilities".into(),
-        reason: "no host may be pulled from or resolve tags".into(),
-    }))
+    match errors.len() {
+        0 => Err(Error::BadField {
+            what: "hosts.toml".into(),
+            field: "capabilities".into(),
+            reason: "no host may be pulled from or resolve tags".into(),
+        }),
+        // one host: its own error, as it is
+        1 => Err(errors.remove(0)),
+        _ => Err(Error::EveryHostFailed(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; then "))),
+    }
 }
 
 fn fetch_manifest(client: &Client, reference: &Reference) -> Result<(Vec<u8>, Digest)> {
