@@ -35,6 +35,12 @@ impl Registry {
 
     /// With `tls` (certificate and key PEM files), the registry serves HTTPS.
     fn start_with(tls: Option<(&Path, &Path)>) -> Registry {
+        Registry::start_full(tls, None)
+    }
+
+    /// With `token` (realm URL and the CA PEM that signed the token issuer's certificate), the
+    /// registry demands Bearer tokens from that realm, as distribution's token auth does.
+    fn start_full(tls: Option<(&Path, &Path)>, token: Option<(&str, &Path)>) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let data = dir.path().join("data");
@@ -46,6 +52,13 @@ impl Registry {
         );
         if let Some((cert, key)) = tls {
             yaml.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+        }
+        if let Some((realm, ca)) = token {
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: strata-registry\n    issuer: strata-test\n    \
+                 rootcertbundle: {}\n",
+                ca.display()
+            ));
         }
         std::fs::write(&config, yaml).expect("write registry config");
         let child = Command::new("docker-registry")
@@ -741,4 +754,97 @@ fn a_tls_registry_is_trusted_through_its_ca_and_refused_without_it() {
     write("  skip_verify = true\n");
     let (_tmp3, store3) = common::store();
     store3.pull(&reference, &opts, &NoProgress).expect("pull with skip_verify");
+}
+
+/// A token service for distribution's token auth, as Docker Hub's works: Basic `u:p` in, a JWT
+/// (RS256, signed with openssl by `key`, its certificate `cert` in the `x5c` header) out,
+/// granting pull and push on the scope's repository. Returns its port.
+fn token_service(cert: &Path, key: &Path) -> u16 {
+    use base64::Engine;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let der = Command::new("openssl").args(["x509", "-outform", "der", "-in"]).arg(cert).output().expect("openssl");
+    let x5c = base64::engine::general_purpose::STANDARD.encode(&der.stdout);
+    let key = key.to_path_buf();
+    std::thread::spawn(move || {
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let mut basic_ok = false;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                basic_ok |= h.to_ascii_lowercase().starts_with("authorization:") && h.contains("Basic dTpw");
+            }
+            if !basic_ok {
+                let _ = respond(stream, "401 Unauthorized", &[], b"{}");
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+            let scope =
+                path.split(['?', '&']).find_map(|p| p.strip_prefix("scope=")).unwrap_or_default().replace("%3A", ":");
+            let repo = scope.split(':').nth(1).unwrap_or_default().to_string();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+            let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+            let claims = json!({"iss": "strata-test", "sub": "u", "aud": "strata-registry", "exp": now + 600,
+                "nbf": now - 60, "iat": now - 60, "jti": format!("t{n}"),
+                "access": [{"type": "repository", "name": repo, "actions": ["pull", "push"]}]});
+            let signing_input = format!("{}.{}", url.encode(header.to_string()), url.encode(claims.to_string()));
+            let mut sign = Command::new("openssl")
+                .args(["dgst", "-sha256", "-sign"])
+                .arg(&key)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("openssl");
+            sign.stdin.take().expect("stdin").write_all(signing_input.as_bytes()).expect("sign input");
+            let signature = sign.wait_with_output().expect("openssl dgst").stdout;
+            let token = format!("{signing_input}.{}", url.encode(signature));
+            let body = json!({"token": token, "access_token": token}).to_string();
+            let _ = respond(stream, "200 OK", &[("Content-Type", "application/json".to_string())], body.as_bytes());
+        }
+    });
+    port
+}
+
+/// Debian's docker-registry with distribution's token auth (its Bearer challenge, tokens from a
+/// token service checked against a CA): a pull with the user's credentials gets a token and
+/// the image; without them it is refused with a hint to give --user.
+#[test]
+fn a_real_registry_with_bearer_token_auth() {
+    let (tmp, store) = store();
+    let (ca, cert, key) = make_tls(tmp.path());
+    let tokens = token_service(&cert, &key);
+    let registry = Registry::start_full(None, Some((&format!("http://127.0.0.1:{tokens}/token"), &ca)));
+    let (layout, w) = busybox_image(tmp.path());
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "u:p",
+            "--format",
+            "oci",
+        ])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{}/busybox:latest", registry.host()))
+        .output()
+        .expect("skopeo is needed");
+    assert!(out.status.success(), "skopeo copy with a token: {}", String::from_utf8_lossy(&out.stderr));
+    let reference = format!("{}/busybox:latest", registry.host());
+    let anonymous = PullOptions { credential_sources: Some(Default::default()), ..PullOptions::default() };
+    let err = store.pull(&reference, &anonymous, &NoProgress).expect_err("pulled without credentials");
+    assert!(err.to_string().contains("--user"), "{err}");
+    assert!(contents(&store).is_empty());
+    let opts = PullOptions { credentials: Some(("u".into(), "p".into())), ..anonymous };
+    let pulled = store.pull(&reference, &opts, &NoProgress).expect("pull with a token");
+    assert_eq!(pulled.record.layers, w.layers);
+    assert_fsck_clean(&store);
 }
