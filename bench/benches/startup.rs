@@ -6,16 +6,64 @@
 //! prints each median and the ratio strata/peer. With `STRATA_BENCH_BASELINE=PATH` (a `strata`
 //! built from an earlier commit) that build runs in the same rounds as peer `baseline`, so that
 //! the ratio strata/baseline says what the changes since cost the start path.
+//!
+//! The floor runs in the same rounds: the bare kernel work of a start without a runtime —
+//! util-linux's `unshare` of the bundle's namespaces, `chroot` into its root file system and
+//! exec of `/bin/true` — so that strata/floor says how much of strata's time is its own.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use strata_bench::{BusyboxBundle, Runtime, median, run_once, runtimes};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn next_id(rt: &Runtime) -> String {
     format!("bench-{}-{}-{}", rt.name, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `unshare` flags for the namespaces of the bundle's config.
+fn unshare_flags(bundle: &Path) -> Vec<&'static str> {
+    let config: serde_json::Value = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let kinds: Vec<String> = config["linux"]["namespaces"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n["type"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let flag = |k: &str| match k {
+        "pid" => Some("--pid"),
+        "network" => Some("--net"),
+        "ipc" => Some("--ipc"),
+        "uts" => Some("--uts"),
+        "mount" => Some("--mount"),
+        "cgroup" => Some("--cgroup"),
+        "user" => Some("--user"),
+        "time" => Some("--time"),
+        _ => None,
+    };
+    kinds.iter().filter_map(|k| flag(k)).collect()
+}
+
+/// One floor start: `unshare FLAGS --fork chroot ROOTFS /bin/true`; its wall time.
+fn floor_once(flags: &[&str], rootfs: &Path) -> Result<Duration, String> {
+    let t = Instant::now();
+    let status = Command::new("unshare")
+        .args(flags)
+        .arg("--fork")
+        .arg("chroot")
+        .arg(rootfs)
+        .arg("/bin/true")
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("unshare: {e}"))?;
+    if !status.success() {
+        return Err(format!("unshare ... chroot ... /bin/true: {status}"));
+    }
+    Ok(t.elapsed())
 }
 
 fn startup(c: &mut Criterion) {
@@ -31,11 +79,24 @@ fn startup(c: &mut Criterion) {
             Err(e) => eprintln!("startup: {} unavailable: {e}", rt.name),
         }
     }
+    let flags = unshare_flags(bundle.path());
+    let rootfs = bundle.path().join("rootfs");
+    let floor_works = match floor_once(&flags, &rootfs) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("startup: floor unavailable: {e}");
+            false
+        }
+    };
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); usable.len()];
+    let mut floor = Vec::new();
     for _ in 0..rounds {
         for (i, rt) in usable.iter().enumerate() {
             let t = run_once(rt, bundle.path(), state.path(), &next_id(rt)).unwrap_or_else(|e| panic!("{e}"));
             times[i].push(t);
+        }
+        if floor_works {
+            floor.push(floor_once(&flags, &rootfs).unwrap_or_else(|e| panic!("{e}")));
         }
     }
     let medians: Vec<Duration> = times.iter_mut().map(|t| median(t)).collect();
@@ -45,6 +106,15 @@ fn startup(c: &mut Criterion) {
     }
     for (rt, m) in usable.iter().zip(&medians).skip(1) {
         println!("startup: ratio strata/{} = {:.2}", rt.name, medians[0].as_secs_f64() / m.as_secs_f64());
+    }
+    if floor_works {
+        let f = median(&mut floor);
+        println!(
+            "startup: floor (unshare {} --fork chroot rootfs /bin/true) median {:>8.2} ms",
+            flags.join(" "),
+            f.as_secs_f64() * 1e3
+        );
+        println!("startup: ratio strata/floor = {:.2} (target ≤ 1.5)", medians[0].as_secs_f64() / f.as_secs_f64());
     }
 
     let mut group = c.benchmark_group("startup");
