@@ -13,7 +13,9 @@ mkdir -p "$cache"
 
 target=x86_64-unknown-linux-gnu
 build_started=$(date +%s)
-json=$(cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' cargo test -p strata-cgroups --no-run \
+# The unit tests (lib) and tests/live.rs; tests/fuzz_corpus.rs reads the repository's corpus and
+# runs on the host with the rest of `cargo test`.
+json=$(cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' cargo test -p strata-cgroups --lib --test live --no-run \
     --target "$target" --target-dir "$cache/target" --message-format=json-render-diagnostics)
 echo "vmtest: static test build took $(( $(date +%s) - build_started ))s" >&2
 
