@@ -47,6 +47,34 @@ pub struct Created {
     pub pty_master: Option<OwnedFd>,
 }
 
+/// Times the steps of a container's start for `--debug`: where strata's time goes, each step's
+/// share against the whole (`strata --debug run`). Costs one clock read per step, and nothing
+/// is formatted unless debug logging is on.
+struct Steps {
+    first: Instant,
+    last: Instant,
+    on: bool,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        let now = Instant::now();
+        Steps { first: now, last: now, on: tracing::enabled!(tracing::Level::DEBUG) }
+    }
+
+    fn done(&mut self, step: &str) {
+        if self.on {
+            let now = Instant::now();
+            tracing::debug!(
+                "step {step}: {:.3} ms (at {:.3} ms)",
+                (now - self.last).as_secs_f64() * 1e3,
+                (now - self.first).as_secs_f64() * 1e3
+            );
+            self.last = now;
+        }
+    }
+}
+
 /// Removes what a failed `create` made, in reverse order, unless disarmed.
 struct CreateGuard<'a> {
     root: &'a StateRoot,
@@ -167,6 +195,7 @@ pub fn create(
     opts: &CreateOptions,
     gate_channel: bool,
 ) -> Result<Created> {
+    let mut steps = Steps::new();
     state::validate_id(id)?;
     let spec = &bundle.spec;
     let linux = spec.linux().as_ref().ok_or_else(|| Error::Invalid("linux: missing".into()))?;
@@ -214,6 +243,7 @@ pub fn create(
         }
     };
 
+    steps.done("checks, state directory, cgroup");
     let gate = if gate_channel { Gate::Channel } else { Gate::Socket(listen_start_socket(&dir)?) };
     let (parent_end, child_end) = sync::pair()?;
     let args = InitArgs {
@@ -238,6 +268,7 @@ pub fn create(
     drop(child_end);
     drop(args);
     guard.pids.push(stage1);
+    steps.done("fork of stage 1");
     if let Some(path) = scope {
         // connected only now, so that no process of the container inherits the connection
         let mut manager = cgroups::systemd::Manager::connect()?;
@@ -292,6 +323,7 @@ pub fn create(
         }
         parent_end.send(&Msg::Go, None)?;
     }
+    steps.done("namespaces entered (id maps, idmapped mounts)");
     let hooks = spec.hooks().as_ref();
     // prestart and createRuntime, when the init has mounted everything: in the runtime's
     // namespaces, with the state the init then uses for its own hooks.
@@ -313,6 +345,7 @@ pub fn create(
         |_| {},
     )?;
     let (init_pid, pty_master, seccomp_listener) = (report.pid, report.pty, report.seccomp_listener);
+    steps.done("init set up in the container (mounts, devices, pivot_root, hooks)");
     if let Some(devices) = linux.net_devices().as_ref().filter(|d| !d.is_empty()) {
         let netns: OwnedFd = std::fs::File::open(format!("/proc/{init_pid}/ns/net"))
             .ctx(|| "opening the container's network namespace".into())?
@@ -320,6 +353,7 @@ pub fn create(
         crate::netdev::move_devices(devices, &netns)?;
     }
     cgroup.apply(&device_rules)?;
+    steps.done("device program");
     let state = ContainerState {
         oci_version: spec.version().clone(),
         id: id.to_string(),
@@ -349,6 +383,7 @@ pub fn create(
         send_pidfd(sock, init_pid)?;
     }
     guard.armed = false;
+    steps.done("state saved");
     Ok(Created { state, channel: Some(parent_end), pty_master })
 }
 
@@ -959,6 +994,7 @@ fn write_all(fd: i32, mut data: &[u8]) {
 pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions, keep: bool) -> Result<i32> {
     let sigfd = block_signals()?;
     let created = create(root, id, bundle, opts, true)?;
+    let mut steps = Steps::new();
     let pid = created.state.pid;
     let result = (|| {
         let chan = created.channel.as_ref().ok_or_else(|| Error::Init("no channel to the init".into()))?;
@@ -969,7 +1005,9 @@ pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions, ke
         if !crate::hooks::of(st.hooks.as_ref(), crate::hooks::Kind::Poststart).is_empty() && program_started(chan) {
             crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststart, || st.hook_state("running"));
         }
+        steps.done("state saved as started, start sent");
         let code = supervise(pid, &sigfd, created.pty_master.as_ref())?;
+        steps.done("the program ran and exited");
         match crate::exec::exec_failure(chan) {
             Some(e) => Err(e),
             None => Ok(code),
@@ -979,6 +1017,7 @@ pub fn run(root: &StateRoot, id: &str, bundle: &Bundle, opts: &CreateOptions, ke
         return result;
     }
     let cleanup = delete(root, id, true);
+    steps.done("delete");
     let code = result?;
     cleanup?;
     Ok(code)
