@@ -246,13 +246,8 @@ fn respond(mut s: TcpStream, status: &str, headers: &[(&str, String)], body: &[u
     s.flush()
 }
 
-fn serve(
-    stream: TcpStream,
-    port: u16,
-    manifests: &BTreeMap<String, (String, Vec<u8>)>,
-    blobs: &BTreeMap<String, Vec<u8>>,
-    seen: &Mutex<Seen>,
-) -> std::io::Result<()> {
+/// The path of an HTTP request on `stream` and its headers (names lower-cased).
+fn read_request(stream: &TcpStream) -> std::io::Result<(String, BTreeMap<String, String>)> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -267,6 +262,17 @@ fn serve(
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
+    Ok((path, headers))
+}
+
+fn serve(
+    stream: TcpStream,
+    port: u16,
+    manifests: &BTreeMap<String, (String, Vec<u8>)>,
+    blobs: &BTreeMap<String, Vec<u8>>,
+    seen: &Mutex<Seen>,
+) -> std::io::Result<()> {
+    let (path, headers) = read_request(&stream)?;
     let mut seen = seen.lock().expect("seen");
     if let Some(query) = path.strip_prefix("/token?") {
         seen.token_auth.push(headers.get("authorization").cloned());
@@ -386,16 +392,7 @@ fn a_registry_sending_more_or_less_than_the_descriptor_is_cut_off_and_nothing_ke
             let mut sent = 0u64;
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut line = String::new();
-                let _ = reader.read_line(&mut line);
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
-                    }
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+                let Ok((path, _)) = read_request(&stream) else { continue };
                 if path == "/quit" {
                     return sent;
                 }
@@ -516,16 +513,7 @@ fn a_pull_does_not_block_the_store_while_it_downloads() {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+            let Ok((path, _)) = read_request(&stream) else { continue };
             if path == "/quit" {
                 return;
             }
@@ -770,22 +758,11 @@ fn token_service(cert: &Path, key: &Path) -> u16 {
         let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         for (n, stream) in listener.incoming().enumerate() {
             let Ok(stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let mut basic_ok = false;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-                basic_ok |= h.to_ascii_lowercase().starts_with("authorization:") && h.contains("Basic dTpw");
-            }
-            if !basic_ok {
+            let Ok((path, headers)) = read_request(&stream) else { continue };
+            if headers.get("authorization").map(String::as_str) != Some("Basic dTpw") {
                 let _ = respond(stream, "401 Unauthorized", &[], b"{}");
                 continue;
             }
-            let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
             let scope =
                 path.split(['?', '&']).find_map(|p| p.strip_prefix("scope=")).unwrap_or_default().replace("%3A", ":");
             let repo = scope.split(':').nth(1).unwrap_or_default().to_string();

@@ -154,30 +154,24 @@ fn image_user_lookup_stays_inside_the_image() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let host_passwd = tmp.path().join("host-passwd");
     std::fs::write(&host_passwd, "hostuser:x:4242:4242::/:/bin/sh\n").expect("host file");
-    let link = |target: &str| {
+    // a one-entry layer holding `etc/passwd` of `kind` (a symlink to `target`, or a FIFO)
+    let layer = |kind: tar::EntryType, target: Option<&str>| {
         let mut t = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1);
-        t.append_link(&mut h, "etc/passwd", target).expect("symlink");
-        t.into_inner().expect("tar")
-    };
-    let fifo = {
-        let mut t = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Fifo);
+        h.set_entry_type(kind);
         h.set_size(0);
         h.set_mode(0o644);
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(1);
-        t.append_data(&mut h, "etc/passwd", std::io::empty()).expect("fifo");
+        match target {
+            Some(target) => t.append_link(&mut h, "etc/passwd", target).expect("symlink"),
+            None => t.append_data(&mut h, "etc/passwd", std::io::empty()).expect("entry"),
+        }
         t.into_inner().expect("tar")
     };
+    let link = |target: &str| layer(tar::EntryType::Symlink, Some(target));
+    let fifo = layer(tar::EntryType::Fifo, None);
     for (case, layer, expected) in [
         ("host-link", link(host_passwd.to_str().expect("utf8")), "is not in /etc/passwd"),
         ("dev-zero", link("/dev/zero"), "is not in /etc/passwd"),
