@@ -10,52 +10,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
-use layerstore::{Algorithm, Digest};
-use serde_json::json;
-
-/// Writes an OCI layout at `dir` with one uncompressed layer holding the busybox tree.
-fn busybox_layout(dir: &Path) {
-    busybox_layout_with(dir, "user", None);
-}
-
-/// [`busybox_layout`] with the config's `User`, and a second layer `top` over the busybox one.
-fn busybox_layout_with(dir: &Path, user: &str, top: Option<Vec<u8>>) {
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    tar.append_dir_all(".", busybox_rootfs()).expect("pack rootfs");
-    let mut layers = vec![tar.into_inner().expect("finish tar")];
-    layers.extend(top);
-    let digests: Vec<Digest> = layers.iter().map(|l| Digest::of(Algorithm::Sha256, l)).collect();
-    let config = serde_json::to_vec(&json!({
-        "architecture": layerstore::host_arch(), "os": "linux",
-        "config": {"Cmd": ["sh", "-c", "echo $GREETING from $(pwd) as $(id -u)"], "Env": ["GREETING=hello", "PATH=/bin"],
-                   "WorkingDir": "/tmp", "User": user},
-        "rootfs": {"type": "layers", "diff_ids": digests.iter().map(Digest::to_string).collect::<Vec<_>>()},
-    }))
-    .expect("json");
-    let config_digest = Digest::of(Algorithm::Sha256, &config);
-    let descs: Vec<_> = layers
-        .iter()
-        .zip(&digests)
-        .map(|(l, d)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": l.len()}))
-        .collect();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
-        "layers": descs,
-    }))
-    .expect("json");
-    let manifest_digest = Digest::of(Algorithm::Sha256, &manifest);
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).expect("mkdir");
-    for (d, data) in digests.iter().zip(&layers).chain([(&config_digest, &config), (&manifest_digest, &manifest)]) {
-        std::fs::write(blobs.join(d.hex()), data).expect("write blob");
-    }
-    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": manifest_digest.to_string(), "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "bb"}}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("json")).expect("write");
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write");
-}
 
 fn strata(state: &Path, store: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(strata_bin())
