@@ -137,6 +137,13 @@ impl Read for ChunkReader {
     }
 }
 
+/// The uncompressed stream of a layer blob of `media_type` (tar, tar+gzip or tar+zstd),
+/// decompressed on a thread of its own as imports and pulls do; [`Error::UnknownMediaType`] for
+/// any other media type.
+pub fn layer_stream(media_type: &str, digest: &Digest, blob: impl Read + Send + 'static) -> Result<Box<dyn Read>> {
+    Ok(Compression::of_media_type(media_type, digest)?.threaded_reader(blob))
+}
+
 /// The OCI spelling of this host's architecture (`amd64`, `arm64`, ...).
 pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {

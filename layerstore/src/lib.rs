@@ -19,6 +19,8 @@ mod blobs;
 mod digest;
 mod error;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod import;
 mod lower;
 mod maintain;
@@ -30,8 +32,11 @@ mod unpack;
 pub use blobs::{BlobStore, Ingested};
 pub use digest::{Algorithm, Digest, Hasher, HashingReader};
 pub use error::{Error, Result};
-pub use import::host_arch;
+pub use import::{host_arch, layer_stream};
 pub use maintain::{DiskUsage, FsckProblem, FsckReport, GcReport};
-pub use pull::{NoProgress, PullOptions, PullProgress, PullReport, Reference, credentials, hosts, parse_challenge};
+pub use pull::{
+    NoProgress, PullOptions, PullProgress, PullReport, Reference, credentials, hosts, parse_challenge,
+    parse_token_reply,
+};
 pub use store::{ContainerRef, ImageRecord, ImportOptions, Store};
 pub use unpack::{LayerLimits, UnpackOptions, UnpackStats, unpack_layer};

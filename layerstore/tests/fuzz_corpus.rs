@@ -104,3 +104,71 @@ fn registry_hosts_corpus_parses_or_refuses_by_name() {
     }
     assert!(replayed >= 7, "only {replayed} corpus files in {}", dir.display());
 }
+
+/// The files of one corpus directory, with their names.
+fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .expect("corpus directory exists")
+        .map(|e| {
+            let path = e.expect("corpus entry").path();
+            let name = path.file_name().expect("name").to_string_lossy().into_owned();
+            (name, fs::read(&path).expect("readable corpus file"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The corpus of `fuzz/fuzz_targets/layer_stream.rs` with its check: gzip and zstd layers,
+/// whole, truncated and not compressed at all, unpack or fail inside their root.
+#[test]
+fn layer_stream_corpus_unpacks_or_fails_inside_its_root() {
+    let files = corpus("layer_stream");
+    for (name, data) in &files {
+        eprintln!("{name}");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        layerstore::fuzzing::check_layer_stream(data, tmp.path());
+        if name == "plain.tar.gz" || name == "plain.tar.zst" {
+            assert!(tmp.path().join("root").read_dir().expect("root").count() > 0, "{name} unpacked nothing");
+        }
+    }
+    assert!(files.len() >= 8, "only {} corpus files", files.len());
+}
+
+/// The corpus of `fuzz/fuzz_targets/image_json.rs` with its check (import or leave nothing), and
+/// the seeds' outcomes: the valid documents import, the broken ones are refused.
+#[test]
+fn image_json_corpus_imports_or_leaves_the_store_untouched() {
+    for (name, data) in layerstore::fuzzing::image_json_seeds() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let imported = layerstore::fuzzing::check_image_json(&data, tmp.path());
+        assert_eq!(imported, name.starts_with("valid-"), "seed {name}");
+    }
+    let files = corpus("image_json");
+    for (name, data) in &files {
+        eprintln!("{name}");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        layerstore::fuzzing::check_image_json(data, tmp.path());
+    }
+    assert!(files.len() >= 7, "only {} corpus files", files.len());
+}
+
+/// The corpus of `fuzz/fuzz_targets/registry_token.rs`: JWTs and OAuth tokens are taken, a token
+/// that could end the header or is not ASCII is refused, and nothing panics.
+#[test]
+fn registry_token_corpus_gives_header_safe_tokens() {
+    let files = corpus("registry_token");
+    for (name, data) in &files {
+        layerstore::fuzzing::check_token_reply(data);
+        let parsed = layerstore::parse_token_reply(data);
+        match name.as_str() {
+            "jwt" | "oauth" | "empty-then-access" => assert!(parsed.is_ok(), "{name}: {parsed:?}"),
+            "header-injection" | "non-ascii" => {
+                assert!(parsed.as_ref().is_err_and(|e| e.contains("header")), "{name}: {parsed:?}")
+            }
+            _ => assert!(parsed.is_err(), "{name}: {parsed:?}"),
+        }
+    }
+    assert!(files.len() >= 8, "only {} corpus files", files.len());
+}

@@ -185,3 +185,38 @@ fn shim_ttrpc_corpus_frames_the_same_whatever_the_reads() {
     }
     assert!(decoded >= 3 && refused >= 1, "decoded {decoded}, refused {refused} in {}", dir.display());
 }
+
+/// The corpus of `fuzz/fuzz_targets/shim_options.rs` with its check (options or
+/// `INVALID_ARGUMENT`, never a panic), and the seeds' outcomes: a ConfigPath naming a device is
+/// refused without being read, unknown TOML and unknown types are refused.
+#[test]
+fn shim_options_corpus_decodes_or_refuses() {
+    use containerd_shim::protos::protobuf::MessageField;
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
+    use engine::shimv2::options::{check_fuzz_input, parse};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/shim_options");
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus directory exists") {
+        let path = entry.expect("corpus entry").path();
+        let data = std::fs::read(&path).expect("read");
+        check_fuzz_input(&data);
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let url = ["containerd.runc.v1.Options", "runc.v1.Options", "runtimeoptions.v1.Options", "other.v1.Options"]
+            [usize::from(data[0] % 4)];
+        let mut any = Any::new();
+        any.type_url = url.into();
+        any.value = data[1..].to_vec();
+        let result = parse(&MessageField::some(any));
+        match name.as_str() {
+            "runtimeoptions-body" | "runc-io-uid-gid" | "runc-shim-cgroup" | "runc-systemd-cgroup" => {
+                assert!(result.is_ok(), "{name}: {result:?}")
+            }
+            "runtimeoptions-fifo-path" => {
+                assert!(result.is_err_and(|e| e.message.contains("not a regular file")), "{name}")
+            }
+            _ => assert!(result.is_err(), "{name}: {result:?}"),
+        }
+        replayed += 1;
+    }
+    assert!(replayed >= 8, "only {replayed} corpus files in {}", dir.display());
+}

@@ -217,7 +217,13 @@ impl Reader<'_> {
                 let mut items = Vec::new();
                 while self.pos < end {
                     let mut s = elem;
+                    let before = self.pos;
                     items.push(self.value(&mut s, depth + 1)?);
+                    // Every well-formed element takes at least a byte; one that takes none
+                    // would repeat forever.
+                    if self.pos == before {
+                        return Err(bad("array element of no size"));
+                    }
                 }
                 if self.pos != end {
                     return Err(bad("array length"));
@@ -233,6 +239,10 @@ impl Reader<'_> {
                     fields.push(self.value(sig, depth + 1)?);
                 }
                 *sig = &sig[1..];
+                // The specification has no empty struct, and a dict entry is a key and a value.
+                if fields.is_empty() || (c == "{" && fields.len() != 2) {
+                    return Err(bad(format!("{c}{close} with {} fields", fields.len())));
+                }
                 Value::Struct(fields)
             }
             other => return Err(bad(format!("type {other:?}"))),
@@ -242,6 +252,10 @@ impl Reader<'_> {
 
 /// The first complete type of `sig`.
 fn single_type(sig: &str) -> io::Result<&str> {
+    // Type codes are ASCII; slicing below is by byte.
+    if !sig.is_ascii() {
+        return Err(bad("signature not ASCII"));
+    }
     let bytes = sig.as_bytes();
     let mut i = 0;
     while bytes.get(i) == Some(&b'a') {
@@ -519,6 +533,31 @@ mod tests {
             let mut flipped = good.clone();
             flipped[i] ^= 0xff;
             let _ = parse_message(&flipped);
+        }
+    }
+
+    /// Found by the fuzzer: a signature with a character of two bytes after `a` was sliced
+    /// through the character (a panic).
+    #[test]
+    fn non_ascii_signatures_are_refused() {
+        let data = include_bytes!("../../../fuzz/corpus/dbus_message/non-ascii-signature");
+        assert!(parse_message(data).unwrap_err().to_string().contains("not ASCII"));
+    }
+
+    /// Found by the fuzzer: an array of empty dict entries (signature `a{}`) looped forever, each
+    /// element reading nothing. Empty structs and dict entries without two fields are refused.
+    #[test]
+    fn arrays_of_empty_structs_are_refused_not_looped_on() {
+        let data = include_bytes!("../../../fuzz/corpus/dbus_message/array-of-empty-dict");
+        let err = parse_message(data).unwrap_err().to_string();
+        assert!(err.contains("{} with 0 fields"), "{err}");
+        // Each array below says its elements take 8 bytes.
+        let mut buf = [0u8; 64];
+        buf[0] = 8;
+        for sig in ["()", "{s}", "{sss}", "a()", "a{}", "a{s}"] {
+            let mut reader = Reader { buf: &buf, pos: 0 };
+            let mut s = sig;
+            assert!(reader.value(&mut s, 0).is_err(), "{sig}");
         }
     }
 }

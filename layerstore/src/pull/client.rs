@@ -134,22 +134,32 @@ impl Client {
             let hint = if basic.is_some() { "check --user" } else { "the registry may need --user USER:PASS" };
             return Err(token_error(Some(status), format!("token refused; {hint}")));
         }
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
         let body = reply
             .body_mut()
             .with_config()
             .limit(1 << 20)
             .read_to_vec()
             .map_err(|e| token_error(None, e.to_string()))?;
-        let t: Token =
-            serde_json::from_slice(&body).map_err(|e| token_error(Some(status), format!("bad token JSON: {e}")))?;
-        let token = t.token.or(t.access_token).ok_or_else(|| token_error(Some(status), "no token in reply".into()))?;
+        let token = parse_token_reply(&body).map_err(|reason| token_error(Some(status), reason))?;
         Ok(format!("Bearer {token}"))
     }
+}
+
+/// The bearer token in a token service's JSON reply: `token`, or OAuth's `access_token`.
+/// Untrusted input: the token becomes a header value, so it must be visible ASCII (a JWT or any
+/// RFC 6750 token is).
+pub fn parse_token_reply(body: &[u8]) -> std::result::Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Token {
+        token: Option<String>,
+        access_token: Option<String>,
+    }
+    let t: Token = serde_json::from_slice(body).map_err(|e| format!("bad token JSON: {e}"))?;
+    let token = t.token.filter(|t| !t.is_empty()).or(t.access_token).ok_or("no token in reply")?;
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token holds characters a header cannot carry".to_string());
+    }
+    Ok(token)
 }
 
 /// Splits a registry's `WWW-Authenticate` challenge, `Bearer realm="...",service="...",scope="..."`,

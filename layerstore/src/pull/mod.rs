@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use oci_spec::image::{ImageIndex, ImageManifest};
 
 use self::client::Client;
-pub use self::client::parse_challenge;
+pub use self::client::{parse_challenge, parse_token_reply};
 pub use self::reference::Reference;
 use crate::fsutil::FileLock;
 use crate::import::{Compression, LayerDesc, SourceImage, is_index, is_manifest, pick_platform};

@@ -135,12 +135,57 @@ fn decode_runtimeoptions(mut b: &[u8]) -> RpcResult<(String, String, Vec<u8>)> {
 fn from_runtimeoptions(bytes: &[u8]) -> RpcResult<RuntimeOptions> {
     let (_, path, body) = decode_runtimeoptions(bytes)?;
     let (text, source) = if !path.is_empty() {
-        let text = std::fs::read_to_string(&path).map_err(|e| invalid(format!("ConfigPath {path}: {e}")))?;
+        let text = read_config_file(&path).map_err(|e| invalid(format!("ConfigPath {path}: {e}")))?;
         (text, path)
     } else {
         (String::from_utf8(body).map_err(|_| invalid("ConfigBody is not UTF-8"))?, "ConfigBody".to_string())
     };
     from_toml(&text).map_err(|e| invalid(format!("{source}: {e}")))
+}
+
+/// Largest options file read (the TOML is a few lines).
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// Reads a `ConfigPath` file: a regular file (opened without blocking, so a FIFO or a device
+/// is refused, not waited on) of at most [`MAX_CONFIG_FILE`] bytes, in UTF-8.
+fn read_config_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_FILE + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(format!("larger than {MAX_CONFIG_FILE} bytes"));
+    }
+    Ok(text)
+}
+
+/// The check of the fuzz target `shim_options` (replayed on stable by `tests/bad_input.rs`):
+/// the first byte picks the options' type URL, the rest is the message. Decoding gives options
+/// or an `INVALID_ARGUMENT` error, never a panic. Not part of the shim's API.
+#[doc(hidden)]
+pub fn check_fuzz_input(data: &[u8]) {
+    let Some((&pick, value)) = data.split_first() else { return };
+    let url = match pick % 4 {
+        0 => "type.googleapis.com/containerd.runc.v1.Options",
+        1 => "runc.v1.Options",
+        2 => RUNTIMEOPTIONS_TYPE,
+        _ => "type.googleapis.com/other.v1.Options",
+    };
+    let mut any = Any::new();
+    any.type_url = url.into();
+    any.value = value.to_vec();
+    if let Err(e) = parse(&MessageField::some(any)) {
+        assert_eq!(e.code, Code::INVALID_ARGUMENT, "{e:?}");
+    }
 }
 
 /// A value of the flat TOML strata reads.
