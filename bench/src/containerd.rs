@@ -128,6 +128,11 @@ impl Containerd {
         Ok(c)
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.id()
+    }
+
     /// containerd's root directory (content store, snapshots, metadata).
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")

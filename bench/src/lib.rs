@@ -3,7 +3,9 @@
 
 pub mod containerd;
 pub mod images;
+pub mod load;
 pub mod report;
+pub mod soak;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
