@@ -219,8 +219,6 @@ pub fn create(
         (_, false) => Console::None,
     };
 
-    let dir = root.create_dir(id)?;
-    let mut guard = CreateGuard { root, id: id.to_string(), cgroup: None, unit: None, pids: Vec::new(), armed: true };
     let cgroups_path = linux.cgroups_path().as_ref().map(|p| p.to_string_lossy().into_owned());
     // Device rules are applied once the init has made /dev (as runc does): the program also
     // governs mknod, and the init creates the default nodes inside the cgroup.
@@ -233,17 +231,30 @@ pub fn create(
     } else {
         None
     };
+    let cg_path = match &scope {
+        Some(path) => hierarchy.mount().join(path.cgroup_rel()),
+        None => hierarchy.mount().join(cgroup_location_of(&hierarchy, cgroups_path.as_deref(), id)?),
+    };
+    // The record of this creation goes in with the state directory, before anything is made:
+    // what a create killed half-way leaves is found from it and removed.
+    let record = state::Creating::by_this_process(cg_path.clone(), scope.as_ref().map(|p| p.unit.clone()));
+    let dir = match root.create_dir(id, &record) {
+        Err(Error::Exists(_)) if remove_abandoned(root, id)? => root.create_dir(id, &record)?,
+        other => other?,
+    };
+    let mut guard = CreateGuard { root, id: id.to_string(), cgroup: None, unit: None, pids: Vec::new(), armed: true };
     let cgroup = match &scope {
-        Some(path) => Cgroup::open(hierarchy.mount().join(path.cgroup_rel())),
+        Some(_) => Cgroup::open(cg_path),
         None => {
-            let cg_rel = cgroup_location_of(&hierarchy, cgroups_path.as_deref(), id)?;
-            let cgroup = create_cgroup(&hierarchy, &cg_rel, resources.as_ref())?;
+            let rel = cg_path.strip_prefix(hierarchy.mount()).unwrap_or(&cg_path).to_path_buf();
+            let cgroup = create_cgroup(&hierarchy, &rel, resources.as_ref())?;
             guard.cgroup = Some(cgroup.clone());
             cgroup
         }
     };
 
     steps.done("checks, state directory, cgroup");
+    crate::fault::point("cli", "cgroup");
     let gate = if gate_channel { Gate::Channel } else { Gate::Socket(listen_start_socket(&dir)?) };
     let (parent_end, child_end) = sync::pair()?;
     let args = InitArgs {
@@ -269,6 +280,7 @@ pub fn create(
     drop(args);
     guard.pids.push(stage1);
     steps.done("fork of stage 1");
+    crate::fault::point("cli", "forked");
     if let Some(path) = scope {
         // connected only now, so that no process of the container inherits the connection
         let mut manager = cgroups::systemd::Manager::connect()?;
@@ -324,6 +336,7 @@ pub fn create(
         parent_end.send(&Msg::Go, None)?;
     }
     steps.done("namespaces entered (id maps, idmapped mounts)");
+    crate::fault::point("cli", "namespaces");
     let hooks = spec.hooks().as_ref();
     // prestart and createRuntime, when the init has mounted everything: in the runtime's
     // namespaces, with the state the init then uses for its own hooks.
@@ -346,6 +359,7 @@ pub fn create(
     )?;
     let (init_pid, pty_master, seccomp_listener) = (report.pid, report.pty, report.seccomp_listener);
     steps.done("init set up in the container (mounts, devices, pivot_root, hooks)");
+    crate::fault::point("cli", "init-ready");
     if let Some(devices) = linux.net_devices().as_ref().filter(|d| !d.is_empty()) {
         let netns: OwnedFd = std::fs::File::open(format!("/proc/{init_pid}/ns/net"))
             .ctx(|| "opening the container's network namespace".into())?
@@ -354,6 +368,7 @@ pub fn create(
     }
     cgroup.apply(&device_rules)?;
     steps.done("device program");
+    crate::fault::point("cli", "devices");
     let state = ContainerState {
         oci_version: spec.version().clone(),
         id: id.to_string(),
@@ -384,7 +399,44 @@ pub fn create(
     }
     guard.armed = false;
     steps.done("state saved");
+    crate::fault::point("cli", "saved");
     Ok(Created { state, channel: Some(parent_end), pty_master })
+}
+
+/// Removes what a `create` that was killed half-way left of container `id` (its state was never
+/// saved): whatever runs in its cgroup is killed, and the cgroup, the scope unit and the state
+/// directory go. Returns whether there was such a leftover; a creation whose process still
+/// runs is left alone (`false`), as is a container whose state was saved.
+pub fn remove_abandoned(root: &StateRoot, id: &str) -> Result<bool> {
+    let dir = root.container_dir(id)?;
+    if !dir.is_dir() || root.load(id).is_ok() {
+        return Ok(false);
+    }
+    let record = root.load_creating(id)?;
+    if let Some(record) = &record {
+        if record.creator_alive() {
+            return Ok(false);
+        }
+        tracing::debug!("container {id}: removing what its killed create (pid {}) left", record.pid);
+        let cg = Cgroup::open(record.cgroup_path.clone());
+        if cg.path().exists() {
+            cg.kill_all()?;
+            wait_empty(&cg, Duration::from_secs(10))?;
+        }
+        if let Some(unit) = &record.systemd_unit {
+            // The scope may never have started: nothing to stop then.
+            let _ = cgroups::systemd::Manager::connect().and_then(|mut m| m.stop_unit(unit));
+        }
+        if cg.path().exists() {
+            cg.delete()?;
+        }
+        if let Some(parent) = cg.path().parent().filter(|p| p.file_name().is_some_and(|n| n == "strata")) {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+    // Without a record (a directory no create of this version makes) there is nothing else to find.
+    root.remove(id)?;
+    Ok(true)
 }
 
 /// The caller's user name from /etc/passwd (read directly: NSS modules are slow to load and
@@ -735,7 +787,10 @@ pub fn pids(root: &StateRoot, id: &str) -> Result<Vec<i32>> {
 /// Deletes a container: refuses a running one unless `force`, which kills it first. Leaves no
 /// process, cgroup or state behind. Runs the `poststop` hooks.
 pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<()> {
-    let st = delete_quietly(root, id, force)?;
+    let st = match delete_quietly(root, id, force) {
+        Err(Error::NotFound(_)) if remove_abandoned(root, id)? => return Ok(()),
+        other => other?,
+    };
     crate::hooks::run_or_warn(st.hooks.as_ref(), crate::hooks::Kind::Poststop, || st.hook_state("stopped"));
     Ok(())
 }
@@ -836,6 +891,7 @@ fn wait_empty(cgroup: &Cgroup, limit: Duration) -> Result<()> {
 pub fn remove_leftovers(root: &StateRoot, id: &str, bundle_dir: &Path) -> Result<()> {
     match delete_quietly(root, id, true) {
         Ok(_) => return Ok(()),
+        Err(Error::NotFound(_)) if remove_abandoned(root, id)? => return Ok(()),
         Err(Error::NotFound(_)) => {}
         Err(e) => return Err(e),
     }

@@ -95,6 +95,7 @@ fn enter_namespaces(plan: &Plan, time_offsets: Option<String>, chan: &Channel) -
             .write(Path::new(&format!("{}/timens_offsets", nix::unistd::getpid())), offsets.as_bytes())
             .map_err(|e| Error::Init(format!("linux.timeOffsets: {e}")))?;
     }
+    crate::fault::point("stage1", "namespaces");
     Ok(idmapped)
 }
 
@@ -148,6 +149,7 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel, idmapped: Vec<(usize, 
         before_pivot: Some(&before_pivot),
     }
     .run()?;
+    crate::fault::point("init", "rootfs");
 
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).ctx(|| format!("hostname: sethostname({h:?})"))?;
@@ -186,6 +188,7 @@ fn init(args: &InitArgs<'_>, plan: &Plan, chan: &Channel, idmapped: Vec<(usize, 
         field_prefix: "process.",
     };
     let prepared = launch::prepare(&ctx, chan)?;
+    crate::fault::point("init", "gate");
     let gate = match &args.gate {
         Gate::Channel => {
             chan.expect(&Msg::Start)?;

@@ -18,6 +18,7 @@ pub mod copy;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod fault;
 pub mod features;
 pub mod fields;
 pub mod hooks;

@@ -119,6 +119,54 @@ pub struct OciState {
     pub annotations: HashMap<String, String>,
 }
 
+/// What a `create` records before it makes anything, so that whatever it leaves when it is
+/// killed half-way can be found and removed: who is creating, and the cgroup (and systemd
+/// unit) it is about to make.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Creating {
+    /// The creating process and its start time (a reused pid is not it).
+    pub pid: i32,
+    /// See [`Creating::pid`].
+    pub pid_start_time: u64,
+    /// The container's cgroup directory.
+    pub cgroup_path: PathBuf,
+    /// The scope unit, with the systemd cgroup driver.
+    pub systemd_unit: Option<String>,
+}
+
+impl Creating {
+    /// A record for a creation by this process.
+    pub fn by_this_process(cgroup_path: PathBuf, systemd_unit: Option<String>) -> Creating {
+        let pid = std::process::id() as i32;
+        Creating { pid, pid_start_time: process_start_time(pid).unwrap_or(0), cgroup_path, systemd_unit }
+    }
+
+    /// Whether the creating process is still at work.
+    pub fn creator_alive(&self) -> bool {
+        process_start_time(self.pid).is_some_and(|t| t == self.pid_start_time)
+    }
+}
+
+const CREATING_FILE: &str = "creating.json";
+
+fn path_c(p: &Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
+        .map_err(|_| Error::Invalid(format!("{}: contains a NUL byte", p.display())))
+}
+
+/// Writes `value` as JSON to a new file `path` (mode 0600) and syncs it.
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let data = serde_json::to_vec(value).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .ctx(|| format!("writing {}", path.display()))?;
+    f.write_all(&data).ctx(|| format!("writing {}", path.display()))?;
+    f.sync_all().ctx(|| format!("syncing {}", path.display()))
+}
+
 /// The state root directory (`--root`).
 #[derive(Debug, Clone)]
 pub struct StateRoot {
@@ -156,13 +204,56 @@ impl StateRoot {
         Ok(self.dir.join(id))
     }
 
-    /// Creates the directory for a new container; fails if the id is taken.
-    pub fn create_dir(&self, id: &str) -> Result<PathBuf> {
+    /// Creates the directory for a new container with the record of its creation in it, at
+    /// once: the directory is made under a name no id can have and renamed into place without
+    /// replacing anything, so an id's directory never exists without a record saying who made
+    /// it. Fails with [`Error::Exists`] if the id is taken.
+    pub fn create_dir(&self, id: &str, record: &Creating) -> Result<PathBuf> {
         let dir = self.container_dir(id)?;
-        match fs::DirBuilder::new().mode(0o711).create(&dir) {
-            Ok(()) => Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Exists(id.to_string())),
-            Err(e) => Err(Error::io(format!("creating {}", dir.display()), e)),
+        let tmp = self.dir.join(format!(".creating-{id}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::DirBuilder::new().mode(0o711).create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        let made = write_json(&tmp.join(CREATING_FILE), record).and_then(|()| {
+            let (from, to) = (path_c(&tmp)?, path_c(&dir)?);
+            // SAFETY: renameat2 reads two NUL-terminated paths; the flags are a constant.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            match nix::errno::Errno::last() {
+                nix::errno::Errno::EEXIST | nix::errno::Errno::ENOTEMPTY => Err(Error::Exists(id.to_string())),
+                e => Err(Error::sys(format!("renaming {} to {}", tmp.display(), dir.display()), e)),
+            }
+        });
+        if made.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        made.map(|()| dir)
+    }
+
+    /// The record of how container `id` was being created, while its state is not saved yet
+    /// (`None` once it is, or when there is no such container).
+    pub fn load_creating(&self, id: &str) -> Result<Option<Creating>> {
+        let dir = self.container_dir(id)?;
+        if dir.join(STATE_FILE).exists() {
+            return Ok(None);
+        }
+        let file = dir.join(CREATING_FILE);
+        match fs::read(&file) {
+            Ok(data) => {
+                serde_json::from_slice(&data).map(Some).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", file.display()), e)),
         }
     }
 
@@ -180,7 +271,10 @@ impl StateRoot {
             .ctx(|| format!("writing {}", tmp.display()))?;
         f.write_all(&data).ctx(|| format!("writing {}", tmp.display()))?;
         f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
-        fs::rename(&tmp, dir.join(STATE_FILE)).ctx(|| format!("renaming {}", tmp.display()))
+        fs::rename(&tmp, dir.join(STATE_FILE)).ctx(|| format!("renaming {}", tmp.display()))?;
+        // The state now says everything the record of the creation did.
+        let _ = fs::remove_file(dir.join(CREATING_FILE));
+        Ok(())
     }
 
     /// Loads the recorded state of container `id`.
@@ -281,8 +375,12 @@ mod tests {
     fn save_load_list_remove() {
         let dir = tempfile::tempdir().unwrap();
         let root = StateRoot::new(dir.path().join("r")).unwrap();
-        root.create_dir("c1").unwrap();
-        assert!(matches!(root.create_dir("c1"), Err(Error::Exists(_))));
+        let record = Creating::by_this_process("/sys/fs/cgroup/x".into(), None);
+        root.create_dir("c1", &record).unwrap();
+        assert!(matches!(root.create_dir("c1", &record), Err(Error::Exists(_))));
+        // The record is there until the state is saved, and no temporary directory is left.
+        assert!(root.load_creating("c1").unwrap().is_some_and(|r| r.creator_alive()));
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
         let st = ContainerState {
             systemd_unit: None,
             oci_version: "1.0.2".into(),
@@ -302,6 +400,7 @@ mod tests {
         };
         root.save(&st).unwrap();
         assert_eq!(root.load("c1").unwrap().pid, 42);
+        assert!(root.load_creating("c1").unwrap().is_none(), "the record outlived the saved state");
         assert_eq!(root.list().unwrap(), vec!["c1".to_string()]);
         root.remove("c1").unwrap();
         assert!(matches!(root.load("c1"), Err(Error::NotFound(_))));

@@ -699,7 +699,11 @@ impl Daemon {
                 );
                 Ok(None)
             }
-            Err(Error::NotFound(_)) => self.finish_delete(caller, id, None),
+            Err(Error::NotFound(_)) => {
+                // A create whose helper was killed half-way leaves its cgroup and state directory.
+                container::remove_abandoned(&root, id).map_err(engine_err)?;
+                self.finish_delete(caller, id, None)
+            }
             Err(e) => Err(engine_err(e)),
         }
     }
