@@ -67,13 +67,15 @@ pub(crate) struct FileLock {
 impl FileLock {
     /// Takes the lock on `path` (created if missing), waiting for other holders.
     pub(crate) fn acquire(path: &Path, exclusive: bool) -> Result<FileLock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
+        let file =
+            match OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path) {
+                // On a read-only mount the lock file is taken as it is (flock needs no write access);
+                // what then writes to the store fails with the mount's error.
+                Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+                    OpenOptions::new().read(true).open(path).map_err(|_| e)
+                }
+                other => other,
+            }
             .map_err(Error::io("open lock", path))?;
         let op = if exclusive { FlockOperation::LockExclusive } else { FlockOperation::LockShared };
         flock(&file, op).map_err(|e| Error::io("flock", path)(e.into()))?;

@@ -116,7 +116,11 @@ impl Store {
             mkdir_p(&root.join(dir))?;
         }
         for dir in [root.to_path_buf(), root.join("pool")] {
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(Error::io("chmod 0700", &dir))?;
+            // Tightened where needed only: a store on a read-only mount can still be read.
+            let mode = fs::metadata(&dir).map_err(Error::io("stat", &dir))?.permissions().mode();
+            if mode & 0o7777 != 0o700 {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(Error::io("chmod 0700", &dir))?;
+            }
         }
         let blobs = BlobStore::open(root)?;
         Ok(Store { root: root.to_path_buf(), blobs, limits: crate::LayerLimits::default() })

@@ -61,6 +61,16 @@ fn kill_9_at_every_step_of_create_leaves_nothing_delete_cannot_remove() {
         let stderr = std::fs::read_to_string(c.dir.join("create.stderr")).unwrap();
         if point.starts_with("cli:") {
             assert_eq!(status.signal(), Some(9), "{point}: the create was not killed: {status:?} {stderr}");
+        } else if *point == "init:gate" {
+            // The init dies once it has reported ready: the create may have saved the container
+            // (which is then stopped) or seen the death and cleaned up; either way delete works.
+            if status.success() {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while c.state()["status"] != "stopped" && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                assert_eq!(c.state()["status"], "stopped", "{point}");
+            }
         } else {
             // Stage 1 or the init died: the create says so and cleans up after itself.
             assert!(!status.success(), "{point}: the create succeeded");
@@ -117,4 +127,184 @@ fn a_create_under_way_is_not_taken_for_abandoned() {
     std::fs::write(dir.join("creating.json"), record.to_string()).unwrap();
     assert!(c.strata(&["delete", &c.id]).status().unwrap().success());
     assert!(!dir.exists());
+}
+
+/// A tmpfs of `size` mounted at `dir`, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap();
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn remount_read_only(&self) {
+        let flags = nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY;
+        nix::mount::mount(None::<&str>, &self.0, None::<&str>, flags, None::<&str>).unwrap();
+    }
+
+    /// Bytes in use.
+    fn used(&self) -> u64 {
+        let st = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        (st.blocks() - st.blocks_free()) * st.fragment_size()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The busybox layout with a second layer holding `mib` MiB of incompressible bytes: an import
+/// that takes long enough to be killed half-way, and a size to fill a small store with.
+fn big_layout(dir: &std::path::Path, mib: usize) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..mib << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "big", data.as_slice()).unwrap();
+    busybox_layout_with(dir, "user", Some(tar.into_inner().unwrap()));
+}
+
+/// `strata --root STATE CMD --store STORE ARGS...`
+fn store_cmd(state: &std::path::Path, store: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(strata_bin());
+    c.arg("--root").arg(state).arg(args[0]).arg("--store").arg(store).args(&args[1..]).stdin(Stdio::null());
+    c
+}
+
+fn output(mut c: std::process::Command) -> (bool, String, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kill_9_during_import_leaves_only_temporary_files() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, store, layout) = (tmp.path().join("state"), tmp.path().join("store"), tmp.path().join("layout"));
+    big_layout(&layout, 24);
+    let layout_arg = layout.to_str().unwrap();
+    let mut killed_mid_way = 0;
+    for delay_ms in [1, 3, 10, 30, 60, 100, 150, 250, 400] {
+        let mut import = store_cmd(&state, &store, &["image", "import", layout_arg]);
+        let mut child = import.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.signal() == Some(9) {
+            killed_mid_way += 1;
+        }
+        // Whatever the moment, the store holds no half-made blob, snapshot or image: at most the
+        // temporary files of the killed writer, which fsck names and gc removes.
+        let (_, out, err) = output(store_cmd(&state, &store, &["fsck"]));
+        for line in out.lines().filter(|l| !l.starts_with("fsck:")) {
+            assert!(line.starts_with("stray temp file"), "killed after {delay_ms} ms: {line}\n{out}{err}");
+        }
+        let (listed, images, err) = output(store_cmd(&state, &store, &["image", "ls", "-q"]));
+        assert!(listed && (images.is_empty() || images == "bb\n"), "killed after {delay_ms} ms: {images}{err}");
+        if images == "bb\n" {
+            // Imported before the kill: the next rounds start again from an empty store.
+            let (ok, _, err) = output(store_cmd(&state, &store, &["image", "rm", "bb"]));
+            assert!(ok, "{err}");
+        }
+        let (ok, out, err) = output(store_cmd(&state, &store, &["gc"]));
+        assert!(ok, "gc after a killed import: {out}{err}");
+        let (ok, out, err) = output(store_cmd(&state, &store, &["fsck"]));
+        assert!(ok && out.contains(" 0 problems"), "after gc: {out}{err}");
+    }
+    assert!(killed_mid_way >= 3, "only {killed_mid_way} imports were killed before they finished");
+    let (ok, _, err) = output(store_cmd(&state, &store, &["image", "import", layout_arg]));
+    assert!(ok, "the import after the kills: {err}");
+    let (ok, out, err) = output(store_cmd(&state, &store, &["run", "--rm", "bb", "sh", "-c", "wc -c </big"]));
+    assert!(ok && out.trim() == (24 << 20).to_string(), "{out}{err}");
+}
+
+#[test]
+fn a_full_store_gives_one_error_and_keeps_nothing_of_the_failed_import() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, layout, big) = (tmp.path().join("state"), tmp.path().join("layout"), tmp.path().join("big"));
+    busybox_layout(&layout);
+    big_layout(&big, 24);
+    let fs = Tmpfs::mount(&tmp.path().join("store"), "16m");
+    let store = fs.0.clone();
+    let (ok, _, err) = output(store_cmd(&state, &store, &["image", "import", layout.to_str().unwrap()]));
+    assert!(ok, "{err}");
+    let used_before = fs.used();
+    // 24 MiB more does not fit in 16.
+    let (ok, _, err) = output(store_cmd(&state, &store, &["image", "import", big.to_str().unwrap()]));
+    assert!(!ok, "an import larger than the store succeeded");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // Nothing of it is kept: the store is as it was, and it still works.
+    assert!(fs.used() <= used_before + (64 << 10), "{} bytes kept of the failed import", fs.used() - used_before);
+    let (_, images, _) = output(store_cmd(&state, &store, &["image", "ls", "-q"]));
+    assert_eq!(images, "bb\n");
+    let (ok, out, err) = output(store_cmd(&state, &store, &["fsck"]));
+    assert!(ok && out.contains(" 0 problems"), "{out}{err}");
+    let (ok, out, err) = output(store_cmd(&state, &store, &["run", "--rm", "bb", "sh", "-c", "echo ok"]));
+    assert!(ok && out == "ok\n", "{out}{err}");
+
+    // A read-only store: reading works, writing is refused in one line.
+    fs.remount_read_only();
+    let (ok, _, err) = output(store_cmd(&state, &store, &["image", "import", big.to_str().unwrap()]));
+    assert!(!ok && err.contains("Read-only file system"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let (_, images, _) = output(store_cmd(&state, &store, &["image", "ls", "-q"]));
+    assert_eq!(images, "bb\n");
+}
+
+#[test]
+fn a_full_state_root_fails_the_create_and_leaves_nothing() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&tmp.path().join("run"), "64k");
+    // Fill it: the state root is a directory on a full /run.
+    std::fs::create_dir(fs.0.join("strata")).unwrap();
+    let mut filler = std::fs::File::create(fs.0.join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+    drop(filler);
+    let mut c = TestContainer::new("full", "exec sleep 1000");
+    c.root = fs.0.join("strata");
+    c.write_config();
+    let out = c.strata(&["create", &c.id]).stdin(Stdio::null()).stdout(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a create on a full state root succeeded");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!c.root.join(&c.id).exists(), "state left");
+    assert!(!c.cgroup_dir().exists(), "cgroup left");
+    assert_eq!(std::fs::read_dir(&c.root).unwrap().count(), 0, "temporary state left: {err}");
+    // With room again, the same create works.
+    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    c.create();
+    c.ok(&["delete", "--force", &c.id]);
+    c.assert_gone(None);
 }

@@ -17,7 +17,7 @@ fn main() {
     }
     let cli = cli::Cli::parse();
     if let Err(e) = output::init_logging(&cli) {
-        eprintln!("strata: {e:#}");
+        eprintln!("strata: {}", output::describe(&e));
         std::process::exit(1);
     }
     let logging_to_file = cli.log.is_some();

@@ -29,8 +29,27 @@ pub fn init_logging(cli: &Cli) -> Result<()> {
 
 /// Prints one line for an error on stderr; with `--log` the log file gets it too.
 pub fn report_error(e: &anyhow::Error, logging_to_file: bool) {
+    let text = describe(e);
     if logging_to_file {
-        tracing::error!("{e:#}");
+        tracing::error!("{text}");
     }
-    eprintln!("strata: {e:#}");
+    eprintln!("strata: {text}");
+}
+
+/// The error and its causes on one line, each cause once: a message that already ends with its
+/// cause (the libraries' errors name the file and then the kernel's reason) is not followed by
+/// it a second time.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
