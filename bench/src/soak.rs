@@ -29,7 +29,7 @@ pub struct SoakOptions {
 }
 
 /// What a soak saw.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SoakReport {
     /// Lifecycles completed through the CLI and through containerd, and execs.
     pub cli: usize,

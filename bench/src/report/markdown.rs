@@ -4,7 +4,9 @@
 use std::fmt::Write;
 
 use super::pods::PodRow;
+use super::scale::ThroughputRow;
 use super::{DensityRow, ImageRow, MemRow, Outcome, Report, Samples, StartRow};
+use crate::soak::SoakReport;
 
 /// Bytes as MiB with two decimals.
 pub fn mib(bytes: u64) -> String {
@@ -167,6 +169,68 @@ fn pod_table(out: &mut String, rows: &[PodRow]) {
     }
 }
 
+fn throughput_table(out: &mut String, rows: &[ThroughputRow]) {
+    out.push_str(
+        "| system | tasks | tasks/s | latency p50, ms | latency p99, ms | failed | CPU per task, ms: ctr / containerd / shim + runtime + kernel | ratio strata / runc (tasks/s) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let cells = match not_measured(&r.outcome, 7) {
+            Some(c) => c,
+            None => {
+                let Some(f) = r.outcome.measured() else { continue };
+                let runc = rows
+                    .iter()
+                    .find(|o| o.peer == "runc" && o.clients == r.clients)
+                    .and_then(|o| o.outcome.measured())
+                    .filter(|_| r.peer == "strata");
+                let rt = runc.map_or("-".into(), |p| format!("{:.2}", f.per_second / p.per_second.max(1e-9)));
+                format!(
+                    "{} | {:.1} | {} | {} | {} | {:.1} / {:.1} / {:.1} | {rt}",
+                    f.tasks,
+                    f.per_second,
+                    ms(f.p50_ms),
+                    ms(f.p99_ms),
+                    f.failed,
+                    f.cpu_ms.0,
+                    f.cpu_ms.1,
+                    f.cpu_ms.2
+                )
+            }
+        };
+        let _ = writeln!(out, "| {} | {cells} |", escape(&r.system));
+    }
+}
+
+fn soak_table(out: &mut String, soak: Option<&Outcome<SoakReport>>) {
+    out.push_str(
+        "| system | CLI lifecycles | containerd lifecycles | execs into one container | failed | left behind | that shim's RSS, KiB (after a tenth → end) |\n|---|---|---|---|---|---|---|\n",
+    );
+    let cells = match soak {
+        None => "unavailable: not run | - | - | - | - | -".to_string(),
+        Some(o) => match not_measured(o, 6) {
+            Some(c) => c,
+            None => match o.measured() {
+                Some(s) => format!(
+                    "{} | {} | {} | {} | {} | {} → {}",
+                    s.cli,
+                    s.containerd,
+                    s.execs,
+                    s.failures.len(),
+                    if s.leaks.is_empty() {
+                        "0".to_string()
+                    } else {
+                        format!("{}: {}", s.leaks.len(), escape(&s.leaks.join("; ")))
+                    },
+                    s.shim_rss_kib.0,
+                    s.shim_rss_kib.1
+                ),
+                None => return,
+            },
+        },
+    };
+    let _ = writeln!(out, "| strata soak | {cells} |");
+}
+
 /// The whole REPORT.md.
 pub fn render(r: &Report, command: &str) -> String {
     let mut out = String::new();
@@ -240,6 +304,28 @@ pub fn render(r: &Report, command: &str) -> String {
          figure), release builds (`vmtest/cri.sh --bench`).\n\n",
     );
     pod_table(&mut out, &r.pods);
+    out.push_str(
+        "\n## 6. Creation throughput through containerd\n\n\
+         Containers of `/bin/true` started and removed by N concurrent `ctr run --rm` clients on one private \
+         containerd (CRI disabled), strata's shim and runc's v2 shim alternating which goes first; tasks per second \
+         over the whole batch, latency of each `ctr run`, and the CPU each task cost the machine, split into the \
+         `ctr` clients, containerd, and the rest (the shim, the runtime and the kernel's work for them). The \
+         `ctr` client and containerd cost both runtimes about the same, which caps the ratio: the last CPU column \
+         is what the runtimes themselves cost, read from the whole machine's CPU time, so it holds only on an otherwise idle machine (`cargo bench -p strata-bench --bench throughput` prints the same).\n\n",
+    );
+    throughput_table(&mut out, &r.throughput);
+    out.push_str(
+        "\n## 7. Reliability\n\n\
+         The soak (`strata-bench`'s `soak`): container lifecycles through the strata CLI (create, start, exec, \
+         SIGKILL, delete; every other one with a terminal through a console socket) and `ctr run --rm` lifecycles \
+         through containerd with strata's shim (4 clients), then execs into one long-lived container; before and \
+         after, a census of host mounts, cgroups, strata and shim processes, state directories, containerd's \
+         containers and active snapshots, containerd's and that shim's descriptors. *Left behind* is everything the \
+         census found new (the goal is nothing). Fault injection (kill -9 at each step of `create`, during imports, \
+         a full store, a read-only store, a full state root: `shim/tests/faults.rs`) and fuzzing (`fuzz/run.sh`) \
+         run in CI, not in this report.\n\n",
+    );
+    soak_table(&mut out, r.soak.as_ref());
     for n in &r.notes {
         let _ = writeln!(out, "\n{n}");
     }

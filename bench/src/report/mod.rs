@@ -16,6 +16,7 @@ pub mod machine;
 pub mod markdown;
 pub mod pods;
 pub mod procmem;
+pub mod scale;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -245,6 +246,10 @@ pub struct Report {
     pub images: Vec<ImageRow>,
     /// Pods through CRI.
     pub pods: Vec<pods::PodRow>,
+    /// Creation throughput through containerd.
+    pub throughput: Vec<scale::ThroughputRow>,
+    /// The soak (None when not run).
+    pub soak: Option<Outcome<crate::soak::SoakReport>>,
     /// Free-form notes per section (method), in order.
     pub notes: Vec<String>,
     /// Wall time of the whole run, s.
@@ -285,6 +290,12 @@ pub fn run_suite(opts: &Options) -> Report {
 
     progress("pods through CRI");
     report.pods = pods::rows(opts);
+
+    progress("creation throughput through containerd");
+    report.throughput = scale::throughput_rows(opts);
+
+    progress("reliability: the soak");
+    report.soak = Some(scale::soak_row(opts));
 
     report.elapsed_s = t0.elapsed().as_secs_f64();
     report
