@@ -46,8 +46,17 @@ pub fn is_protected() -> bool {
 /// Opens the running binary through a read-only bind mount of it, made in a private mount
 /// namespace and detached at once (the descriptor keeps it alive for exec).
 pub fn read_only_view() -> Result<OwnedFd> {
-    use nix::mount::{MntFlags, MsFlags, mount, umount2};
     let exe = std::fs::read_link("/proc/self/exe").ctx(|| "reading /proc/self/exe".into())?;
+    read_only_view_of(&exe)
+}
+
+/// Opens `exe` through a read-only bind mount of it, as [`read_only_view`] does for the running
+/// binary: a process executed from the descriptor is protected from the start (the shim
+/// daemon runs its helper so, and spares it the re-execution). The calling process must be
+/// single-threaded (it enters a mount namespace of its own for a moment).
+pub fn read_only_view_of(exe: &std::path::Path) -> Result<OwnedFd> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let exe = exe.to_path_buf();
     // The view is made in a mount namespace of its own, then the runtime goes back to the one
     // it came from: containers are made from the host's mounts (a Bidirectional mount must
     // reach the host's peer groups), not from a slave copy of them.

@@ -78,9 +78,10 @@ pub struct HelperReport {
 
 /// Spawns the helper (`strata`, the binary `helper`) for `req` with the given stdio and
 /// returns its pid. The caller waits for its exit and then reads `report`.
-pub fn spawn(helper: &Path, req: &HelperRequest, report: &Path, stdio: [OwnedFd; 3]) -> Result<u32> {
+pub fn spawn(helper: &Path, req: &HelperRequest, report: &Path, stdio: &[OwnedFd; 3]) -> Result<u32> {
     let json = serde_json::to_string(req).map_err(|e| Error::Invalid(format!("helper request: {e}")))?;
-    let [stdin, stdout, stderr] = stdio;
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::io("duplicating the helper's stdio", e));
+    let (stdin, stdout, stderr) = (dup(&stdio[0])?, dup(&stdio[1])?, dup(&stdio[2])?);
     let child = Command::new(helper)
         .arg(HELPER_ARG)
         .arg(json)

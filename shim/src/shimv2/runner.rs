@@ -30,6 +30,12 @@ struct Running<T> {
 #[derive(Debug)]
 pub struct Runner<T> {
     binary: PathBuf,
+    /// `binary` through a read-only mount of it (see [`crate::seal::read_only_view_of`]), with
+    /// the identity of the file it was made from: a helper executed from it is protected from
+    /// the start and needs no re-execution of its own. Made again when the file changes (an
+    /// upgrade), dropped for good when it cannot be made or executed.
+    protected: Option<(OwnedFd, (u64, u64))>,
+    tried_protected: bool,
     dir: PathBuf,
     timeout: Duration,
     running: HashMap<i32, Running<T>>,
@@ -39,15 +45,58 @@ pub struct Runner<T> {
 impl<T> Runner<T> {
     /// Helpers run `binary`; their reports go to `dir`.
     pub fn new(binary: PathBuf, dir: PathBuf, timeout: Duration) -> Runner<T> {
-        Runner { binary, dir, timeout, running: HashMap::new(), next: 0 }
+        Runner { binary, dir, timeout, running: HashMap::new(), next: 0, protected: None, tried_protected: false }
+    }
+
+    /// The binary to execute: the protected view of `binary` while it is the same file.
+    fn executable(&mut self) -> Option<PathBuf> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let id = std::fs::metadata(&self.binary).ok().map(|m| (m.dev(), m.ino()))?;
+        if self.protected.as_ref().is_some_and(|(_, made_from)| *made_from != id) {
+            self.protected = None;
+            self.tried_protected = false;
+        }
+        if self.protected.is_none() && !self.tried_protected {
+            self.tried_protected = true;
+            // Only an ELF binary runs from a descriptor closed on exec (a script's interpreter
+            // could not open it): anything else keeps running from its path.
+            let mut magic = [0u8; 4];
+            let elf = std::fs::File::open(&self.binary)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .is_ok_and(|()| magic == *b"\x7fELF");
+            if !elf {
+                return None;
+            }
+            // Made from the path, then checked to be the file just looked at.
+            match crate::seal::read_only_view_of(&self.binary) {
+                Ok(fd)
+                    if std::fs::File::from(fd.try_clone().ok()?).metadata().is_ok_and(|m| (m.dev(), m.ino()) == id) =>
+                {
+                    self.protected = Some((fd, id));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("no read-only view of {} ({e}): helpers re-execute", self.binary.display()),
+            }
+        }
+        self.protected.as_ref().map(|(fd, _)| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())))
     }
 
     /// Starts a helper for `req` with the process's stdio; its exit completes it.
     pub fn start(&mut self, req: &HelperRequest, stdio: [OwnedFd; 3], payload: T) -> Result<i32, RpcError> {
         self.next += 1;
         let report = self.dir.join(format!(".report-{}-{}", std::process::id(), self.next));
-        let pid =
-            helper::spawn(&self.binary, req, &report, stdio).map_err(|e| status(Code::UNKNOWN, e.to_string()))? as i32;
+        // The protected view executes as the helper's binary where it can; a file that cannot
+        // run from a descriptor closed on exec (a script) runs from its path, as before.
+        let spawned = match self.executable() {
+            Some(exe) => helper::spawn(&exe, req, &report, &stdio).or_else(|e| {
+                tracing::debug!("running the helper from its read-only view failed ({e}): using its path");
+                self.protected = None;
+                helper::spawn(&self.binary, req, &report, &stdio)
+            }),
+            None => helper::spawn(&self.binary, req, &report, &stdio),
+        };
+        let pid = spawned.map_err(|e| status(Code::UNKNOWN, e.to_string()))? as i32;
         self.running.insert(
             pid,
             Running { report, deadline: Instant::now() + self.timeout, killed: false, cancelled: false, payload },
