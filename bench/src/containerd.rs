@@ -25,7 +25,12 @@ fn which(name: &str) -> Option<PathBuf> {
 /// `containerd-shim-strata-v1` next to the strata binary ([`crate::strata_binary`]).
 pub fn shim_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("STRATA_SHIM_BIN") {
-        return Ok(PathBuf::from(p));
+        // containerd finds the shim by name on its PATH: another name would run another shim.
+        let p = PathBuf::from(p);
+        if p.file_name().is_none_or(|n| n != "containerd-shim-strata-v1") {
+            return Err(format!("STRATA_SHIM_BIN={}: the file must be named containerd-shim-strata-v1", p.display()));
+        }
+        return Ok(p);
     }
     let strata = crate::strata_binary()?;
     let musl = strata.parent().and_then(|profile| {
