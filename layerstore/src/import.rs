@@ -68,7 +68,7 @@ impl Compression {
             return Box::new(input);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let mut dec = match self.reader(std::io::BufReader::with_capacity(CHUNK, input)) {
                 Ok(d) => d,
                 Err(e) => {
@@ -106,7 +106,7 @@ impl Compression {
                 }
             }
         });
-        Box::new(ChunkReader { rx, chunk: Vec::new(), pos: 0 })
+        Box::new(ChunkReader { rx, chunk: Vec::new(), pos: 0, thread: Some(thread) })
     }
 }
 
@@ -115,6 +115,20 @@ struct ChunkReader {
     rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
     pos: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ChunkReader {
+    /// Hangs up, so that the thread stops at its next chunk, and waits for it: once the reader
+    /// is gone, so is the thread and the blob it read (a failed import leaves nothing of the
+    /// store open, and the store's file system can be unmounted at once).
+    fn drop(&mut self) {
+        let (_, hung_up) = std::sync::mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.rx, hung_up));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Read for ChunkReader {
