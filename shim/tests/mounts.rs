@@ -54,6 +54,8 @@ fn recursive_read_only_reaches_every_mount_below() {
     let src = tempfile::tempdir().unwrap();
     std::fs::create_dir(src.path().join("sub")).unwrap();
     tmpfs(&src.path().join("sub"));
+    // Unmounted before the directory goes, or the directory stays behind in /tmp.
+    let _sub = Unmount(src.path().join("sub"));
     let script = "touch /m/top 2>/dev/null && echo top-rw || echo top-ro; touch /m/sub/x 2>/dev/null && echo sub-rw || echo sub-ro";
     // `ro` makes the bind mount read-only, not the mounts below it.
     let mut c = TestContainer::new("ro", script);
