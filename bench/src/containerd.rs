@@ -83,6 +83,12 @@ impl Containerd {
     /// Starts containerd (`$STRATA_CONTAINERD`, else `containerd` on the PATH), with `shim_dir`
     /// (where strata's shim is) first on its PATH if given, and waits until it answers.
     pub fn start(shim_dir: Option<&Path>) -> Result<Containerd, String> {
+        Self::start_with_env(shim_dir, &[])
+    }
+
+    /// [`Containerd::start`] with `env` added to the daemon's environment (and so to the shims'
+    /// it starts).
+    pub fn start_with_env(shim_dir: Option<&Path>, env: &[(&str, &str)]) -> Result<Containerd, String> {
         for tool in ["containerd", "ctr"] {
             if std::env::var_os("STRATA_CONTAINERD").is_none() && which(tool).is_none() {
                 return Err(format!("`{tool}` is not installed (apt-get install containerd)"));
@@ -114,6 +120,7 @@ impl Containerd {
             .arg("--config")
             .arg(p.join("config.toml"))
             .env("PATH", path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log2)
             .stderr(log)

@@ -2,6 +2,7 @@
 //! of one container life cycle per runtime so that every comparison is made in the same run.
 
 pub mod containerd;
+pub mod faults;
 pub mod images;
 pub mod load;
 pub mod report;

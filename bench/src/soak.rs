@@ -26,7 +26,14 @@ pub struct SoakOptions {
     pub clients: usize,
     /// `ctr task exec` into one long-lived container, to watch its shim's memory.
     pub execs: usize,
+    /// Pods through containerd: a sandbox container and [`POD_CONTAINERS`] containers run to
+    /// completion in it, all served by the sandbox's shim (grouped by the
+    /// `io.kubernetes.cri.sandbox-id` annotation, as the CRI plugin asks).
+    pub pods: usize,
 }
+
+/// Containers run in each pod of the soak.
+pub const POD_CONTAINERS: usize = 3;
 
 /// What a soak saw.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +44,10 @@ pub struct SoakReport {
     pub containerd: usize,
     /// See [`SoakReport::cli`].
     pub execs: usize,
+    /// Pods whose whole lifecycle completed, and the containers run in them.
+    pub pods: usize,
+    /// See [`SoakReport::pods`].
+    pub pod_containers: usize,
     /// Failed lifecycles, each with its error.
     pub failures: Vec<String>,
     /// What was left behind, each named (the goal: none).
@@ -53,7 +64,7 @@ pub struct SoakReport {
 
 /// What the host holds that a container could leak.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Census {
+pub(crate) struct Census {
     mounts: Vec<String>,
     cgroups: Vec<String>,
     processes: Vec<String>,
@@ -67,7 +78,8 @@ fn cgroup2_mount() -> PathBuf {
     }
 }
 
-fn census() -> Census {
+/// What the host holds now.
+pub(crate) fn census() -> Census {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
@@ -99,7 +111,7 @@ fn census() -> Census {
 }
 
 /// Names what `after` holds that `before` did not.
-fn compare(before: &Census, after: &Census, leaks: &mut Vec<String>) {
+pub(crate) fn compare(before: &Census, after: &Census, leaks: &mut Vec<String>) {
     let new = |a: &[String], b: &[String]| -> Vec<String> { b.iter().filter(|x| !a.contains(x)).cloned().collect() };
     for m in new(&before.mounts, &after.mounts) {
         leaks.push(format!("mount {m}"));
@@ -125,7 +137,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn entries(dir: &Path) -> Vec<String> {
+/// The names in `dir` (none when it is missing).
+pub(crate) fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -226,6 +239,47 @@ fn cli_lifecycle(strata: &Path, root: &Path, bundle: &Path, id: &str, console: O
     result
 }
 
+/// Kills task `id` and deletes it and its container (waiting at most 10 s for the exit).
+fn remove_task(ctd: &Containerd, id: &str) {
+    let _ = ctd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctd.ctr(&["task", "delete", id]).is_ok_and(|o| !o.status.success()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = ctd.ctr(&["containers", "rm", id]);
+}
+
+/// A pod: its sandbox container runs, [`POD_CONTAINERS`] containers run to completion beside
+/// it in the sandbox's shim, then the sandbox goes, and its shim with it.
+fn pod_lifecycle(ctd: &Containerd, peer: &Peer, pod: &str) -> Result<(), String> {
+    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
+    ctd.run(peer, &["--detach", "--annotation", &annotation], pod, &["sleep", "100000"])?;
+    let result = (|| {
+        let shim = shim_pid(peer.shim, pod).ok_or_else(|| format!("{pod}: no shim for its sandbox"))?;
+        for k in 0..POD_CONTAINERS {
+            let id = format!("{pod}-c{k}");
+            ctd.run(peer, &["--rm", "--annotation", &annotation], &id, &["/bin/true"])?;
+            if shim_pid(peer.shim, &id).is_some() {
+                return Err(format!("{id} got a shim of its own, not its pod's"));
+            }
+        }
+        if shim_pid(peer.shim, pod) != Some(shim) {
+            return Err(format!("{pod}: the sandbox's shim {shim} did not outlive its containers"));
+        }
+        Ok(shim)
+    })();
+    remove_task(ctd, pod);
+    let shim = result?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{shim}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match std::fs::read_to_string(format!("/proc/{shim}/stat")) {
+        Ok(stat) if !stat.contains(") Z") => Err(format!("{pod}: its shim {shim} outlived the pod")),
+        _ => Ok(()),
+    }
+}
+
 /// Runs the soak. An error is a soak that could not run (no containerd, no binary); failures
 /// and leaks are in the report.
 pub fn soak(opts: SoakOptions) -> Result<SoakReport, String> {
@@ -291,13 +345,16 @@ pub fn soak(opts: SoakOptions) -> Result<SoakReport, String> {
     }
     report.shim_rss_kib.1 = rss_kib(pid);
     report.shim_fds.1 = fd_count(pid);
-    let _ = ctd.ctr(&["task", "kill", "-s", "SIGKILL", "soak-resident"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ctd.ctr(&["task", "delete", "soak-resident"]).is_ok_and(|o| !o.status.success()) && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
+    remove_task(&ctd, "soak-resident");
+    for p in 0..opts.pods {
+        match pod_lifecycle(&ctd, &strata_peer, &format!("soak-pod-{p}")) {
+            Ok(()) => {
+                report.pods += 1;
+                report.pod_containers += POD_CONTAINERS;
+            }
+            Err(e) => report.failures.push(e),
+        }
     }
-    let _ = ctd.ctr(&["containers", "rm", "soak-resident"]);
     report.containerd_time = t.elapsed();
     // containerd's descriptors settle once its clients are gone.
     std::thread::sleep(Duration::from_millis(500));
@@ -354,6 +411,10 @@ impl SoakReport {
                 self.containerd,
                 self.execs,
                 self.containerd_time.as_secs_f64()
+            ),
+            format!(
+                "soak: {} pods through containerd (a sandbox and {POD_CONTAINERS} containers each, one shim per pod)",
+                self.pods
             ),
             format!(
                 "soak: that shim's resident set {} KiB -> {} KiB, descriptors {} -> {}",

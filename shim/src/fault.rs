@@ -5,7 +5,9 @@
 //! `delete`, `list` and the next `create` make of what is left. Without the variable a step
 //! costs one environment lookup. The steps: `cli:cgroup`, `cli:forked`, `cli:namespaces`,
 //! `cli:init-ready`, `cli:devices`, `cli:saved`, `stage1:namespaces`, `init:rootfs`,
-//! `init:gate`.
+//! `init:gate`; and the shim daemon's, `shim:<method>` on receiving any call of the task API
+//! (`shim:Create`, `shim:Start`, `shim:Kill`, ...), `shim:Create-answer` and
+//! `shim:Start-answer` once the work is done, just before the answer goes.
 
 use std::os::unix::ffi::OsStrExt;
 

@@ -8,36 +8,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Host mount points under `dir`.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let dir = dir.display().to_string();
-    info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(String::from).collect()
-}
-
-/// Processes whose command line mentions `needle` (the containers' unique sleep arguments).
-fn processes_with(needle: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle) {
-            found.push(pid);
-        }
-    }
-    found
-}
+use std::process::{Command, Stdio};
 
 #[test]
 fn fifty_parallel_lifecycles_in_one_state_root_leave_nothing() {
@@ -65,9 +36,9 @@ fn fifty_parallel_lifecycles_in_one_state_root_leave_nothing() {
                     .args(["list", "--format", "json"])
                     .output()
                     .unwrap();
-                assert!(out.status.success(), "list during the lifecycles: {}", text(&out));
+                assert!(out.status.success(), "list during the lifecycles: {}", describe(&out));
                 let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-                assert!(listed.is_array() || listed.is_null(), "list printed {}", text(&out));
+                assert!(listed.is_array() || listed.is_null(), "list printed {}", describe(&out));
                 n += 1;
             }
             n
@@ -109,7 +80,7 @@ fn fifty_parallel_lifecycles_in_one_state_root_leave_nothing() {
     assert!(left.is_empty(), "state left in the shared root: {left:?}");
     assert!(processes_with(&marker).is_empty(), "container processes left");
     let out = Command::new(strata_bin()).arg("--root").arg(&root).args(["list", "-q"]).output().unwrap();
-    assert!(out.status.success() && out.stdout.is_empty(), "{}", text(&out));
+    assert!(out.status.success() && out.stdout.is_empty(), "{}", describe(&out));
     for c in &containers {
         assert!(mounts_under(&c.dir).is_empty(), "mounts left under {}", c.dir.display());
     }
@@ -173,7 +144,7 @@ fn imports_and_gc_race_container_starts_and_lose_nothing() {
         [a.join().unwrap(), b.join().unwrap()]
     });
     for out in &outs {
-        assert!(out.status.success(), "concurrent import: {}", text(out));
+        assert!(out.status.success(), "concurrent import: {}", describe(out));
     }
     assert_eq!(String::from_utf8_lossy(&strata(&["image", "ls", "-q"]).stdout), "bb\n");
 
@@ -184,7 +155,7 @@ fn imports_and_gc_race_container_starts_and_lose_nothing() {
             let mut n = 0;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 let out = strata(&["gc"]);
-                assert!(out.status.success(), "gc while containers start: {}", text(&out));
+                assert!(out.status.success(), "gc while containers start: {}", describe(&out));
                 n += 1;
             }
             n
@@ -207,7 +178,7 @@ fn imports_and_gc_race_container_starts_and_lose_nothing() {
                             "cat /bin/busybox >/dev/null && echo ok",
                         ]);
                         if !out.status.success() || out.stdout != b"ok\n" {
-                            failed.push(format!("{name}: {}", text(&out)));
+                            failed.push(format!("{name}: {}", describe(&out)));
                         }
                     }
                     failed
@@ -227,8 +198,12 @@ fn imports_and_gc_race_container_starts_and_lose_nothing() {
     );
     assert!(mounts_under(&store).is_empty(), "mounts left in the store: {:?}", mounts_under(&store));
     let fsck = strata(&["fsck"]);
-    assert!(fsck.status.success() && String::from_utf8_lossy(&fsck.stdout).contains("0 problems"), "{}", text(&fsck));
+    assert!(
+        fsck.status.success() && String::from_utf8_lossy(&fsck.stdout).contains("0 problems"),
+        "{}",
+        describe(&fsck)
+    );
     // The image is whole: one more run works.
     let out = strata(&["run", "--rm", "bb", "sh", "-c", "echo ok"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{}", describe(&out));
 }

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "../../layerstore/tests/registry/mod.rs"]
+mod registry;
 
 use common::*;
 use std::os::unix::process::ExitStatusExt;
@@ -23,26 +25,9 @@ const POINTS: [&str; 9] = [
     "init:gate",
 ];
 
-/// Processes whose command line holds `needle`.
-fn processes_with(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
-            continue;
-        }
-        let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default())
-            .replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push(format!("{} {cmdline}", entry.file_name().to_string_lossy()));
-        }
-    }
-    found
-}
-
 #[test]
 fn kill_9_at_every_step_of_create_leaves_nothing_delete_cannot_remove() {
     require_root();
-    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
     for (n, point) in POINTS.iter().enumerate() {
         // The init's command line (from stage 1 on) names the container's runtime binary;
         // its program, once it runs, names this marker.
@@ -91,6 +76,8 @@ fn kill_9_at_every_step_of_create_leaves_nothing_delete_cannot_remove() {
         let left: Vec<String> =
             processes_with(&marker).into_iter().chain(processes_with(&format!("init {}", c.id))).collect();
         assert!(left.is_empty(), "{point}: processes left: {left:?}");
+        let mounts: Vec<String> = mounts_under(&c.dir).into_iter().chain(mounts_under(&c.root)).collect();
+        assert!(mounts.is_empty(), "{point}: host mounts left: {mounts:?}");
         // The id is free again: a create and a run of the same container work.
         c.create();
         c.ok(&["start", &c.id]);
@@ -98,8 +85,6 @@ fn kill_9_at_every_step_of_create_leaves_nothing_delete_cannot_remove() {
         c.ok(&["delete", "--force", &c.id]);
         c.assert_gone(None);
     }
-    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
-    assert_eq!(mounts_before, mounts_after, "host mounts were left");
 }
 
 #[test]
@@ -188,20 +173,21 @@ fn big_layout(dir: &std::path::Path, mib: usize) {
     busybox_layout_with(dir, "user", Some(tar.into_inner().unwrap()));
 }
 
-/// `strata --root STATE CMD --store STORE ARGS...`
-fn store_cmd(state: &std::path::Path, store: &std::path::Path, args: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new(strata_bin());
-    c.arg("--root").arg(state).arg(args[0]).arg("--store").arg(store).args(&args[1..]).stdin(Stdio::null());
-    c
-}
-
-fn output(mut c: std::process::Command) -> (bool, String, String) {
-    let out = c.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// Runs the store command `args` nine times, killed with SIGKILL 1 to 400 ms after its start,
+/// and checks each time that the store recovers ([`assert_store_recovers`]). Returns how many
+/// runs were killed before they finished.
+fn kill_9_at_delays(state: &std::path::Path, store: &std::path::Path, args: &[&str], image: &str) -> usize {
+    let mut killed_mid_way = 0;
+    for delay_ms in [1, 3, 10, 30, 60, 100, 150, 250, 400] {
+        let mut child = store_cmd(state, store, args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        if child.wait().unwrap().signal() == Some(9) {
+            killed_mid_way += 1;
+        }
+        assert_store_recovers(state, store, image, &format!("{} killed after {delay_ms} ms", args[1]));
+    }
+    killed_mid_way
 }
 
 #[test]
@@ -211,35 +197,8 @@ fn kill_9_during_import_leaves_only_temporary_files() {
     let (state, store, layout) = (tmp.path().join("state"), tmp.path().join("store"), tmp.path().join("layout"));
     big_layout(&layout, 24);
     let layout_arg = layout.to_str().unwrap();
-    let mut killed_mid_way = 0;
-    for delay_ms in [1, 3, 10, 30, 60, 100, 150, 250, 400] {
-        let mut import = store_cmd(&state, &store, &["image", "import", layout_arg]);
-        let mut child = import.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        if status.signal() == Some(9) {
-            killed_mid_way += 1;
-        }
-        // Whatever the moment, the store holds no half-made blob, snapshot or image: at most the
-        // temporary files of the killed writer, which fsck names and gc removes.
-        let (_, out, err) = output(store_cmd(&state, &store, &["fsck"]));
-        for line in out.lines().filter(|l| !l.starts_with("fsck:")) {
-            assert!(line.starts_with("stray temp file"), "killed after {delay_ms} ms: {line}\n{out}{err}");
-        }
-        let (listed, images, err) = output(store_cmd(&state, &store, &["image", "ls", "-q"]));
-        assert!(listed && (images.is_empty() || images == "bb\n"), "killed after {delay_ms} ms: {images}{err}");
-        if images == "bb\n" {
-            // Imported before the kill: the next rounds start again from an empty store.
-            let (ok, _, err) = output(store_cmd(&state, &store, &["image", "rm", "bb"]));
-            assert!(ok, "{err}");
-        }
-        let (ok, out, err) = output(store_cmd(&state, &store, &["gc"]));
-        assert!(ok, "gc after a killed import: {out}{err}");
-        let (ok, out, err) = output(store_cmd(&state, &store, &["fsck"]));
-        assert!(ok && out.contains(" 0 problems"), "after gc: {out}{err}");
-    }
-    assert!(killed_mid_way >= 3, "only {killed_mid_way} imports were killed before they finished");
+    let killed = kill_9_at_delays(&state, &store, &["image", "import", layout_arg], "bb");
+    assert!(killed >= 3, "only {killed} imports were killed before they finished");
     let (ok, _, err) = output(store_cmd(&state, &store, &["image", "import", layout_arg]));
     assert!(ok, "the import after the kills: {err}");
     let (ok, out, err) = output(store_cmd(&state, &store, &["run", "--rm", "bb", "sh", "-c", "wc -c </big"]));
@@ -279,6 +238,76 @@ fn a_full_store_gives_one_error_and_keeps_nothing_of_the_failed_import() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     let (_, images, _) = output(store_cmd(&state, &store, &["image", "ls", "-q"]));
     assert_eq!(images, "bb\n");
+}
+
+/// Pushes the OCI layout at `layout` (its image `bb`) to `registry` as `name`; the reference to pull.
+fn push(registry: &registry::Registry, layout: &std::path::Path, name: &str) -> String {
+    registry.push(layout, "bb", name, "oci");
+    format!("{}/{name}", registry.host())
+}
+
+/// After an interrupted import or pull: fsck names nothing but the temporary files of the killed
+/// writer, the image is listed whole or not at all, and gc leaves a store with no problem.
+fn assert_store_recovers(state: &std::path::Path, store: &std::path::Path, image: &str, when: &str) {
+    let (_, out, err) = output(store_cmd(state, store, &["fsck"]));
+    for line in out.lines().filter(|l| !l.starts_with("fsck:")) {
+        assert!(line.starts_with("stray temp file"), "{when}: {line}\n{out}{err}");
+    }
+    let (listed, images, err) = output(store_cmd(state, store, &["image", "ls", "-q"]));
+    let whole = format!("{image}\n");
+    assert!(listed && (images.is_empty() || images == whole), "{when}: {images}{err}");
+    if images == whole {
+        // Stored before the kill: the next rounds start again from an empty store.
+        let (ok, _, err) = output(store_cmd(state, store, &["image", "rm", image]));
+        assert!(ok, "{err}");
+    }
+    let (ok, out, err) = output(store_cmd(state, store, &["gc"]));
+    assert!(ok, "{when}: gc: {out}{err}");
+    let (ok, out, err) = output(store_cmd(state, store, &["fsck"]));
+    assert!(ok && out.contains(" 0 problems"), "{when}: after gc: {out}{err}");
+}
+
+#[test]
+fn kill_9_during_pull_leaves_only_temporary_files() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, store, layout) = (tmp.path().join("state"), tmp.path().join("store"), tmp.path().join("layout"));
+    big_layout(&layout, 24);
+    let registry = registry::Registry::start();
+    let reference = push(&registry, &layout, "big:v1");
+    let killed = kill_9_at_delays(&state, &store, &["image", "pull", &reference], &reference);
+    assert!(killed >= 3, "only {killed} pulls were killed before they finished");
+    let (ok, _, err) = output(store_cmd(&state, &store, &["image", "pull", &reference]));
+    assert!(ok, "the pull after the kills: {err}");
+    let (ok, out, err) = output(store_cmd(&state, &store, &["run", "--rm", &reference, "sh", "-c", "wc -c </big"]));
+    assert!(ok && out.trim() == (24 << 20).to_string(), "{out}{err}");
+}
+
+#[test]
+fn a_full_store_fails_the_pull_in_one_error_and_keeps_nothing() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, small, big) = (tmp.path().join("state"), tmp.path().join("small"), tmp.path().join("big"));
+    busybox_layout(&small);
+    big_layout(&big, 24);
+    let registry = registry::Registry::start();
+    let (small, big) = (push(&registry, &small, "small:v1"), push(&registry, &big, "big:v1"));
+    let fs = Tmpfs::mount(&tmp.path().join("store"), "16m");
+    let store = fs.0.clone();
+    let (ok, _, err) = output(store_cmd(&state, &store, &["image", "pull", &small]));
+    assert!(ok, "{err}");
+    let used_before = fs.used();
+    let (ok, _, err) = output(store_cmd(&state, &store, &["image", "pull", &big]));
+    assert!(!ok, "a pull larger than the store succeeded");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(fs.used() <= used_before + (64 << 10), "{} bytes kept of the failed pull", fs.used() - used_before);
+    let (_, images, _) = output(store_cmd(&state, &store, &["image", "ls", "-q"]));
+    assert_eq!(images, format!("{small}\n"));
+    let (ok, out, err) = output(store_cmd(&state, &store, &["fsck"]));
+    assert!(ok && out.contains(" 0 problems"), "{out}{err}");
+    let (ok, out, err) = output(store_cmd(&state, &store, &["run", "--rm", &small, "sh", "-c", "echo ok"]));
+    assert!(ok && out == "ok\n", "{out}{err}");
 }
 
 #[test]

@@ -12,21 +12,7 @@ use std::process::{Command, Stdio};
 use common::*;
 
 fn strata(state: &Path, store: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(strata_bin())
-        .arg("--root")
-        .arg(state)
-        .arg(args[0])
-        .arg("--store")
-        .arg(store)
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run strata");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    output(store_cmd(state, store, args))
 }
 
 #[test]

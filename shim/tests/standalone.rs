@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::TestContainer;
+use common::{TestContainer, describe};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -62,15 +62,6 @@ fn assert_nothing_left(c: &TestContainer) {
             entry.file_name().to_string_lossy()
         );
     }
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -203,18 +203,20 @@ fn throughput_table(out: &mut String, rows: &[ThroughputRow]) {
 
 fn soak_table(out: &mut String, soak: Option<&Outcome<SoakReport>>) {
     out.push_str(
-        "| system | CLI lifecycles | containerd lifecycles | execs into one container | failed | left behind | that shim's RSS, KiB (after a tenth → end) |\n|---|---|---|---|---|---|---|\n",
+        "| system | CLI lifecycles | containerd lifecycles | execs into one container | pods (containers) | failed | left behind | that shim's RSS, KiB (after a tenth → end) |\n|---|---|---|---|---|---|---|---|\n",
     );
     let cells = match soak {
-        None => "unavailable: not run | - | - | - | - | -".to_string(),
-        Some(o) => match not_measured(o, 6) {
+        None => "unavailable: not run | - | - | - | - | - | -".to_string(),
+        Some(o) => match not_measured(o, 7) {
             Some(c) => c,
             None => match o.measured() {
                 Some(s) => format!(
-                    "{} | {} | {} | {} | {} | {} → {}",
+                    "{} | {} | {} | {} ({}) | {} | {} | {} → {}",
                     s.cli,
                     s.containerd,
                     s.execs,
+                    s.pods,
+                    s.pod_containers,
                     s.failures.len(),
                     if s.leaks.is_empty() {
                         "0".to_string()
@@ -229,6 +231,62 @@ fn soak_table(out: &mut String, soak: Option<&Outcome<SoakReport>>) {
         },
     };
     let _ = writeln!(out, "| strata soak | {cells} |");
+}
+
+fn faults_table(out: &mut String, faults: Option<&Outcome<Vec<crate::faults::FaultRow>>>) {
+    out.push_str(
+        "\n| system | faults injected | kind | lost (left behind or broken after cleanup) |\n|---|---|---|---|\n",
+    );
+    let labels = ["strata faults, CLI", "strata faults, containerd"];
+    let rows = match faults {
+        None => vec![None; 2],
+        Some(o) => match o.measured() {
+            Some(rows) => rows.iter().map(Some).collect(),
+            None => {
+                let cells = not_measured(o, 3).unwrap_or_default();
+                for label in labels {
+                    let _ = writeln!(out, "| {label} | {cells} |");
+                }
+                return;
+            }
+        },
+    };
+    for (label, row) in labels.iter().zip(rows) {
+        match row {
+            None => {
+                let _ = writeln!(out, "| {label} | unavailable: not run | - | - |");
+            }
+            Some(r) => {
+                let lost = if r.lost.is_empty() {
+                    "0".to_string()
+                } else {
+                    format!("{}: {}", r.lost.len(), escape(&r.lost.join("; ")))
+                };
+                let _ = writeln!(out, "| {label} | {} | {} | {lost} |", r.injected, escape(&r.kind));
+            }
+        }
+    }
+}
+
+fn fuzz_table(out: &mut String, fuzz: Option<&Outcome<super::scale::FuzzSummary>>) {
+    out.push_str("\n| system | targets | seconds each | inputs run | failed |\n|---|---|---|---|---|\n");
+    let cells = match fuzz {
+        None => "unavailable: not run | - | - | -".to_string(),
+        Some(o) => match not_measured(o, 4) {
+            Some(c) => c,
+            None => match o.measured() {
+                Some(f) => format!(
+                    "{} | {} | {} | {}",
+                    f.targets,
+                    f.seconds,
+                    f.inputs,
+                    if f.failed.is_empty() { "0".to_string() } else { f.failed.join(", ") }
+                ),
+                None => return,
+            },
+        },
+    };
+    let _ = writeln!(out, "| strata fuzzing | {cells} |");
 }
 
 /// The whole REPORT.md.
@@ -321,11 +379,21 @@ pub fn render(r: &Report, command: &str) -> String {
          through containerd with strata's shim (4 clients), then execs into one long-lived container; before and \
          after, a census of host mounts, cgroups, strata and shim processes, state directories, containerd's \
          containers and active snapshots, containerd's and that shim's descriptors. *Left behind* is everything the \
-         census found new (the goal is nothing). Fault injection (kill -9 at each step of `create`, during imports, \
-         a full store, a read-only store, a full state root: `shim/tests/faults.rs`) and fuzzing (`fuzz/run.sh`) \
-         run in CI, not in this report.\n\n",
+         census found new (the goal is nothing); pods are a sandbox container and three containers run in it, \
+         all served by one shim. Faults (`bench/src/faults.rs`): SIGKILL through the runtime's test hook \
+         `STRATA_FAULT` at each step of `strata create` (the CLI, stage 1, the init), and through containerd at \
+         each call strata's shim serves (on receipt; create and start also just before they answer) and at each \
+         step of the create its helper runs; after each, the user's own commands clean up (`strata delete \
+         --force`; `ctr task delete -f`, `ctr containers rm`) and *lost* counts whatever remains: state, \
+         containerd's tasks and containers, shims, processes, cgroups, mounts, or an id that cannot run again. The \
+         short run takes four points of each. CI also kills imports and pulls at nine moments, fills the store \
+         during both, makes it read-only, fills the state root and kills containerd while a container writes \
+         (`shim/tests/faults.rs`, the containerd suite); `bash bench/reliability.sh` runs all of it long. \
+         Fuzzing: every cargo-fuzz target for a bounded time from its corpus (`fuzz/run.sh`).\n\n",
     );
     soak_table(&mut out, r.soak.as_ref());
+    faults_table(&mut out, r.faults.as_ref());
+    fuzz_table(&mut out, r.fuzz.as_ref());
     for n in &r.notes {
         let _ = writeln!(out, "\n{n}");
     }

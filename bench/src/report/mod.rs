@@ -250,6 +250,10 @@ pub struct Report {
     pub throughput: Vec<scale::ThroughputRow>,
     /// The soak (None when not run).
     pub soak: Option<Outcome<crate::soak::SoakReport>>,
+    /// Faults injected, by kind (None when not run).
+    pub faults: Option<Outcome<Vec<crate::faults::FaultRow>>>,
+    /// The fuzz targets' run (None when not run).
+    pub fuzz: Option<Outcome<scale::FuzzSummary>>,
     /// Free-form notes per section (method), in order.
     pub notes: Vec<String>,
     /// Wall time of the whole run, s.
@@ -296,6 +300,8 @@ pub fn run_suite(opts: &Options) -> Report {
 
     progress("reliability: the soak");
     report.soak = Some(scale::soak_row(opts));
+    report.faults = Some(scale::fault_rows(opts));
+    report.fuzz = Some(scale::fuzz_row(opts));
 
     report.elapsed_s = t0.elapsed().as_secs_f64();
     report

@@ -1,6 +1,7 @@
 //! Creation throughput through containerd and the soak, for the report: `ctr run --rm` of
 //! `/bin/true` by N concurrent clients with strata's shim and runc's, and many container
-//! lifecycles through the CLI and containerd with a census of what they left.
+//! lifecycles through the CLI and containerd with a census of what they left, faults injected
+//! by kind, and the fuzz targets run for a bounded time.
 
 use super::{Options, Outcome, progress};
 use crate::containerd::{Containerd, peers, shim_binary};
@@ -9,8 +10,9 @@ use crate::soak::{SoakOptions, SoakReport, soak};
 
 /// The row labels of the throughput table (the prefixes the check looks for).
 pub const THROUGHPUT_SYSTEMS: [&str; 2] = ["strata via containerd", "runc via containerd"];
-/// The row labels of the reliability table.
-pub const SOAK_SYSTEMS: [&str; 1] = ["strata soak"];
+/// The row labels of the reliability tables: the soak, the two kinds of faults, fuzzing.
+pub const RELIABILITY_SYSTEMS: [&str; 4] =
+    ["strata soak", "strata faults, CLI", "strata faults, containerd", "strata fuzzing"];
 
 /// One runtime at one concurrency.
 #[derive(Debug, Clone)]
@@ -107,5 +109,82 @@ pub fn throughput_rows(opts: &Options) -> Vec<ThroughputRow> {
 pub fn soak_row(opts: &Options) -> Outcome<SoakReport> {
     let n = if opts.short { 10 } else { 1000 };
     progress(format!("soak: {n} lifecycles through the CLI, {n} through containerd, {n} execs"));
-    soak(SoakOptions { cli: n, containerd: n, clients: 4, execs: n }).into()
+    soak(SoakOptions { cli: n, containerd: n, clients: 4, execs: n, pods: n / 4 }).into()
+}
+
+/// The fault campaign, as the report runs it (four points of each kind in the short run).
+pub fn fault_rows(opts: &Options) -> Outcome<Vec<crate::faults::FaultRow>> {
+    progress("faults: kill -9 at each step of create, through the CLI and through containerd");
+    crate::faults::campaign(opts.short).into()
+}
+
+/// What `fuzz/run.sh` reported.
+#[derive(Debug, Clone, Default)]
+pub struct FuzzSummary {
+    /// Targets run, seconds each, inputs run in all, and the targets that failed.
+    pub targets: usize,
+    pub seconds: u32,
+    pub inputs: u64,
+    pub failed: Vec<String>,
+}
+
+/// Seconds per fuzz target in the full report.
+const FUZZ_SECONDS: u32 = 15;
+
+/// Every fuzz target for [`FUZZ_SECONDS`] (`fuzz/run.sh`, with rustup's nightly); left out of
+/// the short run, whose CI runs the same script itself.
+pub fn fuzz_row(opts: &Options) -> Outcome<FuzzSummary> {
+    if opts.short {
+        return Outcome::Unavailable(
+            "left out of the short run (its build takes minutes): CI runs `bash fuzz/run.sh 10` as its last step"
+                .into(),
+        );
+    }
+    progress(format!("fuzzing: every target for {FUZZ_SECONDS} s (fuzz/run.sh)"));
+    let script = crate::images::repo_root().join("fuzz/run.sh");
+    let out = match std::process::Command::new("bash").arg(&script).arg(FUZZ_SECONDS.to_string()).output() {
+        Ok(o) => o,
+        Err(e) => return Outcome::Unavailable(format!("{}: {e}", script.display())),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match parse_fuzz_summary(&stdout) {
+        Some(mut s) => {
+            s.seconds = FUZZ_SECONDS;
+            Outcome::Measured(s)
+        }
+        None => Outcome::Unavailable(format!(
+            "fuzz/run.sh printed no summary ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        )),
+    }
+}
+
+/// Reads fuzz/run.sh's last line: `fuzz: 12 targets, 2300000 inputs in all, 0 failed[: a b]`.
+pub fn parse_fuzz_summary(stdout: &str) -> Option<FuzzSummary> {
+    let line = stdout.lines().rev().find(|l| l.starts_with("fuzz: "))?;
+    let rest = line.strip_prefix("fuzz: ")?;
+    let (targets, rest) = rest.split_once(" targets, ")?;
+    let (inputs, rest) = rest.split_once(" inputs in all, ")?;
+    let failed = rest.split_once(": ").map(|(_, names)| names.split(' ').map(str::to_string).collect());
+    Some(FuzzSummary {
+        targets: targets.parse().ok()?,
+        seconds: 0,
+        inputs: inputs.parse().ok()?,
+        failed: failed.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fuzz_summary_line_is_read() {
+        let s = parse_fuzz_summary("fuzz a 1 runs\nfuzz: 12 targets, 2300000 inputs in all, 0 failed\n").unwrap();
+        assert_eq!((s.targets, s.inputs, s.failed.len()), (12, 2_300_000, 0));
+        let s = parse_fuzz_summary("fuzz: 3 targets, 10 inputs in all, 2 failed: a b\n").unwrap();
+        assert_eq!(s.failed, ["a", "b"]);
+        assert!(parse_fuzz_summary("nothing").is_none());
+    }
 }

@@ -312,11 +312,22 @@ impl Store {
                         format!("the registry sent more than the {} bytes the descriptor of {} gives", w.size, w.what),
                     ));
                 }
-                file.write_all(&buf[..n]).map_err(Error::io("write", &partial))?;
+                if let Err(e) = file.write_all(&buf[..n]) {
+                    // A local failure (a full or read-only store) keeps nothing: what was written
+                    // would only hold the room the store lacks. A broken connection, above, keeps
+                    // the download for the next pull to resume.
+                    drop(file);
+                    let _ = fs::remove_file(&partial);
+                    return Err(Error::io("write", &partial)(e));
+                }
                 bytes.fetch_add(n as u64, Ordering::Relaxed);
                 progress.advanced(&w.digest, n as u64);
             }
-            file.sync_all().map_err(Error::io("fsync", &partial))?;
+            if let Err(e) = file.sync_all() {
+                drop(file);
+                let _ = fs::remove_file(&partial);
+                return Err(Error::io("fsync", &partial)(e));
+            }
             if written < w.size {
                 return Err(client.error(
                     &url,

@@ -149,9 +149,9 @@ impl<T> Runner<T> {
         any
     }
 
-    /// A reaped child: if it was a helper, its payload and the pid of the process it made (or
-    /// why it failed).
-    pub fn on_exit(&mut self, pid: i32) -> Option<(T, Result<i32, RpcError>)> {
+    /// A reaped child that ended with `code` (128 + the signal when one killed it): if it was a
+    /// helper, its payload and the pid of the process it made (or why it failed).
+    pub fn on_exit(&mut self, pid: i32, code: i32) -> Option<(T, Result<i32, RpcError>)> {
         let r = self.running.remove(&pid)?;
         if r.cancelled {
             let _ = std::fs::remove_file(&r.report);
@@ -162,7 +162,13 @@ impl<T> Runner<T> {
             let err = status(Code::DEADLINE_EXCEEDED, format!("the shim helper took longer than {:?}", self.timeout));
             return Some((r.payload, Err(err)));
         }
-        let rep = helper::read_report(&r.report);
+        let mut rep = helper::read_report(&r.report);
+        if rep.pid.is_none() && code > 128 && !r.report.exists() {
+            // Killed before it could report (an out-of-memory kill, a `kill -9`): say so.
+            let said = rep.error.take().unwrap_or_default();
+            rep.error =
+                Some(format!("the shim helper was killed by signal {} before it reported ({said})", code - 128));
+        }
         let result = match (rep.pid, rep.error) {
             (_, Some(e)) => Err(status(Code::UNKNOWN, e)),
             (Some(p), None) => Ok(p),
@@ -207,8 +213,13 @@ mod tests {
     }
 
     fn reap(runner: &mut Runner<&'static str>, pid: i32) -> (&'static str, Result<i32, RpcError>) {
-        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-        runner.on_exit(pid).unwrap()
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+        let code = match status {
+            nix::sys::wait::WaitStatus::Exited(_, c) => c,
+            nix::sys::wait::WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+            other => panic!("{other:?}"),
+        };
+        runner.on_exit(pid, code).unwrap()
     }
 
     #[test]
@@ -221,13 +232,20 @@ mod tests {
         let (payload, result) = reap(&mut runner, pid);
         assert_eq!((payload, result), ("create c1", Ok(4242)));
         assert!(runner.is_empty());
-        assert!(runner.on_exit(pid).is_none(), "a helper completes once");
+        assert!(runner.on_exit(pid, 0).is_none(), "a helper completes once");
 
         let failing = fake_helper(dir.path(), r#"printf '{"pid": null, "error": "mounts[3]: no such file"}' > "$3""#);
         let mut runner = Runner::new(failing, dir.path().to_path_buf(), HELPER_TIMEOUT);
         let pid = runner.start(&req(), null3(), "x").unwrap();
         let (_, result) = reap(&mut runner, pid);
         assert_eq!(result.unwrap_err().message, "mounts[3]: no such file");
+
+        let killed = fake_helper(dir.path(), "kill -9 $$");
+        let mut runner = Runner::new(killed, dir.path().to_path_buf(), HELPER_TIMEOUT);
+        let pid = runner.start(&req(), null3(), "x").unwrap();
+        let (_, result) = reap(&mut runner, pid);
+        let message = result.unwrap_err().message;
+        assert!(message.starts_with("the shim helper was killed by signal 9 before it reported"), "{message}");
     }
 
     #[test]

@@ -715,7 +715,7 @@ impl Daemon {
     fn reap(&mut self) {
         while let Ok(Some(_)) = self.signals.read_signal() {}
         while let Some((pid, code)) = crate::signals::reap_any() {
-            if let Some((pending, result)) = self.runner.on_exit(pid) {
+            if let Some((pending, result)) = self.runner.on_exit(pid, code) {
                 self.finish_launch(pending, result);
             } else {
                 self.on_exit(pid, code as u32, now());

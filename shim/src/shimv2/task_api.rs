@@ -77,6 +77,7 @@ fn later(r: RpcResult<()>) -> Option<RpcResult<Vec<u8>>> {
 impl Daemon {
     /// Runs one call. `None`: the answer comes later.
     pub(super) fn dispatch(&mut self, conn: u64, stream: u32, req: &Request) -> Option<RpcResult<Vec<u8>>> {
+        crate::fault::point("shim", &req.method);
         if req.service == super::sandbox::SANDBOX_SERVICE {
             return self.dispatch_sandbox(conn, stream, req);
         }
@@ -359,6 +360,7 @@ impl Daemon {
             ..Default::default()
         };
         self.publish(topics::TASK_CREATE_EVENT_TOPIC, "TaskCreate", &ev);
+        crate::fault::point("shim", "Create-answer");
         self.answer(p.caller, encode(Ok(CreateTaskResponse { pid: pid as u32, ..Default::default() })));
         // Killed at the gate before its helper was done.
         if let Some((code, at)) = self.claim_orphan(pid) {
@@ -410,6 +412,7 @@ impl Daemon {
             &TaskStart { container_id: id.to_string(), pid: pid as u32, ..Default::default() },
         );
         let response = encode(Ok(StartResponse { pid: pid as u32, ..Default::default() }));
+        crate::fault::point("shim", "Start-answer");
         self.after_hooks(caller, id, &st, crate::hooks::Kind::Poststart, response);
         if let Some((code, at)) = self.claim_orphan(pid) {
             self.on_exit(pid, code, at);

@@ -209,3 +209,54 @@ pub fn busybox_layout_with(dir: &Path, user: &str, top: Option<Vec<u8>>) {
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("json")).expect("write");
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write");
 }
+
+/// A command's status, stdout and stderr, for failure messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Host mount points under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
+    let dir = dir.display().to_string();
+    info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(String::from).collect()
+}
+
+/// Processes whose command line holds `needle` (e.g. a container's unique sleep argument), as
+/// `pid command line`.
+pub fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default())
+            .replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{} {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// `strata --root STATE CMD --store STORE ARGS...` for the image and store commands.
+pub fn store_cmd(state: &Path, store: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(strata_bin());
+    c.arg("--root").arg(state).arg(args[0]).arg("--store").arg(store).args(&args[1..]).stdin(Stdio::null());
+    c
+}
+
+/// Runs `c`: whether it succeeded, its stdout and its stderr.
+pub fn output(mut c: Command) -> (bool, String, String) {
+    let out = c.output().expect("running strata");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -79,6 +79,8 @@ pub struct Containerd {
     dir: tempfile::TempDir,
     namespace: String,
     daemon: Option<Child>,
+    /// Extra environment of the daemon (and so of the shims it starts).
+    env: Vec<(String, String)>,
 }
 
 impl Containerd {
@@ -102,7 +104,7 @@ impl Containerd {
             ),
         )
         .expect("writing config.toml");
-        let mut c = Containerd { dir, namespace, daemon: None };
+        let mut c = Containerd { dir, namespace, daemon: None, env: Vec::new() };
         c.spawn_daemon();
         eprintln!("{}", c.ok(&["version"]).lines().filter(|l| l.contains("Version")).collect::<Vec<_>>().join(" / "));
         let import = c.ctr(&["images", "import", &image_archive().display().to_string()]);
@@ -126,6 +128,7 @@ impl Containerd {
             .arg("--config")
             .arg(p.join("config.toml"))
             .env("PATH", path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -140,9 +143,12 @@ impl Containerd {
     }
 
     fn stop_daemon(&mut self) {
+        self.stop_daemon_with(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    fn stop_daemon_with(&mut self, signal: nix::sys::signal::Signal) {
         if let Some(mut d) = self.daemon.take() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.id() as i32), signal);
             let deadline = Instant::now() + Duration::from_secs(10);
             while d.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -155,6 +161,19 @@ impl Containerd {
     /// Stops containerd and starts it again on the same root, state and socket.
     pub fn restart(&mut self) {
         self.stop_daemon();
+        self.spawn_daemon();
+    }
+
+    /// Kills containerd with SIGKILL and starts it again on the same root, state and socket.
+    pub fn kill_9_and_restart(&mut self) {
+        self.stop_daemon_with(nix::sys::signal::Signal::SIGKILL);
+        self.spawn_daemon();
+    }
+
+    /// Restarts containerd with `env` added to its environment (and so to the shims' it starts).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.stop_daemon();
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.spawn_daemon();
     }
 

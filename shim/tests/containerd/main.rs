@@ -716,3 +716,142 @@ fn delete_of_a_task_whose_shim_still_lives_dismisses_the_shim() {
     let _ = c.ctr(&["task", "delete", "--force", "given-up"]);
     let _ = c.ctr(&["containers", "rm", "given-up"]);
 }
+
+/// The steps at which a fault kills a process: every call of the task API on its receipt by the
+/// shim, create and start once done (just before the answer goes), and each step of the create
+/// the shim's helper runs (the helper, stage 1, the container's init).
+const FAULT_POINTS: [&str; 19] = [
+    "shim:Create",
+    "shim:Create-answer",
+    "shim:Start",
+    "shim:Start-answer",
+    "shim:State",
+    "shim:Exec",
+    "shim:Wait",
+    "shim:Kill",
+    "shim:Delete",
+    "shim:Shutdown",
+    "cli:cgroup",
+    "cli:forked",
+    "cli:namespaces",
+    "cli:init-ready",
+    "cli:devices",
+    "cli:saved",
+    "stage1:namespaces",
+    "init:rootfs",
+    "init:gate",
+];
+
+/// Processes whose command line holds `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let cmd =
+            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push(format!("{} {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn kill_9_of_the_shim_at_each_call_or_of_its_helper_at_each_step_leaves_nothing() {
+    // containerd runs with STRATA_FAULT (see the engine's `fault` module) and so do the shims
+    // it starts and their helpers. Whatever step dies, a whole lifecycle is tried (each `ctr`
+    // ends, in success or error); then containerd, told the shim is gone or asked to delete,
+    // leaves no task, shim, engine state, process, cgroup or mount, and the id runs again.
+    let mut c = Containerd::start();
+    let mounts = || {
+        let all = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        all.lines().filter_map(|l| l.split(' ').nth(4).map(str::to_string)).collect::<Vec<_>>()
+    };
+    for (n, point) in FAULT_POINTS.iter().enumerate() {
+        c.restart_with_env(&[("STRATA_FAULT", point)]);
+        let id = format!("fault{n}");
+        let marker = format!("73{}{n}", std::process::id());
+        let bundle = c.bundle(&id).display().to_string();
+        let (mut said, mut failed) = (Vec::new(), false);
+        for args in [
+            c.run_args(&["-d"], &id, &["sleep", &marker]),
+            vec!["task", "ls"],
+            vec!["task", "exec", "--exec-id", "probe", &id, "true"],
+            vec!["task", "kill", "-s", "SIGKILL", &id],
+            vec!["task", "delete", &id],
+        ] {
+            let out = c.ctr(&args);
+            failed |= !out.status.success();
+            said.push(format!("{args:?}: {} {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        // Whatever is left goes the way a user would remove it.
+        let _ = c.ctr(&["task", "delete", "-f", &id]);
+        let _ = c.ctr(&["containers", "rm", &id]);
+        let said = said.join("\n");
+        // The fault fired: a step of the lifecycle failed (containerd ignores a failed Shutdown),
+        // and a dead helper is named as such.
+        assert!(failed || *point == "shim:Shutdown", "{point}: every step succeeded\n{said}");
+        if point.starts_with("cli:") {
+            assert!(said.contains("the shim helper was killed by signal 9"), "{point}\n{said}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(c.shim_pids().is_empty() && processes_with(&marker).is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "{point}: left running: shims {:?}, processes {:?}\n{said}",
+                c.shim_pids(),
+                processes_with(&marker)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(c.task(&id).is_none(), "{point}: containerd kept the task\n{said}");
+        assert!(!c.ok(&["containers", "ls", "-q"]).lines().any(|l| l == id), "{point}: container kept\n{said}");
+        assert!(!c.state_root().join(&id).exists(), "{point}: engine state left behind\n{said}");
+        let rel = format!("{}/{id}", c.namespace());
+        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let cgroup = std::path::Path::new(root).join(&rel);
+            assert!(!cgroup.exists(), "{point}: cgroup {} left behind\n{said}", cgroup.display());
+        }
+        let left: Vec<String> = mounts().into_iter().filter(|m| m.starts_with(&bundle)).collect();
+        assert!(left.is_empty(), "{point}: mounts left behind: {left:?}\n{said}");
+        // Without the fault the same id runs.
+        c.restart_with_env(&[]);
+        let out = c.ok(&c.run_args(&["--rm"], &id, &["echo", "again"]));
+        assert_eq!(out, "again\n", "{point}");
+    }
+}
+
+#[test]
+fn output_written_across_a_containerd_kill_9_is_all_in_the_log() {
+    // The shim, not containerd, copies a task's output to a `file://` log: containerd killed
+    // with SIGKILL and restarted while the container writes loses no line and reorders none.
+    let mut c = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("out.log");
+    let uri = format!("file://{}", log.display());
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+    let until = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lines() < n {
+            assert!(Instant::now() < deadline, "{what}: {} lines", lines());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let script = "i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo line-$i; sleep 0.005; done";
+    c.ok(&c.run_args(&["-d", "--log-uri", &uri], "counter", &["sh", "-c", script]));
+    until(100, "the counter did not start writing");
+    c.kill_9_and_restart();
+    let after_restart = lines();
+    until(after_restart + 50, "the counter stopped writing after containerd's restart");
+    c.ok(&["task", "exec", "--exec-id", "stop", "counter", "sh", "-c", ": >/tmp/stop"]);
+    c.wait_status("counter", "STOPPED");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let got: Vec<&str> = text.lines().collect();
+    let want: Vec<String> = (1..=got.len()).map(|i| format!("line-{i}")).collect();
+    assert!(got.len() > after_restart + 50, "{} lines", got.len());
+    assert_eq!(got, want, "the log lost or reordered lines");
+    c.ok(&["task", "delete", "counter"]);
+    c.ok(&["containers", "rm", "counter"]);
+}

@@ -1,0 +1,175 @@
+//! Fault injection for the report's reliability section: processes killed with SIGKILL at each
+//! step of creating a container, through the strata CLI and through containerd with strata's
+//! shim (the shim at each call it serves, its helper, stage 1 and the init at each step of the
+//! create), by the runtime's test hook `STRATA_FAULT` (see the engine's `fault` module). After
+//! each fault the user's own commands clean up (`strata delete --force`; `ctr task delete -f`,
+//! `ctr containers rm`), and whatever they cannot remove is counted as lost: state directories,
+//! containerd tasks and containers, processes, cgroups and mounts (the soak's census).
+//!
+//! The tests hold the detailed checks of the same faults (`shim/tests/faults.rs`, and the
+//! containerd suite's `kill_9_of_the_shim_at_each_call_...`); this module counts them for the
+//! report, in the same run as its other figures.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::containerd::{Containerd, NAMESPACE, Peer, peers, shim_binary};
+use crate::soak::{census, compare, entries};
+use crate::{BusyboxBundle, strata_binary};
+
+/// The steps of `create` at which the CLI path is killed (the CLI, stage 1, the init).
+pub const CREATE_STEPS: [&str; 9] = [
+    "cli:cgroup",
+    "cli:forked",
+    "cli:namespaces",
+    "cli:init-ready",
+    "cli:devices",
+    "cli:saved",
+    "stage1:namespaces",
+    "init:rootfs",
+    "init:gate",
+];
+
+/// The points at which the containerd path is killed: the shim on receiving each call of a
+/// lifecycle, create and start just before their answers, and the shim's helper, stage 1 and
+/// the init at each step of the create.
+pub const SHIM_POINTS: [&str; 19] = [
+    "shim:Create",
+    "shim:Create-answer",
+    "shim:Start",
+    "shim:Start-answer",
+    "shim:State",
+    "shim:Exec",
+    "shim:Wait",
+    "shim:Kill",
+    "shim:Delete",
+    "shim:Shutdown",
+    "cli:cgroup",
+    "cli:forked",
+    "cli:namespaces",
+    "cli:init-ready",
+    "cli:devices",
+    "cli:saved",
+    "stage1:namespaces",
+    "init:rootfs",
+    "init:gate",
+];
+
+/// One kind of fault: how many were injected and what each left that cleanup could not remove.
+#[derive(Debug, Clone, Default)]
+pub struct FaultRow {
+    /// What was killed, and where.
+    pub kind: String,
+    /// Faults injected.
+    pub injected: usize,
+    /// What was left behind or broken afterwards, each named with its fault (the goal: none).
+    pub lost: Vec<String>,
+}
+
+/// The short run's points: four of each kind, across the CLI, stage 1, the init and the shim.
+const SHORT_CREATE_STEPS: [&str; 4] = ["cli:cgroup", "cli:init-ready", "stage1:namespaces", "init:gate"];
+const SHORT_SHIM_POINTS: [&str; 4] = ["shim:Create-answer", "shim:Start", "shim:Kill", "cli:namespaces"];
+
+/// Runs both kinds; `short` takes four points of each instead of all.
+pub fn campaign(short: bool) -> Result<Vec<FaultRow>, String> {
+    let (create, shim): (&[&str], &[&str]) =
+        if short { (&SHORT_CREATE_STEPS, &SHORT_SHIM_POINTS) } else { (&CREATE_STEPS, &SHIM_POINTS) };
+    Ok(vec![create_faults(create)?, containerd_faults(shim)?])
+}
+
+/// `strata create` killed at each of `steps`; then `delete --force`, and the same id runs.
+fn create_faults(steps: &[&str]) -> Result<FaultRow, String> {
+    let strata = strata_binary()?;
+    let work = tempfile::Builder::new().prefix("strata-faults-").tempdir().map_err(|e| e.to_string())?;
+    let root = work.path().join("state");
+    let sleeper = BusyboxBundle::new(&["sleep", "100000"])?;
+    let quick = BusyboxBundle::new(&["true"])?;
+    let mut row = FaultRow {
+        kind: "kill -9 at a step of `strata create` (the CLI, stage 1, the init)".into(),
+        ..Default::default()
+    };
+    let before = census();
+    for (n, step) in steps.iter().enumerate() {
+        let id = format!("fault-{n}");
+        let strata_at = |args: &[&str], bundle: &Path| {
+            let mut c = Command::new(&strata);
+            c.arg("--root").arg(&root).args(args).arg("--bundle").arg(bundle).arg(&id);
+            c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            c
+        };
+        let _ = strata_at(&["create"], sleeper.path()).env("STRATA_FAULT", step).status();
+        row.injected += 1;
+        let _ = Command::new(&strata).arg("--root").arg(&root).args(["delete", "--force", &id]).output();
+        for e in entries(&root) {
+            row.lost.push(format!("{step}: state {e} after delete --force"));
+        }
+        match strata_at(&["run"], quick.path()).status() {
+            Ok(st) if st.success() => {}
+            other => row.lost.push(format!("{step}: the id did not run again ({other:?})")),
+        }
+    }
+    let mut left = Vec::new();
+    compare(&before, &census(), &mut left);
+    row.lost.extend(left);
+    Ok(row)
+}
+
+/// A containerd whose shims die at each of `points`: a lifecycle is tried, then removed as a
+/// user would; containerd, the engine's state and the host must hold nothing of it.
+fn containerd_faults(points: &[&str]) -> Result<FaultRow, String> {
+    let shim = shim_binary()?;
+    let shim_dir = shim.parent().ok_or_else(|| format!("{} has no directory", shim.display()))?;
+    let peer: Peer = peers().into_iter().find(|p| p.name == "strata").ok_or("no strata peer")?;
+    let mut row = FaultRow {
+        kind: "kill -9 of strata's shim at a call, or of its helper, stage 1 or the init at a step of the create, \
+               through containerd"
+            .into(),
+        ..Default::default()
+    };
+    let before = census();
+    for (n, point) in points.iter().enumerate() {
+        let ctd = Containerd::start_with_env(Some(shim_dir), &[("STRATA_FAULT", point)])?;
+        ctd.import_busybox()?;
+        let id = format!("fault-{n}");
+        let _ = ctd.run(&peer, &["--detach"], &id, &["sleep", "100000"]);
+        for args in [
+            vec!["task", "exec", "--exec-id", "probe", &id, "true"],
+            vec!["task", "kill", "-s", "SIGKILL", &id],
+            vec!["task", "delete", &id],
+            vec!["task", "delete", "-f", &id],
+            vec!["containers", "rm", &id],
+        ] {
+            let _ = ctd.ctr(&args);
+        }
+        row.injected += 1;
+        let listed = |args: &[&str]| -> Vec<String> {
+            ctd.ctr(args)
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+                .unwrap_or_default()
+        };
+        if listed(&["task", "ls", "-q"]).contains(&id) {
+            row.lost.push(format!("{point}: containerd kept the task"));
+        }
+        if listed(&["containers", "ls", "-q"]).contains(&id) {
+            row.lost.push(format!("{point}: containerd kept the container"));
+        }
+        // A shim exits with its last task; give it a moment before the census.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::containerd::shim_pid(peer.shim, &id).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if crate::containerd::shim_pid(peer.shim, &id).is_some() {
+            row.lost.push(format!("{point}: the shim outlived its task"));
+        }
+        for e in entries(&engine::shimv2::service::state_root(NAMESPACE)) {
+            row.lost.push(format!("{point}: engine state {e}"));
+        }
+        let mut left = Vec::new();
+        compare(&before, &census(), &mut left);
+        row.lost.extend(left.into_iter().map(|l| format!("{point}: {l}")));
+        // What is left is now counted: containerd's guard removes it before the next point.
+        drop(ctd);
+    }
+    Ok(row)
+}
