@@ -104,7 +104,9 @@ pub(crate) fn census() -> Census {
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
         let comm = comm.trim();
         if comm == "strata" || comm.starts_with("containerd-shim") {
-            processes.push(format!("{} ({comm})", e.file_name().to_string_lossy()));
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            processes.push(format!("{} ({comm}: {})", e.file_name().to_string_lossy(), cmdline.trim_end()));
         }
     }
     Census { mounts, cgroups, processes }
@@ -122,6 +124,20 @@ pub(crate) fn compare(before: &Census, after: &Census, leaks: &mut Vec<String>) 
     for p in new(&before.processes, &after.processes) {
         leaks.push(format!("process {p}"));
     }
+}
+
+/// What the host holds now that it did not at `before`. A shim exits on its own after its last
+/// delete, and a killed process is gone once reaped: processes get 5 s to go.
+pub(crate) fn left_since(before: &Census) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = census();
+    while after.processes.iter().any(|p| !before.processes.contains(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        after = census();
+    }
+    let mut leaks = Vec::new();
+    compare(before, &after, &mut leaks);
+    leaks
 }
 
 fn fd_count(pid: u32) -> usize {
@@ -386,14 +402,7 @@ pub fn soak(opts: SoakOptions) -> Result<SoakReport, String> {
         report.leaks.push(format!("the shim's descriptors grew from {} to {}", report.shim_fds.0, report.shim_fds.1));
     }
     drop(ctd);
-    // A shim exits on its own after its last delete: give the last ones a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut after = census();
-    while after.processes.iter().any(|p| !before.processes.contains(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        after = census();
-    }
-    compare(&before, &after, &mut report.leaks);
+    report.leaks.extend(left_since(&before));
     Ok(report)
 }
 
