@@ -3,7 +3,7 @@
 # corpus, and prints one line per target: runs, seconds, the corpus it ended with. A crash, a
 # failed check or a leak of the fuzzer's limits fails the script and names the input it saved.
 #
-#   bash fuzz/run.sh 10         # 10 s per target (what .ci/run does; 15 s by default)
+#   bash fuzz/run.sh 5          # 5 s per target (what .ci/run does; 15 s by default)
 #   bash fuzz/run.sh 600        # the long campaign: 10 minutes per target
 #   bash fuzz/run.sh 60 layer_stream image_json   # some targets only
 #

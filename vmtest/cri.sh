@@ -11,6 +11,8 @@
 #                                the run, as runc's always do)
 #   STRATA_CRI_SUITES            Debian suites of containerd (default "trixie forky")
 #   STRATA_CRI_HANDLERS          handlers (default "runc strata")
+#   STRATA_CRI_RUNC_SUITES       suites whose containerd runs the runc handler, the reference
+#                                (default: every suite; CI: "forky", to keep within its time)
 #   STRATA_CRI_SLOW_HANDLERS     handlers that run the slow scenarios (20x3 pods, containerd
 #                                restart) (default "strata")
 #   STRATA_CRI_SLOW_SUITES       suites whose containerd runs them (default "forky": once)
@@ -154,6 +156,7 @@ exit \$rc")
 fi
 for s in $suites; do
     hs=$handlers
+    case " ${STRATA_CRI_RUNC_SUITES-$suites} " in *" $s "*) ;; *) hs=${hs//runc/} ;; esac
     case " $handlers " in *" strata "*)
         case " ${STRATA_CRI_SANDBOX_SUITES-forky} " in *" $s "*) hs="$hs strata-sandbox" ;; esac ;;
     esac

@@ -17,44 +17,7 @@ use std::time::{Duration, Instant};
 use crate::containerd::{Containerd, NAMESPACE, Peer, peers, shim_binary};
 use crate::soak::{census, entries, left_since};
 use crate::{BusyboxBundle, strata_binary};
-
-/// The steps of `create` at which the CLI path is killed (the CLI, stage 1, the init).
-pub const CREATE_STEPS: [&str; 9] = [
-    "cli:cgroup",
-    "cli:forked",
-    "cli:namespaces",
-    "cli:init-ready",
-    "cli:devices",
-    "cli:saved",
-    "stage1:namespaces",
-    "init:rootfs",
-    "init:gate",
-];
-
-/// The points at which the containerd path is killed: the shim on receiving each call of a
-/// lifecycle, create and start just before their answers, and the shim's helper, stage 1 and
-/// the init at each step of the create.
-pub const SHIM_POINTS: [&str; 19] = [
-    "shim:Create",
-    "shim:Create-answer",
-    "shim:Start",
-    "shim:Start-answer",
-    "shim:State",
-    "shim:Exec",
-    "shim:Wait",
-    "shim:Kill",
-    "shim:Delete",
-    "shim:Shutdown",
-    "cli:cgroup",
-    "cli:forked",
-    "cli:namespaces",
-    "cli:init-ready",
-    "cli:devices",
-    "cli:saved",
-    "stage1:namespaces",
-    "init:rootfs",
-    "init:gate",
-];
+use engine::fault::{CREATE_STEPS, SHIM_CALLS};
 
 /// One kind of fault: how many were injected and what each left that cleanup could not remove.
 #[derive(Debug, Clone, Default)]
@@ -73,9 +36,13 @@ const SHORT_SHIM_POINTS: [&str; 4] = ["shim:Create-answer", "shim:Start", "shim:
 
 /// Runs both kinds; `short` takes four points of each instead of all.
 pub fn campaign(short: bool) -> Result<Vec<FaultRow>, String> {
-    let (create, shim): (&[&str], &[&str]) =
-        if short { (&SHORT_CREATE_STEPS, &SHORT_SHIM_POINTS) } else { (&CREATE_STEPS, &SHIM_POINTS) };
-    Ok(vec![create_faults(create)?, containerd_faults(shim)?])
+    let (create, shim): (Vec<&str>, Vec<&str>) = if short {
+        (SHORT_CREATE_STEPS.to_vec(), SHORT_SHIM_POINTS.to_vec())
+    } else {
+        // Through containerd: each call of the shim, then each step of the create its helper runs.
+        (CREATE_STEPS.to_vec(), SHIM_CALLS.iter().chain(&CREATE_STEPS).copied().collect())
+    };
+    Ok(vec![create_faults(&create)?, containerd_faults(&shim)?])
 }
 
 /// `strata create` killed at each of `steps`; then `delete --force`, and the same id runs.

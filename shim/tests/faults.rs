@@ -13,22 +13,10 @@ use common::*;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
-const POINTS: [&str; 9] = [
-    "cli:cgroup",
-    "cli:forked",
-    "cli:namespaces",
-    "cli:init-ready",
-    "cli:devices",
-    "cli:saved",
-    "stage1:namespaces",
-    "init:rootfs",
-    "init:gate",
-];
-
 #[test]
 fn kill_9_at_every_step_of_create_leaves_nothing_delete_cannot_remove() {
     require_root();
-    for (n, point) in POINTS.iter().enumerate() {
+    for (n, point) in engine::fault::CREATE_STEPS.iter().enumerate() {
         // The init's command line (from stage 1 on) names the container's runtime binary;
         // its program, once it runs, names this marker.
         let marker = format!("31{}{n}", std::process::id());

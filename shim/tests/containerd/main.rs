@@ -717,31 +717,6 @@ fn delete_of_a_task_whose_shim_still_lives_dismisses_the_shim() {
     let _ = c.ctr(&["containers", "rm", "given-up"]);
 }
 
-/// The steps at which a fault kills a process: every call of the task API on its receipt by the
-/// shim, create and start once done (just before the answer goes), and each step of the create
-/// the shim's helper runs (the helper, stage 1, the container's init).
-const FAULT_POINTS: [&str; 19] = [
-    "shim:Create",
-    "shim:Create-answer",
-    "shim:Start",
-    "shim:Start-answer",
-    "shim:State",
-    "shim:Exec",
-    "shim:Wait",
-    "shim:Kill",
-    "shim:Delete",
-    "shim:Shutdown",
-    "cli:cgroup",
-    "cli:forked",
-    "cli:namespaces",
-    "cli:init-ready",
-    "cli:devices",
-    "cli:saved",
-    "stage1:namespaces",
-    "init:rootfs",
-    "init:gate",
-];
-
 /// Processes whose command line holds `needle`.
 fn processes_with(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -769,7 +744,9 @@ fn kill_9_of_the_shim_at_each_call_or_of_its_helper_at_each_step_leaves_nothing(
         let all = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         all.lines().filter_map(|l| l.split(' ').nth(4).map(str::to_string)).collect::<Vec<_>>()
     };
-    for (n, point) in FAULT_POINTS.iter().enumerate() {
+    // Each call of the shim, then each step of the create its helper runs.
+    let points = engine::fault::SHIM_CALLS.iter().chain(&engine::fault::CREATE_STEPS);
+    for (n, point) in points.enumerate() {
         c.restart_with_env(&[("STRATA_FAULT", point)]);
         let id = format!("fault{n}");
         let marker = format!("73{}{n}", std::process::id());

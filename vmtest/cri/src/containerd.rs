@@ -48,7 +48,7 @@ pub struct Settings {
     pub log: PathBuf,
     /// `STRATA_CRI_LOG_LEVEL`: containerd's log level (default `info`).
     pub log_level: String,
-    /// `STRATA_CRI_RPC_TIMEOUT`: seconds a CRI call may take (default 60: the VM runs under TCG).
+    /// `STRATA_CRI_RPC_TIMEOUT`: seconds a CRI call may take (default 120, kubelet's default runtime-request-timeout).
     pub rpc_timeout: Duration,
 }
 
@@ -80,7 +80,8 @@ impl Settings {
         let beside = containerd.parent().map(|p| p.display().to_string()).unwrap_or_default();
         let path = env_or("STRATA_CRI_PATH", format!("{beside}:{}", std::env::var("PATH").unwrap_or_default()));
         let log = PathBuf::from(env_or("STRATA_CRI_LOG", dir.join("containerd.log").display().to_string()));
-        let rpc_timeout = env_or("STRATA_CRI_RPC_TIMEOUT", "60")
+        // kubelet's default --runtime-request-timeout: 2 minutes.
+        let rpc_timeout = env_or("STRATA_CRI_RPC_TIMEOUT", "120")
             .parse::<u64>()
             .map(Duration::from_secs)
             .map_err(|e| Error::Setting { name: "STRATA_CRI_RPC_TIMEOUT", problem: e.to_string() })?;
