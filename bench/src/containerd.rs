@@ -168,6 +168,13 @@ impl Containerd {
         self.ctr_command(args).output().map_err(|e| format!("ctr: {e}"))
     }
 
+    /// The lines `ctr` prints on stdout (none when it cannot run), e.g. `task ls -q`.
+    pub fn lines(&self, args: &[&str]) -> Vec<String> {
+        self.ctr(args)
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
     /// `ctr images import` of an image archive.
     pub fn import(&self, archive: &Path) -> Result<(), String> {
         let out = self.ctr(&["images", "import", &archive.display().to_string()])?;
@@ -258,10 +265,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let lines = |out: Result<Output, String>| -> Vec<String> {
-            out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap_or_default()
-        };
-        let tasks = lines(self.ctr(&["task", "ls", "-q"]));
+        let tasks = self.lines(&["task", "ls", "-q"]);
         for id in &tasks {
             let _ = self.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id]);
         }
@@ -271,7 +275,7 @@ impl Drop for Containerd {
         for id in &tasks {
             let _ = self.ctr(&["task", "delete", "-f", id]);
         }
-        for id in lines(self.ctr(&["containers", "ls", "-q"])) {
+        for id in self.lines(&["containers", "ls", "-q"]) {
             let _ = self.ctr(&["containers", "rm", &id]);
         }
         let _ = nix::sys::signal::kill(

@@ -108,15 +108,10 @@ fn containerd_faults(points: &[&str]) -> Result<FaultRow, String> {
             let _ = ctd.ctr(&args);
         }
         row.injected += 1;
-        let listed = |args: &[&str]| -> Vec<String> {
-            ctd.ctr(args)
-                .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
-                .unwrap_or_default()
-        };
-        if listed(&["task", "ls", "-q"]).contains(&id) {
+        if ctd.lines(&["task", "ls", "-q"]).contains(&id) {
             row.lost.push(format!("{point}: containerd kept the task"));
         }
-        if listed(&["containers", "ls", "-q"]).contains(&id) {
+        if ctd.lines(&["containers", "ls", "-q"]).contains(&id) {
             row.lost.push(format!("{point}: containerd kept the container"));
         }
         // A shim exits with its last task; give it a moment before the census.

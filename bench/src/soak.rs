@@ -378,15 +378,10 @@ pub fn soak(opts: SoakOptions) -> Result<SoakReport, String> {
     if ctd_fds_after > ctd_fds_before {
         report.leaks.push(format!("containerd holds {} descriptors more", ctd_fds_after - ctd_fds_before));
     }
-    let listed = |args: &[&str]| -> Vec<String> {
-        ctd.ctr(args)
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
-            .unwrap_or_default()
-    };
-    for c in listed(&["containers", "ls", "-q"]) {
+    for c in ctd.lines(&["containers", "ls", "-q"]) {
         report.leaks.push(format!("containerd container {c}"));
     }
-    for s in listed(&["snapshots", "ls"]).iter().filter(|l| l.contains("Active")) {
+    for s in ctd.lines(&["snapshots", "ls"]).iter().filter(|l| l.contains("Active")) {
         report.leaks.push(format!("active snapshot {s}"));
     }
     for e in entries(&engine::shimv2::service::state_root(NAMESPACE)) {

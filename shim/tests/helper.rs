@@ -34,9 +34,8 @@ fn the_daemon_runs_its_helper_protected_without_a_re_execution() {
     let mut runner: Runner<()> = Runner::new(strata_bin().into(), tmp.path().to_path_buf(), HELPER_TIMEOUT);
     for round in 0..2 {
         let pid = runner.start(&req, null3(), ()).unwrap();
-        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0), "round {round}");
-        let ((), result) = runner.on_exit(pid, 0).unwrap();
+        let (_, code) = engine::signals::reap(pid, 0).unwrap();
+        let ((), result) = runner.on_exit(pid, code).unwrap();
         assert_eq!(result.unwrap(), 0, "round {round}");
         let seen = std::fs::read_to_string(&out).unwrap();
         let lines: Vec<&str> = seen.lines().collect();

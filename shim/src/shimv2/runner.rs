@@ -213,12 +213,7 @@ mod tests {
     }
 
     fn reap(runner: &mut Runner<&'static str>, pid: i32) -> (&'static str, Result<i32, RpcError>) {
-        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-        let code = match status {
-            nix::sys::wait::WaitStatus::Exited(_, c) => c,
-            nix::sys::wait::WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
-            other => panic!("{other:?}"),
-        };
+        let (_, code) = crate::signals::reap(pid, 0).unwrap();
         runner.on_exit(pid, code).unwrap()
     }
 
