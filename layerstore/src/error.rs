@@ -165,12 +165,20 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
-    /// An image that cannot be written out with the digests it was imported with.
-    #[error("cannot export image {image:?} with its original digests: {reason}")]
+    /// An image that cannot be written out.
+    #[error("cannot export image {image:?}: {reason}")]
     CannotExport {
         /// The image.
         image: String,
         /// Why.
+        reason: String,
+    },
+    /// A snapshot's tar split that does not rebuild its layer (the snapshot or the split changed).
+    #[error("{split}: cannot rebuild the layer's tar: {reason}", split = split.display())]
+    BadSplit {
+        /// The split file.
+        split: std::path::PathBuf,
+        /// What is wrong.
         reason: String,
     },
     /// Something in use cannot be removed.

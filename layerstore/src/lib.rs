@@ -9,6 +9,7 @@
 //! blobs/<alg>/<hex>         verified blobs (manifests, configs, compressed layers), read-only
 //! ingest/                   temp files of blobs being written; never read (`*.partial`: resumable pulls)
 //! snapshots/<chain hex>/fs  one unpacked layer (overlayfs form), renamed into place when complete
+//! snapshots/<chain hex>/tar-split.zst  what rebuilds the layer's tar from fs/ (see `split`)
 //! pool/<key>                content pool: one inode per (sha256, mode, uid, gid, mtime)
 //! images/<hex(name)>.json   image records: name -> manifest, config, layers, chain IDs
 //! containers/<id>/          ref.json (which image), upper/, work/, rootfs/ (the overlay mount)
@@ -26,6 +27,7 @@ mod lower;
 mod maintain;
 mod mount;
 mod pull;
+mod split;
 mod store;
 mod unpack;
 

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::fsutil::remove_any;
-use crate::store::SnapshotInfo;
+use crate::store::{SPLIT_FILE, SnapshotInfo};
 use crate::{Algorithm, Digest, Error, Hasher, Result, Store};
 
 /// What unpacking a snapshot again takes.
@@ -73,6 +73,13 @@ pub enum FsckProblem {
         /// What differs.
         reason: &'static str,
     },
+    /// A snapshot whose tar split no longer rebuilds its layer's tar (its tree or the split changed).
+    BadSplit {
+        /// The snapshot's chain ID.
+        snapshot: String,
+        /// What failed.
+        reason: String,
+    },
     /// Temp files left by a crashed writer.
     Stray {
         /// The path.
@@ -90,6 +97,7 @@ impl std::fmt::Display for FsckProblem {
             FsckProblem::SnapshotFile { snapshot, path, reason } => {
                 write!(f, "snapshot {snapshot}: /{path}: {reason}")
             }
+            FsckProblem::BadSplit { reason, .. } => write!(f, "{reason}"),
             FsckProblem::Stray { path } => write!(f, "stray temp file {path}"),
         }
     }
@@ -107,6 +115,8 @@ pub struct FsckReport {
     /// Regular files of snapshots verified through their pool file (content re-hashed there,
     /// metadata compared with the pool key).
     pub files_checked: usize,
+    /// Tar splits checked (each layer's tar rebuilt from its snapshot and hashed).
+    pub splits_checked: usize,
     /// Regular files of snapshots outside the pool (files with xattrs, or a pool on another
     /// file system), whose content fsck cannot verify.
     pub files_unverified: usize,
@@ -141,6 +151,8 @@ pub struct DiskUsage {
     pub on_disk_bytes: u64,
     /// Bytes of compressed blobs kept (for export with the original digests).
     pub blob_bytes: u64,
+    /// Bytes of the snapshots' tar splits (what rebuilds a layer whose blob was dropped).
+    pub split_bytes: u64,
     /// Saved by storing and unpacking a layer shared by several images once.
     pub saved_by_layer_dedup: u64,
     /// Saved by sharing identical files of different layers through the pool.
@@ -199,14 +211,11 @@ impl Store {
 
     /// Live blobs and snapshot names (chain ID hex).
     fn live(&self) -> Result<(HashSet<Digest>, HashSet<String>)> {
-        let mut blobs = HashSet::new();
+        let mut blobs = self.needed_layer_blobs()?;
         let mut snaps = HashSet::new();
         for image in self.images()? {
             blobs.insert(image.manifest);
             blobs.insert(image.config);
-            if !image.layer_blobs_dropped {
-                blobs.extend(image.layers);
-            }
             snaps.extend(image.chain.iter().map(|c| c.hex().to_string()));
         }
         for c in self.containers()? {
@@ -269,7 +278,9 @@ impl Store {
             pooled.insert((meta.dev(), meta.ino()), (key, good));
         }
         for name in &present {
-            if self.check_snapshot_files(name, &pooled, &mut r)? {
+            let files_damaged = self.check_snapshot_files(name, &pooled, &mut r)?;
+            let split_damaged = self.check_split(name, &mut r);
+            if files_damaged || split_damaged {
                 damaged.insert(name.clone());
             }
         }
@@ -308,9 +319,10 @@ impl Store {
                 }
             }
         }
+        let needed = self.needed_layer_blobs()?;
         for image in self.images()? {
             let owner = format!("image {}", image.name);
-            let layers = if image.layer_blobs_dropped { &[][..] } else { &image.layers[..] };
+            let layers = image.layers.iter().filter(|l| needed.contains(*l));
             for d in [&image.manifest, &image.config].into_iter().chain(layers) {
                 if !self.blobs.contains(d) {
                     r.problems.push(FsckProblem::Missing { owner: owner.clone(), what: format!("blob {d}") });
@@ -394,6 +406,26 @@ impl Store {
             }
         }
         Ok(r.problems.len() > problems_before)
+    }
+
+    /// Rebuilds snapshot `name`'s layer tar from its tar split, if it has one, and checks it
+    /// against the layer's diff ID. Returns whether it failed.
+    fn check_split(&self, name: &str, r: &mut FsckReport) -> bool {
+        let dir = self.root.join("snapshots").join(name);
+        if !dir.join(SPLIT_FILE).is_file() {
+            return false;
+        }
+        let info: Option<SnapshotInfo> =
+            fs::read(dir.join("info.json")).ok().and_then(|d| serde_json::from_slice(&d).ok());
+        let Some(info) = info else { return false };
+        r.splits_checked += 1;
+        match self.rebuild_layer(&info.chain_id, &info.diff_id, &mut io::sink()) {
+            Ok(_) => false,
+            Err(e) => {
+                r.problems.push(FsckProblem::BadSplit { snapshot: name.to_string(), reason: e.to_string() });
+                true
+            }
+        }
     }
 
     /// How snapshot `name` can be unpacked again from its layer blob (an image holding it), or
@@ -484,8 +516,13 @@ impl Store {
             walk(&self.root.join(dir), &mut |path, meta| {
                 if seen.insert((meta.dev(), meta.ino())) {
                     u.on_disk_bytes += meta.blocks() * 512;
-                    if meta.is_file() && dir == "snapshots" && !path.ends_with("info.json") {
+                    // a snapshot's own records sit beside its tree
+                    let record = path.parent().and_then(Path::parent) == Some(snaps.as_path());
+                    if meta.is_file() && dir == "snapshots" && !record {
                         unique_file_bytes += meta.len();
+                    }
+                    if meta.is_file() && record && path.ends_with(SPLIT_FILE) {
+                        u.split_bytes += meta.len();
                     }
                 }
             })?;

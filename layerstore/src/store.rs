@@ -2,11 +2,13 @@
 //!
 //! Import holds the store's lock exclusively (imports run one at a time, and gc cannot run under them),
 //! so when an import fails, everything it created — blobs, snapshots, pool entries — is removed again and
-//! the store is as before. Compressed layer blobs are kept after unpacking: `export` then reproduces the
-//! exact original digests, and fsck can re-verify what every snapshot came from. They cost about a third
-//! of the store (93 of 253 MB for three ~100 MB images, two of them sharing a base); the file pool more
-//! than pays for it (154 MB saved in the same store), where containerd keeps both copies and shares only
-//! whole identical layers.
+//! the store is as before. Each snapshot keeps a tar split beside its tree (see [`crate::split`]), which
+//! rebuilds the layer's uncompressed tar bit for bit: an image imported with
+//! [`ImportOptions::drop_layer_blobs`] (the CLI's default) keeps no compressed layer blob, which
+//! would cost about a third of the store, and `export` rebuilds and compresses each layer again
+//! (the diff IDs and the config are the original ones; the layer and manifest digests are new).
+//! Images that keep their blobs export with every original digest, and fsck re-verifies each
+//! snapshot against its blob.
 
 use std::fs;
 use std::io::Read;
@@ -40,7 +42,7 @@ pub struct ImageRecord {
     /// Seconds since the epoch when it was imported.
     pub imported: u64,
     /// Its compressed layer blobs were removed once its snapshots were verified
-    /// ([`ImportOptions::drop_layer_blobs`]): it runs, but cannot be exported as it came.
+    /// ([`ImportOptions::drop_layer_blobs`]): export rebuilds its layers from their tar splits.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub layer_blobs_dropped: bool,
 }
@@ -49,9 +51,10 @@ pub struct ImageRecord {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ImportOptions {
     /// Remove each image's compressed layer blobs once its snapshots are unpacked and verified
-    /// against their diff IDs, keeping only what running needs (Docker's choice). By default they
-    /// are kept (containerd's), so that `export` reproduces every original digest; an image
-    /// imported this way cannot be exported, and says so. A blob another image keeps stays.
+    /// against their diff IDs, keeping only what running needs and the tar splits that rebuild each
+    /// layer for `export` (the `strata` CLI's default). Here the default keeps them (containerd's
+    /// choice), so that `export` reproduces every original digest. A blob another image keeps stays,
+    /// and so does the blob of a layer without a tar split (one that replaced its own entries).
     pub drop_layer_blobs: bool,
 }
 
@@ -78,6 +81,22 @@ pub(crate) struct SnapshotInfo {
     pub file_bytes: u64,
     pub pooled_bytes: u64,
 }
+
+/// The chain IDs of a stack of layers with these diff IDs, bottom first.
+pub(crate) fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut parent: Option<Digest> = None;
+    diff_ids
+        .iter()
+        .map(|d| {
+            let c = Digest::chain(parent.as_ref(), d);
+            parent = Some(c.clone());
+            c
+        })
+        .collect()
+}
+
+/// The name of a snapshot's tar split, beside its tree (see [`crate::split`]).
+pub(crate) const SPLIT_FILE: &str = "tar-split.zst";
 
 /// The image store rooted at one directory (`/var/lib/strata` for the CLI).
 #[derive(Debug, Clone)]
@@ -189,7 +208,7 @@ impl Store {
             }
             let mut records = Vec::new();
             for image in &images {
-                records.push(self.import_image(Some(&src), image, name, &mut created)?);
+                records.push(self.import_image(Some(&src), image, name, opts.drop_layer_blobs, &mut created)?);
             }
             Ok(records)
         })();
@@ -216,16 +235,51 @@ impl Store {
         }
     }
 
-    /// Removes the layer blobs of `records` that no image keeping its blobs references.
-    fn drop_unkept_layer_blobs(&self, records: &[ImageRecord]) -> Result<()> {
-        let kept: std::collections::HashSet<Digest> =
-            self.images()?.into_iter().filter(|i| !i.layer_blobs_dropped).flat_map(|i| i.layers).collect();
+    /// Removes the layer blobs of `records` that no image keeping its blobs references, and
+    /// whose snapshot's tar split rebuilds the layer (a layer without one keeps its blob).
+    pub(crate) fn drop_unkept_layer_blobs(&self, records: &[ImageRecord]) -> Result<()> {
+        let kept = self.needed_layer_blobs()?;
         for d in records.iter().flat_map(|r| &r.layers) {
             if !kept.contains(d) {
                 self.blobs.remove(d)?;
             }
         }
         Ok(())
+    }
+
+    /// The layer blobs the images need: every layer blob of an image that keeps them, and of the
+    /// others those whose snapshot has no tar split.
+    pub(crate) fn needed_layer_blobs(&self) -> Result<std::collections::HashSet<Digest>> {
+        let mut needed = std::collections::HashSet::new();
+        for image in self.images()? {
+            for (layer, chain) in image.layers.iter().zip(&image.chain) {
+                if !image.layer_blobs_dropped || !self.has_split(chain) {
+                    needed.insert(layer.clone());
+                }
+            }
+        }
+        Ok(needed)
+    }
+
+    /// Whether the snapshot `chain` has a tar split that rebuilds its layer.
+    pub(crate) fn has_split(&self, chain: &Digest) -> bool {
+        self.snapshot_path(chain).join(SPLIT_FILE).is_file()
+    }
+
+    /// Writes the uncompressed tar of the layer that snapshot `chain` unpacked, rebuilt from its tree
+    /// and tar split, to `out`, and checks it against `diff_id`. Returns its length.
+    pub(crate) fn rebuild_layer(&self, chain: &Digest, diff_id: &Digest, out: &mut dyn std::io::Write) -> Result<u64> {
+        let dir = self.snapshot_path(chain);
+        let mut hashing = crate::split::HashingWriter::new(out, diff_id.algorithm());
+        crate::split::rebuild(&dir.join("fs"), &dir.join(SPLIT_FILE), &mut hashing)?;
+        let (actual, len, _) = hashing.finish();
+        if actual != *diff_id {
+            return Err(Error::BadSplit {
+                split: dir.join(SPLIT_FILE),
+                reason: format!("the tar rebuilt is {actual}, not the layer's diff ID {diff_id}: its tree changed"),
+            });
+        }
+        Ok(len)
     }
 
     /// Writes an image's record, which makes it visible.
@@ -246,13 +300,15 @@ impl Store {
         let _ = self.sweep_pool();
     }
 
-    /// Stores one image: its blobs from `src` unless present (a pull has fetched them all already, and
-    /// passes no source), then its snapshots.
+    /// Stores one image: its blobs from `src` unless present (a pull has fetched them already, and
+    /// passes no source), then its snapshots. With `lean` (its layer blobs are to be dropped), a
+    /// layer whose snapshot exists with a tar split needs no blob.
     pub(crate) fn import_image(
         &self,
         src: Option<&Source>,
         image: &SourceImage,
         name: Option<&str>,
+        lean: bool,
         created: &mut Created,
     ) -> Result<ImageRecord> {
         let manifest_what = format!("manifest {}", image.manifest_digest);
@@ -309,23 +365,24 @@ impl Store {
                 reason: format!("{} diff IDs for {} layers in {manifest_what}", diff_ids.len(), image.layers.len()),
             });
         }
-        for layer in &image.layers {
-            if !self.blobs.contains(&layer.digest) {
+        let chains = chain_ids(&diff_ids);
+        for (layer, chain_id) in image.layers.iter().zip(&chains) {
+            let unneeded = lean && self.has_split(chain_id);
+            if !self.blobs.contains(&layer.digest) && !unneeded {
                 let what = format!("layer {}", layer.digest);
                 let mut f = open(&layer.digest, layer.size, &what)?;
                 ingest(&mut f, &layer.digest, &what)?;
             }
         }
         let mut chain = Vec::new();
-        let mut parent: Option<Digest> = None;
-        for ((layer, diff_id), compression) in image.layers.iter().zip(&diff_ids).zip(compressions) {
-            let chain_id = Digest::chain(parent.as_ref(), diff_id);
+        for (((layer, chain_id), diff_id), compression) in
+            image.layers.iter().zip(chains).zip(&diff_ids).zip(compressions)
+        {
             if !self.snapshot_path(&chain_id).join("info.json").exists() {
                 let lowers = chain.iter().rev().map(|c| self.snapshot_path(c).join("fs")).collect();
                 let dir = self.unpack_snapshot(&layer.digest, diff_id, &chain_id, compression, lowers)?;
                 created.snapshots.push(dir);
             }
-            parent = Some(chain_id.clone());
             chain.push(chain_id);
         }
         Ok(ImageRecord {
@@ -362,6 +419,7 @@ impl Store {
                 lowers: Some(lowers),
                 diff_id_algorithm: diff_id.algorithm(),
                 limits: self.limits,
+                split: Some(tmp.join(SPLIT_FILE)),
             };
             let stats = unpack_layer(reader, &tmp.join("fs"), layer, &opts)?;
             let actual = stats.diff_id.clone().unwrap_or_else(|| diff_id.clone());
@@ -436,37 +494,89 @@ impl Store {
         Ok(image)
     }
 
-    /// Writes the image as an OCI layout directory `dest` with its original blobs, so every digest is the
-    /// one it was imported with.
+    /// Writes the image as an OCI layout directory `dest`. Kept blobs are written as they are, so an
+    /// image that kept its layer blobs gets every digest it was imported with. A layer whose blob
+    /// was dropped is rebuilt from its snapshot's tar split (checked against its diff ID, so the
+    /// config and its digest are the original ones) and compressed again with gzip; the manifest
+    /// then names the new layer blobs, and has a new digest.
+    /// A destination that did not exist is removed again when the export fails.
     pub fn export(&self, name: &str, dest: &Path) -> Result<()> {
         let _lock = self.lock(false)?;
         let image = self.image(name)?;
-        if image.layer_blobs_dropped && image.layers.iter().any(|d| !self.blobs.contains(d)) {
-            return Err(Error::CannotExport {
-                image: image.name,
-                reason: "it was imported with its compressed layer blobs dropped (only the unpacked layers were \
-                         kept); import or pull it again without dropping them"
-                    .into(),
-            });
+        let fresh = !dest.exists();
+        let result = self.export_image(&image, dest);
+        if result.is_err() && fresh {
+            let _ = remove_any(dest);
+        }
+        result
+    }
+
+    fn export_image(&self, image: &ImageRecord, dest: &Path) -> Result<()> {
+        for (layer, chain) in image.layers.iter().zip(&image.chain) {
+            if !self.blobs.contains(layer) && !self.has_split(chain) {
+                return Err(Error::CannotExport {
+                    image: image.name.clone(),
+                    reason: format!(
+                        "its layer blob {layer} was dropped and snapshot {chain} has no tar split to rebuild it \
+                         from; pull or import it again"
+                    ),
+                });
+            }
         }
         let blobs_dir = dest.join("blobs").join("sha256");
         mkdir_p(&blobs_dir)?;
         mkdir_p(&dest.join("blobs").join("sha512"))?;
-        for d in [&image.manifest, &image.config].into_iter().chain(&image.layers) {
+        let link = |d: &Digest| -> Result<()> {
             let from = self.blobs.path(d);
             let to = dest.join("blobs").join(d.algorithm().name()).join(d.hex());
-            if to.exists() {
-                continue;
-            }
-            if fs::hard_link(&from, &to).is_err() {
+            if !to.exists() && fs::hard_link(&from, &to).is_err() {
                 fs::copy(&from, &to).map_err(Error::io("copy", &to))?;
             }
+            Ok(())
+        };
+        let mut manifest = self.blobs.read(&image.manifest)?;
+        let mut manifest_digest = image.manifest.clone();
+        let mut rebuilt = Vec::new();
+        for (i, ((layer, chain), diff_id)) in image.layers.iter().zip(&image.chain).zip(&image.diff_ids).enumerate() {
+            if self.blobs.contains(layer) {
+                link(layer)?;
+            } else {
+                rebuilt.push((i, self.export_rebuilt_layer(chain, diff_id, &blobs_dir)?));
+            }
         }
-        let manifest = self.blobs.read(&image.manifest)?;
-        let media_type = serde_json::from_slice::<serde_json::Value>(&manifest)
-            .ok()
-            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
-            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        link(&image.config)?;
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&manifest).map_err(Error::json(format!("manifest {}", image.manifest)))?;
+        let media_type = value
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+            .to_string();
+        if rebuilt.is_empty() {
+            link(&image.manifest)?;
+        } else {
+            let gzip = if media_type.contains("docker") {
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            } else {
+                "application/vnd.oci.image.layer.v1.tar+gzip"
+            };
+            let bad = |reason: &str| Error::BadField {
+                what: format!("manifest {}", image.manifest),
+                field: "layers".into(),
+                reason: reason.into(),
+            };
+            let layers = value.get_mut("layers").and_then(|l| l.as_array_mut()).ok_or_else(|| bad("not a list"))?;
+            for (i, (digest, size)) in rebuilt {
+                let l =
+                    layers.get_mut(i).and_then(|l| l.as_object_mut()).ok_or_else(|| bad("fewer than the image's"))?;
+                l.insert("mediaType".into(), gzip.into());
+                l.insert("digest".into(), digest.to_string().into());
+                l.insert("size".into(), size.into());
+            }
+            manifest = serde_json::to_vec(&value).map_err(Error::json("manifest"))?;
+            manifest_digest = Digest::of(crate::Algorithm::Sha256, &manifest);
+            write_atomic(&blobs_dir.join(manifest_digest.hex()), &manifest)?;
+        }
         let tag = match image.name.rsplit_once(':') {
             Some((_, tag)) if !tag.contains('/') => tag.to_string(),
             _ => image.name.clone(),
@@ -476,7 +586,7 @@ impl Store {
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [{
                 "mediaType": media_type,
-                "digest": image.manifest.to_string(),
+                "digest": manifest_digest.to_string(),
                 "size": manifest.len(),
                 "annotations": {
                     "org.opencontainers.image.ref.name": tag,
@@ -487,6 +597,28 @@ impl Store {
         let index = serde_json::to_vec_pretty(&index).map_err(Error::json("index.json"))?;
         write_atomic(&dest.join("index.json"), &index)?;
         write_atomic(&dest.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+    }
+
+    /// Rebuilds the layer of snapshot `chain` from its tar split into a gzip blob in `blobs_dir`
+    /// (sha256). Returns the blob's digest and size.
+    fn export_rebuilt_layer(&self, chain: &Digest, diff_id: &Digest, blobs_dir: &Path) -> Result<(Digest, u64)> {
+        let tmp = blobs_dir.join(unique_name(".rebuilt-"));
+        let result = (|| {
+            let file = fs::File::create_new(&tmp).map_err(Error::io("create", &tmp))?;
+            let compressed = crate::split::HashingWriter::new(std::io::BufWriter::new(file), crate::Algorithm::Sha256);
+            let mut gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::default());
+            self.rebuild_layer(chain, diff_id, &mut gz)?;
+            let compressed = gz.finish().map_err(Error::io("write", &tmp))?;
+            let (digest, size, file) = compressed.finish();
+            file.into_inner().map_err(|e| Error::io("write", &tmp)(e.into_error()))?;
+            let to = blobs_dir.join(digest.hex());
+            fs::rename(&tmp, &to).map_err(Error::io("rename", &to))?;
+            Ok((digest, size))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Mounts a root file system for container `id`: the image's snapshots under a fresh upper directory.

@@ -13,6 +13,7 @@
 //! That is safe under overlayfs because lower layers are never written (a write copies the file up).
 //! mtime is part of the key so a deduplicated tree is byte-for-byte and stat-for-stat the tree of the tar.
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -28,6 +29,7 @@ use rustix::fs::{Gid, Uid, XattrFlags};
 use rustix::io::Errno;
 
 use crate::fsutil::unique_name;
+use crate::split::{Recorder, Recording};
 use crate::{Algorithm, Digest, Error, Hasher, HashingReader, Result};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -45,6 +47,9 @@ pub struct UnpackOptions {
     pub diff_id_algorithm: Algorithm,
     /// Bounds on what one layer may hold.
     pub limits: LayerLimits,
+    /// Where to record the layer's tar split (what rebuilds its tar from the unpacked tree, see
+    /// [`crate::Store::export`]); `None` records none.
+    pub split: Option<PathBuf>,
 }
 
 /// Bounds on one layer, so that a decompression bomb stops with an error instead of filling the
@@ -98,6 +103,9 @@ pub struct UnpackStats {
     pub pooled_files: u64,
     /// Their bytes (what file dedup saved for this layer).
     pub pooled_bytes: u64,
+    /// An exact tar split was recorded at [`UnpackOptions::split`] (none is left when the layer
+    /// replaced an entry of its own).
+    pub split: bool,
 }
 
 /// Unpacks the uncompressed layer tar `tar` into the empty directory `root`. `layer` names the blob in errors.
@@ -110,6 +118,7 @@ pub fn unpack_layer(tar: impl Read, root: &Path, layer: &Digest, opts: &UnpackOp
     };
     let root_fd = open_trusted(root)?;
     let pool = opts.pool.as_deref().map(open_trusted).transpose()?;
+    let recorder = RefCell::new(opts.split.as_deref().map(Recorder::create).transpose()?);
     let mut u = Unpacker {
         root,
         root_fd,
@@ -119,6 +128,7 @@ pub fn unpack_layer(tar: impl Read, root: &Path, layer: &Digest, opts: &UnpackOp
         stats: UnpackStats::default(),
         dir_times: Vec::new(),
         whiteouts: Vec::new(),
+        split: &recorder,
     };
     let tripped = std::cell::Cell::new(false);
     let limits = opts.limits;
@@ -129,7 +139,9 @@ pub fn unpack_layer(tar: impl Read, root: &Path, layer: &Digest, opts: &UnpackOp
         option: "--max-layer-bytes/--max-layer-entries",
     };
     let bounded = Bounded { inner: tar, read: 0, max: limits.max_bytes, tripped: &tripped };
-    let mut reader = HashingReader::new(bounded, opts.diff_id_algorithm);
+    // The split sees what the diff ID hashes, trailing bytes included.
+    let recording = Recording { inner: bounded, recorder: &recorder };
+    let mut reader = HashingReader::new(recording, opts.diff_id_algorithm);
     let read = (|| {
         {
             let mut archive = tar::Archive::new(&mut reader);
@@ -152,8 +164,10 @@ pub fn unpack_layer(tar: impl Read, root: &Path, layer: &Digest, opts: &UnpackOp
         return Err(too_many("bytes", limits.max_bytes));
     }
     let (diff_id, _) = read?;
-    u.stats.diff_id = Some(diff_id);
-    Ok(u.stats)
+    let mut stats = u.stats;
+    stats.diff_id = Some(diff_id);
+    stats.split = recorder.take().map(Recorder::finish).transpose()?.unwrap_or(false);
+    Ok(stats)
 }
 
 struct Unpacker<'a> {
@@ -167,6 +181,8 @@ struct Unpacker<'a> {
     dir_times: Vec<(Vec<Vec<u8>>, u64)>,
     /// Whiteouts, made once the whole layer is read (so an opaque marker later in the tar is known).
     whiteouts: Vec<(Vec<Vec<u8>>, String)>,
+    /// The tar split being recorded, if any.
+    split: &'a RefCell<Option<Recorder>>,
 }
 
 /// A tar entry name split into checked components.
@@ -244,7 +260,14 @@ impl Unpacker<'_> {
 
     /// Removes whatever an earlier entry of this layer put at `name` (tar's last-entry-wins rule).
     fn clear(&self, dir: &OwnedFd, name: &OsStr, parents: &[Vec<u8>], shown: &str) -> Result<()> {
-        match unlinkat(dir, name, AtFlags::empty()) {
+        let result = unlinkat(dir, name, AtFlags::empty());
+        if result != Err(Errno::NOENT) {
+            // Something unpacked earlier goes (or fails to): a split may name it.
+            if let Some(r) = self.split.borrow_mut().as_mut() {
+                r.overwritten();
+            }
+        }
+        match result {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(Errno::ISDIR) | Err(Errno::PERM) => {
                 // A directory: its path has no symlinks (every parent was opened with NO_SYMLINKS).
@@ -371,6 +394,14 @@ impl Unpacker<'_> {
                 )
                 .map_err(|e| self.io("create", &shown, e))?;
                 let mut file = File::from(fd);
+                if let Some(r) = self.split.borrow_mut().as_mut() {
+                    let mut rel = path.parents.join(&b'/');
+                    if !rel.is_empty() {
+                        rel.push(b'/');
+                    }
+                    rel.extend_from_slice(&name);
+                    r.file(&rel, size);
+                }
                 let mut hasher = Hasher::new(Algorithm::Sha256); // the pool's names
                 let written = copy_hashing(&mut entry, &mut file, &mut hasher).map_err(|e| match e {
                     CopyError::Read(e) => self.bad(Some(&shown), e),

@@ -210,8 +210,8 @@ fn kill_9_mid_unpack_leaves_no_visible_image_or_snapshot() {
 }
 
 #[test]
-fn dropped_layer_blobs_free_the_disk_run_the_image_and_refuse_export() {
-    use layerstore::{Error, ImportOptions};
+fn dropped_layer_blobs_free_the_disk_run_the_image_and_export_rebuilt_layers() {
+    use layerstore::ImportOptions;
     let (tmp, store) = store();
     let base = busybox_layer();
     let own = Layer::new().file("a", b"a").tar();
@@ -232,13 +232,29 @@ fn dropped_layer_blobs_free_the_disk_run_the_image_and_refuse_export() {
     let rootfs = Rootfs::new(&store, "uses-a", "a");
     assert_eq!(fs::read_to_string(rootfs.path.join("a")).expect("read"), "a");
     drop(rootfs);
-    // Export says why it cannot, and writes nothing of the image.
+    // Export rebuilds a's own layer from its snapshot's tar split: the config and diff IDs are the
+    // original ones (a fresh store unpacks the export and checks every diff ID), the kept base
+    // blob keeps its digest.
     let out = tmp.path().join("export-a");
-    match store.export("a", &out) {
-        Err(e @ Error::CannotExport { .. }) => assert!(e.to_string().contains("dropped"), "{e}"),
-        other => panic!("export of an image without its blobs: {other:?}"),
-    }
-    assert!(!out.join("index.json").exists());
+    store.export("a", &out).expect("export of a rebuilt layer");
+    assert!(out.join("blobs/sha256").join(a.layers[0].hex()).exists(), "the kept base blob");
+    let (_tmp3, other) = common::store();
+    let again = other.import(&out, None).expect("import the export").remove(0);
+    assert_eq!((&again.config, &again.diff_ids, &again.chain), (&a.config, &a.diff_ids, &a.chain));
+    assert_eq!(again.layers[0], a.layers[0]);
+    assert!(other.fsck(false).expect("fsck").is_clean());
+    // A tar split that no longer rebuilds the layer: export fails naming it and leaves no index,
+    // fsck reports it.
+    let split = store.snapshot_path(&a.chain[1]).join("tar-split.zst");
+    let good = fs::read(&split).expect("split");
+    fs::write(&split, b"not zstd").expect("damage the split");
+    let out2 = tmp.path().join("export-a2");
+    let e = store.export("a", &out2).expect_err("export with a damaged split");
+    assert!(e.to_string().contains("tar-split.zst"), "{e}");
+    assert!(!out2.exists(), "the export's new directory was left");
+    let report = store.fsck(false).expect("fsck");
+    assert!(report.problems.iter().any(|p| p.to_string().contains("tar-split.zst")), "{:?}", report.problems);
+    fs::write(&split, good).expect("restore the split");
     // gc keeps what the images need; removing b drops the base blob too, not a's snapshots.
     store.gc().expect("gc");
     store.remove_image("b").expect("rm b");

@@ -67,6 +67,37 @@ fn pull_from_docker_registry_gives_the_source_digests_runs_and_dedups() {
     assert_fsck_clean(&store);
 }
 
+/// A pull that drops layer blobs (the CLI's default) keeps none, and fetches no layer whose
+/// snapshot the store has with a tar split: a second image on the same base fetches its config and
+/// its own layer only, a pull again fetches nothing; export rebuilds the dropped layers.
+#[test]
+fn a_lean_pull_keeps_no_layer_blob_and_fetches_no_layer_it_has_unpacked() {
+    let registry = Registry::start();
+    let (tmp, store) = store();
+    let (layout, w) = busybox_image(tmp.path());
+    registry.push(&layout, "latest", "busybox:latest", "oci");
+    let other = Image::new(vec![(busybox_layer(), Comp::Gzip), (app_layer(1000), Comp::Gzip)]);
+    let w2 = other.write_layout(&tmp.path().join("other"), "latest");
+    registry.push(&tmp.path().join("other"), "latest", "other:latest", "oci");
+    let lean = PullOptions { drop_layer_blobs: true, ..PullOptions::default() };
+
+    let reference = format!("{}/busybox:latest", registry.host());
+    let first = store.pull(&reference, &lean, &NoProgress).expect("pull");
+    assert_eq!((first.blobs_fetched, first.blobs_present), (3, 0));
+    assert!(first.record.layer_blobs_dropped);
+    assert!(w.layers.iter().all(|l| !store.blobs().contains(l)), "a layer blob was kept");
+    let second = store.pull(&format!("{}/other:latest", registry.host()), &lean, &NoProgress).expect("pull other");
+    assert_eq!((second.blobs_fetched, second.blobs_present), (2, 1), "the shared base was fetched again");
+    assert!(w2.layers.iter().all(|l| !store.blobs().contains(l)));
+    let again = store.pull(&reference, &lean, &NoProgress).expect("pull again");
+    assert_eq!((again.blobs_fetched, again.bytes_fetched, again.blobs_present), (0, 0, 3));
+    assert_fsck_clean(&store);
+    let out = tmp.path().join("exported");
+    store.export(&reference, &out).expect("export");
+    let imported = Store::open(&tmp.path().join("elsewhere")).expect("open").import(&out, None).expect("import");
+    assert_eq!((&imported[0].config, &imported[0].chain), (&first.record.config, &first.record.chain));
+}
+
 #[test]
 fn pull_of_a_docker_schema2_manifest_keeps_the_layers() {
     let registry = Registry::start();

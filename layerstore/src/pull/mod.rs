@@ -17,7 +17,7 @@ pub mod credentials;
 pub mod hosts;
 mod reference;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -58,6 +58,8 @@ pub struct PullOptions {
     pub parallel: usize,
     /// The name to store the image under (default: the reference as given).
     pub name: Option<String>,
+    /// Drop the compressed layer blobs once unpacked, as [`crate::ImportOptions::drop_layer_blobs`].
+    pub drop_layer_blobs: bool,
 }
 
 /// What a pull did.
@@ -90,6 +92,7 @@ pub struct NoProgress;
 impl PullProgress for NoProgress {}
 
 /// A blob to download.
+#[derive(Clone)]
 struct Wanted {
     digest: Digest,
     size: u64,
@@ -143,27 +146,41 @@ impl Store {
         let all: Vec<(Digest, u64, String)> =
             wanted.iter().map(|w| (w.digest.clone(), w.size, w.what.clone())).collect();
         let total = wanted.len();
-        wanted.retain(|w| !self.blobs.contains(&w.digest));
+        let created = Mutex::new(Created::default());
+        let bytes = AtomicU64::new(0);
+        // A lean pull fetches no layer whose snapshot the store has with a tar split.
+        let (unneeded, config_fetched) = if opts.drop_layer_blobs {
+            self.layers_on_disk(&pullers, &wanted[0], &layers, progress, &bytes)?
+        } else {
+            (HashMap::new(), 0)
+        };
+        wanted.retain(|w| !self.blobs.contains(&w.digest) && !unneeded.contains_key(&w.digest));
         let blobs_present = total - wanted.len();
         let config_size = parsed_manifest.config().size();
         let image =
             SourceImage { name: None, manifest, manifest_digest, config, config_size, layers, files: Vec::new() };
         let name = opts.name.clone().unwrap_or_else(|| reference.to_string());
 
-        let created = Mutex::new(Created::default());
-        let bytes = AtomicU64::new(0);
         let result = self.download_all(&pullers, wanted, opts.parallel, progress, &bytes).and_then(|n| {
             let _lock = self.lock(true)?;
             let mut created = created.lock().map_err(|_| poisoned())?;
             for (digest, size, what) in all {
+                // still on disk now that gc cannot run (else fetched now)
+                if unneeded.get(&digest).is_some_and(|chains| chains.iter().all(|c| self.has_split(c))) {
+                    continue;
+                }
                 let w = Wanted { digest, size, what };
                 if self.commit_blob(&pullers, &w, progress, &bytes)? == Ingested::Created {
                     created.blobs.push(w.digest.clone());
                 }
             }
-            let record = self.import_image(None, &image, Some(&name), &mut created)?;
+            let mut record = self.import_image(None, &image, Some(&name), opts.drop_layer_blobs, &mut created)?;
+            record.layer_blobs_dropped = opts.drop_layer_blobs;
             self.write_record(&record)?;
-            Ok((record, n))
+            if opts.drop_layer_blobs {
+                self.drop_unkept_layer_blobs(std::slice::from_ref(&record))?;
+            }
+            Ok((record, n + config_fetched))
         });
         match result {
             Ok((record, blobs_fetched)) => {
@@ -174,6 +191,53 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// The layers (blob digest: the chain IDs it has in the image) whose snapshots the store has
+    /// with tar splits, so that a pull that drops layer blobs need not fetch them; and whether the
+    /// config was downloaded to learn its diff IDs (the store lacked it). A config that does not
+    /// parse leaves every layer to fetch (the import reports it).
+    fn layers_on_disk(
+        &self,
+        clients: &[&Client],
+        config: &Wanted,
+        layers: &[LayerDesc],
+        progress: &dyn PullProgress,
+        bytes: &AtomicU64,
+    ) -> Result<(HashMap<Digest, Vec<Digest>>, usize)> {
+        let (data, fetched) = if self.blobs.contains(&config.digest) {
+            (self.blobs.read(&config.digest)?, 0)
+        } else {
+            let fetched = self.download_all(clients, vec![config.clone()], 1, progress, bytes)?;
+            let partial = self.partial_path(&config.digest);
+            match fs::read(&partial) {
+                Ok(d) if Digest::of(config.digest.algorithm(), &d) == config.digest => (d, fetched),
+                _ => return Ok((HashMap::new(), fetched)),
+            }
+        };
+        #[derive(serde::Deserialize)]
+        struct RootFs {
+            diff_ids: Vec<Digest>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Config {
+            rootfs: RootFs,
+        }
+        let diff_ids = match serde_json::from_slice::<Config>(&data) {
+            Ok(c) if c.rootfs.diff_ids.len() == layers.len() => c.rootfs.diff_ids,
+            _ => return Ok((HashMap::new(), fetched)),
+        };
+        let mut on_disk: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        let mut missing = std::collections::HashSet::new();
+        for (layer, chain) in layers.iter().zip(crate::store::chain_ids(&diff_ids)) {
+            if self.has_split(&chain) {
+                on_disk.entry(layer.digest.clone()).or_default().push(chain);
+            } else {
+                missing.insert(layer.digest.clone());
+            }
+        }
+        on_disk.retain(|d, _| !missing.contains(d));
+        Ok((on_disk, fetched))
     }
 
     /// Downloads `wanted` on up to `parallel` threads; stops starting new ones after the first error.

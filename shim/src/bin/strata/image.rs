@@ -55,10 +55,12 @@ pub enum ImageCommand {
         /// Name the image (for a source holding one image).
         #[arg(long)]
         name: Option<String>,
-        /// Remove the compressed layer blobs once the layers are unpacked and verified: less disk,
-        /// but `image export` of the image then refuses (its original digests cannot be rebuilt).
+        /// Keep the compressed layer blobs, so that `image export` writes the image with every
+        /// original digest. By default they are removed once the layers are unpacked and
+        /// verified, and export rebuilds each layer from its snapshot (same diff IDs and config,
+        /// layers compressed again, so a new manifest digest).
         #[arg(long)]
-        drop_blobs: bool,
+        keep_blobs: bool,
     },
     /// Pull an image from a registry (HTTPS; plain HTTP for localhost and 127.0.0.1, or with
     /// --plain-http). Without --user, credentials come from docker's and the containers tools'
@@ -91,6 +93,9 @@ pub enum ImageCommand {
         /// Blobs downloaded at a time.
         #[arg(long, default_value_t = 3)]
         parallel: usize,
+        /// Keep the compressed layer blobs (see `image import --keep-blobs`).
+        #[arg(long)]
+        keep_blobs: bool,
     },
     /// List images.
     Ls {
@@ -179,9 +184,9 @@ fn human(bytes: u64) -> String {
 pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
     let store = args.store.open()?;
     match &args.command {
-        ImageCommand::Import { source, name, drop_blobs } => {
+        ImageCommand::Import { source, name, keep_blobs } => {
             let started = std::time::Instant::now();
-            let opts = layerstore::ImportOptions { drop_layer_blobs: *drop_blobs };
+            let opts = layerstore::ImportOptions { drop_layer_blobs: !*keep_blobs };
             for r in store.import_with(source, name.as_deref(), opts)? {
                 println!("{}\t{}\t{} layers", r.name, r.manifest, r.layers.len());
             }
@@ -197,6 +202,7 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
             insecure,
             name,
             parallel,
+            keep_blobs,
         } => {
             if *insecure {
                 bail!(
@@ -218,6 +224,7 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
                 hosts_dir: Some(hosts_dir.clone()),
                 parallel: *parallel,
                 name: name.clone(),
+                drop_layer_blobs: !*keep_blobs,
                 ..layerstore::PullOptions::default()
             };
             let started = std::time::Instant::now();
@@ -264,7 +271,7 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
             if format == "json" {
                 let doc = serde_json::json!({
                     "images": du.images, "snapshots": du.snapshots, "logicalBytes": du.logical_bytes,
-                    "onDiskBytes": du.on_disk_bytes, "blobBytes": du.blob_bytes,
+                    "onDiskBytes": du.on_disk_bytes, "blobBytes": du.blob_bytes, "splitBytes": du.split_bytes,
                     "savedByLayerDedup": du.saved_by_layer_dedup, "savedByFileDedup": du.saved_by_file_dedup,
                 });
                 println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -274,6 +281,7 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
                 println!("logical size:          {}", human(du.logical_bytes));
                 println!("on disk:               {}", human(du.on_disk_bytes));
                 println!("  compressed blobs:    {}", human(du.blob_bytes));
+                println!("  tar splits:          {}", human(du.split_bytes));
                 println!("saved by layer dedup:  {}", human(du.saved_by_layer_dedup));
                 println!("saved by file dedup:   {}", human(du.saved_by_file_dedup));
             }
@@ -338,11 +346,12 @@ pub fn fsck(args: &FsckArgs) -> Result<i32> {
         println!("not repaired: {why}");
     }
     println!(
-        "fsck: {} blobs, {} snapshots ({} files through the pool, {} outside it), {} pooled files checked; {} problems, {} repaired",
+        "fsck: {} blobs, {} snapshots ({} files through the pool, {} outside it; {} layers rebuilt from tar splits), {} pooled files checked; {} problems, {} repaired",
         r.blobs_checked,
         r.snapshots_checked,
         r.files_checked,
         r.files_unverified,
+        r.splits_checked,
         r.pool_checked,
         r.problems.len(),
         r.repaired
