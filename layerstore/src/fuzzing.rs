@@ -15,9 +15,29 @@ fn entries(dir: &Path) -> usize {
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
+/// Keeps a copy of what passes through, up to 64 MiB (a bomb may expand further).
+struct Tee<R> {
+    inner: R,
+    seen: Vec<u8>,
+    overflowed: bool,
+}
+
+impl<R: std::io::Read> std::io::Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.seen.len() + n <= 64 << 20 {
+            self.seen.extend_from_slice(&buf[..n]);
+        } else {
+            self.overflowed = true;
+        }
+        Ok(n)
+    }
+}
+
 /// Any bytes as a compressed layer blob: the first byte picks gzip or zstd, the rest is the
-/// blob, decompressed on its own thread as an import does and unpacked into `scratch/root`. It
-/// unpacks or fails; it never panics and never writes beside the root.
+/// blob, decompressed on its own thread as an import does and unpacked into `scratch/root` with
+/// a tar split in `scratch/split`. It unpacks or fails; it never panics and never writes beside
+/// the root; when it unpacks with an exact split, the split rebuilds the tar byte for byte.
 pub fn check_layer_stream(data: &[u8], scratch: &Path) {
     let Some((&pick, blob)) = data.split_first() else { return };
     let media_type = if pick % 2 == 0 {
@@ -25,8 +45,11 @@ pub fn check_layer_stream(data: &[u8], scratch: &Path) {
     } else {
         "application/vnd.oci.image.layer.v1.tar+zstd"
     };
-    let (root, outside) = (scratch.join("root"), scratch.join("outside"));
-    if fs::create_dir_all(&root).is_err() || fs::create_dir_all(&outside).is_err() {
+    let (root, outside, split) = (scratch.join("root"), scratch.join("outside"), scratch.join("split"));
+    if fs::create_dir_all(&root).is_err()
+        || fs::create_dir_all(&outside).is_err()
+        || fs::create_dir_all(&split).is_err()
+    {
         return;
     }
     let digest = Digest::of(Algorithm::Sha256, blob);
@@ -34,8 +57,21 @@ pub fn check_layer_stream(data: &[u8], scratch: &Path) {
         Ok(stream) => stream,
         Err(e) => panic!("{media_type} is a layer media type: {e}"),
     };
-    let _ = unpack_layer(stream, &root, &digest, &UnpackOptions::default());
-    assert_eq!((entries(scratch), entries(&outside)), (2, 0), "unpacking wrote outside the root");
+    let mut tee = Tee { inner: stream, seen: Vec::new(), overflowed: false };
+    let split = split.join("tar-split.zst");
+    let opts = UnpackOptions { split: Some(split.clone()), ..UnpackOptions::default() };
+    let unpacked = unpack_layer(&mut tee, &root, &digest, &opts);
+    assert_eq!((entries(scratch), entries(&outside)), (3, 0), "unpacking wrote outside the root");
+    if let Ok(stats) = unpacked
+        && stats.split
+        && !tee.overflowed
+    {
+        let mut rebuilt = Vec::new();
+        if let Err(e) = crate::split::rebuild(&root, &split, &mut rebuilt) {
+            panic!("the exact split of an unpacked layer does not rebuild it: {e}");
+        }
+        assert!(rebuilt == tee.seen, "the rebuilt tar differs ({} bytes, {} read)", rebuilt.len(), tee.seen.len());
+    }
 }
 
 /// A valid image config for the one layer.

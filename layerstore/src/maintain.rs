@@ -436,14 +436,18 @@ impl Store {
             return Err(format!("container {} uses it; remove the container, then run fsck --repair again", c.id));
         }
         let images = self.images().map_err(|e| e.to_string())?;
-        let Some((image, i)) =
-            images.iter().find_map(|im| im.chain.iter().position(|c| c.hex() == name).map(|i| (im, i)))
+        let users: Vec<(&crate::ImageRecord, usize)> =
+            images.iter().filter_map(|im| im.chain.iter().position(|c| c.hex() == name).map(|i| (im, i))).collect();
+        // an image whose layer blob is there, else the first (to say what is missing)
+        let Some(&(image, i)) =
+            users.iter().find(|(im, i)| self.blobs.contains(&im.layers[*i])).or_else(|| users.first())
         else {
             return Err("no image uses it (`strata gc` removes it)".into());
         };
-        if image.layer_blobs_dropped || !self.blobs.contains(&image.layers[i]) {
+        if !self.blobs.contains(&image.layers[i]) {
             return Err(format!(
-                "image {}'s layer blob {} was not kept: pull or import the image again",
+                "image {}'s layer blob {} was not kept: pull or import the image again keeping its layer blobs \
+                 (`--keep-blobs`), then repair again",
                 image.name, image.layers[i]
             ));
         }

@@ -214,13 +214,18 @@ pub(crate) fn rebuild(tree: &Path, split: &Path, out: &mut dyn Write) -> Result<
                 let fd = openat2(
                     &root,
                     OsStr::from_bytes(&path),
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    // non-blocking: a FIFO put there must not hang the rebuild
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
                     Mode::empty(),
                     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
                 )
                 .map_err(|e| Error::io("open", &shown)(e.into()))?;
                 let f = File::from(fd);
-                let len = f.metadata().map_err(Error::io("stat", &shown))?.len();
+                let meta = f.metadata().map_err(Error::io("stat", &shown))?;
+                if !meta.is_file() {
+                    return Err(bad(format!("{} is no longer a regular file", shown.display())));
+                }
+                let len = meta.len();
                 if len != size {
                     return Err(bad(format!("{}: {len} bytes, but its layer entry held {size}", shown.display())));
                 }

@@ -117,6 +117,16 @@ fn fsck_detects_and_repairs_a_changed_deduplicated_file() {
         "still reported: {:?}",
         after.problems
     );
+    // as the message says: imported again keeping its blobs, the snapshot is repaired from them
+    lean.import(&tmp2.path().join("l"), None).expect("import keeping the blobs");
+    let report = lean.fsck(true).expect("fsck --repair");
+    assert!(report.unrepaired.is_empty(), "{:?}", report.unrepaired);
+    let after = lean.fsck(false).expect("fsck");
+    assert!(after.is_clean(), "{:?}", after.problems);
+    assert_eq!(
+        fs::read(lean.snapshot_path(&chain).join("fs/etc/group")).expect("group"),
+        b"root:x:0:\nnogroup:x:65534:\n"
+    );
 }
 
 /// A reader that never ends, so the child is killed mid-ingest.
