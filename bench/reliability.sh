@@ -53,5 +53,5 @@ part "fuzzing ($fuzz_seconds s per target)" bash fuzz/run.sh "$fuzz_seconds"
 
 echo
 printf '%s\n' "${summary[@]}" | tee -a "$log"
-grep -E '^soak: |^fuzz: ' "$log" | sed 's/^/  /'
+grep -E '^soak: |^fuzz ' "$log" | sed 's/^/  /'
 exit "$failed"
