@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use layerstore::{Algorithm, Digest, Hasher};
+use layerstore::{Algorithm, Digest, Hasher, HashingWriter};
 use serde_json::json;
 
 const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -77,30 +77,10 @@ pub struct LayerBlob {
     pub size: u64,
 }
 
-/// Writes to a file and hashes what it writes.
-struct HashingWriter {
-    file: io::BufWriter<fs::File>,
-    hasher: Hasher,
-    size: u64,
-}
-
-impl Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
 /// Gzips the tar `tar` at `level` into `out`, hashing both sides.
 pub fn gzip_layer(tar: &Path, out: &Path, level: u32) -> Result<LayerBlob, String> {
     let file = fs::File::create(out).map_err(|e| err(out.display(), e))?;
-    let sink = HashingWriter { file: io::BufWriter::new(file), hasher: Hasher::new(Algorithm::Sha256), size: 0 };
+    let sink = HashingWriter::new(io::BufWriter::new(file), Algorithm::Sha256);
     let mut gz = flate2::write::GzEncoder::new(sink, flate2::Compression::new(level));
     let mut input = fs::File::open(tar).map_err(|e| err(tar.display(), e))?;
     let mut diff = Hasher::new(Algorithm::Sha256);
@@ -115,7 +95,8 @@ pub fn gzip_layer(tar: &Path, out: &Path, level: u32) -> Result<LayerBlob, Strin
     }
     let mut sink = gz.finish().map_err(|e| err(out.display(), e))?;
     sink.flush().map_err(|e| err(out.display(), e))?;
-    Ok(LayerBlob { path: out.to_path_buf(), digest: sink.hasher.finish(), diff_id: diff.finish(), size: sink.size })
+    let (digest, size, _) = sink.finish();
+    Ok(LayerBlob { path: out.to_path_buf(), digest, diff_id: diff.finish(), size })
 }
 
 /// Extracts the rootfs tar into `dir` (owners, modes, xattrs and device nodes kept; needs root).
@@ -310,6 +291,18 @@ mod tests {
         assert_eq!(noise(7, 100), noise(7, 100));
         assert_ne!(noise(7, 100), noise(8, 100));
         assert_eq!(noise(7, 13).len(), 13);
+    }
+
+    #[test]
+    fn a_gzipped_layer_names_the_digests_and_size_of_what_it_wrote() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tar, out) = (dir.path().join("layer.tar"), dir.path().join("layer.tar.gz"));
+        let data = noise(3, 100_000);
+        fs::write(&tar, &data).expect("write");
+        let blob = gzip_layer(&tar, &out, 6).expect("gzip");
+        let written = fs::read(&out).expect("read");
+        assert_eq!((blob.digest, blob.size), (Digest::of(Algorithm::Sha256, &written), written.len() as u64));
+        assert_eq!(blob.diff_id, Digest::of(Algorithm::Sha256, &data));
     }
 
     #[test]

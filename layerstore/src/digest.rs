@@ -173,6 +173,38 @@ impl<R: io::Read> io::Read for HashingReader<R> {
     }
 }
 
+/// A writer that hashes and counts what it passes on.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`, hashing with `algorithm`.
+    pub fn new(inner: W, algorithm: Algorithm) -> Self {
+        HashingWriter { inner, hasher: Hasher::new(algorithm), bytes: 0 }
+    }
+
+    /// The digest and length of what was written, and the inner writer.
+    pub fn finish(self) -> (Digest, u64, W) {
+        (self.hasher.finish(), self.bytes, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 impl Digest {
     /// The chain ID of a layer stacked on a parent chain (OCI image spec: `sha256(parent + " " + diff_id)`);
     /// the bottom layer's chain ID is its diff ID.

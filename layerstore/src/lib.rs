@@ -32,7 +32,7 @@ mod store;
 mod unpack;
 
 pub use blobs::{BlobStore, Ingested};
-pub use digest::{Algorithm, Digest, Hasher, HashingReader};
+pub use digest::{Algorithm, Digest, Hasher, HashingReader, HashingWriter};
 pub use error::{Error, Result};
 pub use import::{host_arch, layer_stream};
 pub use maintain::{DiskUsage, FsckProblem, FsckReport, GcReport};

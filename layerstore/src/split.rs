@@ -248,34 +248,3 @@ pub(crate) fn rebuild(tree: &Path, split: &Path, out: &mut dyn Write) -> Result<
         }
     }
 }
-
-/// A writer that hashes and counts what it passes on.
-pub(crate) struct HashingWriter<W> {
-    pub(crate) inner: W,
-    hasher: crate::Hasher,
-    bytes: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub(crate) fn new(inner: W, algorithm: crate::Algorithm) -> Self {
-        HashingWriter { inner, hasher: crate::Hasher::new(algorithm), bytes: 0 }
-    }
-
-    /// The digest and length of what was written, and the inner writer.
-    pub(crate) fn finish(self) -> (crate::Digest, u64, W) {
-        (self.hasher.finish(), self.bytes, self.inner)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}

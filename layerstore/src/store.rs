@@ -270,7 +270,7 @@ impl Store {
     /// and tar split, to `out`, and checks it against `diff_id`. Returns its length.
     pub(crate) fn rebuild_layer(&self, chain: &Digest, diff_id: &Digest, out: &mut dyn std::io::Write) -> Result<u64> {
         let dir = self.snapshot_path(chain);
-        let mut hashing = crate::split::HashingWriter::new(out, diff_id.algorithm());
+        let mut hashing = crate::HashingWriter::new(out, diff_id.algorithm());
         crate::split::rebuild(&dir.join("fs"), &dir.join(SPLIT_FILE), &mut hashing)?;
         let (actual, len, _) = hashing.finish();
         if actual != *diff_id {
@@ -605,7 +605,7 @@ impl Store {
         let tmp = blobs_dir.join(unique_name(".rebuilt-"));
         let result = (|| {
             let file = fs::File::create_new(&tmp).map_err(Error::io("create", &tmp))?;
-            let compressed = crate::split::HashingWriter::new(std::io::BufWriter::new(file), crate::Algorithm::Sha256);
+            let compressed = crate::HashingWriter::new(std::io::BufWriter::new(file), crate::Algorithm::Sha256);
             let mut gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::default());
             self.rebuild_layer(chain, diff_id, &mut gz)?;
             let compressed = gz.finish().map_err(Error::io("write", &tmp))?;
