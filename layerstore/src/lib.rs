@@ -16,6 +16,7 @@
 //! tmp/                      snapshots being unpacked and archives being read; cleared by gc and fsck
 //! ```
 
+mod adopt;
 mod blobs;
 mod digest;
 mod error;
@@ -31,6 +32,7 @@ mod split;
 mod store;
 mod unpack;
 
+pub use adopt::AdoptStats;
 pub use blobs::{BlobStore, Ingested};
 pub use digest::{Algorithm, Digest, Hasher, HashingReader, HashingWriter};
 pub use error::{Error, Result};

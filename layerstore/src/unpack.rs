@@ -23,12 +23,11 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{
     AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, chmodat, chownat, fchmod, fchown, fsetxattr,
-    futimens, linkat, makedev, mkdirat, mknodat, openat2, renameat, symlinkat, unlinkat, utimensat,
+    futimens, linkat, makedev, mkdirat, mknodat, openat2, symlinkat, unlinkat, utimensat,
 };
 use rustix::fs::{Gid, Uid, XattrFlags};
 use rustix::io::Errno;
 
-use crate::fsutil::unique_name;
 use crate::split::{Recorder, Recording};
 use crate::{Algorithm, Digest, Error, Hasher, HashingReader, Result};
 
@@ -421,7 +420,7 @@ impl Unpacker<'_> {
                 drop(file);
                 self.stats.file_bytes += size;
                 if xattrs.is_empty() {
-                    let key = format!("{}-{:o}-{}-{}-{}", hasher.finish().hex(), mode, uid, gid, mtime);
+                    let key = crate::adopt::pool_key(hasher.finish().hex(), mode, uid, gid, mtime, 0);
                     if self.pool_link(&dir, os_name, &key, &shown)? {
                         self.stats.pooled_files += 1;
                         self.stats.pooled_bytes += size;
@@ -519,22 +518,7 @@ impl Unpacker<'_> {
     /// Returns whether the file now shares an inode that was already pooled.
     fn pool_link(&self, dir: &OwnedFd, name: &OsStr, key: &str, shown: &str) -> Result<bool> {
         let Some(pool) = &self.pool else { return Ok(false) };
-        match linkat(dir, name, pool, key, AtFlags::empty()) {
-            Ok(()) => return Ok(false),
-            Err(Errno::EXIST) => {}
-            // Cross-device pools or file systems without hardlinks: keep the plain copy.
-            Err(Errno::XDEV) | Err(Errno::PERM) | Err(Errno::MLINK) => return Ok(false),
-            Err(e) => return Err(self.io("link into pool", shown, e)),
-        }
-        let tmp = unique_name(".strata-pool-");
-        match linkat(pool, key, dir, tmp.as_str(), AtFlags::empty()) {
-            Ok(()) => {}
-            // The inode has too many links: this copy stays separate.
-            Err(Errno::MLINK) => return Ok(false),
-            Err(e) => return Err(self.io("link from pool", shown, e)),
-        }
-        renameat(dir, tmp.as_str(), dir, name).map_err(|e| self.io("rename", shown, e))?;
-        Ok(true)
+        crate::adopt::link_pooled(pool, dir, name, key).map_err(|e| self.io("link with pool", shown, e))
     }
 
     fn finish_whiteouts(&mut self) -> Result<()> {

@@ -74,11 +74,23 @@ fn read_all(r: &mut impl std::io::Read) -> Vec<u8> {
     }
 }
 
+/// strata's snapshotter daemon: `$STRATA_SNAPSHOTTER_BIN`, else the one cargo built beside
+/// `strata` (`cargo build -p strata-snapshotter`; `cargo test --workspace` builds it).
+pub fn snapshotter_bin() -> PathBuf {
+    let bin = std::env::var_os("STRATA_SNAPSHOTTER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_strata")).with_file_name("strata-snapshotter"));
+    assert!(bin.exists(), "{} is missing: build it with `cargo build -p strata-snapshotter`", bin.display());
+    bin
+}
+
 /// A running private containerd; dropping it cleans everything up.
 pub struct Containerd {
     dir: tempfile::TempDir,
     namespace: String,
     daemon: Option<Child>,
+    /// strata's snapshotter, when containerd has it as the `strata` proxy plugin.
+    snapshotter: Option<Child>,
     /// Extra environment of the daemon (and so of the shims it starts).
     env: Vec<(String, String)>,
 }
@@ -86,6 +98,16 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd and imports the test image.
     pub fn start() -> Containerd {
+        Containerd::start_inner(false)
+    }
+
+    /// Starts strata's snapshotter (its store in this test's directory) and containerd with it as
+    /// the `strata` proxy snapshot plugin; imports the test image into it.
+    pub fn start_with_snapshotter() -> Containerd {
+        Containerd::start_inner(true)
+    }
+
+    fn start_inner(with_snapshotter: bool) -> Containerd {
         assert!(nix::unistd::geteuid().is_root(), "these tests run containerd and containers: run them as root");
         static N: AtomicU32 = AtomicU32::new(0);
         // Socket paths must stay under 108 bytes: a short directory in /tmp.
@@ -97,17 +119,39 @@ impl Containerd {
             format!(
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{sock}\"\n[debug]\n  level = \"debug\"\n",
+                 [grpc]\n  address = \"{sock}\"\n[debug]\n  level = \"debug\"\n{proxy}",
                 root = p.join("root").display(),
                 state = p.join("state").display(),
                 sock = p.join("c.sock").display(),
+                proxy = if with_snapshotter {
+                    // containerd 2's transfer service (`ctr images import/pull`) unpacks only
+                    // into the snapshotters its unpack_config lists.
+                    format!(
+                        "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n\
+                         [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  \
+                         platform = \"linux/amd64\"\n  snapshotter = \"strata\"\n\
+                         [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  \
+                         platform = \"linux/amd64\"\n  snapshotter = \"overlayfs\"\n",
+                        p.join("s.sock").display()
+                    )
+                } else {
+                    String::new()
+                },
             ),
         )
         .expect("writing config.toml");
-        let mut c = Containerd { dir, namespace, daemon: None, env: Vec::new() };
+        let mut c = Containerd { dir, namespace, daemon: None, snapshotter: None, env: Vec::new() };
+        if with_snapshotter {
+            c.spawn_snapshotter();
+        }
         c.spawn_daemon();
         eprintln!("{}", c.ok(&["version"]).lines().filter(|l| l.contains("Version")).collect::<Vec<_>>().join(" / "));
-        let import = c.ctr(&["images", "import", &image_archive().display().to_string()]);
+        let archive = image_archive().display().to_string();
+        let import = if with_snapshotter {
+            c.ctr(&["images", "import", "--snapshotter", "strata", &archive])
+        } else {
+            c.ctr(&["images", "import", &archive])
+        };
         assert!(import.status.success(), "ctr images import: {}", String::from_utf8_lossy(&import.stderr));
         c
     }
@@ -144,6 +188,59 @@ impl Containerd {
 
     fn stop_daemon(&mut self) {
         self.stop_daemon_with(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// The layer store the snapshotter serves.
+    pub fn snapshotter_store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// The snapshotter's log, for failure messages.
+    pub fn snapshotter_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("snapshotter.log")).unwrap_or_default()
+    }
+
+    fn spawn_snapshotter(&mut self) {
+        let p = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p.join("snapshotter.log"))
+            .expect("snapshotter.log");
+        let child = Command::new(snapshotter_bin())
+            .arg("--address")
+            .arg(p.join("s.sock"))
+            .arg("--root")
+            .arg(self.snapshotter_store())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting strata-snapshotter");
+        self.snapshotter = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(p.join("s.sock")).is_err() {
+            assert!(Instant::now() < deadline, "strata-snapshotter did not come up:\n{}", self.snapshotter_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop_snapshotter(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut d) = self.snapshotter.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.id() as i32), signal);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while d.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    /// Kills the snapshotter with SIGKILL and starts it again on the same store and socket.
+    pub fn kill_9_snapshotter_and_restart(&mut self) {
+        self.stop_snapshotter(nix::sys::signal::Signal::SIGKILL);
+        self.spawn_snapshotter();
     }
 
     fn stop_daemon_with(&mut self, signal: nix::sys::signal::Signal) {
@@ -467,6 +564,7 @@ impl Drop for Containerd {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
         self.stop_daemon();
+        self.stop_snapshotter(nix::sys::signal::Signal::SIGTERM);
         let root = self.state_root();
         if let Ok(sr) = engine::state::StateRoot::new(&root) {
             for id in sr.list().unwrap_or_default() {
@@ -497,6 +595,10 @@ impl Drop for Containerd {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             eprintln!("--- containerd log (end) ---\n{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+            let snap = self.snapshotter_log();
+            if !snap.is_empty() {
+                eprintln!("--- snapshotter log ---\n{snap}");
+            }
         }
     }
 }

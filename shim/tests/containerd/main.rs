@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod harness;
+mod snapshotter;
 
 use harness::{Containerd, shim_bin};
 use std::io::{BufRead, BufReader};

@@ -1,9 +1,11 @@
 #!/bin/sh
 # Builds a one-layer OCI image archive of busybox-static for `ctr images import`.
-# usage: make-image.sh OUT.tar REF   (REF like docker.io/library/strata-busybox:test)
+# usage: make-image.sh OUT.tar REF [NOTE]   (REF like docker.io/library/strata-busybox:test)
+# NOTE, if given, goes into /etc/rebuilt: the same files in a layer of another digest (a rebuilt base).
 set -eu
 out=$1
 ref=$2
+note=${3:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp" "$work/rootfs/proc" "$work/rootfs/sys" \
@@ -14,6 +16,7 @@ for applet in sh echo cat sleep true false ls ps id env printf grep kill; do
 done
 echo 'root:x:0:0:root:/:/bin/sh' > "$work/rootfs/etc/passwd"
 echo 'root:x:0:' > "$work/rootfs/etc/group"
+[ -z "$note" ] || echo "$note" > "$work/rootfs/etc/rebuilt"
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/rootfs" -cf "$work/layer.tar" .
 blob() { # file media-type -> descriptor JSON, and the blob stored by digest
     d=$(sha256sum "$1" | cut -d' ' -f1)

@@ -1,0 +1,180 @@
+//! Adopting a tree written by someone else (containerd's diff applier, through the snapshotter)
+//! into the content pool: each regular file is hashed and hardlinked to the pool's inode of its
+//! (sha256, mode, uid, gid, mtime), the key [`crate::unpack_layer`] uses, so files of layers that
+//! containerd unpacked share inodes with each other and with the store's own snapshots.
+//!
+//! The tree is walked by descriptors (`openat` with `O_NOFOLLOW`): a symlink is never followed,
+//! wherever it points. Files with xattrs (the key does not cover them) or with other hardlinks
+//! (linking one name would split the set) keep their own inode. The tree must not be written while
+//! it is adopted, and never after: a pooled inode is shared by every tree that holds it, so it
+//! must only be read (overlayfs lower layers and read-only views are).
+
+use std::ffi::{CStr, OsStr};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, fstat, openat, renameat};
+use rustix::io::Errno;
+
+use crate::fsutil::unique_name;
+use crate::{Algorithm, Error, Hasher, Result, Store};
+
+/// What adopting a tree did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdoptStats {
+    /// Regular files hashed.
+    pub files: u64,
+    /// Files that now share an inode that was already in the pool.
+    pub shared: u64,
+    /// Their bytes (what file dedup saved).
+    pub shared_bytes: u64,
+}
+
+/// Hardlinks `name` in `dir` to the pool's inode for `key`, or adds it to the pool under `key`.
+/// Returns whether it now shares an inode that was already pooled; `Ok(false)` also when the pool
+/// cannot hold it (another file system, too many links), where it keeps its own inode.
+pub(crate) fn link_pooled(pool: &OwnedFd, dir: &OwnedFd, name: &OsStr, key: &str) -> rustix::io::Result<bool> {
+    match rustix::fs::linkat(dir, name, pool, key, AtFlags::empty()) {
+        Ok(()) => return Ok(false),
+        Err(Errno::EXIST) => {}
+        Err(Errno::XDEV) | Err(Errno::PERM) | Err(Errno::MLINK) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let tmp = unique_name(".strata-pool-");
+    match rustix::fs::linkat(pool, key, dir, tmp.as_str(), AtFlags::empty()) {
+        Ok(()) => {}
+        Err(Errno::MLINK) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    renameat(dir, tmp.as_str(), dir, name)?;
+    Ok(true)
+}
+
+/// The pool key of a file: content hash, permission bits, owner, mtime (nanoseconds only when
+/// not zero, so keys of unpacked layers, whose mtimes are whole seconds, stay as they are).
+pub(crate) fn pool_key(
+    sha256_hex: &str,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: impl std::fmt::Display,
+    mtime_nsec: i64,
+) -> String {
+    if mtime_nsec == 0 {
+        format!("{sha256_hex}-{:o}-{uid}-{gid}-{mtime}", mode & 0o7777)
+    } else {
+        format!("{sha256_hex}-{:o}-{uid}-{gid}-{mtime}.{mtime_nsec:09}", mode & 0o7777)
+    }
+}
+
+impl Store {
+    /// Adopts the tree at `dir` into the content pool (see the module documentation). Holds the
+    /// store lock shared, so a `gc` never sweeps a pool file between its link and its use.
+    pub fn adopt_tree(&self, dir: &Path) -> Result<AdoptStats> {
+        let _lock = self.lock(false)?;
+        let open = |p: &Path| {
+            rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| Error::io("open", p)(e.into()))
+        };
+        let pool = open(&self.root.join("pool"))?;
+        let root = open(dir)?;
+        let mut stats = AdoptStats::default();
+        // (directory, its path for errors)
+        let mut todo: Vec<(OwnedFd, PathBuf)> = vec![(root, dir.to_path_buf())];
+        while let Some((fd, path)) = todo.pop() {
+            let names = read_names(&fd).map_err(|e| Error::io("read directory", &path)(e.into()))?;
+            for (name, ty) in names {
+                let name = OsStr::from_bytes(name.to_bytes());
+                let shown = path.join(name);
+                match ty {
+                    FileType::Directory => {
+                        let sub = openat(
+                            &fd,
+                            name,
+                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .map_err(|e| Error::io("open", &shown)(e.into()))?;
+                        todo.push((sub, shown));
+                    }
+                    FileType::RegularFile
+                        if adopt_file(&pool, &fd, name, &mut stats).map_err(|e| Error::io("pool", &shown)(e))? =>
+                    {
+                        stats.files += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// The entries of a directory (without `.` and `..`) and their types, read from `lstat` where the
+/// directory does not give them.
+fn read_names(dir: &OwnedFd) -> rustix::io::Result<Vec<(std::ffi::CString, FileType)>> {
+    let mut out = Vec::new();
+    for entry in Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let ty = match entry.file_type() {
+            FileType::Unknown => {
+                FileType::from_raw_mode(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode)
+            }
+            t => t,
+        };
+        out.push((CStr::to_owned(name), ty));
+    }
+    Ok(out)
+}
+
+/// Hashes one regular file and links it into the pool. Returns whether it was hashed (files with
+/// xattrs or several links are left alone).
+fn adopt_file(pool: &OwnedFd, dir: &OwnedFd, name: &OsStr, stats: &mut AdoptStats) -> std::io::Result<bool> {
+    let fd = openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())?;
+    let st = fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
+        return Ok(false);
+    }
+    let mut xattrs = [0u8; 1];
+    match rustix::fs::flistxattr(&fd, &mut xattrs[..0]) {
+        Ok(0) => {}
+        Ok(_) => return Ok(false),
+        Err(Errno::NOTSUP) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    let mut file = File::from(fd);
+    let mut buf = vec![0u8; 128 << 10];
+    let mut size = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    let key = pool_key(
+        hasher.finish().hex(),
+        st.st_mode,
+        st.st_uid.into(),
+        st.st_gid.into(),
+        st.st_mtime,
+        st.st_mtime_nsec as i64,
+    );
+    drop(file);
+    if link_pooled(pool, dir, name, &key)? {
+        stats.shared += 1;
+        stats.shared_bytes += size;
+    }
+    Ok(true)
+}

@@ -1,0 +1,200 @@
+//! strata's snapshotter as containerd's `strata` proxy snapshot plugin: images imported into it,
+//! containers run from it with strata's runtime, snapshots prepared, committed, stacked and
+//! removed through `ctr`, restarts of the snapshotter and of containerd, and file dedup seen on
+//! disk (inodes shared between layers of different digests and with strata's own store).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::Containerd;
+
+const SNAP: [&str; 3] = ["snapshots", "--snapshotter", "strata"];
+
+fn snap_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    SNAP.iter().copied().chain(args.iter().copied()).collect()
+}
+
+/// Each snapshot on disk: (its key as the snapshotter knows it, kind, its tree).
+fn on_disk(c: &Containerd) -> Vec<(String, String, PathBuf)> {
+    let dir = c.snapshotter_store().join("containerd/snapshots");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).expect("the snapshotter's snapshots directory").flatten() {
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path().join("info.json")).expect("info.json")).expect("json");
+        let key = info["key"].as_str().unwrap_or_default().to_string();
+        let kind = info["kind"].as_str().unwrap_or_default().to_string();
+        out.push((key, kind, e.path().join("fs")));
+    }
+    out
+}
+
+/// The committed snapshot whose key (containerd's backend key, `<ns>/<n>/<name>`) ends in `name`.
+fn tree_of(c: &Containerd, name: &str) -> PathBuf {
+    on_disk(c)
+        .into_iter()
+        .find(|(k, kind, _)| kind == "committed" && k.ends_with(&format!("/{name}")))
+        .map(|s| s.2)
+        .unwrap_or_else(|| panic!("no committed snapshot {name} on disk: {:?}", on_disk(c)))
+}
+
+/// The key of the image's one layer snapshot: its chain ID, as `ctr snapshots ls` shows it.
+fn layer_key(c: &Containerd) -> String {
+    let ls = c.ok(&snap_args(&["ls"]));
+    ls.lines()
+        .find(|l| l.contains("Committed"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no committed snapshot after the import:\n{ls}"))
+        .to_string()
+}
+
+/// Mounts what `ctr snapshots mounts TARGET KEY` prints for an active snapshot above a layer
+/// (`mount -t overlay overlay TARGET -o OPTIONS`); unmounts it when dropped.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    fn new(c: &Containerd, target: &Path, key: &str) -> Mounted {
+        std::fs::create_dir_all(target).expect("mount point");
+        let cmd = c.ok(&snap_args(&["mounts", &target.display().to_string(), key]));
+        let f: Vec<&str> = cmd.split_whitespace().collect();
+        assert!(f.len() == 7 && f[..4] == ["mount", "-t", "overlay", "overlay"] && f[5] == "-o", "mount command {cmd:?}");
+        nix::mount::mount(Some("overlay"), target, Some("overlay"), nix::mount::MsFlags::empty(), Some(f[6]))
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        Mounted(target.to_path_buf())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Waits until `ok` holds (containerd removes snapshots from the backend in its own GC, soon
+/// after the last reference goes).
+fn eventually(what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_strata_snapshotter_imports_runs_commits_stacks_removes_and_survives_restarts() {
+    let mut c = Containerd::start_with_snapshotter();
+    let layer = layer_key(&c);
+
+    // The import committed the layer; its files went into the store's content pool.
+    let tree = tree_of(&c, &layer);
+    let busybox = std::fs::metadata(tree.join("bin/busybox")).expect("bin/busybox in the layer's snapshot");
+    assert!(busybox.nlink() >= 2, "bin/busybox was not linked into the pool (nlink {})", busybox.nlink());
+    let pooled = std::fs::read_dir(c.snapshotter_store().join("pool"))
+        .expect("pool")
+        .flatten()
+        .any(|e| e.metadata().is_ok_and(|m| m.ino() == busybox.ino()));
+    assert!(pooled, "no pool file shares bin/busybox's inode");
+
+    // A container runs on it (strata's runtime), its root an overlay above the store's layer.
+    let out = c.ok(&c.run_args(
+        &["--rm", "--snapshotter", "strata"],
+        "snap-run",
+        &["sh", "-c", "echo written > /tmp/f && cat /tmp/f && grep ' / / ' /proc/self/mountinfo"],
+    ));
+    assert!(out.contains("written"), "{out}");
+    assert!(out.contains("overlay") && out.contains(&tree.display().to_string()), "root is not the layer: {out}");
+
+    // prepare, write, commit, stack, usage, label, remove: as `ctr snapshots` does them.
+    c.ok(&snap_args(&["prepare", "work", &layer]));
+    {
+        let _m = Mounted::new(&c, &c.snapshotter_store().with_file_name("mnt-work"), "work");
+        std::fs::write(c.snapshotter_store().with_file_name("mnt-work").join("hello"), "from an active snapshot\n").expect("write");
+    }
+    c.ok(&snap_args(&["commit", "committed", "work"]));
+    // (`ctr snapshots view` makes no GC root since containerd 1.7, so its view would be
+    // collected at once: an active snapshot above the committed one shows what it holds.)
+    c.ok(&snap_args(&["prepare", "look", "committed"]));
+    {
+        let target = c.snapshotter_store().with_file_name("mnt-look");
+        let _m = Mounted::new(&c, &target, "look");
+        assert_eq!(std::fs::read_to_string(target.join("hello")).expect("hello"), "from an active snapshot\n");
+        assert!(target.join("bin/busybox").exists(), "the snapshot lacks the layer below");
+    }
+    let usage = c.ok(&snap_args(&["usage", "committed"]));
+    let inodes = usage.lines().nth(1).and_then(|l| l.split_whitespace().last()).and_then(|n| n.parse::<u64>().ok());
+    assert!(inodes.is_some_and(|n| n >= 1), "usage of a snapshot holding a file: {usage}");
+    let info = c.ok(&snap_args(&["info", "committed"]));
+    assert!(info.contains("Committed") && info.contains(&layer), "{info}");
+    c.ok(&snap_args(&["label", "committed", "team=storage"]));
+    assert!(c.ok(&snap_args(&["info", "committed"])).contains("\"team\": \"storage\""));
+
+    let refused = c.ctr(&snap_args(&["rm", "committed"]));
+    assert!(!refused.status.success(), "a snapshot with another above it was removed");
+    c.ok(&snap_args(&["rm", "look", "committed"]));
+    eventually("the removed snapshots stay on disk", || on_disk(&c).len() == 1);
+
+    // The snapshotter killed with an active snapshot: it comes back with everything.
+    c.ok(&snap_args(&["prepare", "survivor", &layer]));
+    c.kill_9_snapshotter_and_restart();
+    // containerd's connection to the plugin comes back after its reconnect backoff (seconds).
+    eventually("containerd did not reconnect to the restarted snapshotter", || {
+        c.ctr(&snap_args(&["ls"])).status.success()
+    });
+    let ls = c.ok(&snap_args(&["ls"]));
+    assert!(ls.lines().any(|l| l.starts_with("survivor") && l.contains("Active")), "{ls}");
+    c.ok(&snap_args(&["rm", "survivor"]));
+    let out = c.ok(&c.run_args(&["--rm", "--snapshotter", "strata"], "after-kill", &["echo", "back"]));
+    assert!(out.contains("back"), "{out}");
+
+    // containerd restarted: the snapshots are the plugin's, nothing is lost.
+    c.restart();
+    assert_eq!(layer_key(&c), layer);
+    let out = c.ok(&c.run_args(&["--rm", "--snapshotter", "strata"], "after-restart", &["echo", "again"]));
+    assert!(out.contains("again"), "{out}");
+    eventually("snapshots left behind by removed containers", || on_disk(&c).len() == 1);
+    let tmp = std::fs::read_dir(c.snapshotter_store().join("containerd/tmp")).expect("tmp").count();
+    assert_eq!(tmp, 0, "the snapshotter left removed snapshots in tmp/");
+}
+
+#[test]
+fn a_rebuilt_base_and_strata_s_own_import_share_the_snapshotter_s_inodes() {
+    let c = Containerd::start_with_snapshotter();
+    // The same files in a layer of another digest, as a rebuild of a base image makes.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let rebuilt = dir.path().join("rebuilt.tar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/containerd/make-image.sh");
+    let st = Command::new("sh")
+        .arg(script)
+        .arg(&rebuilt)
+        .arg("docker.io/library/strata-busybox:rebuilt")
+        .arg("rebuilt")
+        .status()
+        .expect("make-image.sh");
+    assert!(st.success());
+    c.ok(&["images", "import", "--snapshotter", "strata", &rebuilt.display().to_string()]);
+    let layers: Vec<PathBuf> = on_disk(&c).into_iter().filter(|s| s.1 == "committed").map(|s| s.2).collect();
+    assert_eq!(layers.len(), 2, "two layers of different digests: {:?}", on_disk(&c));
+    let ino = |p: &Path| std::fs::metadata(p.join("bin/busybox")).expect("bin/busybox").ino();
+    assert_eq!(ino(&layers[0]), ino(&layers[1]), "the rebuilt base's busybox has an inode of its own");
+    assert!(layers.iter().any(|l| l.join("etc/rebuilt").exists()));
+
+    // strata's own import into the same store shares them too.
+    let archive = Path::new(env!("CARGO_TARGET_TMPDIR")).join("strata-busybox-image.tar");
+    assert!(archive.exists(), "the harness builds {}", archive.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["image", "--store"])
+        .arg(c.snapshotter_store())
+        .args(["import", "--name", "own"])
+        .arg(&archive)
+        .output()
+        .expect("strata image import");
+    assert!(out.status.success(), "strata image import: {}", String::from_utf8_lossy(&out.stderr));
+    let own: Vec<PathBuf> = std::fs::read_dir(c.snapshotter_store().join("snapshots"))
+        .expect("the store's snapshots")
+        .flatten()
+        .map(|e| e.path().join("fs"))
+        .collect();
+    assert_eq!(own.len(), 1);
+    assert_eq!(ino(&own[0]), ino(&layers[0]), "strata's own snapshot does not share the snapshotter's inode");
+}

@@ -1,0 +1,187 @@
+//! The gRPC service: containerd's snapshots API over [`Snapshots`].
+//!
+//! Every call runs on the blocking pool with the snapshots locked, except the pool adoption of a
+//! commit, which runs after the commit is recorded and without the lock (it reads every file of
+//! the layer; other calls go on meanwhile).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tonic::{Request, Response, Status};
+
+use crate::api::snapshots_server;
+use crate::api::{
+    CleanupRequest, CommitSnapshotRequest, ListSnapshotsRequest, ListSnapshotsResponse, MountsRequest, MountsResponse,
+    PrepareSnapshotRequest, PrepareSnapshotResponse, RemoveSnapshotRequest, StatSnapshotRequest, StatSnapshotResponse,
+    UpdateSnapshotRequest, UpdateSnapshotResponse, UsageRequest, UsageResponse, ViewSnapshotRequest,
+    ViewSnapshotResponse,
+};
+use crate::snapshots::{Error, Info, Kind, Mount, Snapshots, Time};
+
+/// The service containerd's proxy plugin calls.
+#[derive(Debug, Clone)]
+pub struct Service {
+    snapshots: Arc<Mutex<Snapshots>>,
+}
+
+impl Service {
+    /// Serves `snapshots`.
+    pub fn new(snapshots: Snapshots) -> Service {
+        Service { snapshots: Arc::new(Mutex::new(snapshots)) }
+    }
+
+    /// Runs `f` on the blocking pool with the snapshots locked.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Snapshots) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let snapshots = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = snapshots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut s)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))?
+        .map_err(status)
+    }
+}
+
+/// containerd reads the gRPC code back into its error kinds (not found, already exists, ...).
+fn status(e: Error) -> Status {
+    let msg = e.to_string();
+    match e {
+        Error::NotFound(_) => Status::not_found(msg),
+        Error::AlreadyExists(_) => Status::already_exists(msg),
+        Error::FailedPrecondition(_) => Status::failed_precondition(msg),
+        Error::InvalidArgument(_) => Status::invalid_argument(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+fn mounts(m: Vec<Mount>) -> Vec<crate::api::types::Mount> {
+    m.into_iter()
+        .map(|m| crate::api::types::Mount {
+            r#type: m.kind.to_string(),
+            source: m.source,
+            target: String::new(),
+            options: m.options,
+        })
+        .collect()
+}
+
+fn labels(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+fn timestamp(t: Time) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.seconds, nanos: t.nanos }
+}
+
+fn info(i: &Info) -> crate::api::Info {
+    crate::api::Info {
+        name: i.key.clone(),
+        parent: i.parent.clone(),
+        kind: match i.kind {
+            Kind::View => crate::api::Kind::View,
+            Kind::Active => crate::api::Kind::Active,
+            Kind::Committed => crate::api::Kind::Committed,
+        } as i32,
+        created_at: Some(timestamp(i.created)),
+        updated_at: Some(timestamp(i.updated)),
+        labels: i.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+type ListStream = tokio_stream::Iter<std::vec::IntoIter<Result<ListSnapshotsResponse, Status>>>;
+
+#[tonic::async_trait]
+impl snapshots_server::Snapshots for Service {
+    async fn prepare(&self, r: Request<PrepareSnapshotRequest>) -> Result<Response<PrepareSnapshotResponse>, Status> {
+        let r = r.into_inner();
+        let m = self.with(move |s| s.prepare(Kind::Active, &r.key, &r.parent, labels(r.labels))).await?;
+        Ok(Response::new(PrepareSnapshotResponse { mounts: mounts(m) }))
+    }
+
+    async fn view(&self, r: Request<ViewSnapshotRequest>) -> Result<Response<ViewSnapshotResponse>, Status> {
+        let r = r.into_inner();
+        let m = self.with(move |s| s.prepare(Kind::View, &r.key, &r.parent, labels(r.labels))).await?;
+        Ok(Response::new(ViewSnapshotResponse { mounts: mounts(m) }))
+    }
+
+    async fn mounts(&self, r: Request<MountsRequest>) -> Result<Response<MountsResponse>, Status> {
+        let r = r.into_inner();
+        let m = self.with(move |s| s.mounts(&r.key)).await?;
+        Ok(Response::new(MountsResponse { mounts: mounts(m) }))
+    }
+
+    async fn commit(&self, r: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
+        let r = r.into_inner();
+        let name = r.name.clone();
+        let (tree, store) = self
+            .with(move |s| {
+                let tree = s.commit(&r.name, &r.key, labels(r.labels))?;
+                Ok((tree, s.store().clone()))
+            })
+            .await?;
+        // The commit stands whatever happens here: a tree left out of the pool is only not
+        // deduplicated.
+        let adopted = tokio::task::spawn_blocking(move || store.adopt_tree(&tree)).await;
+        match adopted {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("strata-snapshotter: commit {name:?}: its files stay out of the pool: {e}"),
+            Err(e) => eprintln!("strata-snapshotter: commit {name:?}: pooling failed: {e}"),
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn remove(&self, r: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
+        let r = r.into_inner();
+        let gone = self.with(move |s| s.remove(&r.key)).await?;
+        // Out of snapshots/ already: what a failure here leaves, Cleanup (or the next start) removes.
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(gone)).await;
+        Ok(Response::new(()))
+    }
+
+    async fn stat(&self, r: Request<StatSnapshotRequest>) -> Result<Response<StatSnapshotResponse>, Status> {
+        let r = r.into_inner();
+        let i = self.with(move |s| s.get(&r.key).map(info)).await?;
+        Ok(Response::new(StatSnapshotResponse { info: Some(i) }))
+    }
+
+    async fn update(&self, r: Request<UpdateSnapshotRequest>) -> Result<Response<UpdateSnapshotResponse>, Status> {
+        let r = r.into_inner();
+        let Some(new) = r.info else { return Err(Status::invalid_argument("update without an info")) };
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let i = self.with(move |s| s.update(&new.name, labels(new.labels), &paths).map(|i| info(&i))).await?;
+        Ok(Response::new(UpdateSnapshotResponse { info: Some(i) }))
+    }
+
+    type ListStream = ListStream;
+
+    async fn list(&self, r: Request<ListSnapshotsRequest>) -> Result<Response<ListStream>, Status> {
+        let r = r.into_inner();
+        if let Some(f) = r.filters.first() {
+            return Err(Status::invalid_argument(format!(
+                "strata's snapshotter does not implement list filters ({f:?}); list without filters"
+            )));
+        }
+        let all: Vec<crate::api::Info> = self.with(|s| Ok(s.all().map(info).collect())).await?;
+        let batches: Vec<_> = all.chunks(100).map(|c| Ok(ListSnapshotsResponse { info: c.to_vec() })).collect();
+        Ok(Response::new(tokio_stream::iter(batches)))
+    }
+
+    async fn usage(&self, r: Request<UsageRequest>) -> Result<Response<UsageResponse>, Status> {
+        let r = r.into_inner();
+        let u = self.with(move |s| s.usage(&r.key)).await?;
+        Ok(Response::new(UsageResponse { size: clamp(u.size), inodes: clamp(u.inodes) }))
+    }
+
+    async fn cleanup(&self, _r: Request<CleanupRequest>) -> Result<Response<()>, Status> {
+        self.with(|s| s.cleanup()).await?;
+        Ok(Response::new(()))
+    }
+}

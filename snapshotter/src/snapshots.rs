@@ -1,0 +1,460 @@
+//! The snapshots themselves: records, directories and mounts, without the wire.
+//!
+//! Layout under `<store root>/containerd/`:
+//!
+//! ```text
+//! lock                    flock held by the one daemon that serves this root
+//! snapshots/<id>/info.json  key, parent, kind, labels, times, usage (written by rename)
+//! snapshots/<id>/fs       the snapshot's tree (an overlay upper layer, or a plain tree)
+//! snapshots/<id>/work     overlayfs' work directory of an active snapshot
+//! tmp/<id>                snapshots being made or removed; cleared at start and by Cleanup
+//! ```
+//!
+//! A snapshot appears by the rename of a complete directory from `tmp/` and goes by the rename
+//! back into `tmp/`, so a crash at any moment leaves either the whole snapshot or none (the
+//! leftovers in `tmp/` go at the next start). A commit rewrites `info.json` by rename; only then
+//! are its files adopted into the layer store's content pool (shared inodes are never written:
+//! committed snapshots are mounted as overlay lower layers or read-only views).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use layerstore::Store;
+use serde::{Deserialize, Serialize};
+
+/// The kind of a snapshot, as containerd names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A read-only view of a committed snapshot.
+    View,
+    /// A writable snapshot (an unpack in progress, or a container's root file system).
+    Active,
+    /// A committed, immutable snapshot: a layer.
+    Committed,
+}
+
+/// A time as containerd carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Time {
+    /// Seconds since the epoch.
+    pub seconds: i64,
+    /// Nanoseconds within the second.
+    pub nanos: i32,
+}
+
+impl Time {
+    fn now() -> Time {
+        let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Time { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() as i32 }
+    }
+}
+
+/// Bytes and inodes a snapshot's own tree holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Allocated bytes (each inode once).
+    pub size: u64,
+    /// Inodes.
+    pub inodes: u64,
+}
+
+/// What `info.json` holds: one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    /// Its directory under `snapshots/`.
+    pub id: u64,
+    /// The key (active and view snapshots) or name (committed ones) containerd knows it by.
+    pub key: String,
+    /// The committed snapshot below it; empty for none.
+    pub parent: String,
+    /// View, active or committed.
+    pub kind: Kind,
+    /// containerd's labels.
+    pub labels: BTreeMap<String, String>,
+    /// When it was made.
+    pub created: Time,
+    /// When it last changed.
+    pub updated: Time,
+    /// What its tree held when it was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One mount of a snapshot, as containerd's `Mount` carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// `bind` or `overlay`.
+    pub kind: &'static str,
+    /// What is mounted.
+    pub source: String,
+    /// Mount options.
+    pub options: Vec<String>,
+}
+
+/// Errors, each naming the snapshot, field or file; the service maps them to gRPC codes
+/// containerd turns back into its own error kinds.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No snapshot has this key.
+    #[error("snapshot {0:?} not found")]
+    NotFound(String),
+    /// A snapshot already has this key.
+    #[error("snapshot {0:?} already exists")]
+    AlreadyExists(String),
+    /// The request cannot apply to the snapshot as it is.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The request itself is wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A snapshot record that cannot be read.
+    #[error("{path}: {reason}; move the snapshot directory away (or remove it) to start")]
+    BadRecord {
+        /// The `info.json`.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another daemon serves this root.
+    #[error("{0}: another strata snapshotter serves this store")]
+    Busy(PathBuf),
+    /// The layer store failed.
+    #[error(transparent)]
+    Store(#[from] layerstore::Error),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io { op, path: path.to_path_buf(), source }
+}
+
+/// Every snapshot of one store root, and the lock that makes this process their only writer.
+#[derive(Debug)]
+pub struct Snapshots {
+    store: Store,
+    dir: PathBuf,
+    by_key: HashMap<String, Info>,
+    next_id: u64,
+    _lock: fs::File,
+}
+
+impl Snapshots {
+    /// Opens (creating if needed) the snapshots of the layer store at `root`, takes its lock,
+    /// clears what a crash left in `tmp/` and reads every record.
+    pub fn open(root: &Path) -> Result<Snapshots> {
+        let store = Store::open(root)?;
+        let dir = root.join("containerd");
+        for d in [dir.clone(), dir.join("snapshots"), dir.join("tmp")] {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).map_err(io_err("create directory", &d))?;
+        }
+        let lock_path = dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::Busy(lock_path));
+        }
+        let mut s = Snapshots { store, dir, by_key: HashMap::new(), next_id: 1, _lock: lock };
+        s.cleanup()?;
+        let snaps = s.dir.join("snapshots");
+        for entry in fs::read_dir(&snaps).map_err(io_err("read directory", &snaps))? {
+            let entry = entry.map_err(io_err("read directory", &snaps))?;
+            let path = entry.path().join("info.json");
+            let bad = |reason: String| Error::BadRecord { path: path.clone(), reason };
+            let data = fs::read(&path).map_err(|e| bad(e.to_string()))?;
+            let info: Info = serde_json::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+            if entry.file_name().to_str() != Some(info.id.to_string().as_str()) {
+                return Err(bad(format!("its id {} is not its directory's name", info.id)));
+            }
+            s.next_id = s.next_id.max(info.id + 1);
+            if let Some(other) = s.by_key.insert(info.key.clone(), info) {
+                return Err(bad(format!("snapshot {} has the same key {:?}", other.id, other.key)));
+            }
+        }
+        Ok(s)
+    }
+
+    /// The layer store whose pool committed snapshots share.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join("snapshots").join(id.to_string())
+    }
+
+    /// The tree of snapshot `id`.
+    pub fn fs_path(&self, id: u64) -> PathBuf {
+        self.path(id).join("fs")
+    }
+
+    /// The snapshot with this key.
+    pub fn get(&self, key: &str) -> Result<&Info> {
+        self.by_key.get(key).ok_or_else(|| Error::NotFound(key.to_string()))
+    }
+
+    /// Every snapshot, in no particular order.
+    pub fn all(&self) -> impl Iterator<Item = &Info> {
+        self.by_key.values()
+    }
+
+    /// A new active (`kind` Active) or view snapshot `key` above `parent`; returns its mounts.
+    pub fn prepare(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("the snapshot key is empty".into()));
+        }
+        if self.by_key.contains_key(key) {
+            return Err(Error::AlreadyExists(key.to_string()));
+        }
+        if !parent.is_empty() {
+            let p = self.get(parent)?;
+            if p.kind != Kind::Committed {
+                return Err(Error::InvalidArgument(format!("parent {parent:?} is not a committed snapshot")));
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = Time::now();
+        let info = Info {
+            id,
+            key: key.to_string(),
+            parent: parent.to_string(),
+            kind,
+            labels,
+            created: now,
+            updated: now,
+            usage: None,
+        };
+        let tmp = self.dir.join("tmp").join(id.to_string());
+        let made = (|| {
+            let mut b = fs::DirBuilder::new();
+            b.mode(0o755);
+            b.create(&tmp).map_err(io_err("create directory", &tmp))?;
+            for sub in ["fs", "work"] {
+                let d = tmp.join(sub);
+                b.create(&d).map_err(io_err("create directory", &d))?;
+            }
+            write_info(&tmp, &info)?;
+            let dest = self.path(id);
+            fs::rename(&tmp, &dest).map_err(io_err("rename into place", &dest))?;
+            sync_dir(&self.dir.join("snapshots"))
+        })();
+        if let Err(e) = made {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        self.by_key.insert(key.to_string(), info);
+        self.mounts(key)
+    }
+
+    /// The mounts of snapshot `key`.
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let info = self.get(key)?;
+        let mut lowers = Vec::new();
+        let mut p = info.parent.as_str();
+        while !p.is_empty() {
+            let parent = self.get(p)?;
+            lowers.push(self.fs_path(parent.id).display().to_string());
+            p = parent.parent.as_str();
+        }
+        let own = self.fs_path(info.id).display().to_string();
+        let bind =
+            |source: String, mode: &str| Mount { kind: "bind", source, options: vec!["rbind".into(), mode.into()] };
+        Ok(vec![match info.kind {
+            Kind::Active if lowers.is_empty() => bind(own, "rw"),
+            Kind::Active => Mount {
+                kind: "overlay",
+                source: "overlay".into(),
+                options: vec![
+                    "index=off".into(),
+                    format!("workdir={}", self.path(info.id).join("work").display()),
+                    format!("upperdir={own}"),
+                    format!("lowerdir={}", lowers.join(":")),
+                ],
+            },
+            // A view, or a committed snapshot seen as one: read-only.
+            _ if lowers.is_empty() => bind(own, "ro"),
+            _ if lowers.len() == 1 && info.kind == Kind::View => bind(lowers.remove(0), "ro"),
+            Kind::Committed => {
+                lowers.insert(0, own);
+                Mount {
+                    kind: "overlay",
+                    source: "overlay".into(),
+                    options: vec![format!("lowerdir={}", lowers.join(":"))],
+                }
+            }
+            _ => Mount {
+                kind: "overlay",
+                source: "overlay".into(),
+                options: vec![format!("lowerdir={}", lowers.join(":"))],
+            },
+        }])
+    }
+
+    /// Turns the active snapshot `key` into the committed snapshot `name`. Returns the tree to
+    /// adopt into the pool (the caller does it without holding these snapshots).
+    pub fn commit(&mut self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<PathBuf> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("the committed snapshot's name is empty".into()));
+        }
+        let info = self.get(key)?;
+        if info.kind != Kind::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} is not active: only an active snapshot commits"
+            )));
+        }
+        if self.by_key.contains_key(name) {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
+        let mut info = info.clone();
+        let fs_path = self.fs_path(info.id);
+        info.usage = Some(usage(&fs_path)?);
+        info.kind = Kind::Committed;
+        info.key = name.to_string();
+        info.labels = labels;
+        info.updated = Time::now();
+        write_info(&self.path(info.id), &info)?;
+        self.by_key.remove(key);
+        self.by_key.insert(name.to_string(), info);
+        Ok(fs_path)
+    }
+
+    /// Removes snapshot `key` (refused while a snapshot is above it). Returns the directory the
+    /// caller deletes (already out of `snapshots/`).
+    pub fn remove(&mut self, key: &str) -> Result<PathBuf> {
+        let id = self.get(key)?.id;
+        let children: Vec<&str> = self.by_key.values().filter(|i| i.parent == key).map(|i| i.key.as_str()).collect();
+        if !children.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} has {} snapshots above it (e.g. {:?}): remove them first",
+                children.len(),
+                children[0]
+            )));
+        }
+        let gone = self.dir.join("tmp").join(id.to_string());
+        fs::rename(self.path(id), &gone).map_err(io_err("move out", &self.path(id)))?;
+        sync_dir(&self.dir.join("snapshots"))?;
+        self.by_key.remove(key);
+        Ok(gone)
+    }
+
+    /// Applies containerd's update of `key`: `paths` are the field mask (`labels` replaces every
+    /// label, `labels.<name>` sets or removes one; empty means `labels`). Other fields are
+    /// refused by name: a snapshot's key, parent, kind and times are not updated.
+    pub fn update(&mut self, key: &str, labels: BTreeMap<String, String>, paths: &[String]) -> Result<Info> {
+        let mut info = self.get(key)?.clone();
+        if paths.is_empty() {
+            info.labels = labels;
+        } else {
+            for path in paths {
+                if path == "labels" {
+                    info.labels = labels.clone();
+                } else if let Some(name) = path.strip_prefix("labels.") {
+                    match labels.get(name) {
+                        Some(v) => info.labels.insert(name.to_string(), v.clone()),
+                        None => info.labels.remove(name),
+                    };
+                } else {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot update field {path:?} of snapshot {key:?}: only labels are updated"
+                    )));
+                }
+            }
+        }
+        info.updated = Time::now();
+        write_info(&self.path(info.id), &info)?;
+        self.by_key.insert(key.to_string(), info.clone());
+        Ok(info)
+    }
+
+    /// What snapshot `key`'s own tree holds (its parents not counted).
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        let info = self.get(key)?;
+        match info.usage {
+            Some(u) => Ok(u),
+            None => usage(&self.fs_path(info.id)),
+        }
+    }
+
+    /// Removes what a crash or a removal left in `tmp/`.
+    pub fn cleanup(&self) -> Result<()> {
+        let tmp = self.dir.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io_err("read directory", &tmp))? {
+            let path = entry.map_err(io_err("read directory", &tmp))?.path();
+            fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
+        }
+        Ok(())
+    }
+}
+
+fn write_info(dir: &Path, info: &Info) -> Result<()> {
+    let path = dir.join("info.json");
+    let tmp = dir.join("info.json.tmp");
+    let data = serde_json::to_vec_pretty(info).map_err(|e| Error::Io {
+        op: "encode",
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    (|| {
+        use std::io::Write;
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()
+    })()
+    .map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))
+}
+
+/// Allocated bytes and inodes under `dir`, each inode once, symlinks not followed.
+fn usage(dir: &Path) -> Result<Usage> {
+    let mut seen = std::collections::HashSet::new();
+    let mut u = Usage::default();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in fs::read_dir(&d).map_err(io_err("read directory", &d))? {
+            let entry = entry.map_err(io_err("read directory", &d))?;
+            let meta = entry.metadata().map_err(io_err("stat", &entry.path()))?;
+            if meta.is_dir() {
+                todo.push(entry.path());
+            }
+            if seen.insert((meta.dev(), meta.ino())) {
+                u.inodes += 1;
+                u.size += meta.blocks() * 512;
+            }
+        }
+    }
+    Ok(u)
+}
