@@ -178,3 +178,42 @@ fn adopt_file(pool: &OwnedFd, dir: &OwnedFd, name: &OsStr, stats: &mut AdoptStat
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn identical_files_share_one_pool_inode_and_nothing_else_is_touched() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp")(e))?;
+        let store = Store::open(&dir.path().join("store"))?;
+        let io = |p: &Path| Error::io("prepare", p.to_path_buf());
+        let mut trees = Vec::new();
+        for name in ["a", "b"] {
+            let t = dir.path().join(name);
+            fs::create_dir_all(t.join("sub")).map_err(io(&t))?;
+            fs::write(t.join("sub/same"), "the same content").map_err(io(&t))?;
+            fs::write(t.join("own"), name).map_err(io(&t))?;
+            std::os::unix::fs::symlink("/etc/passwd", t.join("link")).map_err(io(&t))?;
+            trees.push(t);
+        }
+        // a file with other links keeps them: linking one name into the pool would split them
+        fs::hard_link(trees[1].join("own"), trees[1].join("own2")).map_err(io(&trees[1]))?;
+        let first = store.adopt_tree(&trees[0])?;
+        assert_eq!(first, AdoptStats { files: 2, shared: 0, shared_bytes: 0 });
+        let second = store.adopt_tree(&trees[1])?;
+        assert_eq!(second, AdoptStats { files: 1, shared: 1, shared_bytes: 16 });
+        let meta = |p: PathBuf| fs::symlink_metadata(&p).map_err(io(&p));
+        assert_eq!(meta(trees[0].join("sub/same"))?.ino(), meta(trees[1].join("sub/same"))?.ino());
+        assert_eq!(meta(trees[1].join("own"))?.nlink(), 2, "the hardlinked pair changed");
+        assert!(meta(trees[0].join("link"))?.file_type().is_symlink());
+        // the pool holds `same` and a's `own`: no symlink target, no hardlinked file
+        let pooled = fs::read_dir(dir.path().join("store/pool")).map_err(io(dir.path()))?.count();
+        assert_eq!(pooled, 2);
+        assert_eq!(fs::read_to_string(trees[1].join("sub/same")).map_err(io(&trees[1]))?, "the same content");
+        Ok(())
+    }
+}

@@ -12,9 +12,10 @@ struct Args {
     /// The unix socket containerd's `proxy_plugins.strata.address` names.
     #[arg(long, default_value = "/run/strata/snapshotter.sock")]
     address: PathBuf,
-    /// The layer store whose content pool the snapshots share.
+    /// The image store (`strata image --store`) whose content pool the snapshots share; they
+    /// live in its `containerd/` directory.
     #[arg(long, env = "STRATA_STORE", default_value = "/var/lib/strata")]
-    root: PathBuf,
+    store: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(strata_snapshotter::serve(&args.root, &args.address)) {
+    match runtime.block_on(strata_snapshotter::serve(&args.store, &args.address)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata-snapshotter: {e}");

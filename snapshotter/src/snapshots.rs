@@ -458,3 +458,100 @@ fn usage(dir: &Path) -> Result<Usage> {
     }
     Ok(u)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn prepare_commit_stack_update_and_remove_keep_containerd_s_rules() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io_err("tempdir", Path::new("/tmp")))?;
+        let mut s = Snapshots::open(dir.path())?;
+
+        // an active snapshot without a parent is a writable bind mount of its tree
+        let m = s.prepare(Kind::Active, "extract-1", "", labels(&[("containerd.io/snapshot.ref", "l1")]))?;
+        let base = s.get("extract-1")?.clone();
+        assert_eq!(
+            m,
+            vec![Mount {
+                kind: "bind",
+                source: s.fs_path(base.id).display().to_string(),
+                options: vec!["rbind".into(), "rw".into()]
+            }]
+        );
+        fs::write(s.fs_path(base.id).join("file"), "content").map_err(io_err("write", Path::new("file")))?;
+        assert!(matches!(s.prepare(Kind::Active, "extract-1", "", BTreeMap::new()), Err(Error::AlreadyExists(_))));
+        assert!(matches!(s.prepare(Kind::Active, "x", "extract-1", BTreeMap::new()), Err(Error::InvalidArgument(_))));
+        assert!(matches!(s.prepare(Kind::Active, "x", "missing", BTreeMap::new()), Err(Error::NotFound(_))));
+
+        s.commit("l1", "extract-1", labels(&[("a", "1")]))?;
+        assert!(matches!(s.get("extract-1"), Err(Error::NotFound(_))));
+        let l1 = s.get("l1")?.clone();
+        assert_eq!((l1.kind, l1.id), (Kind::Committed, base.id));
+        assert!(l1.usage.is_some_and(|u| u.inodes == 1 && u.size > 0), "{:?}", l1.usage);
+        assert!(matches!(s.commit("l2", "l1", BTreeMap::new()), Err(Error::FailedPrecondition(_))));
+
+        // above it: an overlay with its own upper and work directories; a view: read-only
+        let m = s.prepare(Kind::Active, "rootfs", "l1", BTreeMap::new())?;
+        let id = s.get("rootfs")?.id;
+        assert_eq!(m[0].kind, "overlay");
+        assert!(m[0].options.contains(&format!("upperdir={}", s.fs_path(id).display())));
+        assert!(m[0].options.contains(&format!("lowerdir={}", s.fs_path(l1.id).display())));
+        let v = s.prepare(Kind::View, "look", "l1", BTreeMap::new())?;
+        assert_eq!(v[0].kind, "bind");
+        assert_eq!(v[0].options, vec!["rbind".to_string(), "ro".to_string()]);
+        assert!(matches!(s.commit("l2", "look", BTreeMap::new()), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(s.commit("l1", "rootfs", BTreeMap::new()), Err(Error::AlreadyExists(_))));
+
+        // labels only, by field mask
+        let i = s.update("l1", labels(&[("b", "2")]), &["labels.b".into()])?;
+        assert_eq!(i.labels, labels(&[("a", "1"), ("b", "2")]));
+        let i = s.update("l1", BTreeMap::new(), &["labels.a".into()])?;
+        assert_eq!(i.labels, labels(&[("b", "2")]));
+        let refused = s.update("l1", BTreeMap::new(), &["parent".into()]);
+        assert!(matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("\"parent\"")), "{refused:?}");
+
+        // a snapshot with others above it stays; removed ones leave nothing behind
+        assert!(matches!(s.remove("l1"), Err(Error::FailedPrecondition(_))));
+        for key in ["look", "rootfs"] {
+            let gone = s.remove(key)?;
+            fs::remove_dir_all(&gone).map_err(io_err("remove", &gone))?;
+        }
+        assert!(matches!(s.remove("rootfs"), Err(Error::NotFound(_))));
+
+        // everything is read back by the next daemon, after this one's lock is gone
+        assert!(matches!(Snapshots::open(dir.path()), Err(Error::Busy(_))));
+        drop(s);
+        let s = Snapshots::open(dir.path())?;
+        assert_eq!(s.all().count(), 1);
+        assert_eq!(s.get("l1")?.labels, labels(&[("b", "2")]));
+        assert_eq!(s.usage("l1")?, l1.usage.unwrap_or_default());
+        Ok(())
+    }
+
+    #[test]
+    fn a_crash_s_leftovers_go_and_a_damaged_record_is_named() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io_err("tempdir", Path::new("/tmp")))?;
+        let mut s = Snapshots::open(dir.path())?;
+        s.prepare(Kind::Active, "a", "", BTreeMap::new())?;
+        let id = s.get("a")?.id;
+        drop(s);
+        // a snapshot half made, or half removed, when the daemon died
+        let half = dir.path().join("containerd/tmp/99/fs");
+        fs::create_dir_all(&half).map_err(io_err("mkdir", &half))?;
+        let s = Snapshots::open(dir.path())?;
+        assert!(!dir.path().join("containerd/tmp/99").exists());
+        assert_eq!(s.all().count(), 1);
+        drop(s);
+
+        let record = dir.path().join(format!("containerd/snapshots/{id}/info.json"));
+        fs::write(&record, "{ not json").map_err(io_err("write", &record))?;
+        let e = Snapshots::open(dir.path()).map(|_| ()).expect_err("a damaged record was accepted");
+        assert!(e.to_string().contains(&record.display().to_string()), "{e}");
+        Ok(())
+    }
+}

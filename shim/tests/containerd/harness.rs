@@ -74,14 +74,11 @@ fn read_all(r: &mut impl std::io::Read) -> Vec<u8> {
     }
 }
 
-/// strata's snapshotter daemon: `$STRATA_SNAPSHOTTER_BIN`, else the one cargo built beside
-/// `strata` (`cargo build -p strata-snapshotter`; `cargo test --workspace` builds it).
-pub fn snapshotter_bin() -> PathBuf {
-    let bin = std::env::var_os("STRATA_SNAPSHOTTER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_strata")).with_file_name("strata-snapshotter"));
+/// strata's snapshotter daemon, which `strata snapshotter` runs from beside `strata` (`cargo
+/// build -p strata-snapshotter`; `cargo test --workspace` builds it).
+fn check_snapshotter_built() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_strata")).with_file_name("strata-snapshotter");
     assert!(bin.exists(), "{} is missing: build it with `cargo build -p strata-snapshotter`", bin.display());
-    bin
 }
 
 /// A running private containerd; dropping it cleans everything up.
@@ -207,10 +204,12 @@ impl Containerd {
             .append(true)
             .open(p.join("snapshotter.log"))
             .expect("snapshotter.log");
-        let child = Command::new(snapshotter_bin())
+        check_snapshotter_built();
+        let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("snapshotter")
             .arg("--address")
             .arg(p.join("s.sock"))
-            .arg("--root")
+            .arg("--store")
             .arg(self.snapshotter_store())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

@@ -58,7 +58,10 @@ impl Mounted {
         std::fs::create_dir_all(target).expect("mount point");
         let cmd = c.ok(&snap_args(&["mounts", &target.display().to_string(), key]));
         let f: Vec<&str> = cmd.split_whitespace().collect();
-        assert!(f.len() == 7 && f[..4] == ["mount", "-t", "overlay", "overlay"] && f[5] == "-o", "mount command {cmd:?}");
+        assert!(
+            f.len() == 7 && f[..4] == ["mount", "-t", "overlay", "overlay"] && f[5] == "-o",
+            "mount command {cmd:?}"
+        );
         nix::mount::mount(Some("overlay"), target, Some("overlay"), nix::mount::MsFlags::empty(), Some(f[6]))
             .unwrap_or_else(|e| panic!("{cmd}: {e}"));
         Mounted(target.to_path_buf())
@@ -109,7 +112,8 @@ fn the_strata_snapshotter_imports_runs_commits_stacks_removes_and_survives_resta
     c.ok(&snap_args(&["prepare", "work", &layer]));
     {
         let _m = Mounted::new(&c, &c.snapshotter_store().with_file_name("mnt-work"), "work");
-        std::fs::write(c.snapshotter_store().with_file_name("mnt-work").join("hello"), "from an active snapshot\n").expect("write");
+        std::fs::write(c.snapshotter_store().with_file_name("mnt-work").join("hello"), "from an active snapshot\n")
+            .expect("write");
     }
     c.ok(&snap_args(&["commit", "committed", "work"]));
     // (`ctr snapshots view` makes no GC root since containerd 1.7, so its view would be

@@ -430,6 +430,13 @@ pub enum Command {
     Fsck(crate::image::FsckArgs),
     /// Drive the containerd shim without containerd: `strata shim run --bundle DIR ID`.
     Shim(crate::shim::ShimArgs),
+    /// Serve containerd's snapshots API from the image store: runs `strata-snapshotter` (beside
+    /// this binary, else on the PATH) with these arguments (`--address SOCKET`, `--store DIR`).
+    Snapshotter {
+        /// strata-snapshotter's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn state_root(cli: &Cli) -> Result<StateRoot> {
@@ -645,6 +652,14 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Demo => crate::demo::run(&state_root(&cli)?),
+        Command::Snapshotter { args } => {
+            use std::os::unix::process::CommandExt;
+            const NAME: &str = "strata-snapshotter";
+            let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(NAME)));
+            let bin = beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from(NAME));
+            let err = std::process::Command::new(&bin).args(args).exec();
+            bail!("running {}: {err} (it is built by `cargo build --release -p strata-snapshotter`)", bin.display())
+        }
         Command::Image(a) => crate::image::image(&cli.root, a),
         Command::Gc(a) => crate::image::gc(&cli.root, a),
         Command::Fsck(a) => crate::image::fsck(a),
