@@ -77,6 +77,18 @@ pub fn peers() -> Vec<Peer> {
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Child,
+    /// strata's snapshotter, when containerd has it as the `strata` proxy plugin.
+    snapshotter: Option<Child>,
+}
+
+/// strata's snapshotter daemon: beside the `strata` binary the benchmarks run.
+pub fn snapshotter_binary() -> Result<PathBuf, String> {
+    let p = crate::strata_binary()?.with_file_name("strata-snapshotter");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("{} is missing: run `cargo build --release -p strata-snapshotter` first", p.display()))
+    }
 }
 
 impl Containerd {
@@ -89,6 +101,21 @@ impl Containerd {
     /// [`Containerd::start`] with `env` added to the daemon's environment (and so to the shims'
     /// it starts).
     pub fn start_with_env(shim_dir: Option<&Path>, env: &[(&str, &str)]) -> Result<Containerd, String> {
+        Self::start_inner(shim_dir, env, None)
+    }
+
+    /// [`Containerd::start`] with strata's snapshotter (`bin`) serving a store of its own
+    /// (`<scratch>/store`) as the `strata` proxy snapshot plugin, the one images are unpacked into
+    /// by [`Containerd::import_into`].
+    pub fn start_with_snapshotter(bin: &Path) -> Result<Containerd, String> {
+        Self::start_inner(None, &[], Some(bin))
+    }
+
+    fn start_inner(
+        shim_dir: Option<&Path>,
+        env: &[(&str, &str)],
+        snapshotter: Option<&Path>,
+    ) -> Result<Containerd, String> {
         for tool in ["containerd", "ctr"] {
             if std::env::var_os("STRATA_CONTAINERD").is_none() && which(tool).is_none() {
                 return Err(format!("`{tool}` is not installed (apt-get install containerd)"));
@@ -97,13 +124,44 @@ impl Containerd {
         // Short and in /tmp: the socket path must fit in sockaddr_un.
         let dir = tempfile::Builder::new().prefix("ctdb").tempdir_in("/tmp").map_err(|e| format!("tempdir: {e}"))?;
         let p = dir.path();
-        let config = format!(
+        let mut config = format!(
             "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
              [grpc]\n  address = \"{}\"\n",
             p.join("root").display(),
             p.join("state").display(),
             p.join("c.sock").display()
         );
+        let mut snap = None;
+        if let Some(bin) = snapshotter {
+            // (containerd 2's transfer service unpacks only into the snapshotters it lists)
+            config.push_str(&format!(
+                "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n\
+                 [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux/amd64\"\n  \
+                 snapshotter = \"strata\"\n",
+                p.join("s.sock").display()
+            ));
+            let log = std::fs::File::create(p.join("snapshotter.log")).map_err(|e| format!("snapshotter.log: {e}"))?;
+            let child = Command::new(bin)
+                .arg("--address")
+                .arg(p.join("s.sock"))
+                .arg("--store")
+                .arg(p.join("store"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().map_err(|e| format!("snapshotter.log: {e}"))?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("{}: {e}", bin.display()))?;
+            let mut child = SnapshotterGuard(Some(child));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::os::unix::net::UnixStream::connect(p.join("s.sock")).is_err() {
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(p.join("snapshotter.log")).unwrap_or_default();
+                    return Err(format!("strata-snapshotter did not come up: {}", log.trim()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            snap = child.0.take();
+        }
         std::fs::write(p.join("config.toml"), config).map_err(|e| format!("config.toml: {e}"))?;
         let mut path = std::env::var("PATH").unwrap_or_default();
         // The shim runs its helper from the `strata` binary: next to it, else on the PATH.
@@ -127,7 +185,7 @@ impl Containerd {
             .spawn()
             .map_err(|e| format!("{containerd}: {e} (apt-get install containerd)"))?;
         // From here on, Drop stops the daemon whatever happens.
-        let c = Containerd { dir, daemon };
+        let c = Containerd { dir, daemon, snapshotter: snap };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !c.ctr(&["version"])?.status.success() {
             if Instant::now() > deadline {
@@ -148,6 +206,12 @@ impl Containerd {
     /// containerd's root directory (content store, snapshots, metadata).
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
+    }
+
+    /// The store strata's snapshotter serves (its snapshots and content pool), when started
+    /// with one.
+    pub fn snapshotter_store(&self) -> PathBuf {
+        self.dir.path().join("store")
     }
 
     /// A scratch directory that goes away with this containerd.
@@ -177,7 +241,12 @@ impl Containerd {
 
     /// `ctr images import` of an image archive.
     pub fn import(&self, archive: &Path) -> Result<(), String> {
-        let out = self.ctr(&["images", "import", &archive.display().to_string()])?;
+        self.import_into(archive, "overlayfs")
+    }
+
+    /// `ctr images import --snapshotter SNAPSHOTTER` of an image archive.
+    pub fn import_into(&self, archive: &Path, snapshotter: &str) -> Result<(), String> {
+        let out = self.ctr(&["images", "import", "--snapshotter", snapshotter, &archive.display().to_string()])?;
         if out.status.success() {
             Ok(())
         } else {
@@ -288,6 +357,7 @@ impl Drop for Containerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        drop(SnapshotterGuard(self.snapshotter.take()));
         // containerd's default cgroupsPath is /<namespace>/<id>: the namespace's parent goes too
         // (runc makes it in every v1 hierarchy here), and so do the shims' (empty) state
         // directories for the namespace.
@@ -369,6 +439,24 @@ pub fn shim_pid(shim: &str, id: &str) -> Option<i32> {
         }
     }
     None
+}
+
+/// Stops a snapshotter daemon (SIGTERM, then SIGKILL after 10 s) when dropped.
+struct SnapshotterGuard(Option<Child>);
+
+impl Drop for SnapshotterGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 #[cfg(test)]
