@@ -243,12 +243,28 @@ fn disk_set(
     }
     let containerd = disk_usage(&ctd.root())?;
     drop(ctd);
-    let ctd = Containerd::start_with_snapshotter(&strata_bench::containerd::snapshotter_binary()?)?;
-    for a in archives {
-        ctd.import_into(a, "strata")?;
-    }
-    let (content, snapshots) = (disk_usage(&ctd.root())?, disk_usage(&ctd.snapshotter_store())?);
-    drop(ctd);
+    let snapshotter = strata_bench::containerd::snapshotter_binary()?;
+    // containerd with each snapshotter: (containerd's root, the snapshotter's store)
+    let with_snapshotter = |flags: &[&str]| -> Result<(u64, u64), String> {
+        let ctd = Containerd::start_with_snapshotter(&snapshotter)?;
+        for a in archives {
+            ctd.import_with(a, "strata", flags)?;
+        }
+        Ok((disk_usage(&ctd.root())?, disk_usage(&ctd.snapshotter_store())?))
+    };
+    let (content, snapshots) = with_snapshotter(&[])?;
+    let discard = ["--discard-unpacked-layers"];
+    let discarded = if Containerd::start(None)?.can_discard_unpacked_layers() {
+        let ctd = Containerd::start(None)?;
+        for a in archives {
+            ctd.import_with(a, "overlayfs", &discard)?;
+        }
+        let overlay = disk_usage(&ctd.root())?;
+        drop(ctd);
+        Some((overlay, with_snapshotter(&discard)?))
+    } else {
+        None
+    };
     println!("\nlayerstore: bytes on disk, {label}");
     println!(
         "layerstore: strata     {:>8.1} MB (logical {:.1} MB; blobs {:.1} MB; saved by layer dedup {:.1} MB, by file dedup {:.1} MB)",
@@ -283,6 +299,29 @@ fn disk_set(
         "layerstore: ratio containerd with strata's snapshotter / with overlayfs = {r:.2} (target ≤ {snapshotter_target:.2}: {})",
         met(r <= snapshotter_target)
     );
+    match discarded {
+        Some((overlay, (content, snapshots))) => {
+            let with = content + snapshots;
+            println!(
+                "layerstore: with --discard-unpacked-layers (CRI's discard_unpacked_layers): overlayfs {:>8.1} MB, \
+                 strata's snapshotter {:.1} MB (containerd's root {:.1} MB, the snapshotter's store {:.1} MB)",
+                mb(overlay),
+                mb(with),
+                mb(content),
+                mb(snapshots)
+            );
+            println!(
+                "layerstore: ratio strata's snapshotter with discarded layers / overlayfs keeping them = {:.2} \
+                 (target ≤ {snapshotter_target:.2}: {}); / overlayfs discarding them too = {:.2}",
+                with as f64 / containerd as f64,
+                met(with as f64 / containerd as f64 <= snapshotter_target),
+                with as f64 / overlay as f64
+            );
+        }
+        None => {
+            println!("layerstore: (this ctr has no --discard-unpacked-layers: containerd 1.7 or later measures it)")
+        }
+    }
     Ok(())
 }
 

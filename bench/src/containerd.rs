@@ -198,6 +198,14 @@ impl Containerd {
         Ok(c)
     }
 
+    /// Whether this `ctr` takes `images import --discard-unpacked-layers` (containerd 1.7 and
+    /// later): the layer blobs go from the content store once unpacked, as CRI's
+    /// `discard_unpacked_layers` does for pulls.
+    pub fn can_discard_unpacked_layers(&self) -> bool {
+        self.ctr(&["images", "import", "--help"])
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--discard-unpacked-layers"))
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.daemon.id()
@@ -246,7 +254,16 @@ impl Containerd {
 
     /// `ctr images import --snapshotter SNAPSHOTTER` of an image archive.
     pub fn import_into(&self, archive: &Path, snapshotter: &str) -> Result<(), String> {
-        let out = self.ctr(&["images", "import", "--snapshotter", snapshotter, &archive.display().to_string()])?;
+        self.import_with(archive, snapshotter, &[])
+    }
+
+    /// `ctr images import --snapshotter SNAPSHOTTER FLAGS...` of an image archive.
+    pub fn import_with(&self, archive: &Path, snapshotter: &str, flags: &[&str]) -> Result<(), String> {
+        let a = archive.display().to_string();
+        let mut args = vec!["images", "import", "--snapshotter", snapshotter];
+        args.extend_from_slice(flags);
+        args.push(&a);
+        let out = self.ctr(&args)?;
         if out.status.success() {
             Ok(())
         } else {

@@ -3,20 +3,22 @@
 //! (sha256, mode, uid, gid, mtime), the key [`crate::unpack_layer`] uses, so files of layers that
 //! containerd unpacked share inodes with each other and with the store's own snapshots.
 //!
-//! The tree is walked by descriptors (`openat` with `O_NOFOLLOW`): a symlink is never followed,
-//! wherever it points. Files with xattrs (the key does not cover them) or with other hardlinks
-//! (linking one name would split the set) keep their own inode. The tree must not be written while
-//! it is adopted, and never after: a pooled inode is shared by every tree that holds it, so it
-//! must only be read (overlayfs lower layers and read-only views are).
+//! The tree is walked by descriptors (`openat2` beneath its root without symlinks, files with
+//! `O_NOFOLLOW`): a symlink is never followed, wherever it points. Files with xattrs (the key
+//! does not cover them) or with other hardlinks (linking one name would split the set) keep
+//! their own inode. The tree must not be written while it is adopted, and never after: a pooled
+//! inode is shared by every tree that holds it, so it must only be read (overlayfs lower layers
+//! and read-only views are).
 
-use std::ffi::{CStr, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, fstat, openat, renameat};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, fstat, openat, renameat};
 use rustix::io::Errno;
 
 use crate::fsutil::unique_name;
@@ -73,6 +75,10 @@ pub(crate) fn pool_key(
 impl Store {
     /// Adopts the tree at `dir` into the content pool (see the module documentation). Holds the
     /// store lock shared, so a `gc` never sweeps a pool file between its link and its use.
+    ///
+    /// One pass lists the directories and their regular files (each directory opened from the
+    /// root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so no descriptor is held per
+    /// pending directory); then the machine's cores hash and link them, a directory at a time.
     pub fn adopt_tree(&self, dir: &Path) -> Result<AdoptStats> {
         let _lock = self.lock(false)?;
         let open = |p: &Path| {
@@ -81,36 +87,73 @@ impl Store {
         };
         let pool = open(&self.root.join("pool"))?;
         let root = open(dir)?;
-        let mut stats = AdoptStats::default();
-        // (directory, its path for errors)
-        let mut todo: Vec<(OwnedFd, PathBuf)> = vec![(root, dir.to_path_buf())];
-        while let Some((fd, path)) = todo.pop() {
-            let names = read_names(&fd).map_err(|e| Error::io("read directory", &path)(e.into()))?;
+        // (directory relative to the root, its regular files)
+        let mut work: Vec<(PathBuf, Vec<CString>)> = Vec::new();
+        let mut todo = vec![PathBuf::new()];
+        while let Some(rel) = todo.pop() {
+            let fd = open_beneath(&root, &rel).map_err(|e| Error::io("open", dir.join(&rel))(e.into()))?;
+            let names = read_names(&fd).map_err(|e| Error::io("read directory", dir.join(&rel))(e.into()))?;
+            let mut files = Vec::new();
             for (name, ty) in names {
-                let name = OsStr::from_bytes(name.to_bytes());
-                let shown = path.join(name);
                 match ty {
-                    FileType::Directory => {
-                        let sub = openat(
-                            &fd,
-                            name,
-                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                            Mode::empty(),
-                        )
-                        .map_err(|e| Error::io("open", &shown)(e.into()))?;
-                        todo.push((sub, shown));
-                    }
-                    FileType::RegularFile
-                        if adopt_file(&pool, &fd, name, &mut stats).map_err(|e| Error::io("pool", &shown)(e))? =>
-                    {
-                        stats.files += 1;
-                    }
+                    FileType::Directory => todo.push(rel.join(OsStr::from_bytes(name.to_bytes()))),
+                    FileType::RegularFile => files.push(name),
                     _ => {}
                 }
             }
+            if !files.is_empty() {
+                work.push((rel, files));
+            }
         }
-        Ok(stats)
+        let next = AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len()).max(1);
+        let results: Vec<Result<AdoptStats>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut stats = AdoptStats::default();
+                        let mut buf = vec![0u8; 128 << 10];
+                        while let Some((rel, files)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            let fd =
+                                open_beneath(&root, rel).map_err(|e| Error::io("open", dir.join(rel))(e.into()))?;
+                            for name in files {
+                                let name = OsStr::from_bytes(name.to_bytes());
+                                if adopt_file(&pool, &fd, name, &mut buf, &mut stats)
+                                    .map_err(|e| Error::io("pool", dir.join(rel).join(name))(e))?
+                                {
+                                    stats.files += 1;
+                                }
+                            }
+                        }
+                        Ok(stats)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let mut total = AdoptStats::default();
+        for r in results {
+            let r = r?;
+            total.files += r.files;
+            total.shared += r.shared;
+            total.shared_bytes += r.shared_bytes;
+        }
+        Ok(total)
     }
+}
+
+/// The directory `rel` below `root`, resolved without leaving it or following a symlink.
+fn open_beneath(root: &OwnedFd, rel: &Path) -> rustix::io::Result<OwnedFd> {
+    if rel.as_os_str().is_empty() {
+        return rustix::io::dup(root);
+    }
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )
 }
 
 /// The entries of a directory (without `.` and `..`) and their types, read from `lstat` where the
@@ -136,7 +179,13 @@ fn read_names(dir: &OwnedFd) -> rustix::io::Result<Vec<(std::ffi::CString, FileT
 
 /// Hashes one regular file and links it into the pool. Returns whether it was hashed (files with
 /// xattrs or several links are left alone).
-fn adopt_file(pool: &OwnedFd, dir: &OwnedFd, name: &OsStr, stats: &mut AdoptStats) -> std::io::Result<bool> {
+fn adopt_file(
+    pool: &OwnedFd,
+    dir: &OwnedFd,
+    name: &OsStr,
+    buf: &mut [u8],
+    stats: &mut AdoptStats,
+) -> std::io::Result<bool> {
     let fd = openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())?;
     let st = fstat(&fd)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
@@ -151,10 +200,9 @@ fn adopt_file(pool: &OwnedFd, dir: &OwnedFd, name: &OsStr, stats: &mut AdoptStat
     }
     let mut hasher = Hasher::new(Algorithm::Sha256);
     let mut file = File::from(fd);
-    let mut buf = vec![0u8; 128 << 10];
     let mut size = 0u64;
     loop {
-        let n = match file.read(&mut buf) {
+        let n = match file.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

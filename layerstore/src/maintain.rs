@@ -398,9 +398,16 @@ impl Store {
                 if !good {
                     r.problems.push(problem("its content no longer matches what the layer held"));
                 }
-                let expected = key.split_once('-').map_or("", |(_, rest)| rest);
-                let actual = format!("{:o}-{}-{}-{}", meta.mode() & 0o7777, meta.uid(), meta.gid(), meta.mtime());
-                if expected != actual {
+                let hash = key.split_once('-').map_or("", |(hash, _)| hash);
+                let actual = crate::adopt::pool_key(
+                    hash,
+                    meta.mode(),
+                    meta.uid().into(),
+                    meta.gid().into(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                );
+                if *key != actual {
                     r.problems.push(problem("its mode, owner or mtime changed"));
                 }
             }

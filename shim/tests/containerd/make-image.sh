@@ -1,11 +1,14 @@
 #!/bin/sh
 # Builds a one-layer OCI image archive of busybox-static for `ctr images import`.
-# usage: make-image.sh OUT.tar REF [NOTE]   (REF like docker.io/library/strata-busybox:test)
-# NOTE, if given, goes into /etc/rebuilt: the same files in a layer of another digest (a rebuilt base).
+# usage: make-image.sh OUT.tar REF [NOTE [FILES]]   (REF like docker.io/library/strata-busybox:test)
+# NOTE, if not empty, goes into /etc/rebuilt: the same files in a layer of another digest (a
+# rebuilt base). FILES adds that many files of 16 KiB of random bytes under /data (a layer that
+# takes a while to unpack).
 set -eu
 out=$1
 ref=$2
 note=${3:-}
+files=${4:-0}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp" "$work/rootfs/proc" "$work/rootfs/sys" \
@@ -17,6 +20,10 @@ done
 echo 'root:x:0:0:root:/:/bin/sh' > "$work/rootfs/etc/passwd"
 echo 'root:x:0:' > "$work/rootfs/etc/group"
 [ -z "$note" ] || echo "$note" > "$work/rootfs/etc/rebuilt"
+if [ "$files" -gt 0 ]; then
+    mkdir "$work/rootfs/data"
+    head -c $((files * 16384)) /dev/urandom | split -a 5 -b 16384 - "$work/rootfs/data/f"
+fi
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/rootfs" -cf "$work/layer.tar" .
 blob() { # file media-type -> descriptor JSON, and the blob stored by digest
     d=$(sha256sum "$1" | cut -d' ' -f1)

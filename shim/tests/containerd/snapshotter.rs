@@ -21,8 +21,9 @@ fn on_disk(c: &Containerd) -> Vec<(String, String, PathBuf)> {
     let dir = c.snapshotter_store().join("containerd/snapshots");
     let mut out = Vec::new();
     for e in std::fs::read_dir(&dir).expect("the snapshotter's snapshots directory").flatten() {
-        let info: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(e.path().join("info.json")).expect("info.json")).expect("json");
+        // (a snapshot being removed moves out between the listing and the read)
+        let Ok(data) = std::fs::read(e.path().join("info.json")) else { continue };
+        let info: serde_json::Value = serde_json::from_slice(&data).expect("info.json is JSON");
         let key = info["key"].as_str().unwrap_or_default().to_string();
         let kind = info["kind"].as_str().unwrap_or_default().to_string();
         out.push((key, kind, e.path().join("fs")));
@@ -166,16 +167,7 @@ fn a_rebuilt_base_and_strata_s_own_import_share_the_snapshotter_s_inodes() {
     let c = Containerd::start_with_snapshotter();
     // The same files in a layer of another digest, as a rebuild of a base image makes.
     let dir = tempfile::tempdir().expect("temporary directory");
-    let rebuilt = dir.path().join("rebuilt.tar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/containerd/make-image.sh");
-    let st = Command::new("sh")
-        .arg(script)
-        .arg(&rebuilt)
-        .arg("docker.io/library/strata-busybox:rebuilt")
-        .arg("rebuilt")
-        .status()
-        .expect("make-image.sh");
-    assert!(st.success());
+    let rebuilt = make_image(dir.path(), "rebuilt", "rebuilt", 0);
     c.ok(&["images", "import", "--snapshotter", "strata", &rebuilt.display().to_string()]);
     let layers: Vec<PathBuf> = on_disk(&c).into_iter().filter(|s| s.1 == "committed").map(|s| s.2).collect();
     assert_eq!(layers.len(), 2, "two layers of different digests: {:?}", on_disk(&c));
@@ -201,4 +193,58 @@ fn a_rebuilt_base_and_strata_s_own_import_share_the_snapshotter_s_inodes() {
         .collect();
     assert_eq!(own.len(), 1);
     assert_eq!(ino(&own[0]), ino(&layers[0]), "strata's own snapshot does not share the snapshotter's inode");
+}
+
+/// Builds an image archive with make-image.sh (`note` and `files` as it takes them).
+fn make_image(dir: &Path, name: &str, note: &str, files: u32) -> PathBuf {
+    let out = dir.join(format!("{name}.tar"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/containerd/make-image.sh");
+    let st = Command::new("sh")
+        .arg(script)
+        .arg(&out)
+        .arg(format!("docker.io/library/strata-busybox:{name}"))
+        .arg(note)
+        .arg(files.to_string())
+        .status()
+        .expect("make-image.sh");
+    assert!(st.success(), "make-image.sh {name} failed");
+    out
+}
+
+#[test]
+fn a_snapshotter_killed_during_an_unpack_leaves_nothing_half_made() {
+    const FILES: u32 = 4000;
+    let mut c = Containerd::start_with_snapshotter();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let big = make_image(dir.path(), "big", "", FILES);
+    let big = big.display().to_string();
+    let mut import = c.ctr_cmd(&["images", "import", "--snapshotter", "strata", &big]).spawn().expect("ctr import");
+    // killed while containerd writes the layer into an active snapshot
+    eventually("no active snapshot appeared during the import", || on_disk(&c).iter().any(|s| s.1 == "active"));
+    c.kill_9_snapshotter_and_restart();
+    let st = import.wait().expect("ctr import");
+    eprintln!("the interrupted import exited with {st}");
+    eventually("containerd did not reconnect to the restarted snapshotter", || {
+        c.ctr(&snap_args(&["ls"])).status.success()
+    });
+    // What the crash left is whole: every committed snapshot holds its full tree.
+    let check = |c: &Containerd| {
+        for (key, kind, tree) in on_disk(c) {
+            if kind == "committed" && tree.join("data").exists() {
+                let n = std::fs::read_dir(tree.join("data")).expect("data").count();
+                assert_eq!(n, FILES as usize, "committed snapshot {key} holds {n} of {FILES} files");
+            }
+        }
+    };
+    check(&c);
+    c.ok(&["images", "import", "--snapshotter", "strata", &big]);
+    check(&c);
+    let out = c.ok(&c.run_args(&["--rm", "--snapshotter", "strata"], "big-run", &["sh", "-c", "ls /data | grep -c ."]));
+    assert_eq!(out.trim(), FILES.to_string(), "{out}");
+    // The interrupted unpack's active snapshot goes with containerd's GC; nothing stays in tmp/.
+    eventually("an active snapshot of the interrupted unpack stayed", || {
+        on_disk(&c).iter().all(|s| s.1 == "committed")
+    });
+    let tmp = std::fs::read_dir(c.snapshotter_store().join("containerd/tmp")).expect("tmp").count();
+    assert_eq!(tmp, 0, "the snapshotter left removed snapshots in tmp/");
 }
