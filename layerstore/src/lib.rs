@@ -14,6 +14,8 @@
 //! images/<hex(name)>.json   image records: name -> manifest, config, layers, chain IDs
 //! containers/<id>/          ref.json (which image), upper/, work/, rootfs/ (the overlay mount)
 //! tmp/                      snapshots being unpacked and archives being read; cleared by gc and fsck
+//! containerd/               strata's containerd snapshotter (`strata-snapshotter`): its snapshots,
+//!                           whose committed files are linked into pool/ too (counted by du, checked by fsck)
 //! ```
 
 mod adopt;

@@ -117,6 +117,9 @@ pub struct FsckReport {
     pub files_checked: usize,
     /// Tar splits checked (each layer's tar rebuilt from its snapshot and hashed).
     pub splits_checked: usize,
+    /// Committed snapshots of strata's containerd snapshotter (`containerd/`) whose files were
+    /// checked against the pool like the store's own.
+    pub containerd_snapshots_checked: usize,
     /// Regular files of snapshots outside the pool (files with xattrs, or a pool on another
     /// file system), whose content fsck cannot verify.
     pub files_unverified: usize,
@@ -157,6 +160,11 @@ pub struct DiskUsage {
     pub saved_by_layer_dedup: u64,
     /// Saved by sharing identical files of different layers through the pool.
     pub saved_by_file_dedup: u64,
+    /// Bytes of strata's containerd snapshotter (`containerd/`) outside the pool: its records,
+    /// directories and the files it could not pool (counted in `on_disk_bytes` too).
+    pub containerd_bytes: u64,
+    /// Snapshots of strata's containerd snapshotter.
+    pub containerd_snapshots: usize,
 }
 
 impl Store {
@@ -277,6 +285,7 @@ impl Store {
             let meta = f.metadata().map_err(Error::io("stat", entry.path()))?;
             pooled.insert((meta.dev(), meta.ino()), (key, good));
         }
+        self.check_containerd_snapshots(&pooled, repair, &mut r)?;
         for name in &present {
             let files_damaged = self.check_snapshot_files(name, &pooled, &mut r)?;
             let split_damaged = self.check_split(name, &mut r);
@@ -373,48 +382,104 @@ impl Store {
         pooled: &HashMap<(u64, u64), (String, bool)>,
         r: &mut FsckReport,
     ) -> Result<bool> {
-        let problems_before = r.problems.len();
-        let root = self.root.join("snapshots").join(name).join("fs");
-        let mut dirs = vec![root.clone()];
-        while let Some(dir) = dirs.pop() {
-            for entry in fs::read_dir(&dir).map_err(Error::io("read directory", &dir))? {
-                let entry = entry.map_err(Error::io("read directory", &dir))?;
-                let meta = entry.metadata().map_err(Error::io("stat", entry.path()))?;
-                if meta.is_dir() {
-                    dirs.push(entry.path());
-                    continue;
-                }
-                if !meta.is_file() {
-                    continue;
-                }
-                let Some((key, good)) = pooled.get(&(meta.dev(), meta.ino())) else {
-                    r.files_unverified += 1;
-                    continue;
-                };
-                r.files_checked += 1;
-                let path = entry.path().strip_prefix(&root).unwrap_or(&entry.path()).display().to_string();
-                let problem =
-                    |reason| FsckProblem::SnapshotFile { snapshot: name.to_string(), path: path.clone(), reason };
-                if !good {
-                    r.problems.push(problem("its content no longer matches what the layer held"));
-                }
-                let hash = key.split_once('-').map_or("", |(hash, _)| hash);
-                let actual = crate::adopt::pool_key(
-                    hash,
-                    meta.mode(),
-                    meta.uid().into(),
-                    meta.gid().into(),
-                    meta.mtime(),
-                    meta.mtime_nsec(),
-                );
-                if *key != actual {
-                    r.problems.push(problem("its mode, owner or mtime changed"));
-                }
-            }
-        }
-        Ok(r.problems.len() > problems_before)
+        check_tree_files(&self.root.join("snapshots").join(name).join("fs"), name, pooled, r)
     }
 
+    /// Checks the committed snapshots strata's containerd snapshotter keeps in `containerd/`
+    /// (their files against the pool, as the store's own). containerd owns them, so `repair`
+    /// leaves them: a damaged one is named, and goes when its image is removed from containerd
+    /// and pulled again. Snapshots that go while fsck reads (the snapshotter runs on) are skipped.
+    fn check_containerd_snapshots(
+        &self,
+        pooled: &HashMap<(u64, u64), (String, bool)>,
+        repair: bool,
+        r: &mut FsckReport,
+    ) -> Result<()> {
+        let dir = self.root.join("containerd").join("snapshots");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read directory", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(Error::io("read directory", &dir))?;
+            let Ok(record) = fs::read(entry.path().join("info.json")) else { continue };
+            let info: serde_json::Value = serde_json::from_slice(&record).unwrap_or_default();
+            if info["kind"] != "committed" {
+                continue;
+            }
+            let label = format!(
+                "{} (containerd snapshot {})",
+                info["key"].as_str().unwrap_or("?"),
+                entry.file_name().to_string_lossy()
+            );
+            match check_tree_files(&entry.path().join("fs"), &label, pooled, r) {
+                Ok(damaged) => {
+                    r.containerd_snapshots_checked += 1;
+                    if damaged && repair {
+                        r.unrepaired.push(format!(
+                            "{label}: containerd owns it; remove its image from containerd and import or pull it again"
+                        ));
+                    }
+                }
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks every regular file under `root` against the pool file it is linked to (see
+/// [`Store::check_snapshot_files`]); `name` names the snapshot in problems. Returns whether a
+/// file was damaged.
+fn check_tree_files(
+    root: &Path,
+    name: &str,
+    pooled: &HashMap<(u64, u64), (String, bool)>,
+    r: &mut FsckReport,
+) -> Result<bool> {
+    let problems_before = r.problems.len();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).map_err(Error::io("read directory", &dir))? {
+            let entry = entry.map_err(Error::io("read directory", &dir))?;
+            let meta = entry.metadata().map_err(Error::io("stat", entry.path()))?;
+            if meta.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            if !meta.is_file() {
+                continue;
+            }
+            let Some((key, good)) = pooled.get(&(meta.dev(), meta.ino())) else {
+                r.files_unverified += 1;
+                continue;
+            };
+            r.files_checked += 1;
+            let path = entry.path().strip_prefix(root).unwrap_or(&entry.path()).display().to_string();
+            let problem = |reason| FsckProblem::SnapshotFile { snapshot: name.to_string(), path: path.clone(), reason };
+            if !good {
+                r.problems.push(problem("its content no longer matches what the layer held"));
+            }
+            let hash = key.split_once('-').map_or("", |(hash, _)| hash);
+            let actual = crate::adopt::pool_key(
+                hash,
+                meta.mode(),
+                meta.uid().into(),
+                meta.gid().into(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+            );
+            if *key != actual {
+                r.problems.push(problem("its mode, owner or mtime changed"));
+            }
+        }
+    }
+    Ok(r.problems.len() > problems_before)
+}
+
+impl Store {
     /// Rebuilds snapshot `name`'s layer tar from its tar split, if it has one, and checks it
     /// against the layer's diff ID. Returns whether it failed.
     fn check_split(&self, name: &str, r: &mut FsckReport) -> bool {
@@ -523,10 +588,16 @@ impl Store {
             }
         }
         let mut unique_file_bytes = 0;
-        for dir in ["blobs", "snapshots", "pool"] {
+        let containerd = self.root.join("containerd");
+        u.containerd_snapshots = fs::read_dir(containerd.join("snapshots")).map_or(0, |d| d.count());
+        // (the pool before containerd/: a pooled file counts as the pool's)
+        for dir in ["blobs", "snapshots", "pool", "containerd"] {
             walk(&self.root.join(dir), &mut |path, meta| {
                 if seen.insert((meta.dev(), meta.ino())) {
                     u.on_disk_bytes += meta.blocks() * 512;
+                    if dir == "containerd" {
+                        u.containerd_bytes += meta.blocks() * 512;
+                    }
                     // a snapshot's own records sit beside its tree
                     let record = path.parent().and_then(Path::parent) == Some(snaps.as_path());
                     if meta.is_file() && dir == "snapshots" && !record {
@@ -544,11 +615,21 @@ impl Store {
     }
 }
 
+/// Calls `f` on `dir` and everything below it. What vanishes meanwhile (strata's containerd
+/// snapshotter removes snapshots while `du` reads) is skipped.
 fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata)) -> Result<()> {
-    let meta = fs::symlink_metadata(dir).map_err(Error::io("stat", dir))?;
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let meta = match fs::symlink_metadata(dir) {
+        Err(e) if gone(&e) => return Ok(()),
+        other => other.map_err(Error::io("stat", dir))?,
+    };
     f(dir, &meta);
     if meta.is_dir() {
-        for entry in fs::read_dir(dir).map_err(Error::io("read directory", dir))? {
+        let entries = match fs::read_dir(dir) {
+            Err(e) if gone(&e) => return Ok(()),
+            other => other.map_err(Error::io("read directory", dir))?,
+        };
+        for entry in entries {
             walk(&entry.map_err(Error::io("read directory", dir))?.path(), f)?;
         }
     }

@@ -193,6 +193,37 @@ fn a_rebuilt_base_and_strata_s_own_import_share_the_snapshotter_s_inodes() {
         .collect();
     assert_eq!(own.len(), 1);
     assert_eq!(ino(&own[0]), ino(&layers[0]), "strata's own snapshot does not share the snapshotter's inode");
+
+    // The store's du and fsck see the snapshotter's snapshots.
+    let strata = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(args)
+            .arg("--store")
+            .arg(c.snapshotter_store())
+            .output()
+            .expect("strata")
+    };
+    let du = strata(&["image", "du", "--format", "json"]);
+    let du: serde_json::Value = serde_json::from_slice(&du.stdout).expect("du --format json");
+    assert_eq!(du["containerdSnapshots"], 2, "{du}");
+    assert!(du["containerdBytes"].as_u64().is_some_and(|b| b > 0), "{du}");
+    let fsck = strata(&["fsck"]);
+    let text = String::from_utf8_lossy(&fsck.stdout).into_owned();
+    assert!(fsck.status.success(), "fsck of a sound store: {text}");
+    assert!(text.contains("and 2 committed containerd snapshots"), "{text}");
+    // A pooled file changed in place: every tree that shares it is named.
+    let group = layers[0].join("etc/group");
+    assert!(std::fs::metadata(&group).expect("etc/group").nlink() >= 3, "etc/group is not shared");
+    std::fs::write(&group, "changed\n").expect("writing a shared file");
+    let fsck = strata(&["fsck"]);
+    let text = String::from_utf8_lossy(&fsck.stdout).into_owned();
+    assert!(!fsck.status.success(), "fsck passed a changed pool file: {text}");
+    let named: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.contains("(containerd snapshot") && l.contains("/etc/group: its content"))
+        .filter_map(|l| l.split(" (containerd snapshot").next())
+        .collect();
+    assert_eq!(named.len(), 2, "both containerd snapshots holding etc/group are named: {text}");
 }
 
 /// Builds an image archive with make-image.sh (`note` and `files` as it takes them).

@@ -273,6 +273,7 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
                     "images": du.images, "snapshots": du.snapshots, "logicalBytes": du.logical_bytes,
                     "onDiskBytes": du.on_disk_bytes, "blobBytes": du.blob_bytes, "splitBytes": du.split_bytes,
                     "savedByLayerDedup": du.saved_by_layer_dedup, "savedByFileDedup": du.saved_by_file_dedup,
+                    "containerdSnapshots": du.containerd_snapshots, "containerdBytes": du.containerd_bytes,
                 });
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
@@ -284,6 +285,13 @@ pub fn image(state_root: &Path, args: &ImageArgs) -> Result<i32> {
                 println!("  tar splits:          {}", human(du.split_bytes));
                 println!("saved by layer dedup:  {}", human(du.saved_by_layer_dedup));
                 println!("saved by file dedup:   {}", human(du.saved_by_file_dedup));
+                if du.containerd_snapshots > 0 {
+                    println!(
+                        "containerd snapshots:  {} (strata snapshotter; {} outside the pool)",
+                        du.containerd_snapshots,
+                        human(du.containerd_bytes)
+                    );
+                }
             }
         }
         ImageCommand::Run { rm: _, tty, env, name, image, command } => {
@@ -346,9 +354,10 @@ pub fn fsck(args: &FsckArgs) -> Result<i32> {
         println!("not repaired: {why}");
     }
     println!(
-        "fsck: {} blobs, {} snapshots ({} files through the pool, {} outside it; {} layers rebuilt from tar splits), {} pooled files checked; {} problems, {} repaired",
+        "fsck: {} blobs, {} snapshots and {} committed containerd snapshots ({} files through the pool, {} outside it; {} layers rebuilt from tar splits), {} pooled files checked; {} problems, {} repaired",
         r.blobs_checked,
         r.snapshots_checked,
+        r.containerd_snapshots_checked,
         r.files_checked,
         r.files_unverified,
         r.splits_checked,
