@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the CRI suite (vmtest/cri: containerd's CRI v1 driven as kubelet drives it) in one boot
 # of run.sh's pure cgroup v2 VM, for containerd 1.7 (trixie) and 2.1 (forky), each with the
-# runc handler (the reference) and the strata handler (containerd-shim-strata-v1), and prints a
+# runc handler (the reference) and the strata handler (containerd-shim-strata-v1), and on strata's
+# snapshotter (`strata snapshotter`) for a few scenarios, and prints a
 # table of scenario x combination. With --bench it runs the pod start/teardown bench
 # (vmtest/cri/benches/pods.rs: strata against runc on one containerd per version) instead, with
 # release builds.
@@ -19,6 +20,10 @@
 #   STRATA_CRI_SANDBOX_SUITES    suites (containerd 2.x) that also run the strata-sandbox handler:
 #                                strata's shim makes the pods through containerd's sandbox API
 #                                (sandboxer = shim) (default "forky"; "" for none)
+#   STRATA_CRI_SNAPSHOTTER_RUNS  suite:handler pairs that also run with strata's snapshotter as
+#                                every pod's snapshotter (`strata snapshotter`, a proxy plugin),
+#                                the scenarios of SNAPSHOTTER_SCENARIOS below (default
+#                                "trixie:strata forky:strata forky:runc"; "" for none)
 #   STRATA_CRI_FILTER            scenario name filters passed to the suite (default: all)
 #   STRATA_CRI_LOG_LEVEL         containerd's log level (default info)
 #   STRATA_CRI_TARGET_DIR        cargo target directory (default <repo>/.cache/cri-target; with
@@ -80,10 +85,12 @@ if [ -n "${STRATA_CRI_STRATA_REV:-}" ]; then
 fi
 (cd "$src" && cargo build "${profile[@]}" -p strata-shim --bin strata --bin containerd-shim-strata-v1 --locked \
     --target "$target" --target-dir "$target_dir" -q)
+(cd "$src" && cargo build "${profile[@]}" -p strata-snapshotter --locked --target "$target" \
+    --target-dir "$target_dir" -q)
 log "static builds took $(( $(date +%s) - started ))s"
 test_bin=$(printf '%s\n' "$json" | grep '"reason":"compiler-artifact"' | grep -o '"executable":"[^"]*"' \
     | cut -d'"' -f4 | grep -E '/deps/(cri|pods)-' | head -1)
-for f in "$test_bin" "$out/strata" "$out/containerd-shim-strata-v1" "$out/strata-pause"; do
+for f in "$test_bin" "$out/strata" "$out/containerd-shim-strata-v1" "$out/strata-snapshotter" "$out/strata-pause"; do
     file "$f" | grep -Eq 'static(-pie)? linked' || { log "$f is not statically linked"; exit 2; }
 done
 
@@ -92,7 +99,7 @@ share=$cache/cri-share
 rm -rf "$share"
 mkdir -p "$share"/{bin,lib,opt/strata,opt/runc,opt/cni,images,results}
 cp "$test_bin" "$share/bin/cri-tests"
-cp "$out/strata" "$out/containerd-shim-strata-v1" "$share/opt/strata/"
+cp "$out/strata" "$out/containerd-shim-strata-v1" "$out/strata-snapshotter" "$share/opt/strata/"
 cp /usr/sbin/runc "$share/opt/runc/"
 cp /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback "$share/opt/cni/"
 cp -L /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libseccomp.so.2 "$share/lib/"
@@ -180,6 +187,29 @@ grep -E '^(CRI-RESULT|cri:)' results/$combo/out | cut -c1-300
 [ \$rc = 0 ] || [ $tolerate = 1 ]")
     done
 done
+# The same node with strata's snapshotter under every pod: the scenarios that make pods and
+# containers, the snapshotter's own (the root an overlay of its store, the files pooled), and
+# the leak check (which lists its snapshots).
+snapshotter_scenarios="a_sandbox_lifecycle c_exit_codes e_exec_sync f_logs n_strata_snapshotter m_no_leaks"
+for run in ${STRATA_CRI_SNAPSHOTTER_RUNS-trixie:strata forky:strata forky:runc}; do
+    s=${run%%:*} h=${run#*:}
+    case " $suites " in *" $s "*) ;; *) continue ;; esac
+    case " $handlers " in *" $h "*) ;; *) continue ;; esac
+    combo=${version[$s]}-$h-snap
+    combos+=("$combo")
+    tolerate=0
+    [ "$must_pass" != 1 ] && tolerate=1
+    cmds+=("mkdir -p results/$combo
+STRATA_CRI=1 STRATA_CRI_CONTAINERD=/opt/containerd-$s/containerd STRATA_CRI_HANDLER=$h STRATA_CRI_SNAPSHOTTER=strata \\
+STRATA_CRI_DIR=/run/cri-$combo STRATA_CRI_PATH=/opt/containerd-$s:/opt/strata:/opt/runc:/bin \\
+STRATA_CRI_CNI_BIN=/opt/cni STRATA_CRI_IMAGES=/mnt/host/images STRATA_CRI_LOG=/mnt/host/results/$combo/containerd.log \\
+STRATA_CRI_SLOW=0 STRATA_CRI_LOG_LEVEL=${STRATA_CRI_LOG_LEVEL:-info} \\
+cri-tests ${STRATA_CRI_FILTER:-$snapshotter_scenarios} > results/$combo/out 2>&1
+rc=\$?
+echo \$rc > results/$combo/rc
+grep -E '^(CRI-RESULT|cri:)' results/$combo/out | cut -c1-300
+[ \$rc = 0 ] || [ $tolerate = 1 ]")
+done
 
 # The combinations run in STRATA_CRI_VMS guests at once (default 2, one per host core), each
 # with one vCPU (see run.sh: a multi-vCPU TCG guest either runs on one host thread or risks
@@ -232,7 +262,7 @@ for c in "${combos[@]}"; do
     grep -E '^cri: cannot run' "$share/results/$c/out" 2>/dev/null | sed 's/^/    /' || true
     if [ "$rc" != 0 ]; then
         case "$c" in
-            *-strata|*-strata-sandbox) [ "$must_pass" = 1 ] && status=1 ;;
+            *-strata|*-strata-sandbox|*-snap) [ "$must_pass" = 1 ] && status=1 ;;
             *) status=1 ;;
         esac
     fi

@@ -89,6 +89,11 @@ if [ -z "$kpkg" ]; then
 fi
 [ -n "$kpkg" ] || { log "no linux-image-6.12.*-amd64 package found (needs bookworm-security or backports in apt sources)"; exit 2; }
 kdir=$cache/kernels/$kpkg
+# Guests booted at once on a cold cache (vmtest/cri.sh) fetch it once: the others wait for it
+# (two fetches into one $kdir.tmp lost each other's files).
+mkdir -p "$cache/kernels"
+exec {kernel_lock}>"$cache/kernels/.lock"
+flock "$kernel_lock"
 if [ ! -f "$kdir/vmlinux" ]; then
     log "fetching $kpkg"
     rm -rf "$kdir.tmp" && mkdir -p "$kdir.tmp/deb"
@@ -107,6 +112,7 @@ if [ ! -f "$kdir/vmlinux" ]; then
     rm -rf "$kdir.tmp/root" "$kdir.tmp/deb"
     rm -rf "$kdir" && mv "$kdir.tmp" "$kdir"
 fi
+exec {kernel_lock}>&-
 kver=$(ls "$kdir/modules")
 moddir=$kdir/modules/$kver/kernel
 

@@ -1,6 +1,7 @@
 //! containerd's rows: start time of strata (its shim), runc (containerd's runc v2 shim) and crun
 //! (the runc shim with `--runc-binary crun`) as `ctr run --rm` drives them, and the bytes
-//! containerd's content store and snapshots take for the image-size application set. Each uses a
+//! containerd's content store and snapshots take for the image-size application set, with its
+//! overlayfs snapshotter and with strata's. Each uses a
 //! private containerd ([`crate::containerd::Containerd`]) that is stopped, and its mounts undone,
 //! when the measurement ends, also on error.
 
@@ -140,29 +141,50 @@ fn archive(layout: &Path, out: &Path) -> Result<(), String> {
     if st.success() { Ok(()) } else { Err(format!("tar of {} failed: {st}", layout.display())) }
 }
 
-/// Imports every OCI layout with `ctr images import` (which unpacks into overlayfs snapshots) into
-/// a fresh containerd and returns the bytes its root takes on disk, each inode counted once.
-/// `transfer` and `logical` are the set's figures, the same as for strata's store.
-pub fn content_store(layouts: &[PathBuf], transfer: u64, logical: u64) -> Result<(ImageFigure, String), String> {
-    let ctd = start_containerd()?;
-    let empty = disk_usage(&ctd.root())?;
+/// Imports every OCI layout with `ctr images import` into a fresh containerd and returns the bytes
+/// it takes on disk, each inode counted once: with its overlayfs snapshotter (`strata_snapshotter`
+/// false) its root (blobs, unpacked snapshots, metadata.db); with strata's snapshotter (true) its
+/// root and the snapshotter's store. `transfer` and `logical` are the set's figures, the same as
+/// for strata's store.
+pub fn content_store(
+    layouts: &[PathBuf],
+    transfer: u64,
+    logical: u64,
+    strata_snapshotter: bool,
+) -> Result<(ImageFigure, String), String> {
+    let (ctd, snapshotter) = if strata_snapshotter {
+        let bin = crate::containerd::snapshotter_binary()?;
+        (Containerd::start_with_snapshotter(&bin)?, "strata")
+    } else {
+        (start_containerd()?, "overlayfs")
+    };
+    let on_disk = |ctd: &Containerd| -> Result<u64, String> {
+        let store = if strata_snapshotter { disk_usage(&ctd.snapshotter_store())? } else { 0 };
+        Ok(disk_usage(&ctd.root())? + store)
+    };
+    let empty = on_disk(&ctd)?;
     for (i, layout) in layouts.iter().enumerate() {
-        progress(format_args!("images: ctr images import app {}/{}", i + 1, layouts.len()));
+        progress(format_args!("images: ctr images import --snapshotter {snapshotter} app {}/{}", i + 1, layouts.len()));
         let tar = ctd.scratch().join(format!("app{i}.tar"));
         archive(layout, &tar)?;
-        ctd.import(&tar)?;
+        ctd.import_into(&tar, snapshotter)?;
         std::fs::remove_file(&tar).map_err(|e| format!("{}: {e}", tar.display()))?;
     }
     let images = ctd.ctr(&["images", "ls", "-q"])?;
     let names = String::from_utf8_lossy(&images.stdout).lines().count();
-    let snapshots = ctd.ctr(&["snapshots", "ls"])?;
+    let snapshots = ctd.ctr(&["snapshots", "--snapshotter", snapshotter, "ls"])?;
     let snaps = String::from_utf8_lossy(&snapshots.stdout).lines().skip(1).count();
-    let total = disk_usage(&ctd.root())?;
+    let total = on_disk(&ctd)?;
     drop(ctd);
+    let what = if strata_snapshotter {
+        "strata's snapshotter (`strata snapshotter`, files pooled at commit); on disk = its root (blobs, metadata.db) \
+         and the snapshotter's store (snapshots, the file pool)"
+    } else {
+        "overlayfs snapshotter; on disk = its root (blobs, unpacked snapshots, metadata.db)"
+    };
     let note = format!(
-        "`ctr images import` of the same OCI archives into a private containerd (overlayfs snapshotter): {names} images, \
-         {snaps} snapshots; on disk = its root (blobs, unpacked snapshots, metadata.db) with hardlinked inodes counted \
-         once, minus the {} an empty root takes",
+        "`ctr images import --snapshotter {snapshotter}` of the same OCI archives into a private containerd, {what}: \
+         {names} images, {snaps} snapshots; hardlinked inodes counted once, minus the {} an empty one takes",
         super::markdown::mib(empty)
     );
     Ok((ImageFigure { on_disk: total.saturating_sub(empty), transfer, logical }, note))

@@ -20,10 +20,11 @@ use serde_json::json;
 use super::{ImageFigure, ImageRow, Options, Outcome, progress};
 
 /// The systems of the image table, as the report names them.
-pub const SYSTEMS: [&str; 5] = [
+pub const SYSTEMS: [&str; 6] = [
     "strata store, layer dedup",
     "strata store, layer + file dedup",
     "containerd content store + snapshots",
+    "containerd + strata's snapshotter",
     "qcow2 disk per app",
     "qcow2 overlays on a shared backing file",
 ];
@@ -402,10 +403,12 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> Vec<ImageRow> {
     }
     progress("images: containerd's content store");
     let logical = rows.iter().find_map(|r| r.outcome.measured().map(|f| f.logical)).unwrap_or(0);
-    rows.push(match super::containerd::content_store(&layouts, transfer, logical) {
-        Ok((figure, note)) => ImageRow { system: SYSTEMS[2].into(), note, outcome: Outcome::Measured(figure) },
-        Err(e) => ImageRow { system: SYSTEMS[2].into(), note: "-".into(), outcome: Outcome::Unavailable(e) },
-    });
+    for (system, strata_snapshotter) in [(SYSTEMS[2], false), (SYSTEMS[3], true)] {
+        rows.push(match super::containerd::content_store(&layouts, transfer, logical, strata_snapshotter) {
+            Ok((figure, note)) => ImageRow { system: system.into(), note, outcome: Outcome::Measured(figure) },
+            Err(e) => ImageRow { system: system.into(), note: "-".into(), outcome: Outcome::Unavailable(e) },
+        });
+    }
     progress("images: qcow2 disks");
     let qcow = match kernel {
         Some(k) => qcow2_disks(work.path(), apps, k),
@@ -414,20 +417,20 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> Vec<ImageRow> {
     match qcow {
         Ok((per_app, shared, size_mib)) => {
             rows.push(ImageRow {
-                system: SYSTEMS[3].into(),
+                system: SYSTEMS[4].into(),
                 note: format!(
                     "{apps} × ext4 ({size_mib} MiB: the base made with `mke2fs -d`, kernel in /boot, cloned and the app written in with `debugfs`) → `qemu-img convert -O qcow2`"
                 ),
                 outcome: Outcome::Measured(per_app),
             });
             rows.push(ImageRow {
-                system: SYSTEMS[4].into(),
+                system: SYSTEMS[5].into(),
                 note: "base.qcow2 (base + runtime + kernel) + per app an overlay holding only the clusters where the app's disk (a clone of the base disk with the app written in by `debugfs`) differs from the base (`qemu-img rebase` onto base.qcow2)".into(),
                 outcome: Outcome::Measured(shared),
             });
         }
         Err(e) => {
-            for s in &SYSTEMS[3..] {
+            for s in &SYSTEMS[4..] {
                 rows.push(ImageRow {
                     system: s.to_string(),
                     note: "-".into(),

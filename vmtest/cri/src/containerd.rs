@@ -1,8 +1,10 @@
 //! A private containerd with the CRI plugin: its config (version 2 for containerd 1.7, version 3
 //! for 2.x), root, state, socket, CNI network and log all under one directory, both runtime
 //! handlers (`runc`: `io.containerd.runc.v2`; `strata`: `io.containerd.strata.v1`) configured.
-//! It runs until [`Containerd::stop`] (or drop); [`Containerd::restart`] keeps its root and
-//! state, as a node's containerd restarting does.
+//! The pods' snapshotter is containerd's overlayfs or strata's (`strata snapshotter`, a proxy
+//! snapshot plugin serving a layer store under the same directory, started before containerd and
+//! stopped after it). It runs until [`Containerd::stop`] (or drop); [`Containerd::restart`]
+//! keeps its root and state, and the snapshotter, as a node's containerd restarting does.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ pub const PAUSE_IMAGE: &str = "docker.io/library/strata-pause:cri";
 pub const BUSYBOX_IMAGE: &str = "docker.io/library/strata-busybox:cri";
 /// The containerd namespace of CRI.
 pub const NAMESPACE: &str = "k8s.io";
+/// The snapshotters the suite can give CRI: containerd's own, and strata's (proxy plugin name).
+pub const SNAPSHOTTERS: [&str; 2] = ["overlayfs", "strata"];
 /// The handler (containerd 2.x only) whose pods are made through containerd's sandbox API by
 /// strata's shim itself (`sandboxer = 'shim'`), without a pause container.
 pub const SANDBOX_HANDLER: &str = "strata-sandbox";
@@ -50,6 +54,9 @@ pub struct Settings {
     pub log_level: String,
     /// `STRATA_CRI_RPC_TIMEOUT`: seconds a CRI call may take (default 120, kubelet's default runtime-request-timeout).
     pub rpc_timeout: Duration,
+    /// `STRATA_CRI_SNAPSHOTTER`: CRI's snapshotter for every pod, `overlayfs` (default) or
+    /// `strata` (`strata snapshotter`, run from the `strata` on `path`, its store `<dir>/store`).
+    pub snapshotter: String,
 }
 
 fn env_or(name: &str, default: impl Into<String>) -> String {
@@ -76,6 +83,13 @@ impl Settings {
                 problem: format!("{handler:?}: strata, runc or {SANDBOX_HANDLER}"),
             });
         }
+        let snapshotter = env_or("STRATA_CRI_SNAPSHOTTER", SNAPSHOTTERS[0]);
+        if !SNAPSHOTTERS.contains(&snapshotter.as_str()) {
+            return Err(Error::Setting {
+                name: "STRATA_CRI_SNAPSHOTTER",
+                problem: format!("{snapshotter:?}: {}", SNAPSHOTTERS.join(" or ")),
+            });
+        }
         let dir = PathBuf::from(env_or("STRATA_CRI_DIR", "/run/strata-cri"));
         let beside = containerd.parent().map(|p| p.display().to_string()).unwrap_or_default();
         let path = env_or("STRATA_CRI_PATH", format!("{beside}:{}", std::env::var("PATH").unwrap_or_default()));
@@ -95,6 +109,7 @@ impl Settings {
             log,
             log_level: env_or("STRATA_CRI_LOG_LEVEL", "info"),
             rpc_timeout,
+            snapshotter,
         })
     }
 }
@@ -156,6 +171,8 @@ pub struct Containerd {
     settings: Settings,
     major: u32,
     daemon: Option<Child>,
+    /// `strata snapshotter`, with `STRATA_CRI_SNAPSHOTTER=strata`.
+    snapshotter: Option<Child>,
 }
 
 impl Containerd {
@@ -174,7 +191,10 @@ impl Containerd {
         let config = if major >= 2 { config_v3(settings) } else { config_v2(settings) };
         write(&d.join("config.toml"), &config)?;
         write(&d.join("cni/10-strata-cri.conflist"), &cni_conflist(settings))?;
-        let mut c = Containerd { settings: settings.clone(), major, daemon: None };
+        let mut c = Containerd { settings: settings.clone(), major, daemon: None, snapshotter: None };
+        if settings.snapshotter == "strata" {
+            c.spawn_snapshotter()?;
+        }
         c.spawn()?;
         for archive in ["pause.tar", "busybox.tar"] {
             c.import(&settings.images.join(archive))?;
@@ -202,6 +222,21 @@ impl Containerd {
     /// The gRPC socket.
     pub fn socket(&self) -> PathBuf {
         self.settings.dir.join("c.sock")
+    }
+
+    /// The snapshotter CRI gives pods (`ctr snapshots --snapshotter` takes it).
+    pub fn snapshotter(&self) -> &str {
+        &self.settings.snapshotter
+    }
+
+    /// strata's snapshotter's socket.
+    pub fn snapshotter_socket(&self) -> PathBuf {
+        self.settings.dir.join("s.sock")
+    }
+
+    /// The layer store strata's snapshotter serves.
+    pub fn snapshotter_store(&self) -> PathBuf {
+        self.settings.dir.join("store")
     }
 
     /// containerd's root directory (persistent data: content, snapshots, CRI's containers).
@@ -239,6 +274,39 @@ impl Containerd {
         let all = std::fs::read_to_string(&self.settings.log).unwrap_or_default();
         let v: Vec<&str> = all.lines().collect();
         v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Starts `strata snapshotter` (the `strata` first on the suite's PATH) on its socket and
+    /// store, logging beside containerd's log, and waits until it accepts connections.
+    fn spawn_snapshotter(&mut self) -> Result<()> {
+        let strata = std::env::split_paths(&self.settings.path)
+            .map(|d| d.join("strata"))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::Containerd(format!("no `strata` on STRATA_CRI_PATH {}", self.settings.path)))?;
+        let log_path = self.settings.log.with_file_name("snapshotter.log");
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+        let log2 = log.try_clone().map_err(|e| Error::io("duplicating the log descriptor", e))?;
+        let child = Command::new(&strata)
+            .arg("snapshotter")
+            .arg("--address")
+            .arg(self.snapshotter_socket())
+            .arg("--store")
+            .arg(self.snapshotter_store())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {} snapshotter", strata.display()), e))?;
+        self.snapshotter = Some(child);
+        let up = wait_for(Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(self.snapshotter_socket()).is_ok()
+        });
+        if !up {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(Error::Containerd(format!("strata snapshotter did not listen within 30 s: {}", text.trim())));
+        }
+        Ok(())
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -305,7 +373,10 @@ impl Containerd {
 
     /// `ctr images import` into CRI's namespace.
     pub fn import(&self, archive: &Path) -> Result<()> {
-        let out = run_bounded(self.ctr().args(["images", "import"]).arg(archive), Duration::from_secs(180))?;
+        let out = run_bounded(
+            self.ctr().args(["images", "import", "--snapshotter", &self.settings.snapshotter]).arg(archive),
+            Duration::from_secs(180),
+        )?;
         if !out.status.success() {
             return Err(Error::Containerd(format!(
                 "ctr images import {}: {}",
@@ -327,6 +398,17 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
+        // The snapshotter outlives containerd (containerd may call it while it stops).
+        if let Some(mut s) = self.snapshotter.take() {
+            // SAFETY: kill(2) with the pid of our own child, which has not been reaped yet.
+            unsafe { libc::kill(s.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while s.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = s.kill();
+            let _ = s.wait();
+        }
     }
 }
 
@@ -353,11 +435,27 @@ fn common_head(s: &Settings, version: u32) -> String {
     let d = &s.dir;
     format!(
         "version = {version}\nroot = \"{root}\"\nstate = \"{state}\"\n\n\
-         [grpc]\n  address = \"{sock}\"\n\n[debug]\n  level = \"{level}\"\n\n",
+         [grpc]\n  address = \"{sock}\"\n\n[debug]\n  level = \"{level}\"\n\n{proxy}",
         root = d.join("root").display(),
         state = d.join("state").display(),
         sock = d.join("c.sock").display(),
         level = s.log_level,
+        proxy = proxy_snapshotter(s),
+    )
+}
+
+/// strata's snapshotter as a proxy plugin, and the platform the transfer service unpacks for it
+/// (containerd 2's `ctr images import` unpacks only into the snapshotters listed there); nothing
+/// for overlayfs.
+fn proxy_snapshotter(s: &Settings) -> String {
+    if s.snapshotter != "strata" {
+        return String::new();
+    }
+    format!(
+        "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n\n\
+         [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux/amd64\"\n  \
+         snapshotter = \"strata\"\n\n",
+        s.dir.join("s.sock").display()
     )
 }
 
@@ -369,11 +467,12 @@ fn config_v2(s: &Settings) -> String {
          [{cri}]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n  restrict_oom_score_adj = true\n  \
          disable_apparmor = true\n  enable_selinux = false\n  enable_cdi = false\n  \
          disable_tcp_service = true\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\n\
-         [{cri}.containerd]\n  snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\"\n\n\
+         [{cri}.containerd]\n  snapshotter = \"{snap}\"\n  default_runtime_name = \"runc\"\n\n\
          [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\n\
          [{cri}.containerd.runtimes.strata]\n  runtime_type = \"io.containerd.strata.v1\"\n\n\
          [{cri}.cni]\n  bin_dir = \"{bin}\"\n  conf_dir = \"{conf}\"\n",
         head = common_head(s, 2),
+        snap = s.snapshotter,
         bin = s.cni_bin.display(),
         conf = s.dir.join("cni").display(),
     )
@@ -385,7 +484,7 @@ fn config_v3(s: &Settings) -> String {
     let rt = "plugins.'io.containerd.cri.v1.runtime'";
     format!(
         "{head}[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n\n\
-         [{images}]\n  snapshotter = 'overlayfs'\n\n\
+         [{images}]\n  snapshotter = '{snap}'\n\n\
          [{images}.pinned_images]\n  sandbox = '{PAUSE_IMAGE}'\n\n\
          [{rt}]\n  restrict_oom_score_adj = true\n  disable_apparmor = true\n  enable_selinux = false\n  \
          enable_cdi = false\n\n\
@@ -398,6 +497,7 @@ fn config_v3(s: &Settings) -> String {
          [plugins.'io.containerd.grpc.v1.cri']\n  disable_tcp_service = true\n  \
          stream_server_address = '127.0.0.1'\n  stream_server_port = '0'\n",
         head = common_head(s, 3),
+        snap = s.snapshotter,
         bin = s.cni_bin.display(),
         conf = s.dir.join("cni").display(),
     )
@@ -445,6 +545,7 @@ mod tests {
             log: PathBuf::from("/run/x/containerd.log"),
             log_level: "info".into(),
             rpc_timeout: Duration::from_secs(1),
+            snapshotter: "overlayfs".into(),
         }
     }
 
@@ -461,6 +562,25 @@ mod tests {
                 .contains("runtimes.strata-sandbox]\n  runtime_type = 'io.containerd.strata.v1'\n  sandboxer = 'shim'")
         );
         assert!(config_v3(&settings()).starts_with("version = 3\n"));
+    }
+
+    #[test]
+    fn strata_s_snapshotter_is_a_proxy_plugin_and_every_pod_s_snapshotter() {
+        let s = Settings { snapshotter: "strata".into(), ..settings() };
+        for c in [config_v2(&s), config_v3(&s)] {
+            assert!(
+                c.contains("[proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"/run/x/s.sock\""),
+                "{c}"
+            );
+            assert!(
+                c.contains("snapshotter = \"strata\"\n  default_runtime_name") || c.contains("snapshotter = 'strata'"),
+                "{c}"
+            );
+            assert!(!c.contains("overlayfs"), "{c}");
+        }
+        for c in [config_v2(&settings()), config_v3(&settings())] {
+            assert!(!c.contains("proxy_plugins") && c.contains("overlayfs"), "{c}");
+        }
     }
 
     #[test]

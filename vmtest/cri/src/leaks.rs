@@ -151,7 +151,10 @@ pub fn state_dirs(ctd: &Containerd) -> Vec<String> {
 
 /// Active (container) snapshots: every container's is removed with it; images' are committed.
 pub fn active_snapshots(ctd: &Containerd) -> Vec<String> {
-    let out = match run_bounded(ctd.ctr().args(["snapshots", "ls"]), Duration::from_secs(60)) {
+    let out = match run_bounded(
+        ctd.ctr().args(["snapshots", "--snapshotter", ctd.snapshotter(), "ls"]),
+        Duration::from_secs(60),
+    ) {
         Ok(o) if o.status.success() => o,
         Ok(o) => return vec![format!("ctr snapshots ls: {}", String::from_utf8_lossy(&o.stderr).trim())],
         Err(e) => return vec![format!("ctr snapshots ls: {e}")],

@@ -12,7 +12,8 @@
 //!     cri [FILTER...] [--skip FILTER] [--list]
 //!
 //! `STRATA_CRI_SLOW=0` leaves out the slow scenarios (20 pods × 3 containers, the containerd
-//! restart). The other settings are read by `cri::Settings::from_env`.
+//! restart); the scenario of strata's snapshotter runs only with `STRATA_CRI_SNAPSHOTTER=strata`.
+//! The other settings are read by `cri::Settings::from_env`.
 
 mod scenarios;
 
@@ -45,8 +46,10 @@ fn main() -> ExitCode {
         }
     }
     let slow = std::env::var("STRATA_CRI_SLOW").as_deref() != Ok("0");
+    let strata_snapshotter = std::env::var("STRATA_CRI_SNAPSHOTTER").as_deref() == Ok("strata");
     let chosen: Vec<_> = SCENARIOS
         .iter()
+        .filter(|s| strata_snapshotter || !s.strata_snapshotter)
         .filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
         .filter(|s| !skips.iter().any(|f| s.name.contains(f.as_str())))
         .filter(|s| slow || !s.slow)

@@ -6,6 +6,7 @@ mod exec;
 mod logs;
 mod pods;
 mod resources;
+mod snapshots;
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -50,11 +51,13 @@ pub struct Scenario {
     /// Runs with nothing else running (it counts or changes what the whole node has); the
     /// others run at once.
     pub alone: bool,
+    /// Chosen only when CRI's snapshotter is strata's (`STRATA_CRI_SNAPSHOTTER=strata`).
+    pub strata_snapshotter: bool,
     pub run: fn(&mut Ctx<'_>, &'static str) -> Result<()>,
 }
 
 const fn with_others(name: &'static str, run: fn(&mut Ctx<'_>, &'static str) -> Result<()>) -> Scenario {
-    Scenario { name, slow: false, alone: false, run }
+    Scenario { name, slow: false, alone: false, strata_snapshotter: false, run }
 }
 
 /// Every scenario; those that run alone run after the others, in this order (the leak check
@@ -70,9 +73,22 @@ pub const SCENARIOS: &[Scenario] = &[
     with_others("h_update_resources", resources::update_resources),
     with_others("i_stop_grace", containers::stop_grace),
     with_others("j_exec_attach", exec::exec_attach),
-    Scenario { name: "k_many_pods", slow: true, alone: true, run: pods::many_pods },
-    Scenario { name: "l_containerd_restart", slow: true, alone: true, run: logs::containerd_restart },
-    Scenario { name: "m_no_leaks", slow: false, alone: true, run: no_leaks },
+    Scenario {
+        name: "n_strata_snapshotter",
+        slow: false,
+        alone: false,
+        strata_snapshotter: true,
+        run: snapshots::strata_snapshotter,
+    },
+    Scenario { name: "k_many_pods", slow: true, alone: true, strata_snapshotter: false, run: pods::many_pods },
+    Scenario {
+        name: "l_containerd_restart",
+        slow: true,
+        alone: true,
+        strata_snapshotter: false,
+        run: logs::containerd_restart,
+    },
+    Scenario { name: "m_no_leaks", slow: false, alone: true, strata_snapshotter: false, run: no_leaks },
 ];
 
 /// How long a container may take to reach a state (the VM runs under TCG).
@@ -104,6 +120,18 @@ impl Ctx<'_> {
         );
         Ok(String::from_utf8_lossy(&r.stdout).to_string())
     }
+}
+
+/// Removes the cgroup of a pod CRI has removed, as kubelet does once the pod is gone: nothing
+/// may be left in it.
+pub fn remove_pod_cgroup(pod: &Pod) -> Result<()> {
+    let uid = pod.config.metadata.as_ref().map(|m| m.uid.as_str()).unwrap_or_default();
+    let cgroup = cri::pod::pod_cgroup(uid);
+    if cgroup.exists() {
+        std::fs::remove_dir(&cgroup)
+            .with_context(|| format!("removing the removed pod's cgroup {}", cgroup.display()))?;
+    }
+    Ok(())
 }
 
 /// Calls `f` until it returns `Some` or `limit` passes; the last error otherwise.

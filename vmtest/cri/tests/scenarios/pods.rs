@@ -10,7 +10,7 @@ use cri::pod::{ContainerSpec, Namespaces, SCENARIO_LABEL, sandbox_config};
 use k8s_cri::v1 as api;
 use k8s_cri::v1::{NamespaceMode, PodSandboxState};
 
-use super::{Ctx, STATE_LIMIT, eventually};
+use super::{Ctx, STATE_LIMIT, eventually, remove_pod_cgroup};
 
 /// a: RunPodSandbox gives a READY sandbox with an address on the pods' network (another pod
 /// gets another); StopPodSandbox makes it NOTREADY (twice is fine); RemovePodSandbox removes
@@ -42,14 +42,7 @@ pub fn sandbox_lifecycle(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()
         other => bail!("PodSandboxStatus of a removed pod: {other:?}, not NotFound"),
     }
     ctx.cri.remove_pod(&pod.id).context("removing a removed pod again")?;
-    // kubelet removes the pod's cgroup once the pod is gone: nothing may be left in it.
-    let uid = pod.config.metadata.as_ref().map(|m| m.uid.as_str()).unwrap_or_default();
-    let cgroup = cri::pod::pod_cgroup(uid);
-    if cgroup.exists() {
-        std::fs::remove_dir(&cgroup)
-            .with_context(|| format!("removing the removed pod's cgroup {}", cgroup.display()))?;
-    }
-    Ok(())
+    remove_pod_cgroup(&pod)
 }
 
 /// What a container sees of its namespaces and host name.
