@@ -122,7 +122,14 @@ fn containerd_faults(points: &[&str]) -> Result<FaultRow, String> {
         if crate::containerd::shim_pid(peer.shim, &id).is_some() {
             row.lost.push(format!("{point}: the shim outlived its task"));
         }
-        for e in entries(&engine::shimv2::service::state_root(NAMESPACE)) {
+        // containerd cleans up after a dead shim (`containerd-shim-strata-v1 delete`, which also
+        // removes the report of a helper that outlived it) on its own time: a moment for it.
+        let state = engine::shimv2::service::state_root(NAMESPACE);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !entries(&state).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for e in entries(&state) {
             row.lost.push(format!("{point}: engine state {e}"));
         }
         // containerd's namespace cgroup (the parent of each container's `/<namespace>/<id>`)

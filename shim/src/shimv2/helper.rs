@@ -113,6 +113,8 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: {HELPER_ARG} REQUEST REPORT");
         return 2;
     };
+    // The shim that spawned it (the re-execution below keeps the process, and its parent).
+    let shim = nix::unistd::getppid();
     // Before the engine forks anything that enters a container: re-execute through a path the
     // container cannot write (see `crate::seal`); this returns only when already protected.
     let result = crate::seal::reexec_sealed()
@@ -127,7 +129,13 @@ pub fn main(args: &[String]) -> i32 {
     let data = serde_json::to_vec(&rep).unwrap_or_default();
     let tmp = PathBuf::from(format!("{report}.tmp"));
     if std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, report)).is_err() {
+        let _ = std::fs::remove_file(&tmp);
         return 1;
+    }
+    // A shim that died meanwhile never reads it (containerd's cleanup of the dead shim may have
+    // run already): orphaned, this process now has another parent, and takes its report back.
+    if nix::unistd::getppid() != shim {
+        let _ = std::fs::remove_file(report);
     }
     i32::from(rep.error.is_some())
 }

@@ -80,6 +80,7 @@ pub fn cleanup(namespace: &str, id: &str, bundle: &std::path::Path) -> DeleteRes
     }
     // Every mount the daemon stacked there (containerd may pass several).
     service::unmount_rootfs(bundle);
+    runner::remove_orphaned_reports(&service::state_root(namespace));
     if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
         let path = PathBuf::from(address.trim().trim_start_matches("unix://"));
         let is_socket = path.starts_with(containerd_shim::SOCKET_ROOT)

@@ -16,6 +16,39 @@ use std::time::{Duration, Instant};
 /// How long a helper may take to create a container or start an exec (a hook may be slow).
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A helper's report is `<dir>/.report-<shim pid>-<n>` (written as `….tmp`, then renamed).
+const REPORT_PREFIX: &str = ".report-";
+
+/// Removes the reports of shims that are gone from `dir`: a shim killed while its helper ran
+/// never reads that helper's report (the helper also removes a report it wrote after its shim
+/// died; this catches the one written just before). A running process of the same pid keeps
+/// its files. Used by the cleanup of a dead shim.
+pub fn remove_orphaned_reports(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(REPORT_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !running(pid)
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie not yet reaped has: a shim killed
+/// with SIGKILL stays one until its parent waits for it).
+fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // `pid (comm) S …`: the state follows the last `)` (comm may hold anything).
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
 #[derive(Debug)]
 struct Running<T> {
     report: PathBuf,
@@ -85,7 +118,7 @@ impl<T> Runner<T> {
     /// Starts a helper for `req` with the process's stdio; its exit completes it.
     pub fn start(&mut self, req: &HelperRequest, stdio: [OwnedFd; 3], payload: T) -> Result<i32, RpcError> {
         self.next += 1;
-        let report = self.dir.join(format!(".report-{}-{}", std::process::id(), self.next));
+        let report = self.dir.join(format!("{REPORT_PREFIX}{}-{}", std::process::id(), self.next));
         // The protected view executes as the helper's binary where it can; a file that cannot
         // run from a descriptor closed on exec (a script) runs from its path, as before.
         let spawned = match self.executable() {
@@ -194,6 +227,36 @@ mod tests {
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    #[test]
+    fn reports_of_dead_shims_are_removed_and_a_live_one_s_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        // Exited, not yet waited for.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let undead = zombie.id();
+        while std::fs::read_to_string(format!("/proc/{undead}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let live = std::process::id();
+        for name in [
+            format!(".report-{dead}-1"),
+            format!(".report-{dead}-2.tmp"),
+            format!(".report-{undead}-4"),
+            format!(".report-{live}-3"),
+            "c1".into(),
+        ] {
+            std::fs::write(dir.path().join(name), "{}").unwrap();
+        }
+        remove_orphaned_reports(dir.path());
+        zombie.wait().unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [format!(".report-{live}-3"), "c1".to_string()]);
     }
 
     fn null3() -> [OwnedFd; 3] {

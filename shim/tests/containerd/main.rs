@@ -787,6 +787,18 @@ fn kill_9_of_the_shim_at_each_call_or_of_its_helper_at_each_step_leaves_nothing(
         assert!(c.task(&id).is_none(), "{point}: containerd kept the task\n{said}");
         assert!(!c.ok(&["containers", "ls", "-q"]).lines().any(|l| l == id), "{point}: container kept\n{said}");
         assert!(!c.state_root().join(&id).exists(), "{point}: engine state left behind\n{said}");
+        // Nor anything else there: a helper in flight when its shim died (an exec's) leaves no
+        // report behind, whether it finished before containerd's cleanup or after.
+        let in_root = || -> Vec<String> {
+            std::fs::read_dir(c.state_root())
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !in_root().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(in_root().is_empty(), "{point}: left in the engine's state root: {:?}\n{said}", in_root());
         let rel = format!("{}/{id}", c.namespace());
         for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
             let cgroup = std::path::Path::new(root).join(&rel);
