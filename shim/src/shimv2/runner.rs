@@ -31,22 +31,14 @@ pub fn remove_orphaned_reports(dir: &Path) {
             .to_str()
             .and_then(|n| n.strip_prefix(REPORT_PREFIX))
             .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok());
+            .and_then(|pid| pid.parse::<i32>().ok());
+        // (a zombie counts as gone: a shim killed with SIGKILL stays one until it is waited for)
         if let Some(pid) = pid
-            && !running(pid)
+            && crate::state::process_start_time(pid).is_none()
         {
             let _ = std::fs::remove_file(e.path());
         }
     }
-}
-
-/// Whether process `pid` exists and has not exited (a zombie not yet reaped has: a shim killed
-/// with SIGKILL stays one until its parent waits for it).
-fn running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // `pid (comm) S …`: the state follows the last `)` (comm may hold anything).
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
 }
 
 #[derive(Debug)]

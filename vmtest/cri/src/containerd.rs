@@ -351,15 +351,8 @@ impl Containerd {
     /// Stops containerd (SIGTERM, then SIGKILL after 20 s). Shims and containers stay, as they
     /// do when a node's containerd stops.
     pub fn stop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            // SAFETY: kill(2) with the pid of our own child, which has not been reaped yet.
-            unsafe { libc::kill(d.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while d.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = d.kill();
-            let _ = d.wait();
+        if let Some(d) = self.daemon.take() {
+            terminate(d, Duration::from_secs(20));
         }
     }
 
@@ -399,17 +392,22 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
         // The snapshotter outlives containerd (containerd may call it while it stops).
-        if let Some(mut s) = self.snapshotter.take() {
-            // SAFETY: kill(2) with the pid of our own child, which has not been reaped yet.
-            unsafe { libc::kill(s.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while s.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = s.kill();
-            let _ = s.wait();
+        if let Some(s) = self.snapshotter.take() {
+            terminate(s, Duration::from_secs(10));
         }
     }
+}
+
+/// Stops a daemon we started: SIGTERM, then SIGKILL once `grace` has passed; reaps it.
+fn terminate(mut child: Child, grace: Duration) {
+    // SAFETY: kill(2) with the pid of our own child, which has not been reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
