@@ -31,15 +31,30 @@ cargo +nightly fuzz build "${flags[@]}"
 scratch=$(mktemp -d /tmp/strata-fuzz-XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 mkdir -p artifacts
-total_runs=0
-failed=()
-for t in "${targets[@]}"; do
+# One target per host core at once (libFuzzer runs one thread); results print in target order.
+parallel=${STRATA_FUZZ_JOBS:-$(nproc)}
+fuzz_one() {
+    local t=$1 log="$scratch/$1.log"
     mkdir -p "$scratch/$t" "artifacts/$t"
-    log="$scratch/$t.log"
     # The scratch corpus comes first: libFuzzer writes new inputs to the first directory only.
     if cargo +nightly fuzz run "${flags[@]}" "$t" "$scratch/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then
+        echo ok > "$scratch/$t.status"
+    else
+        echo failed > "$scratch/$t.status"
+    fi
+}
+for t in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do wait -n || true; done
+    fuzz_one "$t" &
+done
+wait
+total_runs=0
+failed=()
+for t in "${targets[@]}"; do
+    log="$scratch/$t.log"
+    if [ "$(cat "$scratch/$t.status" 2>/dev/null)" = ok ]; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
         corpus=$(find "$scratch/$t" "corpus/$t" -type f | wc -l)
         printf 'fuzz %-20s %9s runs in %s s, corpus %s inputs\n' "$t" "${runs:-?}" "$seconds" "$corpus"

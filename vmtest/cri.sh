@@ -140,6 +140,9 @@ for d in /opt/containerd-*; do $d/containerd --version; done
 /opt/runc/runc --version | head -1'
 cmds=("$setup")
 combos=()
+# What each combination took in CI's guests (TCG, one vCPU), in seconds: the guests are
+# balanced by it (longest first, each to the least loaded guest).
+costs=()
 if [ $bench = 1 ]; then
     for s in $suites; do
         v=${version[$s]}
@@ -175,6 +178,8 @@ for s in $suites; do
             case " ${STRATA_CRI_SLOW_SUITES-forky} " in *" $s "*) slow=1 ;; esac ;;
         esac
         case $h in strata*) [ "$must_pass" != 1 ] && tolerate=1 ;; esac
+        case $h in runc) cost=190 ;; strata-sandbox) cost=100 ;; *) cost=85 ;; esac
+        costs+=($(( cost + slow * 170 )))
         cmds+=("mkdir -p results/$combo
 STRATA_CRI=1 STRATA_CRI_CONTAINERD=/opt/containerd-$s/containerd STRATA_CRI_HANDLER=$h \\
 STRATA_CRI_DIR=/run/cri-$combo STRATA_CRI_PATH=/opt/containerd-$s:/opt/strata:/opt/runc:/bin \\
@@ -199,6 +204,7 @@ for run in ${STRATA_CRI_SNAPSHOTTER_RUNS-trixie:strata forky:strata forky:runc};
     combos+=("$combo")
     tolerate=0
     [ "$must_pass" != 1 ] && tolerate=1
+    case $h in runc) costs+=(110) ;; *) costs+=(50) ;; esac
     cmds+=("mkdir -p results/$combo
 STRATA_CRI=1 STRATA_CRI_CONTAINERD=/opt/containerd-$s/containerd STRATA_CRI_HANDLER=$h STRATA_CRI_SNAPSHOTTER=strata \\
 STRATA_CRI_DIR=/run/cri-$combo STRATA_CRI_PATH=/opt/containerd-$s:/opt/strata:/opt/runc:/bin \\
@@ -213,11 +219,21 @@ done
 
 # The combinations run in STRATA_CRI_VMS guests at once (default 2, one per host core), each
 # with one vCPU (see run.sh: a multi-vCPU TCG guest either runs on one host thread or risks
-# an int3 oops at boot); combination k goes to guest k mod N. Each guest has its own share
-# (hard links of this one) and writes its results back here.
+# an int3 oops at boot), the longest first, each to the guest with the least work so far. Each
+# guest has its own share (hard links of this one) and writes its results back here.
 nvm=${STRATA_CRI_VMS:-2}
 [ "$nvm" -ge 1 ] || nvm=1
-[ "$nvm" -le $(( ${#cmds[@]} - 1 )) ] || nvm=$(( ${#cmds[@]} - 1 ))
+[ "$nvm" -le ${#combos[@]} ] || nvm=${#combos[@]}
+load=() guest=()
+for v in $(seq 0 $((nvm - 1))); do load[v]=0; done
+for k in $(for i in "${!costs[@]}"; do echo "${costs[$i]} $i"; done | sort -k1,1rn -k2,2n | cut -d' ' -f2); do
+    best=0
+    for v in $(seq 1 $((nvm - 1))); do
+        if [ "${load[v]}" -lt "${load[best]}" ]; then best=$v; fi
+    done
+    guest[k]=$best
+    load[best]=$(( load[best] + costs[k] ))
+done
 vm_rc=0
 pids=()
 for v in $(seq 0 $((nvm - 1))); do
@@ -225,9 +241,10 @@ for v in $(seq 0 $((nvm - 1))); do
     rm -rf "$vshare" && mkdir -p "$vshare"
     cp -al "$share"/. "$vshare"/
     vcmds=("${cmds[0]}")
-    for k in $(seq 1 $(( ${#cmds[@]} - 1 ))); do
-        [ $(( (k - 1) % nvm )) = "$v" ] && vcmds+=("${cmds[$k]}")
+    for k in "${!combos[@]}"; do
+        [ "${guest[k]}" = "$v" ] && vcmds+=("${cmds[$((k + 1))]}")
     done
+    echo "cri: guest $v: about ${load[v]} s of combinations" >&2
     "$here/run.sh" --share "$vshare" --cpus 1 --mem 3072 --modules "bridge veth" --timeout 1500 "$@" \
         -- "${vcmds[@]}" > "$cache/cri-vm$v.log" 2>&1 &
     pids+=($!)
