@@ -450,6 +450,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Create(_) | Command::Run(_) | Command::Exec(_) | Command::Demo | Command::Image(_)
     ) {
         engine::seal::reexec_sealed().context("protecting the runtime binary")?;
+        if let Some(took) = engine::seal::since_reexec() {
+            tracing::debug!(
+                "step re-execution from a read-only view of the binary: {:.3} ms",
+                took.as_secs_f64() * 1e3
+            );
+        }
     }
     match &cli.command {
         Command::Create(a) => {
