@@ -190,11 +190,19 @@ pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
         profile.default_action(),
         LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog | LinuxSeccompAction::ScmpActTrace
     );
+    // Each name of each rule on each architecture, looked up once: both passes below need them,
+    // and the lookups (a binary search over strings each) were most of a compile's time.
+    let numbers: Vec<Vec<Vec<Option<u32>>>> = profile
+        .syscalls()
+        .iter()
+        .flatten()
+        .map(|r| r.names().iter().map(|name| arches.iter().map(|a| a.syscall_number(name)).collect()).collect())
+        .collect();
     let mut last_named: BTreeMap<Arch, u32> = BTreeMap::new();
     if !permissive && default_action != ENOSYS_ACTION {
-        for name in profile.syscalls().iter().flatten().flat_map(|r| r.names()) {
-            for arch in &arches {
-                if let Some(nr) = arch.syscall_number(name).filter(|nr| *nr != 0) {
+        for per_arch in numbers.iter().flatten() {
+            for (arch, nr) in arches.iter().zip(per_arch) {
+                if let Some(nr) = nr.filter(|nr| *nr != 0) {
                     let last = last_named.entry(*arch).or_insert(nr);
                     *last = (*last).max(nr);
                 }
@@ -226,10 +234,10 @@ pub(crate) fn plan(profile: &LinuxSeccomp) -> Result<Plan, Error> {
         }
         let split = conditions.iter().enumerate().any(|(i, c)| conditions[..i].iter().any(|d| d.index == c.index));
         let mut any_known = false;
-        for name in syscall.names() {
+        for (name, per_arch) in syscall.names().iter().zip(&numbers[r]) {
             let mut known = false;
-            for arch in &arches {
-                let Some(nr) = arch.syscall_number(name) else {
+            for (arch, nr) in arches.iter().zip(per_arch) {
+                let Some(nr) = *nr else {
                     continue;
                 };
                 known = true;
