@@ -6,6 +6,7 @@
 #   bash fuzz/run.sh 5          # 5 s per target (what .ci/run does; 15 s by default)
 #   bash fuzz/run.sh 600        # the long campaign: 10 minutes per target
 #   bash fuzz/run.sh 60 layer_stream image_json   # some targets only
+#   bash fuzz/run.sh --build-only                  # only build them (CI builds beside its tests)
 #
 # Builds with nightly (rustup's), in development mode without a sanitizer: the fuzzed parsers are
 # safe Rust, so what the fuzzer hunts is panics, failed checks, overflows (debug assertions are
@@ -15,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
+build_only=0
+if [ "${1:-}" = --build-only ]; then build_only=1; shift; fi
 seconds=${1:-15}
 shift || true
 targets=("$@")
@@ -27,6 +30,7 @@ rustup toolchain list | grep -q '^nightly' || { echo "fuzz/run.sh: rustup's nigh
 
 flags=(--dev --sanitizer none)
 cargo +nightly fuzz build "${flags[@]}"
+[ $build_only = 0 ] || exit 0
 
 scratch=$(mktemp -d /tmp/strata-fuzz-XXXXXX)
 trap 'rm -rf "$scratch"' EXIT

@@ -381,7 +381,9 @@ mod tests {
         p.push("/tasks/exit", event(7));
         let t = Instant::now();
         p.drive(Instant::now());
-        assert!(t.elapsed() < Duration::from_millis(100), "drive blocked");
+        // Blocking would mean waiting out a connect or an answer (ANSWER_TIMEOUT): the bound is
+        // below that, and far above what a loaded machine takes to fail a connect.
+        assert!(t.elapsed() < ANSWER_TIMEOUT / 2, "drive blocked");
         assert!(p.deadline().is_some(), "a retry is scheduled");
         assert_eq!(p.len(), 1);
         // containerd comes back: the event goes out.
