@@ -27,14 +27,14 @@ impl Bundle {
     pub fn load(dir: &Path) -> Result<Bundle> {
         let dir = std::path::absolute(dir).map_err(|e| Error::io(format!("bundle {}", dir.display()), e))?;
         let file = dir.join("config.json");
-        let started = std::time::Instant::now();
+        let mut steps = crate::container::Steps::new();
         let spec = parse_config(&file)?;
         let rootfs = validate(&file, &dir, &spec)?;
-        let parsed = std::time::Instant::now();
-        tracing::debug!("step config.json read and checked: {:.3} ms", (parsed - started).as_secs_f64() * 1e3);
+        steps.done("config.json read and checked");
         let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             Some(sc) => {
                 let filter = seccomp::compile(sc).map_err(|e| config_error(&file, "linux.seccomp", e.to_string()))?;
+                steps.done("seccomp filter compiled");
                 if filter.uses_notify() && sc.listener_path().is_none() {
                     return Err(config_error(
                         &file,
@@ -46,9 +46,6 @@ impl Bundle {
             }
             None => None,
         };
-        if seccomp.is_some() {
-            tracing::debug!("step seccomp filter compiled: {:.3} ms", parsed.elapsed().as_secs_f64() * 1e3);
-        }
         Ok(Bundle { dir, spec, rootfs, seccomp })
     }
 

@@ -50,19 +50,19 @@ pub struct Created {
 /// Times the steps of a container's start for `--debug`: where strata's time goes, each step's
 /// share against the whole (`strata --debug run`). Costs one clock read per step, and nothing
 /// is formatted unless debug logging is on.
-struct Steps {
+pub(crate) struct Steps {
     first: Instant,
     last: Instant,
     on: bool,
 }
 
 impl Steps {
-    fn new() -> Steps {
+    pub(crate) fn new() -> Steps {
         let now = Instant::now();
         Steps { first: now, last: now, on: tracing::enabled!(tracing::Level::DEBUG) }
     }
 
-    fn done(&mut self, step: &str) {
+    pub(crate) fn done(&mut self, step: &str) {
         if self.on {
             let now = Instant::now();
             tracing::debug!(
