@@ -246,12 +246,17 @@ fn events_report_an_oom_kill() {
     let mut c = TestContainer::new("eventsoom", "sleep 0.5; dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1");
     c.config["linux"]["resources"]["memory"] = json!({"limit": 33554432, "swap": 33554432});
     c.create();
-    let events =
+    let mut events =
         c.strata(&["events", "--interval", "10s", &c.id]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The first statistics line comes once `events` watches memory.events: an OOM kill before
+    // that would be the baseline, not an event (a slow guest once took longer than the fixed
+    // wait this replaced).
+    let mut lines = std::io::BufReader::new(events.stdout.take().unwrap());
+    let mut text = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut text).unwrap();
     c.ok(&["start", &c.id]);
-    let out = events.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    std::io::Read::read_to_string(&mut lines, &mut text).unwrap();
+    events.wait().unwrap();
     assert!(text.lines().any(|l| l == format!("{{\"type\":\"oom\",\"id\":\"{}\"}}", c.id)), "no oom event:\n{text}");
     c.ok(&["delete", &c.id]);
     c.assert_gone(None);
