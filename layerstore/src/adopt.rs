@@ -244,6 +244,13 @@ mod tests {
             let t = dir.path().join(name);
             fs::create_dir_all(t.join("sub")).map_err(io(&t))?;
             fs::write(t.join("sub/same"), "the same content").map_err(io(&t))?;
+            // The pool key holds the mtime: written a clock tick apart, the two would differ.
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+            fs::File::options()
+                .write(true)
+                .open(t.join("sub/same"))
+                .and_then(|f| f.set_modified(when))
+                .map_err(io(&t))?;
             fs::write(t.join("own"), name).map_err(io(&t))?;
             std::os::unix::fs::symlink("/etc/passwd", t.join("link")).map_err(io(&t))?;
             trees.push(t);
