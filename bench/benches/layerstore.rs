@@ -237,10 +237,12 @@ fn disk_set(
 ) -> Result<(), String> {
     let (kept, du) = strata_set(archives, ImportOptions::default())?;
     let (dropped, lean_du) = strata_set(archives, ImportOptions { drop_layer_blobs: true })?;
+    // (each containerd's collector has run to its end before its bytes are counted)
     let ctd = Containerd::start(None)?;
     for a in archives {
         ctd.import(a)?;
     }
+    ctd.collect_garbage("overlayfs")?;
     let containerd = disk_usage(&ctd.root())?;
     drop(ctd);
     let snapshotter = strata_bench::containerd::snapshotter_binary()?;
@@ -250,6 +252,7 @@ fn disk_set(
         for a in archives {
             ctd.import_with(a, "strata", flags)?;
         }
+        ctd.collect_garbage("strata")?;
         Ok((disk_usage(&ctd.root())?, disk_usage(&ctd.snapshotter_store())?))
     };
     let (content, snapshots) = with_snapshotter(&[])?;
@@ -259,6 +262,7 @@ fn disk_set(
         for a in archives {
             ctd.import_with(a, "overlayfs", &discard)?;
         }
+        ctd.collect_garbage("overlayfs")?;
         let overlay = disk_usage(&ctd.root())?;
         drop(ctd);
         Some((overlay, with_snapshotter(&discard)?))

@@ -12,58 +12,14 @@
 //! exec of `/bin/true` — so that strata/floor says how much of strata's time is its own.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use strata_bench::{BusyboxBundle, Runtime, median, run_once, runtimes};
+use strata_bench::{BusyboxBundle, Runtime, floor_command, median, run_once, runtimes, unshare_flags};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn next_id(rt: &Runtime) -> String {
     format!("bench-{}-{}-{}", rt.name, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
-}
-
-/// `unshare` flags for the namespaces of the bundle's config.
-fn unshare_flags(bundle: &Path) -> Vec<&'static str> {
-    let config: serde_json::Value = std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let kinds: Vec<String> = config["linux"]["namespaces"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|n| n["type"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    let flag = |k: &str| match k {
-        "pid" => Some("--pid"),
-        "network" => Some("--net"),
-        "ipc" => Some("--ipc"),
-        "uts" => Some("--uts"),
-        "mount" => Some("--mount"),
-        "cgroup" => Some("--cgroup"),
-        "user" => Some("--user"),
-        "time" => Some("--time"),
-        _ => None,
-    };
-    kinds.iter().filter_map(|k| flag(k)).collect()
-}
-
-/// One floor start: `unshare FLAGS --fork chroot ROOTFS /bin/true`; its wall time.
-fn floor_once(flags: &[&str], rootfs: &Path) -> Result<Duration, String> {
-    let t = Instant::now();
-    let status = Command::new("unshare")
-        .args(flags)
-        .arg("--fork")
-        .arg("chroot")
-        .arg(rootfs)
-        .arg("/bin/true")
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("unshare: {e}"))?;
-    if !status.success() {
-        return Err(format!("unshare ... chroot ... /bin/true: {status}"));
-    }
-    Ok(t.elapsed())
 }
 
 fn startup(c: &mut Criterion) {
@@ -81,7 +37,18 @@ fn startup(c: &mut Criterion) {
     }
     let flags = unshare_flags(bundle.path());
     let rootfs = bundle.path().join("rootfs");
-    let floor_works = match floor_once(&flags, &rootfs) {
+    let floor_once = || -> Result<Duration, String> {
+        let t = Instant::now();
+        let status = floor_command(&flags, &rootfs, &["/bin/true"])
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("unshare: {e}"))?;
+        if !status.success() {
+            return Err(format!("unshare ... chroot ... /bin/true: {status}"));
+        }
+        Ok(t.elapsed())
+    };
+    let floor_works = match floor_once() {
         Ok(_) => true,
         Err(e) => {
             eprintln!("startup: floor unavailable: {e}");
@@ -96,7 +63,7 @@ fn startup(c: &mut Criterion) {
             times[i].push(t);
         }
         if floor_works {
-            floor.push(floor_once(&flags, &rootfs).unwrap_or_else(|e| panic!("{e}")));
+            floor.push(floor_once().unwrap_or_else(|e| panic!("{e}")));
         }
     }
     let medians: Vec<Duration> = times.iter_mut().map(|t| median(t)).collect();

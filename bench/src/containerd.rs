@@ -271,6 +271,33 @@ impl Containerd {
         }
     }
 
+    /// Runs containerd's garbage collection to its end: what was released (the layer blobs of
+    /// `--discard-unpacked-layers`) goes now rather than at the collector's next scheduled pass.
+    /// A small image is imported into `snapshotter` and removed with `--sync`, which waits for the
+    /// collection that removal starts.
+    pub fn collect_garbage(&self, snapshotter: &str) -> Result<(), String> {
+        const TRIGGER: &str = "docker.io/library/strata-gc-trigger:latest";
+        let archive = self.dir.path().join("gc-trigger.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/containerd/make-image.sh");
+        let out = Command::new("sh")
+            .arg(&script)
+            .arg(&archive)
+            .arg(TRIGGER)
+            .output()
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!("{}: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        self.import_into(&archive, snapshotter)?;
+        let out = self.ctr(&["images", "rm", "--sync", TRIGGER])?;
+        let _ = std::fs::remove_file(&archive);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ctr images rm --sync: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
     /// Builds the busybox image archive (shim/tests/containerd/make-image.sh) and imports it as
     /// [`BUSYBOX_IMAGE`].
     pub fn import_busybox(&self) -> Result<(), String> {

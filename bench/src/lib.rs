@@ -184,6 +184,38 @@ pub fn runtime_command(rt: &Runtime, root: &Path) -> Command {
     cmd
 }
 
+/// util-linux `unshare` flags for the namespaces of the bundle's `config.json`.
+pub fn unshare_flags(bundle: &Path) -> Vec<&'static str> {
+    let config: serde_json::Value = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let kinds: Vec<String> = config["linux"]["namespaces"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n["type"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let flag = |k: &str| match k {
+        "pid" => Some("--pid"),
+        "network" => Some("--net"),
+        "ipc" => Some("--ipc"),
+        "uts" => Some("--uts"),
+        "mount" => Some("--mount"),
+        "cgroup" => Some("--cgroup"),
+        "user" => Some("--user"),
+        "time" => Some("--time"),
+        _ => None,
+    };
+    kinds.iter().filter_map(|k| flag(k)).collect()
+}
+
+/// The start-time floor: the bare kernel work of a container start without a runtime,
+/// `unshare FLAGS --fork chroot ROOTFS ARGV...` (no mounts, cgroup, capabilities or seccomp).
+pub fn floor_command(flags: &[&str], rootfs: &Path, argv: &[&str]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(flags).arg("--fork").arg("chroot").arg(rootfs).args(argv);
+    cmd
+}
+
 /// One `run` of the bundle (create, start, wait, delete) with `rt`; returns the wall time.
 pub fn run_once(rt: &Runtime, bundle: &Path, state_root: &Path, id: &str) -> Result<Duration, String> {
     let mut cmd = runtime_command(rt, state_root);

@@ -9,13 +9,26 @@
 //! their own inode. The tree must not be written while it is adopted, and never after: a pooled
 //! inode is shared by every tree that holds it, so it must only be read (overlayfs lower layers
 //! and read-only views are).
+//!
+//! A file whose content is pooled under other metadata (a rebuilt layer's file with a new mtime,
+//! mode or owner) cannot share that inode. Given a [`DataLayer`], such a file of at least
+//! [`STUB_MIN`] bytes becomes a metadata-only file instead: an empty (sparse) file with its own
+//! mode, owner, times and size whose overlayfs xattrs (`trusted.overlay.metacopy`, and
+//! `trusted.overlay.redirect` = `/<sha256>`) send reads to `<sha256>` in the data layer, a
+//! directory holding a hardlink to the pooled inode. Mounted with that directory as a data-only
+//! lower layer (`lowerdir=TREE::DATA`, Linux 6.16 and later without `metacopy=on`), the file reads
+//! as the original; the kernel follows such redirects only into data-only layers, so a crafted
+//! xattr reaches nothing but the content those layers already hold.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, fstat, openat, renameat};
@@ -33,26 +46,117 @@ pub struct AdoptStats {
     pub shared: u64,
     /// Their bytes (what file dedup saved).
     pub shared_bytes: u64,
+    /// Files that now read their data from the data layer (metadata-only files).
+    pub stubbed: u64,
+    /// Their bytes (what sharing data under other metadata saved).
+    pub stubbed_bytes: u64,
+}
+
+/// The smallest file made metadata-only: its xattrs may not fit in the inode (ext4 with 256-byte
+/// inodes gives them a 4 KiB block), so smaller files would save little or nothing.
+pub const STUB_MIN: u64 = 8192;
+
+/// Pooled files of at least [`STUB_MIN`] bytes by content hash (the first key seen for each): how
+/// a file that differs from a pooled one only in its metadata finds it. Filled from the pool at
+/// first use, then by each adoption; a stale entry (its pool file gone) is dropped when met.
+#[derive(Debug, Default)]
+pub struct ContentIndex {
+    by_hash: Mutex<Option<HashMap<String, String>>>,
+}
+
+impl ContentIndex {
+    /// An index, empty until first used.
+    pub fn new() -> ContentIndex {
+        ContentIndex::default()
+    }
+
+    /// The pool key of other pooled content with this hash, or None after recording `key` as it.
+    fn other_or_insert(&self, pool: &OwnedFd, hash: &str, key: &str) -> rustix::io::Result<Option<String>> {
+        let mut guard = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(load_index(pool)?);
+        }
+        let map = guard.get_or_insert_with(HashMap::new);
+        match map.get(hash) {
+            Some(k) if k != key => Ok(Some(k.clone())),
+            Some(_) => Ok(None),
+            None => {
+                map.insert(hash.to_string(), key.to_string());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Forgets `hash` if it still names `key` (whose pool file is gone).
+    fn forget(&self, hash: &str, key: &str) {
+        let mut guard = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(map) = guard.as_mut()
+            && map.get(hash).is_some_and(|k| k == key)
+        {
+            map.remove(hash);
+        }
+    }
+}
+
+/// The pool's files of at least [`STUB_MIN`] bytes by hash (the key's first 64 characters).
+fn load_index(pool: &OwnedFd) -> rustix::io::Result<HashMap<String, String>> {
+    let mut map = HashMap::new();
+    for (name, ty) in read_names(pool)? {
+        let Ok(key) = name.into_string() else { continue };
+        if key.len() < 65 || key.as_bytes()[64] != b'-' || !matches!(ty, FileType::RegularFile) {
+            continue;
+        }
+        let st = rustix::fs::statat(pool, key.as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        if (st.st_size as u64) >= STUB_MIN {
+            map.entry(key[..64].to_string()).or_insert(key);
+        }
+    }
+    Ok(map)
+}
+
+/// Where adopting a tree may leave metadata-only files: the tree's data layer (created at the
+/// first) and the index that finds pooled content by hash.
+#[derive(Debug)]
+pub struct DataLayer<'a> {
+    /// The data-only lower layer of the tree's mounts: `<sha256>` hardlinks to pooled inodes.
+    pub dir: &'a Path,
+    /// Pooled content by hash.
+    pub index: &'a ContentIndex,
+}
+
+/// How [`link_new`] left a file.
+enum Linked {
+    /// It is the pool's file for its key now (the key was new).
+    New,
+    /// It was replaced by the pool's inode for its key.
+    Shared,
+    /// It keeps its own inode, out of the pool (another file system, too many links).
+    Own,
 }
 
 /// Hardlinks `name` in `dir` to the pool's inode for `key`, or adds it to the pool under `key`.
 /// Returns whether it now shares an inode that was already pooled; `Ok(false)` also when the pool
 /// cannot hold it (another file system, too many links), where it keeps its own inode.
 pub(crate) fn link_pooled(pool: &OwnedFd, dir: &OwnedFd, name: &OsStr, key: &str) -> rustix::io::Result<bool> {
+    Ok(matches!(link_new(pool, dir, name, key)?, Linked::Shared))
+}
+
+/// [`link_pooled`], saying whether the key was new.
+fn link_new(pool: &OwnedFd, dir: &OwnedFd, name: &OsStr, key: &str) -> rustix::io::Result<Linked> {
     match rustix::fs::linkat(dir, name, pool, key, AtFlags::empty()) {
-        Ok(()) => return Ok(false),
+        Ok(()) => return Ok(Linked::New),
         Err(Errno::EXIST) => {}
-        Err(Errno::XDEV) | Err(Errno::PERM) | Err(Errno::MLINK) => return Ok(false),
+        Err(Errno::XDEV) | Err(Errno::PERM) | Err(Errno::MLINK) => return Ok(Linked::Own),
         Err(e) => return Err(e),
     }
     let tmp = unique_name(".strata-pool-");
     match rustix::fs::linkat(pool, key, dir, tmp.as_str(), AtFlags::empty()) {
         Ok(()) => {}
-        Err(Errno::MLINK) => return Ok(false),
+        Err(Errno::MLINK) => return Ok(Linked::Own),
         Err(e) => return Err(e),
     }
     renameat(dir, tmp.as_str(), dir, name)?;
-    Ok(true)
+    Ok(Linked::Shared)
 }
 
 /// The pool key of a file: content hash, permission bits, owner, mtime (nanoseconds only when
@@ -80,7 +184,16 @@ impl Store {
     /// root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so no descriptor is held per
     /// pending directory); then the machine's cores hash and link them, a directory at a time.
     pub fn adopt_tree(&self, dir: &Path) -> Result<AdoptStats> {
+        self.adopt_tree_with(dir, None)
+    }
+
+    /// [`Store::adopt_tree`], making files whose content is pooled under other metadata
+    /// metadata-only files that read it from `data` (see the module documentation).
+    pub fn adopt_tree_with(&self, dir: &Path, data: Option<&DataLayer<'_>>) -> Result<AdoptStats> {
         let _lock = self.lock(false)?;
+        // The data layer's directory, opened (created) at the first metadata-only file.
+        let data_dir: OnceLock<rustix::io::Result<OwnedFd>> = OnceLock::new();
+        let stubs = data.map(|d| Stubs { layer: d, dir: &data_dir });
         let open = |p: &Path| {
             rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                 .map_err(|e| Error::io("open", p)(e.into()))
@@ -118,7 +231,7 @@ impl Store {
                                 open_beneath(&root, rel).map_err(|e| Error::io("open", dir.join(rel))(e.into()))?;
                             for name in files {
                                 let name = OsStr::from_bytes(name.to_bytes());
-                                if adopt_file(&pool, &fd, name, &mut buf, &mut stats)
+                                if adopt_file(&pool, &fd, name, &mut buf, &mut stats, stubs.as_ref())
                                     .map_err(|e| Error::io("pool", dir.join(rel).join(name))(e))?
                                 {
                                     stats.files += 1;
@@ -137,6 +250,8 @@ impl Store {
             total.files += r.files;
             total.shared += r.shared;
             total.shared_bytes += r.shared_bytes;
+            total.stubbed += r.stubbed;
+            total.stubbed_bytes += r.stubbed_bytes;
         }
         Ok(total)
     }
@@ -185,6 +300,7 @@ fn adopt_file(
     name: &OsStr,
     buf: &mut [u8],
     stats: &mut AdoptStats,
+    stubs: Option<&Stubs<'_, '_>>,
 ) -> std::io::Result<bool> {
     let fd = openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())?;
     let st = fstat(&fd)?;
@@ -211,20 +327,111 @@ fn adopt_file(
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    let key = pool_key(
-        hasher.finish().hex(),
-        st.st_mode,
-        st.st_uid.into(),
-        st.st_gid.into(),
-        st.st_mtime,
-        st.st_mtime_nsec as i64,
-    );
+    let digest = hasher.finish();
+    let hash = digest.hex();
+    let key = pool_key(hash, st.st_mode, st.st_uid.into(), st.st_gid.into(), st.st_mtime, st.st_mtime_nsec as i64);
     drop(file);
-    if link_pooled(pool, dir, name, &key)? {
-        stats.shared += 1;
-        stats.shared_bytes += size;
+    match link_new(pool, dir, name, &key)? {
+        Linked::Shared => {
+            stats.shared += 1;
+            stats.shared_bytes += size;
+        }
+        Linked::New if size >= STUB_MIN => {
+            if let Some(stubs) = stubs
+                && let Some(other) = stubs.layer.index.other_or_insert(pool, hash, &key)?
+            {
+                if stubs.make(pool, dir, name, &st, hash, &other)? {
+                    // The pool's new key held only this file's old inode.
+                    let _ = rustix::fs::unlinkat(pool, key.as_str(), AtFlags::empty());
+                    stats.stubbed += 1;
+                    stats.stubbed_bytes += size;
+                } else {
+                    stubs.layer.index.forget(hash, &other);
+                }
+            }
+        }
+        Linked::New | Linked::Own => {}
     }
     Ok(true)
+}
+
+/// The overlayfs xattrs of a metadata-only file.
+const METACOPY: &str = "trusted.overlay.metacopy";
+const REDIRECT: &str = "trusted.overlay.redirect";
+
+/// Makes metadata-only files of one tree.
+struct Stubs<'l, 'd> {
+    layer: &'l DataLayer<'l>,
+    dir: &'d OnceLock<rustix::io::Result<OwnedFd>>,
+}
+
+impl Stubs<'_, '_> {
+    fn data_dir(&self) -> rustix::io::Result<&OwnedFd> {
+        self.dir
+            .get_or_init(|| {
+                match rustix::fs::mkdir(self.layer.dir, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e),
+                }
+                rustix::fs::open(self.layer.dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            })
+            .as_ref()
+            .map_err(|e| *e)
+    }
+
+    /// Replaces `name` (with metadata `st`, content `hash`) by a metadata-only file reading the
+    /// pool's inode `other` through the data layer. Returns false, leaving `name` as it was,
+    /// when that pool file is gone or holds no more links.
+    fn make(
+        &self,
+        pool: &OwnedFd,
+        dir: &OwnedFd,
+        name: &OsStr,
+        st: &rustix::fs::Stat,
+        hash: &str,
+        other: &str,
+    ) -> std::io::Result<bool> {
+        let data = self.data_dir()?;
+        // The reference first: a crash leaves at worst an unused link, never a dangling redirect.
+        match rustix::fs::linkat(pool, other, data, hash, AtFlags::empty()) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(Errno::NOENT) | Err(Errno::MLINK) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let tmp = unique_name(".strata-stub-");
+        let made = (|| -> rustix::io::Result<()> {
+            let fd = openat(
+                dir,
+                tmp.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            )?;
+            // (after the chown, which clears set-id bits)
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+            rustix::fs::ftruncate(&fd, st.st_size as u64)?;
+            rustix::fs::fsetxattr(&fd, METACOPY, b"", rustix::fs::XattrFlags::CREATE)?;
+            rustix::fs::fsetxattr(&fd, REDIRECT, format!("/{hash}").as_bytes(), rustix::fs::XattrFlags::CREATE)?;
+            let ts = |sec: i64, nsec: i64| rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+            rustix::fs::futimens(
+                &fd,
+                &rustix::fs::Timestamps {
+                    last_access: ts(st.st_atime, st.st_atime_nsec as i64),
+                    last_modification: ts(st.st_mtime, st.st_mtime_nsec as i64),
+                },
+            )?;
+            renameat(dir, tmp.as_str(), dir, name)
+        })();
+        if let Err(e) = made {
+            let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+            return Err(e.into());
+        }
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -258,9 +465,9 @@ mod tests {
         // a file with other links keeps them: linking one name into the pool would split them
         fs::hard_link(trees[1].join("own"), trees[1].join("own2")).map_err(io(&trees[1]))?;
         let first = store.adopt_tree(&trees[0])?;
-        assert_eq!(first, AdoptStats { files: 2, shared: 0, shared_bytes: 0 });
+        assert_eq!(first, AdoptStats { files: 2, ..AdoptStats::default() });
         let second = store.adopt_tree(&trees[1])?;
-        assert_eq!(second, AdoptStats { files: 1, shared: 1, shared_bytes: 16 });
+        assert_eq!(second, AdoptStats { files: 1, shared: 1, shared_bytes: 16, ..AdoptStats::default() });
         let meta = |p: PathBuf| fs::symlink_metadata(&p).map_err(io(&p));
         assert_eq!(meta(trees[0].join("sub/same"))?.ino(), meta(trees[1].join("sub/same"))?.ino());
         assert_eq!(meta(trees[1].join("own"))?.nlink(), 2, "the hardlinked pair changed");

@@ -413,7 +413,9 @@ impl Store {
                 info["key"].as_str().unwrap_or("?"),
                 entry.file_name().to_string_lossy()
             );
-            match check_tree_files(&entry.path().join("fs"), &label, pooled, r) {
+            let checked = check_tree_files(&entry.path().join("fs"), &label, pooled, r)
+                .and_then(|damaged| Ok(check_data_layer(&entry.path().join("data"), &label, pooled, r)? || damaged));
+            match checked {
                 Ok(damaged) => {
                     r.containerd_snapshots_checked += 1;
                     if damaged && repair {
@@ -428,6 +430,42 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Checks the data layer of a containerd snapshot (see [`crate::DataLayer`]): each `<sha256>` in
+/// it must be the pool's inode of that content, which its metadata-only files read. Returns
+/// whether one was not.
+fn check_data_layer(
+    dir: &Path,
+    name: &str,
+    pooled: &HashMap<(u64, u64), (String, bool)>,
+    r: &mut FsckReport,
+) -> Result<bool> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("read directory", dir)(e)),
+    };
+    let problems_before = r.problems.len();
+    for entry in entries {
+        let entry = entry.map_err(Error::io("read directory", dir))?;
+        let meta = entry.metadata().map_err(Error::io("stat", entry.path()))?;
+        let hash = entry.file_name().to_string_lossy().into_owned();
+        let problem =
+            |reason| FsckProblem::SnapshotFile { snapshot: name.to_string(), path: format!("data/{hash}"), reason };
+        match pooled.get(&(meta.dev(), meta.ino())) {
+            Some((key, good)) if key.strip_prefix(hash.as_str()).is_some_and(|rest| rest.starts_with('-')) => {
+                r.files_checked += 1;
+                if !good {
+                    r.problems.push(problem(
+                        "its content no longer matches its name: the metadata-only files that read it read other data",
+                    ));
+                }
+            }
+            _ => r.problems.push(problem("it is not the pool's file of that content")),
+        }
+    }
+    Ok(r.problems.len() > problems_before)
 }
 
 /// Checks every regular file under `root` against the pool file it is linked to (see

@@ -121,15 +121,19 @@ impl snapshots_server::Snapshots for Service {
     async fn commit(&self, r: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
         let r = r.into_inner();
         let name = r.name.clone();
-        let (tree, store) = self
+        let (adopt, store) = self
             .with(move |s| {
-                let tree = s.commit(&r.name, &r.key, labels(r.labels))?;
-                Ok((tree, s.store().clone()))
+                let adopt = s.commit(&r.name, &r.key, labels(r.labels))?;
+                Ok((adopt, s.store().clone()))
             })
             .await?;
         // The commit stands whatever happens here: a tree left out of the pool is only not
         // deduplicated.
-        let adopted = tokio::task::spawn_blocking(move || store.adopt_tree(&tree)).await;
+        let adopted = tokio::task::spawn_blocking(move || {
+            let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
+            store.adopt_tree_with(&adopt.tree, data.as_ref())
+        })
+        .await;
         match adopted {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => eprintln!("strata-snapshotter: commit {name:?}: its files stay out of the pool: {e}"),

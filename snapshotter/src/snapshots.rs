@@ -7,6 +7,8 @@
 //! snapshots/<id>/info.json  key, parent, kind, labels, times, usage (written by rename)
 //! snapshots/<id>/fs       the snapshot's tree (an overlay upper layer, or a plain tree)
 //! snapshots/<id>/work     overlayfs' work directory of an active snapshot
+//! snapshots/<id>/data     a committed snapshot's data layer: hardlinks to pooled inodes its
+//!                         metadata-only files read (see below)
 //! tmp/<id>                snapshots being made or removed; cleared at start and by Cleanup
 //! ```
 //!
@@ -15,6 +17,14 @@
 //! leftovers in `tmp/` go at the next start). A commit rewrites `info.json` by rename; only then
 //! are its files adopted into the layer store's content pool (shared inodes are never written:
 //! committed snapshots are mounted as overlay lower layers or read-only views).
+//!
+//! Where the kernel follows redirects into data-only lower layers without `metacopy=on` (Linux
+//! 6.16 and later; probed at start), a committed file whose content is pooled under other
+//! metadata (a rebuilt layer's file with a new mtime) becomes a metadata-only file reading the
+//! pooled inode through the snapshot's `data` directory ([`layerstore::DataLayer`]); every mount
+//! of a chain holding such a directory lists it as a data-only lower layer (`lowerdir=…::DATA`).
+//! Copy-ups from such files are whole (no `metacopy=on`), so an active snapshot's tree never holds
+//! one the kernel made.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -23,7 +33,9 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use layerstore::Store;
+use std::sync::Arc;
+
+use layerstore::{ContentIndex, Store};
 use serde::{Deserialize, Serialize};
 
 /// The kind of a snapshot, as containerd names them.
@@ -153,7 +165,18 @@ pub struct Snapshots {
     dir: PathBuf,
     by_key: HashMap<String, Info>,
     next_id: u64,
+    /// Pooled content by hash, when committed files may become metadata-only.
+    index: Option<Arc<ContentIndex>>,
     _lock: fs::File,
+}
+
+/// What a commit leaves to adopt into the pool (outside the snapshots' lock).
+#[derive(Debug)]
+pub struct Adopt {
+    /// The committed tree.
+    pub tree: PathBuf,
+    /// Its data layer and the content index, when its files may become metadata-only.
+    pub data: Option<(PathBuf, Arc<ContentIndex>)>,
 }
 
 impl Snapshots {
@@ -176,8 +199,11 @@ impl Snapshots {
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(Error::Busy(lock_path));
         }
-        let mut s = Snapshots { store, dir, by_key: HashMap::new(), next_id: 1, _lock: lock };
+        let mut s = Snapshots { store, dir, by_key: HashMap::new(), next_id: 1, index: None, _lock: lock };
         s.cleanup()?;
+        if data_layers_work(&s.dir.join("tmp")) {
+            s.index = Some(Arc::new(ContentIndex::new()));
+        }
         let snaps = s.dir.join("snapshots");
         for entry in fs::read_dir(&snaps).map_err(io_err("read directory", &snaps))? {
             let entry = entry.map_err(io_err("read directory", &snaps))?;
@@ -199,6 +225,11 @@ impl Snapshots {
     /// The layer store whose pool committed snapshots share.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Whether committed files may become metadata-only (the kernel passed the probe at open).
+    pub fn metadata_only_files(&self) -> bool {
+        self.index.is_some()
     }
 
     fn path(&self, id: u64) -> PathBuf {
@@ -275,53 +306,68 @@ impl Snapshots {
         self.mounts(key)
     }
 
+    /// The data layer of snapshot `id`, if it has one.
+    fn data_layer(&self, id: u64) -> Option<String> {
+        let d = self.path(id).join("data");
+        d.is_dir().then(|| d.display().to_string())
+    }
+
     /// The mounts of snapshot `key`.
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let info = self.get(key)?;
+        // The committed snapshots it shows, top first, with their data layers.
         let mut lowers = Vec::new();
+        let mut data = Vec::new();
+        if info.kind == Kind::Committed {
+            lowers.push(self.fs_path(info.id).display().to_string());
+            data.extend(self.data_layer(info.id));
+        }
         let mut p = info.parent.as_str();
         while !p.is_empty() {
             let parent = self.get(p)?;
             lowers.push(self.fs_path(parent.id).display().to_string());
+            data.extend(self.data_layer(parent.id));
             p = parent.parent.as_str();
         }
-        let own = self.fs_path(info.id).display().to_string();
-        let bind =
-            |source: String, mode: &str| Mount { kind: "bind", source, options: vec!["rbind".into(), mode.into()] };
+        // `lowerdir=L1:L2::D1::D2`: the data layers only supply metadata-only files' data.
+        let lowerdir = || {
+            let mut s = format!("lowerdir={}", lowers.join(":"));
+            for d in &data {
+                s.push_str("::");
+                s.push_str(d);
+            }
+            s
+        };
+        let bind = |source: &str, mode: &str| Mount {
+            kind: "bind",
+            source: source.into(),
+            options: vec!["rbind".into(), mode.into()],
+        };
+        let read_only = || Mount { kind: "overlay", source: "overlay".into(), options: vec![lowerdir()] };
         Ok(vec![match info.kind {
-            Kind::Active if lowers.is_empty() => bind(own, "rw"),
+            Kind::Active if lowers.is_empty() => bind(&self.fs_path(info.id).display().to_string(), "rw"),
             Kind::Active => Mount {
                 kind: "overlay",
                 source: "overlay".into(),
                 options: vec![
                     "index=off".into(),
                     format!("workdir={}", self.path(info.id).join("work").display()),
-                    format!("upperdir={own}"),
-                    format!("lowerdir={}", lowers.join(":")),
+                    format!("upperdir={}", self.fs_path(info.id).display()),
+                    lowerdir(),
                 ],
             },
-            // A view, or a committed snapshot seen as one: read-only.
-            _ if lowers.is_empty() => bind(own, "ro"),
-            _ if lowers.len() == 1 && info.kind == Kind::View => bind(lowers.remove(0), "ro"),
-            Kind::Committed => {
-                lowers.insert(0, own);
-                Mount {
-                    kind: "overlay",
-                    source: "overlay".into(),
-                    options: vec![format!("lowerdir={}", lowers.join(":"))],
-                }
-            }
-            _ => Mount {
-                kind: "overlay",
-                source: "overlay".into(),
-                options: vec![format!("lowerdir={}", lowers.join(":"))],
-            },
+            // A view, or a committed snapshot seen as one: read-only. One tree without a data
+            // layer is a bind mount; the kernel wants two lower layers for an overlay without an
+            // upper one, or one and a data layer.
+            Kind::View if lowers.is_empty() => bind(&self.fs_path(info.id).display().to_string(), "ro"),
+            _ if lowers.len() == 1 && data.is_empty() => bind(&lowers[0], "ro"),
+            _ => read_only(),
         }])
     }
 
     /// Turns the active snapshot `key` into the committed snapshot `name`. Returns the tree to
     /// adopt into the pool (the caller does it without holding these snapshots).
-    pub fn commit(&mut self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<PathBuf> {
+    pub fn commit(&mut self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<Adopt> {
         if name.is_empty() {
             return Err(Error::InvalidArgument("the committed snapshot's name is empty".into()));
         }
@@ -342,9 +388,10 @@ impl Snapshots {
         info.labels = labels;
         info.updated = Time::now();
         write_info(&self.path(info.id), &info)?;
+        let data = self.index.as_ref().map(|index| (self.path(info.id).join("data"), index.clone()));
         self.by_key.remove(key);
         self.by_key.insert(name.to_string(), info);
-        Ok(fs_path)
+        Ok(Adopt { tree: fs_path, data })
     }
 
     /// Removes snapshot `key` (refused while a snapshot is above it). Returns the directory the
@@ -413,6 +460,58 @@ impl Snapshots {
         }
         Ok(())
     }
+}
+
+/// Whether the kernel reads a metadata-only file's data from a data-only lower layer without
+/// `metacopy=on` (Linux 6.16 and later): one file tried in a scratch directory under `tmp`, which
+/// goes again whatever happens.
+fn data_layers_work(tmp: &Path) -> bool {
+    let dir = tmp.join(format!("probe-{}", std::process::id()));
+    let merged = dir.join("merged");
+    let tried = (|| -> io::Result<bool> {
+        for d in ["tree", "data", "merged"] {
+            fs::create_dir_all(dir.join(d))?;
+        }
+        let content = b"strata data layer probe";
+        fs::write(dir.join("data/probe"), content)?;
+        let stub = fs::File::create(dir.join("tree/file"))?;
+        stub.set_len(content.len() as u64)?;
+        drop(stub);
+        xattr_set(&dir.join("tree/file"), "trusted.overlay.metacopy", b"")?;
+        xattr_set(&dir.join("tree/file"), "trusted.overlay.redirect", b"/probe")?;
+        let options = format!("lowerdir={}::{}", dir.join("tree").display(), dir.join("data").display());
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some(options.as_str()),
+        )
+        .map_err(io::Error::from)?;
+        let read = fs::read(merged.join("file"));
+        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+        Ok(read? == content)
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    match tried {
+        Ok(works) => works,
+        Err(e) => {
+            eprintln!(
+                "strata-snapshotter: the kernel does not read data-only overlay layers without metacopy=on ({e}): \
+                 committed files share data only as whole inodes"
+            );
+            false
+        }
+    }
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let c = |s: &[u8]| std::ffi::CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let (p, n) = (c(path.as_os_str().as_encoded_bytes())?, c(name.as_bytes())?);
+    // SAFETY: both strings are NUL-terminated and outlive the call; `value` is a valid slice of
+    // `value.len()` bytes.
+    let r = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 fn write_info(dir: &Path, info: &Info) -> Result<()> {
@@ -530,6 +629,131 @@ mod tests {
         assert_eq!(s.all().count(), 1);
         assert_eq!(s.get("l1")?.labels, labels(&[("b", "2")]));
         assert_eq!(s.usage("l1")?, l1.usage.unwrap_or_default());
+        Ok(())
+    }
+
+    /// Unmounts on drop, also when the test fails.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    fn mount(m: &Mount, target: &Path) -> Mounted {
+        let data = m.options.iter().filter(|o| !matches!(o.as_str(), "rbind" | "ro" | "rw")).cloned();
+        let data = data.collect::<Vec<_>>().join(",");
+        nix::mount::mount(
+            Some(m.source.as_str()),
+            target,
+            Some(m.kind),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mount {m:?}: {e}"));
+        Mounted(target.to_path_buf())
+    }
+
+    /// Linux 6.16 or later (data-only overlay layers without metacopy=on).
+    fn kernel_reads_data_layers() -> bool {
+        let release =
+            nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+        let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+        (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 16)
+    }
+
+    #[test]
+    fn a_rebuilt_layer_s_file_reads_its_data_through_the_data_layer() -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().map_err(io_err("tempdir", Path::new("/tmp")))?;
+        let mut s = Snapshots::open(dir.path())?;
+        if !kernel_reads_data_layers() {
+            eprintln!("skipped: this kernel needs metacopy=on for data-only overlay layers (before 6.16)");
+            assert!(!s.metadata_only_files(), "the probe passed on a kernel before 6.16");
+            return Ok(());
+        }
+        assert!(s.metadata_only_files(), "the data layer probe failed on this kernel");
+        let content: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut hasher = layerstore::Hasher::new(layerstore::Algorithm::Sha256);
+        hasher.update(&content);
+        let hash = hasher.finish().hex().to_string();
+        // the same files, built twice: another mtime and mode for the big one
+        let mut trees = Vec::new();
+        for (n, mtime, mode) in [(1, 1_700_000_000u64, 0o644), (2, 1_700_086_400, 0o600)] {
+            let key = format!("extract-{n}");
+            s.prepare(Kind::Active, &key, "", BTreeMap::new())?;
+            let tree = s.fs_path(s.get(&key)?.id);
+            let big = tree.join("etc/big");
+            fs::create_dir_all(tree.join("etc")).map_err(io_err("mkdir", &tree))?;
+            fs::write(&big, &content).map_err(io_err("write", &big))?;
+            fs::write(tree.join("small"), "small").map_err(io_err("write", &tree))?;
+            fs::set_permissions(&big, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &big))?;
+            let when = UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+            for f in [big.clone(), tree.join("small")] {
+                fs::File::options()
+                    .write(true)
+                    .open(&f)
+                    .and_then(|f| f.set_modified(when))
+                    .map_err(io_err("utime", &f))?;
+            }
+            let adopt = s.commit(&format!("base{n}"), &key, BTreeMap::new())?;
+            let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
+            let stats = s.store().adopt_tree_with(&adopt.tree, data.as_ref())?;
+            // the small file keeps its own data; the second big one shares the first's
+            assert_eq!((stats.files, stats.stubbed, stats.stubbed_bytes), (2, n - 1, (n - 1) * 20_000), "{stats:?}");
+            trees.push(tree);
+        }
+        let meta = |p: &Path| fs::symlink_metadata(p).map_err(io_err("stat", p));
+        // (no data blocks; the file system may give its xattrs a block of their own)
+        let stub = meta(&trees[1].join("etc/big"))?;
+        assert_eq!((stub.len(), stub.mode() & 0o7777), (20_000, 0o600));
+        assert!(stub.blocks() * 512 <= 4096, "{} blocks", stub.blocks());
+        assert_eq!(stub.mtime(), 1_700_086_400);
+        let data = s.path(s.get("base2")?.id).join("data");
+        assert_eq!(meta(&data.join(&hash))?.ino(), meta(&trees[0].join("etc/big"))?.ino());
+        assert!(!s.path(s.get("base1")?.id).join("data").exists(), "the first build made a data layer");
+
+        // a view of it lists the data layer; read through it, the file is the original
+        let m = s.prepare(Kind::View, "look", "base2", BTreeMap::new())?;
+        let want = format!("lowerdir={}::{}", trees[1].display(), data.display());
+        assert_eq!((m[0].kind, &m[0].options), ("overlay", &vec![want.clone()]));
+        let target = dir.path().join("view");
+        fs::create_dir(&target).map_err(io_err("mkdir", &target))?;
+        let view = mount(&m[0], &target);
+        assert!(
+            fs::read(target.join("etc/big")).map_err(io_err("read", &target))? == content,
+            "the view reads other data"
+        );
+        let seen = meta(&target.join("etc/big"))?;
+        assert_eq!((seen.len(), seen.mode() & 0o7777, seen.mtime()), (20_000, 0o600, 1_700_086_400));
+        drop(view);
+
+        // a container's root above it: a write copies the whole file up and changes nothing below
+        let m = s.prepare(Kind::Active, "rootfs", "base2", BTreeMap::new())?;
+        assert!(m[0].options.contains(&want), "{:?}", m[0].options);
+        let target = dir.path().join("rootfs");
+        fs::create_dir(&target).map_err(io_err("mkdir", &target))?;
+        let root = mount(&m[0], &target);
+        let f = target.join("etc/big");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&f)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
+            .map_err(io_err("append", &f))?;
+        drop(root);
+        let upper = fs::read(s.fs_path(s.get("rootfs")?.id).join("etc/big")).map_err(io_err("read", &f))?;
+        assert_eq!((upper.len(), &upper[..20_000]), (20_004, &content[..]));
+        assert!(fs::read(trees[0].join("etc/big")).map_err(io_err("read", &trees[0]))? == content);
+        assert!(meta(&trees[1].join("etc/big"))?.blocks() * 512 <= 4096);
+
+        // removing the rebuilt layer drops its reference: the pool inode has one link less
+        let links = meta(&trees[0].join("etc/big"))?.nlink();
+        for key in ["rootfs", "look", "base2"] {
+            let gone = s.remove(key)?;
+            fs::remove_dir_all(&gone).map_err(io_err("remove", &gone))?;
+        }
+        assert_eq!(meta(&trees[0].join("etc/big"))?.nlink(), links - 1);
         Ok(())
     }
 

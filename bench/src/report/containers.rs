@@ -105,9 +105,41 @@ pub fn start_times(opts: &Options) -> Vec<StartRow> {
             .and_then(|_| run_http(&rt, &http_bundle, state.path()));
         usable.push((rt, probe.map(|_| StartStats::default())));
     }
+    // The floor: the same namespaces, chroot and exec without a runtime, in the same rounds.
+    let flags = crate::unshare_flags(true_bundle.path());
+    let rootfs = true_bundle.path().join("rootfs");
+    let floor_round = || -> Result<(f64, f64, f64), String> {
+        let t = Instant::now();
+        let status = crate::floor_command(&flags, &rootfs, &["/bin/true"])
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("unshare: {e}"))?;
+        if !status.success() {
+            return Err(format!("unshare ... chroot ... /bin/true: {status}"));
+        }
+        let true_exit = t.elapsed().as_secs_f64() * 1e3;
+        let mut echo = crate::floor_command(&flags, &rootfs, &["/bin/echo", "ready"]);
+        echo.stdin(Stdio::null());
+        let (first, exit, out) = crate::time_first_byte(echo).map_err(|e| format!("unshare: {e}"))?;
+        let first = first.filter(|_| out.status.success()).ok_or_else(|| {
+            format!("unshare ... chroot ... /bin/echo: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())
+        })?;
+        Ok((true_exit, first.as_secs_f64() * 1e3, exit.as_secs_f64() * 1e3))
+    };
+    let mut floor: Result<StartStats, String> = floor_round().map(|_| StartStats::default());
     let rounds = opts.container_rounds();
     for round in 0..rounds {
         progress(format_args!("start: container round {}/{rounds}", round + 1));
+        if let Ok(s) = &mut floor {
+            match floor_round() {
+                Ok((true_exit, first, exit)) => {
+                    s.true_exit.ms.push(true_exit);
+                    s.first_byte.ms.push(first);
+                    s.echo_exit.ms.push(exit);
+                }
+                Err(e) => floor = Err(format!("failed in round {}: {e}", round + 1)),
+            }
+        }
         for (rt, stats) in usable.iter_mut() {
             let Ok(s) = stats else { continue };
             let r = crate::run_once(rt, true_bundle.path(), state.path(), &next_id(rt)).and_then(|t| {
@@ -130,8 +162,19 @@ pub fn start_times(opts: &Options) -> Vec<StartRow> {
             rows.push(unavailable_start(name, &format!("`{name}` is not installed")));
         }
     }
+    rows.push(StartRow {
+        system: FLOOR.into(),
+        mode: format!(
+            "`unshare {} --fork chroot ROOTFS` + exec: the same namespaces, no runtime (no mounts, cgroup, capabilities, seccomp)",
+            flags.join(" ")
+        ),
+        outcome: floor.into(),
+    });
     rows
 }
+
+/// The start-time floor's row in the start table.
+pub const FLOOR: &str = "kernel floor (no runtime)";
 
 fn unavailable_start(name: &str, reason: &str) -> StartRow {
     StartRow { system: format!("{name} (direct)"), mode: "-".into(), outcome: Outcome::Unavailable(reason.into()) }

@@ -318,7 +318,10 @@ pub fn render(r: &Report, command: &str) -> String {
          would only measure the retransmission backoff of qemu's user network). Containers: a busybox-static bundle with strata's default config (default \
          namespaces including network, default capabilities, masked paths, Docker's default seccomp profile), `run` \
          (create + start + wait + delete) timed from spawning the runtime to the first byte on the pipe and to the \
-         runtime's exit; strata, crun and runc interleaved round by round. Through containerd: a private containerd \
+         runtime's exit; strata, crun and runc interleaved round by round. The kernel floor runs in the same \
+         rounds: util-linux `unshare` of the bundle's namespaces, `chroot` into its root file system and exec of the \
+         workload, timed the same way: what a start costs without a runtime (its ratio, floor / strata, is the \
+         inverse of strata / floor). Through containerd: a private containerd \
          (own root, state and socket, CRI disabled, strata's shim first on its PATH) with the same busybox as a \
          one-layer OCI image imported from an archive built here; `ctr run --rm` timed from spawning `ctr` to the \
          first byte on its stdout and to its exit; strata's shim, runc's v2 shim, and crun through the runc v2 shim \

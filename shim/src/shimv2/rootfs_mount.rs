@@ -63,10 +63,13 @@ fn parse(options: &[String]) -> (MsFlags, Vec<String>) {
 const DATA_LIMIT: usize = 4096;
 
 /// For an overlay whose data would not fit in a page: the directory all lower layers share,
-/// and the data with lowerdirs relative to it (the mount then runs from that directory).
+/// and the data with lowerdirs relative to it (the mount then runs from that directory). Data-only
+/// layers (after `::`) keep their separators.
 fn compact_lowerdirs(data: &[String]) -> Option<(String, Vec<String>)> {
     let lower = data.iter().find_map(|o| o.strip_prefix("lowerdir="))?;
-    let dirs: Vec<&str> = lower.split(':').collect();
+    // (`a::b` splits into `a`, ``, `b`: the empty piece is the second colon)
+    let pieces: Vec<&str> = lower.split(':').collect();
+    let dirs: Vec<&str> = pieces.iter().copied().filter(|d| !d.is_empty()).collect();
     let first = dirs.first()?;
     let mut common = first.rsplit_once('/').map(|(d, _)| d.to_string())?;
     while !dirs.iter().all(|d| d.starts_with(&format!("{common}/"))) {
@@ -75,7 +78,7 @@ fn compact_lowerdirs(data: &[String]) -> Option<(String, Vec<String>)> {
     if common.is_empty() {
         return None;
     }
-    let relative: Vec<&str> = dirs.iter().map(|d| &d[common.len() + 1..]).collect();
+    let relative: Vec<&str> = pieces.iter().map(|d| if d.is_empty() { "" } else { &d[common.len() + 1..] }).collect();
     let out = data
         .iter()
         .map(|o| if o.starts_with("lowerdir=") { format!("lowerdir={}", relative.join(":")) } else { o.clone() })
@@ -160,5 +163,10 @@ mod tests {
         assert_eq!(dir, "/var/lib/snap");
         assert_eq!(out[1], "lowerdir=0/fs:1/fs:2/fs");
         assert_eq!(out[0], "workdir=/w");
+        // data-only layers keep their double colons
+        let data = vec![format!("lowerdir={}::/var/lib/snap/9/data::/var/lib/snap/8/data", lower.join(":"))];
+        let (dir, out) = compact_lowerdirs(&data).unwrap();
+        assert_eq!(dir, "/var/lib/snap");
+        assert_eq!(out[0], "lowerdir=0/fs:1/fs:2/fs::9/data::8/data");
     }
 }

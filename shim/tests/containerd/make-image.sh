@@ -3,7 +3,8 @@
 # usage: make-image.sh OUT.tar REF [NOTE [FILES]]   (REF like docker.io/library/strata-busybox:test)
 # NOTE, if not empty, goes into /etc/rebuilt: the same files in a layer of another digest (a
 # rebuilt base). FILES adds that many files of 16 KiB of random bytes under /data (a layer that
-# takes a while to unpack).
+# takes a while to unpack). $MTIME (seconds, default 0) is every file's mtime: the same files
+# with another one are a rebuild that touched them all.
 set -eu
 out=$1
 ref=$2
@@ -24,7 +25,7 @@ if [ "$files" -gt 0 ]; then
     mkdir "$work/rootfs/data"
     head -c $((files * 16384)) /dev/urandom | split -a 5 -b 16384 - "$work/rootfs/data/f"
 fi
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/rootfs" -cf "$work/layer.tar" .
+tar --sort=name --mtime=@"${MTIME:-0}" --owner=0 --group=0 --numeric-owner -C "$work/rootfs" -cf "$work/layer.tar" .
 blob() { # file media-type -> descriptor JSON, and the blob stored by digest
     d=$(sha256sum "$1" | cut -d' ' -f1)
     cp "$1" "$work/blobs/sha256/$d"

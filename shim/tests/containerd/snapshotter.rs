@@ -227,11 +227,90 @@ fn a_rebuilt_base_and_strata_s_own_import_share_the_snapshotter_s_inodes() {
     assert_eq!(named.len(), 2, "both containerd snapshots holding etc/group are named: {text}");
 }
 
+#[test]
+fn a_rebuild_that_touched_every_file_shares_their_data() {
+    let c = Containerd::start_with_snapshotter();
+    // The harness's image again, every file with another mtime: no file can share the first
+    // one's inode (the mtime is part of it); where the kernel reads data-only overlay layers
+    // (6.16 and later) the big ones share its data.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let touched = make_image_at(dir.path(), "touched", "", 0, 86_400);
+    c.ok(&["images", "import", "--snapshotter", "strata", &touched.display().to_string()]);
+    let layers: Vec<PathBuf> = on_disk(&c).into_iter().filter(|s| s.1 == "committed").map(|s| s.2).collect();
+    assert_eq!(layers.len(), 2, "{:?}", on_disk(&c));
+    let meta = |p: &Path| std::fs::symlink_metadata(p.join("bin/busybox")).expect("bin/busybox");
+    let (old, new) = match meta(&layers[0]).mtime() {
+        86_400 => (&layers[1], &layers[0]),
+        _ => (&layers[0], &layers[1]),
+    };
+    assert_eq!(meta(new).mtime(), 86_400);
+    let data = new.parent().expect("snapshot directory").join("data");
+    if kernel_reads_data_layers() {
+        assert!(meta(new).blocks() * 512 <= 4096, "the rebuilt busybox holds its own data: {:?}", meta(new));
+        let linked: Vec<u64> = std::fs::read_dir(&data)
+            .expect("the data layer")
+            .flatten()
+            .map(|e| e.metadata().expect("stat").ino())
+            .collect();
+        assert!(linked.contains(&meta(old).ino()), "the data layer does not hold the first busybox's inode");
+    } else {
+        assert!(!data.exists(), "a data layer on a kernel that cannot mount it");
+    }
+
+    // A container of the rebuild runs that busybox and reads what the host's holds.
+    let mut args =
+        c.run_args(&["--rm", "--snapshotter", "strata"], "touched-run", &["busybox", "md5sum", "/bin/busybox"]);
+    let image = args.len() - 5;
+    args[image] = "docker.io/library/strata-busybox:touched";
+    let out = c.ok(&args);
+    let host = Command::new("md5sum").arg("/bin/busybox").output().expect("md5sum");
+    let want = String::from_utf8_lossy(&host.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    assert!(out.starts_with(&want), "the container's busybox differs: {out:?} (host {want})");
+
+    // fsck checks the data layer against the pool.
+    let fsck = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("fsck")
+        .arg("--store")
+        .arg(c.snapshotter_store())
+        .output()
+        .expect("strata fsck");
+    let text = String::from_utf8_lossy(&fsck.stdout).into_owned();
+    assert!(fsck.status.success(), "fsck of a sound store: {text}");
+    if kernel_reads_data_layers() {
+        // a data layer that names other content is found
+        let entry = std::fs::read_dir(&data).expect("the data layer").flatten().next().expect("an entry").path();
+        let wrong = entry.with_file_name("0".repeat(64));
+        std::fs::rename(&entry, &wrong).expect("rename");
+        let fsck = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("fsck")
+            .arg("--store")
+            .arg(c.snapshotter_store())
+            .output()
+            .expect("strata fsck");
+        let text = String::from_utf8_lossy(&fsck.stdout).into_owned();
+        assert!(!fsck.status.success() && text.contains("it is not the pool's file of that content"), "{text}");
+        std::fs::rename(&wrong, &entry).expect("rename back");
+    }
+}
+
+/// Linux 6.16 or later: overlayfs reads data-only lower layers without metacopy=on.
+fn kernel_reads_data_layers() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 16)
+}
+
 /// Builds an image archive with make-image.sh (`note` and `files` as it takes them).
 fn make_image(dir: &Path, name: &str, note: &str, files: u32) -> PathBuf {
+    make_image_at(dir, name, note, files, 0)
+}
+
+/// [`make_image`] with every file's mtime `mtime` seconds.
+fn make_image_at(dir: &Path, name: &str, note: &str, files: u32, mtime: u64) -> PathBuf {
     let out = dir.join(format!("{name}.tar"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/containerd/make-image.sh");
     let st = Command::new("sh")
+        .env("MTIME", mtime.to_string())
         .arg(script)
         .arg(&out)
         .arg(format!("docker.io/library/strata-busybox:{name}"))
