@@ -314,12 +314,12 @@ fn disk_set(
                 mb(content),
                 mb(snapshots)
             );
+            let r = with as f64 / overlay as f64;
             println!(
-                "layerstore: ratio strata's snapshotter with discarded layers / overlayfs keeping them = {:.2} \
-                 (target ≤ {snapshotter_target:.2}: {}); / overlayfs discarding them too = {:.2}",
-                with as f64 / containerd as f64,
-                met(with as f64 / containerd as f64 <= snapshotter_target),
-                with as f64 / overlay as f64
+                "layerstore: ratio strata's snapshotter / overlayfs, both discarding = {r:.2} (target ≤ \
+                 {snapshotter_target:.2}: {}); strata's snapshotter discarding / overlayfs keeping them = {:.2}",
+                met(r <= snapshotter_target),
+                with as f64 / containerd as f64
             );
         }
         None => {
