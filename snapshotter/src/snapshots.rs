@@ -270,6 +270,7 @@ impl Snapshots {
             if p.kind != Kind::Committed {
                 return Err(Error::InvalidArgument(format!("parent {parent:?} is not a committed snapshot")));
             }
+            self.check_data_layers(parent)?;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -312,8 +313,31 @@ impl Snapshots {
         d.is_dir().then(|| d.display().to_string())
     }
 
+    /// Refuses a chain from `key` down that holds data layers when this kernel cannot mount
+    /// them (a store written under Linux 6.16 or later, moved to an older kernel): its
+    /// metadata-only files would read as holes.
+    fn check_data_layers(&self, key: &str) -> Result<()> {
+        if self.index.is_some() {
+            return Ok(());
+        }
+        let mut k = key;
+        while !k.is_empty() {
+            let info = self.get(k)?;
+            if let Some(data) = self.data_layer(info.id) {
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {k:?} has metadata-only files whose data is in {data}, a data-only overlay layer \
+                     this kernel does not mount without metacopy=on (Linux 6.16 and later do): run it on such a \
+                     kernel, or remove its image and import or pull it again"
+                )));
+            }
+            k = info.parent.as_str();
+        }
+        Ok(())
+    }
+
     /// The mounts of snapshot `key`.
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.check_data_layers(key)?;
         let info = self.get(key)?;
         // The committed snapshots it shows, top first, with their data layers.
         let mut lowers = Vec::new();
@@ -754,6 +778,27 @@ mod tests {
             fs::remove_dir_all(&gone).map_err(io_err("remove", &gone))?;
         }
         assert_eq!(meta(&trees[0].join("etc/big"))?.nlink(), links - 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_data_layer_this_kernel_cannot_mount_is_refused_by_name() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io_err("tempdir", Path::new("/tmp")))?;
+        let mut s = Snapshots::open(dir.path())?;
+        s.prepare(Kind::Active, "extract", "", BTreeMap::new())?;
+        s.commit("layer", "extract", BTreeMap::new())?;
+        // made where the kernel mounts data layers, opened where it does not
+        let data = s.path(s.get("layer")?.id).join("data");
+        fs::create_dir(&data).map_err(io_err("mkdir", &data))?;
+        s.index = None;
+        let before = s.all().count();
+        for e in
+            [s.prepare(Kind::Active, "rootfs", "layer", BTreeMap::new()).map(|_| ()), s.mounts("layer").map(|_| ())]
+        {
+            let e = e.expect_err("a data layer this kernel cannot mount was accepted");
+            assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains(&data.display().to_string())), "{e}");
+        }
+        assert_eq!(s.all().count(), before, "the refused prepare left a snapshot");
         Ok(())
     }
 
