@@ -219,6 +219,15 @@ fn helper_child() {
             println!("RESULT sleeping");
             std::thread::sleep(Duration::from_secs(60));
         }
+        // Memory a child moved into the cgroup allocated before the move stays charged where it
+        // was (cgroup v2 does not migrate charges): touch some after the move, then sleep.
+        "hold" => {
+            let mb: usize = arg.parse().unwrap();
+            let keep: Vec<Vec<u8>> = (0..mb).map(|i| vec![i as u8 | 1; 1 << 20]).collect();
+            println!("RESULT holding {}", keep.len());
+            std::thread::sleep(Duration::from_secs(60));
+            std::hint::black_box(keep);
+        }
         other => panic!("unknown helper action {other}"),
     }
     std::process::exit(0);
@@ -399,8 +408,8 @@ fn vm_io_max_is_written() {
 fn vm_live_update_changes_limits_of_a_running_process() {
     let Some(h) = vm_hierarchy() else { return };
     let cg = Guard::create(&h, "update", Some(&res(r#"{"pids":{"limit":10},"memory":{"limit":67108864}}"#)));
-    let mut helper = Helper::start(&cg, "sleep");
-    assert_eq!(helper.first_line(), "sleeping");
+    let mut helper = Helper::start(&cg, "hold:4");
+    assert_eq!(helper.first_line(), "holding 4");
     cg.update(&res(r#"{"pids":{"limit":20},"memory":{"limit":134217728},"cpu":{"quota":50000,"period":100000}}"#))
         .unwrap();
     let read = |f: &str| std::fs::read_to_string(cg.path().join(f)).unwrap().trim().to_string();
@@ -409,7 +418,7 @@ fn vm_live_update_changes_limits_of_a_running_process() {
     assert_eq!(read("cpu.max"), "50000 100000");
     // checkBeforeUpdate refuses a limit below current usage, and changes nothing.
     let usage = cg.stats().unwrap().memory.unwrap().current;
-    assert!(usage > 4096, "the sleeping helper uses {usage} bytes");
+    assert!(usage >= 4 << 20, "the helper holding 4 MiB uses {usage} bytes");
     let err = cg.update(&res(r#"{"memory":{"limit":4096,"checkBeforeUpdate":true}}"#)).unwrap_err();
     assert!(matches!(err, Error::MemoryBelowUsage { .. }), "{err}");
     assert_eq!(read("memory.max"), "134217728");
@@ -421,8 +430,8 @@ fn vm_live_update_changes_limits_of_a_running_process() {
 fn vm_stats_are_plausible() {
     let Some(h) = vm_hierarchy() else { return };
     let cg = Guard::create(&h, "vmstats", Some(&res(r#"{"memory":{"limit":268435456},"pids":{"limit":100}}"#)));
-    let mut helper = Helper::start(&cg, "sleep");
-    assert_eq!(helper.first_line(), "sleeping");
+    let mut helper = Helper::start(&cg, "hold:4");
+    assert_eq!(helper.first_line(), "holding 4");
     let s = cg.stats().unwrap();
     let m = s.memory.expect("memory stats");
     assert!(m.current > 0 && m.current < 268_435_456, "{m:?}");
