@@ -278,16 +278,7 @@ impl Containerd {
     pub fn collect_garbage(&self, snapshotter: &str) -> Result<(), String> {
         const TRIGGER: &str = "docker.io/library/strata-gc-trigger:latest";
         let archive = self.dir.path().join("gc-trigger.tar");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/containerd/make-image.sh");
-        let out = Command::new("sh")
-            .arg(&script)
-            .arg(&archive)
-            .arg(TRIGGER)
-            .output()
-            .map_err(|e| format!("{}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!("{}: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()));
-        }
+        make_busybox_image(&archive, TRIGGER)?;
         self.import_into(&archive, snapshotter)?;
         let out = self.ctr(&["images", "rm", "--sync", TRIGGER])?;
         let _ = std::fs::remove_file(&archive);
@@ -302,16 +293,7 @@ impl Containerd {
     /// [`BUSYBOX_IMAGE`].
     pub fn import_busybox(&self) -> Result<(), String> {
         let archive = self.dir.path().join("busybox.tar");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/containerd/make-image.sh");
-        let out = Command::new("sh")
-            .arg(&script)
-            .arg(&archive)
-            .arg(BUSYBOX_IMAGE)
-            .output()
-            .map_err(|e| format!("{}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!("{}: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()));
-        }
+        make_busybox_image(&archive, BUSYBOX_IMAGE)?;
         self.import(&archive)
     }
 
@@ -373,6 +355,22 @@ impl Containerd {
             return Err(format!("{} ctr run --detach: {}", peer.name, String::from_utf8_lossy(&out.stderr).trim()));
         }
         answered.map_err(|e| format!("{}: {e}", peer.name))
+    }
+}
+
+/// Writes a one-layer busybox image archive named `reference` (shim/tests/containerd/make-image.sh).
+fn make_busybox_image(archive: &Path, reference: &str) -> Result<(), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/containerd/make-image.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(archive)
+        .arg(reference)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 

@@ -268,27 +268,24 @@ fn a_rebuild_that_touched_every_file_shares_their_data() {
     assert!(out.starts_with(&want), "the container's busybox differs: {out:?} (host {want})");
 
     // fsck checks the data layer against the pool.
-    let fsck = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .arg("fsck")
-        .arg("--store")
-        .arg(c.snapshotter_store())
-        .output()
-        .expect("strata fsck");
-    let text = String::from_utf8_lossy(&fsck.stdout).into_owned();
-    assert!(fsck.status.success(), "fsck of a sound store: {text}");
-    if kernel_reads_data_layers() {
-        // a data layer that names other content is found
-        let entry = std::fs::read_dir(&data).expect("the data layer").flatten().next().expect("an entry").path();
-        let wrong = entry.with_file_name("0".repeat(64));
-        std::fs::rename(&entry, &wrong).expect("rename");
-        let fsck = Command::new(env!("CARGO_BIN_EXE_strata"))
+    let fsck = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_strata"))
             .arg("fsck")
             .arg("--store")
             .arg(c.snapshotter_store())
             .output()
             .expect("strata fsck");
-        let text = String::from_utf8_lossy(&fsck.stdout).into_owned();
-        assert!(!fsck.status.success() && text.contains("it is not the pool's file of that content"), "{text}");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, text) = fsck();
+    assert!(ok, "fsck of a sound store: {text}");
+    if kernel_reads_data_layers() {
+        // a data layer that names other content is found
+        let entry = std::fs::read_dir(&data).expect("the data layer").flatten().next().expect("an entry").path();
+        let wrong = entry.with_file_name("0".repeat(64));
+        std::fs::rename(&entry, &wrong).expect("rename");
+        let (ok, text) = fsck();
+        assert!(!ok && text.contains("it is not the pool's file of that content"), "{text}");
         std::fs::rename(&wrong, &entry).expect("rename back");
     }
 }
