@@ -19,7 +19,7 @@
 //!
 //! Each round uses a fresh store and a fresh private containerd (own root, state and socket, CRI
 //! disabled; `$STRATA_CONTAINERD` picks another binary). Rounds: env STRATA_BENCH_ROUNDS
-//! (default 5). Needs root.
+//! (default 5); `STRATA_BENCH_IMPORT_ONLY=1` measures the import times alone. Needs root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -335,6 +335,9 @@ fn layerstore(c: &mut Criterion) {
     eprintln!("layerstore: images built in {:.1} s", t.elapsed().as_secs_f64());
     let rounds: usize = std::env::var("STRATA_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     import_times(&images, rounds).unwrap_or_else(|e| panic!("{e}"));
+    if std::env::var_os("STRATA_BENCH_IMPORT_ONLY").is_some_and(|v| v == "1") {
+        return;
+    }
     // (no target for the snapshotter on a shared base: containerd shares that layer already)
     disk_set("(a) five applications on one shared base layer", &images.shared, 0.75, 0.7, 1.0)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -19,6 +19,13 @@
 //! lower layer (`lowerdir=TREE::DATA`, Linux 6.16 and later without `metacopy=on`), the file reads
 //! as the original; the kernel follows such redirects only into data-only layers, so a crafted
 //! xattr reaches nothing but the content those layers already hold.
+//!
+//! The hashing can start while the tree is still being written ([`Prehashed`]): a file is hashed
+//! early only under a read lease (`F_SETLEASE`: nobody holds it open for writing, and whoever
+//! opens it for writing waits until the hash is done) and only once its last change is older than
+//! the clock's granularity, so any later change gives it another ctime. Adoption uses such a hash
+//! only for a file whose inode, size, mtime and ctime are still the ones seen under the lease, and
+//! hashes every other file itself.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -29,7 +36,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, fstat, openat, renameat};
 use rustix::io::Errno;
@@ -124,6 +132,218 @@ pub struct DataLayer<'a> {
     pub index: &'a ContentIndex,
 }
 
+/// Hashes taken while a tree was still being written (see the module documentation), by the
+/// file's path below the tree's root.
+#[derive(Debug, Default)]
+pub struct Prehashed {
+    files: HashMap<PathBuf, Seen>,
+    /// Files seen with xattrs or other links: adoption leaves them alone, so no pass hashes them.
+    passed_over: std::collections::HashSet<PathBuf>,
+    /// Directories whose every file was hashed or passed over, with their mtime then and their
+    /// subdirectories: a pass reads them again only once their mtime changes.
+    settled: HashMap<PathBuf, ((i64, i64), Vec<PathBuf>)>,
+}
+
+/// A file as it was while it was hashed under its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    hash: String,
+}
+
+impl Seen {
+    fn matches(&self, st: &rustix::fs::Stat) -> bool {
+        self.ino == st.st_ino
+            && self.size == st.st_size as u64
+            && self.mtime == (st.st_mtime, st.st_mtime_nsec as i64)
+            && self.ctime == (st.st_ctime, st.st_ctime_nsec as i64)
+    }
+}
+
+/// How long a file's last change must lie in the past before it is hashed early: more than the
+/// coarsest clock tick file systems stamp changes with, so a later change cannot carry the same
+/// ctime.
+const QUIET: Duration = Duration::from_millis(50);
+
+/// What one [`Prehashed::pass`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassStats {
+    /// Files hashed in this pass.
+    pub hashed: u64,
+    /// Regular files left for a later pass (changed too recently, or open for writing).
+    pub pending: u64,
+}
+
+impl Prehashed {
+    /// No hashes yet.
+    pub fn new() -> Prehashed {
+        Prehashed::default()
+    }
+
+    /// Files hashed so far.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether no file is hashed yet.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// One pass over the tree at `dir` (which another process may be writing): hashes each
+    /// regular file not hashed yet whose last change is older than [`QUIET`] and that a read lease
+    /// can be taken on. Returns at the next file once `stop` is set. Fails with `EINVAL` where the
+    /// file system or the caller cannot take leases (nothing can be hashed early there).
+    pub fn pass(&mut self, dir: &Path, stop: &AtomicBool) -> std::io::Result<PassStats> {
+        let root = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let mut stats = PassStats::default();
+        let mut buf = vec![0u8; 128 << 10];
+        let mut todo = vec![PathBuf::new()];
+        while let Some(rel) = todo.pop() {
+            // (a directory removed or replaced meanwhile is met again in a later pass, or not)
+            let Ok(fd) = open_beneath(&root, &rel) else { continue };
+            let Ok(st) = fstat(&fd) else { continue };
+            let mtime = (st.st_mtime, st.st_mtime_nsec as i64);
+            if let Some((seen, subdirs)) = self.settled.get(&rel)
+                && *seen == mtime
+                && quiet(mtime, now())
+            {
+                todo.extend(subdirs.iter().cloned());
+                continue;
+            }
+            let Ok(names) = read_names(&fd) else { continue };
+            let (mut subdirs, mut pending) = (Vec::new(), false);
+            for (name, ty) in names {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(stats);
+                }
+                let path = rel.join(OsStr::from_bytes(name.to_bytes()));
+                match ty {
+                    FileType::Directory => subdirs.push(path),
+                    FileType::RegularFile if !self.files.contains_key(&path) && !self.passed_over.contains(&path) => {
+                        match hash_leased(&fd, &name, &mut buf, stop)? {
+                            Early::Hashed(seen) => {
+                                stats.hashed += 1;
+                                self.files.insert(path, seen);
+                            }
+                            Early::Never => {
+                                self.passed_over.insert(path);
+                            }
+                            Early::Later => {
+                                stats.pending += 1;
+                                pending = true;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            todo.extend(subdirs.iter().cloned());
+            // Settled only when its mtime is old enough that a later entry would change it.
+            if !pending && quiet(mtime, now()) {
+                self.settled.insert(rel, (mtime, subdirs));
+            } else {
+                self.settled.remove(&rel);
+            }
+        }
+        Ok(stats)
+    }
+
+    /// The hash seen for `rel` if the file is still as it was then.
+    fn hash_of(&self, rel: &Path, st: &rustix::fs::Stat) -> Option<&str> {
+        self.files.get(rel).filter(|seen| seen.matches(st)).map(|seen| seen.hash.as_str())
+    }
+}
+
+/// What [`hash_leased`] made of a file.
+enum Early {
+    Hashed(Seen),
+    /// Changed too recently, open for writing, or gone: perhaps in a later pass.
+    Later,
+    /// Adoption will leave it alone (xattrs, other links).
+    Never,
+}
+
+fn now() -> (i64, i64) {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+}
+
+/// Whether a ctime lies more than [`QUIET`] before `now`.
+fn quiet(ctime: (i64, i64), now: (i64, i64)) -> bool {
+    let ns = |(s, n): (i64, i64)| i128::from(s) * 1_000_000_000 + i128::from(n);
+    ns(now) - ns(ctime) > QUIET.as_nanos() as i128
+}
+
+/// Hashes `name` in `dir` under a read lease (see [`Prehashed::pass`]).
+fn hash_leased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result<Early> {
+    let fd = match openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(_) => return Ok(Early::Later),
+    };
+    // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
+    if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // open for writing (by the writer, or mapped writable)
+            Some(libc::EAGAIN) => Ok(Early::Later),
+            _ => Err(e),
+        };
+    }
+    // From here until the lease is released, nobody writes the file: an open for writing waits.
+    let leased = (|| -> std::io::Result<Early> {
+        let st = fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
+            return Ok(Early::Never);
+        }
+        let ctime = (st.st_ctime, st.st_ctime_nsec as i64);
+        if !quiet(ctime, now()) {
+            return Ok(Early::Later);
+        }
+        match rustix::fs::flistxattr(&fd, &mut [0u8; 1][..0]) {
+            Ok(0) | Err(Errno::NOTSUP) => {}
+            Ok(_) => return Ok(Early::Never),
+            Err(e) => return Err(e.into()),
+        }
+        let mut hasher = Hasher::new(Algorithm::Sha256);
+        let mut size = 0u64;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(Early::Later);
+            }
+            let n = match rustix::io::read(&fd, &mut *buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        if size != st.st_size as u64 {
+            return Ok(Early::Later);
+        }
+        Ok(Early::Hashed(Seen {
+            ino: st.st_ino,
+            size,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+            ctime,
+            hash: hasher.finish().hex().to_string(),
+        }))
+    })();
+    // SAFETY: as above; releasing the lease lets a waiting writer go on.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_SETLEASE, libc::F_UNLCK) };
+    leased
+}
+
 /// How [`link_new`] left a file.
 enum Linked {
     /// It is the pool's file for its key now (the key was new).
@@ -184,12 +404,18 @@ impl Store {
     /// root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so no descriptor is held per
     /// pending directory); then the machine's cores hash and link them, a directory at a time.
     pub fn adopt_tree(&self, dir: &Path) -> Result<AdoptStats> {
-        self.adopt_tree_with(dir, None)
+        self.adopt_tree_with(dir, None, None)
     }
 
     /// [`Store::adopt_tree`], making files whose content is pooled under other metadata
-    /// metadata-only files that read it from `data` (see the module documentation).
-    pub fn adopt_tree_with(&self, dir: &Path, data: Option<&DataLayer<'_>>) -> Result<AdoptStats> {
+    /// metadata-only files that read it from `data`, and taking the hashes in `early` of files
+    /// that did not change since (see the module documentation).
+    pub fn adopt_tree_with(
+        &self,
+        dir: &Path,
+        data: Option<&DataLayer<'_>>,
+        early: Option<&Prehashed>,
+    ) -> Result<AdoptStats> {
         let _lock = self.lock(false)?;
         // The data layer's directory, opened (created) at the first metadata-only file.
         let data_dir: OnceLock<rustix::io::Result<OwnedFd>> = OnceLock::new();
@@ -231,7 +457,9 @@ impl Store {
                                 open_beneath(&root, rel).map_err(|e| Error::io("open", dir.join(rel))(e.into()))?;
                             for name in files {
                                 let name = OsStr::from_bytes(name.to_bytes());
-                                if adopt_file(&pool, &fd, name, &mut buf, &mut stats, stubs.as_ref())
+                                let early = early.map(|e| (e, rel.join(name)));
+                                let early = early.as_ref().map(|(e, path)| (*e, path.as_path()));
+                                if adopt_file(&pool, &fd, name, &mut buf, &mut stats, stubs.as_ref(), early)
                                     .map_err(|e| Error::io("pool", dir.join(rel).join(name))(e))?
                                 {
                                     stats.files += 1;
@@ -301,7 +529,20 @@ fn adopt_file(
     buf: &mut [u8],
     stats: &mut AdoptStats,
     stubs: Option<&Stubs<'_, '_>>,
+    early: Option<(&Prehashed, &Path)>,
 ) -> std::io::Result<bool> {
+    // A file hashed early and unchanged since: neither opened nor read again (a change of its
+    // xattrs or links would have changed its ctime).
+    if let Some((early, rel)) = early {
+        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_nlink == 1
+            && let Some(hash) = early.hash_of(rel, &st)
+        {
+            link_hashed(pool, dir, name, &st, hash, st.st_size as u64, stats, stubs)?;
+            return Ok(true);
+        }
+    }
     let fd = openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())?;
     let st = fstat(&fd)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
@@ -328,9 +569,24 @@ fn adopt_file(
         size += n as u64;
     }
     let digest = hasher.finish();
-    let hash = digest.hex();
-    let key = pool_key(hash, st.st_mode, st.st_uid.into(), st.st_gid.into(), st.st_mtime, st.st_mtime_nsec as i64);
     drop(file);
+    link_hashed(pool, dir, name, &st, digest.hex(), size, stats, stubs)?;
+    Ok(true)
+}
+
+/// Links a hashed file into the pool (see [`adopt_file`]).
+#[allow(clippy::too_many_arguments)]
+fn link_hashed(
+    pool: &OwnedFd,
+    dir: &OwnedFd,
+    name: &OsStr,
+    st: &rustix::fs::Stat,
+    hash: &str,
+    size: u64,
+    stats: &mut AdoptStats,
+    stubs: Option<&Stubs<'_, '_>>,
+) -> std::io::Result<()> {
+    let key = pool_key(hash, st.st_mode, st.st_uid.into(), st.st_gid.into(), st.st_mtime, st.st_mtime_nsec as i64);
     match link_new(pool, dir, name, &key)? {
         Linked::Shared => {
             stats.shared += 1;
@@ -340,7 +596,7 @@ fn adopt_file(
             if let Some(stubs) = stubs
                 && let Some(other) = stubs.layer.index.other_or_insert(pool, hash, &key)?
             {
-                if stubs.make(pool, dir, name, &st, hash, &other)? {
+                if stubs.make(pool, dir, name, st, hash, &other)? {
                     // The pool's new key held only this file's old inode.
                     let _ = rustix::fs::unlinkat(pool, key.as_str(), AtFlags::empty());
                     stats.stubbed += 1;
@@ -352,7 +608,7 @@ fn adopt_file(
         }
         Linked::New | Linked::Own => {}
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The overlayfs xattrs of a metadata-only file.
@@ -476,6 +732,74 @@ mod tests {
         let pooled = fs::read_dir(dir.path().join("store/pool")).map_err(io(dir.path()))?.count();
         assert_eq!(pooled, 2);
         assert_eq!(fs::read_to_string(trees[1].join("sub/same")).map_err(io(&trees[1]))?, "the same content");
+        Ok(())
+    }
+
+    /// The pool key's content hash of `path` after adoption (the pool file it is linked to).
+    fn pooled_hash(store_dir: &Path, path: &Path) -> Result<Option<String>> {
+        let io = |p: &Path| Error::io("stat", p.to_path_buf());
+        let ino = fs::symlink_metadata(path).map_err(io(path))?.ino();
+        let pool = store_dir.join("pool");
+        for entry in fs::read_dir(&pool).map_err(io(&pool))? {
+            let entry = entry.map_err(io(&pool))?;
+            if entry.metadata().map_err(io(&pool))?.ino() == ino {
+                return Ok(entry.file_name().to_str().map(|k| k[..64].to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        let mut h = Hasher::new(Algorithm::Sha256);
+        h.update(bytes);
+        h.finish().hex().to_string()
+    }
+
+    #[test]
+    fn early_hashes_are_taken_only_from_quiet_closed_files_and_only_while_unchanged() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp")(e))?;
+        let store = Store::open(&dir.path().join("store"))?;
+        let tree = dir.path().join("tree");
+        let io = |p: &Path| Error::io("prepare", p.to_path_buf());
+        fs::create_dir_all(tree.join("sub")).map_err(io(&tree))?;
+        for name in ["kept", "sub/rewritten", "sub/replaced"] {
+            fs::write(tree.join(name), format!("first {name}")).map_err(io(&tree))?;
+        }
+        let stop = AtomicBool::new(false);
+        let mut early = Prehashed::new();
+        // just written: too recent for an early hash
+        let first = early.pass(&tree, &stop).map_err(io(&tree))?;
+        assert_eq!((first.hashed, first.pending), (0, 3), "{first:?}");
+        std::thread::sleep(QUIET * 2);
+        // a file held open for writing takes no lease: left for later
+        let writer = fs::OpenOptions::new().append(true).open(tree.join("sub/rewritten")).map_err(io(&tree))?;
+        let second = early.pass(&tree, &stop).map_err(io(&tree))?;
+        assert_eq!((second.hashed, second.pending), (2, 1), "{second:?}");
+        drop(writer);
+        std::thread::sleep(QUIET * 2);
+        let third = early.pass(&tree, &stop).map_err(io(&tree))?;
+        assert_eq!((third.hashed, third.pending, early.len()), (1, 0, 3), "{third:?}");
+        // changed after their early hash: in place (same size), and by a new file of that name
+        fs::write(tree.join("sub/rewritten"), "FIRST sub/rewritten").map_err(io(&tree))?;
+        fs::remove_file(tree.join("sub/replaced")).map_err(io(&tree))?;
+        fs::write(tree.join("sub/replaced"), "second").map_err(io(&tree))?;
+        let stats = store.adopt_tree_with(&tree, None, Some(&early))?;
+        assert_eq!(stats.files, 3, "{stats:?}");
+        let store_dir = dir.path().join("store");
+        for (name, content) in
+            [("kept", "first kept"), ("sub/rewritten", "FIRST sub/rewritten"), ("sub/replaced", "second")]
+        {
+            assert_eq!(
+                pooled_hash(&store_dir, &tree.join(name))?,
+                Some(sha256_hex(content.as_bytes())),
+                "{name} pooled under a hash of other content"
+            );
+        }
+        // a stopped pass hashes nothing more
+        fs::write(tree.join("late"), "late").map_err(io(&tree))?;
+        std::thread::sleep(QUIET * 2);
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(early.pass(&tree, &stop).map_err(io(&tree))?.hashed, 0);
         Ok(())
     }
 }

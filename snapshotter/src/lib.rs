@@ -38,6 +38,10 @@ pub use snapshots::{Error, Snapshots};
 /// SIGINT; removes the socket on the way out.
 pub async fn serve(root: &Path, address: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let snapshots = Snapshots::open(root)?;
+    // A read lease of the early hashing (see `service`) is broken by SIGIO, whose default action
+    // ends the process; the lease holder needs no notice (it finishes its one file either way).
+    // SAFETY: sets a signal's disposition to ignore; no handler runs.
+    unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
     if let Some(dir) = address.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("create directory {}: {e}", dir.display()))?;
     }

@@ -3,9 +3,17 @@
 //! Every call runs on the blocking pool with the snapshots locked, except the pool adoption of a
 //! commit, which runs after the commit is recorded and without the lock (it reads every file of
 //! the layer; other calls go on meanwhile).
+//!
+//! While containerd unpacks a layer into an active snapshot (one its unpacker names
+//! `extract-…`), a thread of low priority hashes
+//! the files it has finished ([`layerstore::Prehashed`]: under read leases, re-checked at commit),
+//! so the commit reads again only what changed since. It stops at the commit or removal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -22,12 +30,75 @@ use crate::snapshots::{Error, Info, Kind, Mount, Snapshots, Time};
 #[derive(Debug, Clone)]
 pub struct Service {
     snapshots: Arc<Mutex<Snapshots>>,
+    /// The early hashing of each active snapshot being unpacked, by key.
+    hashing: Arc<Mutex<HashMap<String, EarlyHashing>>>,
+}
+
+/// The most layers hashed early at once (containerd unpacks a few layers of a pull at a time).
+const MAX_EARLY: usize = 4;
+/// The pause between two passes over a tree being written.
+const PASS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A thread hashing the files of one active snapshot while containerd writes them.
+#[derive(Debug)]
+struct EarlyHashing {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<layerstore::Prehashed>,
+}
+
+impl EarlyHashing {
+    fn start(tree: PathBuf) -> std::io::Result<EarlyHashing> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("early-hash".into()).spawn(move || {
+            // Behind containerd's own work on the same cores.
+            // SAFETY: setpriority on this thread's own id; no pointers.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+            let mut early = layerstore::Prehashed::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Err(e) = early.pass(&tree, &flag) {
+                    eprintln!("strata-snapshotter: early hashing of {} stopped: {e}", tree.display());
+                    break;
+                }
+                std::thread::park_timeout(PASS_INTERVAL);
+            }
+            early
+        })?;
+        Ok(EarlyHashing { stop, thread })
+    }
+
+    /// Stops the thread at its next file and returns what it hashed.
+    fn finish(self) -> Option<layerstore::Prehashed> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
+        self.thread.join().ok()
+    }
 }
 
 impl Service {
     /// Serves `snapshots`.
     pub fn new(snapshots: Snapshots) -> Service {
-        Service { snapshots: Arc::new(Mutex::new(snapshots)) }
+        Service { snapshots: Arc::new(Mutex::new(snapshots)), hashing: Arc::default() }
+    }
+
+    /// Starts hashing the tree of the active snapshot `key` early, if containerd unpacks into it.
+    fn hash_early(&self, key: &str, tree: PathBuf) {
+        let mut hashing = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
+        if hashing.len() >= MAX_EARLY || hashing.contains_key(key) {
+            return;
+        }
+        match EarlyHashing::start(tree) {
+            Ok(h) => {
+                hashing.insert(key.to_string(), h);
+            }
+            Err(e) => eprintln!("strata-snapshotter: early hashing of {key:?} not started: {e}"),
+        }
+    }
+
+    /// Stops the early hashing of `key`, if any, on the blocking pool; returns its hashes.
+    async fn stop_hashing(&self, key: &str) -> Option<layerstore::Prehashed> {
+        let h = self.hashing.lock().unwrap_or_else(|p| p.into_inner()).remove(key)?;
+        tokio::task::spawn_blocking(move || h.finish()).await.ok().flatten()
     }
 
     /// Runs `f` on the blocking pool with the snapshots locked.
@@ -92,6 +163,12 @@ fn info(i: &Info) -> crate::api::Info {
     }
 }
 
+/// Whether containerd names an active snapshot as one it unpacks a layer into: its unpacker's
+/// `extract-<unique> <chain id>`, behind the `<namespace>/<id>/` its metadata store prefixes.
+fn unpack_key(key: &str) -> bool {
+    key.starts_with("extract-") || key.splitn(3, '/').nth(2).is_some_and(|k| k.starts_with("extract-"))
+}
+
 fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -102,7 +179,17 @@ type ListStream = tokio_stream::Iter<std::vec::IntoIter<Result<ListSnapshotsResp
 impl snapshots_server::Snapshots for Service {
     async fn prepare(&self, r: Request<PrepareSnapshotRequest>) -> Result<Response<PrepareSnapshotResponse>, Status> {
         let r = r.into_inner();
-        let m = self.with(move |s| s.prepare(Kind::Active, &r.key, &r.parent, labels(r.labels))).await?;
+        let key = r.key.clone();
+        let unpack = unpack_key(&r.key);
+        let (m, tree) = self
+            .with(move |s| {
+                let m = s.prepare(Kind::Active, &r.key, &r.parent, labels(r.labels))?;
+                Ok((m, s.fs_path(s.get(&r.key)?.id)))
+            })
+            .await?;
+        if unpack {
+            self.hash_early(&key, tree);
+        }
         Ok(Response::new(PrepareSnapshotResponse { mounts: mounts(m) }))
     }
 
@@ -121,6 +208,7 @@ impl snapshots_server::Snapshots for Service {
     async fn commit(&self, r: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
         let r = r.into_inner();
         let name = r.name.clone();
+        let early = self.stop_hashing(&r.key).await;
         let (adopt, store) = self
             .with(move |s| {
                 let adopt = s.commit(&r.name, &r.key, labels(r.labels))?;
@@ -131,7 +219,7 @@ impl snapshots_server::Snapshots for Service {
         // deduplicated.
         let adopted = tokio::task::spawn_blocking(move || {
             let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
-            store.adopt_tree_with(&adopt.tree, data.as_ref())
+            store.adopt_tree_with(&adopt.tree, data.as_ref(), early.as_ref())
         })
         .await;
         match adopted {
@@ -144,6 +232,7 @@ impl snapshots_server::Snapshots for Service {
 
     async fn remove(&self, r: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
         let r = r.into_inner();
+        let _ = self.stop_hashing(&r.key).await;
         let gone = self.with(move |s| s.remove(&r.key)).await?;
         // Out of snapshots/ already: what a failure here leaves, Cleanup (or the next start) removes.
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(gone)).await;

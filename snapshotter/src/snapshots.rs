@@ -723,7 +723,7 @@ mod tests {
             }
             let adopt = s.commit(&format!("base{n}"), &key, BTreeMap::new())?;
             let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
-            let stats = s.store().adopt_tree_with(&adopt.tree, data.as_ref())?;
+            let stats = s.store().adopt_tree_with(&adopt.tree, data.as_ref(), None)?;
             // the small file keeps its own data; the second big one shares the first's
             assert_eq!((stats.files, stats.stubbed, stats.stubbed_bytes), (2, n - 1, (n - 1) * 20_000), "{stats:?}");
             trees.push(tree);
