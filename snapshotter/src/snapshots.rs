@@ -404,8 +404,16 @@ impl Snapshots {
         if self.by_key.contains_key(name) {
             return Err(Error::AlreadyExists(name.to_string()));
         }
-        let mut info = info.clone();
         let fs_path = self.fs_path(info.id);
+        // A committed tree's files join the content pool, shared with other layers: one still
+        // written through a mounted overlay would change them all.
+        if let Some(at) = mounted_upper(&fs_path) {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} is the upper layer of the overlay mounted at {at}: unmount it before the commit \
+                 (a committed layer's files are shared and must not be written)"
+            )));
+        }
+        let mut info = info.clone();
         info.usage = Some(usage(&fs_path)?);
         info.kind = Kind::Committed;
         info.key = name.to_string();
@@ -538,6 +546,44 @@ fn xattr_set(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// The mount point of an overlay in this mount namespace whose upper layer is `upper`, from
+/// `/proc/self/mountinfo` (paths there are octal-escaped).
+fn mounted_upper(upper: &Path) -> Option<String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = upper.as_os_str().as_encoded_bytes();
+    mountinfo.lines().find_map(|line| {
+        let (fields, rest) = line.split_once(" - ")?;
+        let mut rest = rest.split(' ');
+        if rest.next()? != "overlay" {
+            return None;
+        }
+        let options = rest.nth(1)?;
+        let is_upper = options.split(',').any(|o| o.strip_prefix("upperdir=").is_some_and(|p| unescape(p) == want));
+        is_upper.then(|| String::from_utf8_lossy(&unescape(fields.split(' ').nth(4).unwrap_or("?"))).into_owned())
+    })
+}
+
+/// A mountinfo field with its `\NNN` octal escapes decoded.
+fn unescape(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 fn write_info(dir: &Path, info: &Info) -> Result<()> {
     let path = dir.join("info.json");
     let tmp = dir.join("info.json.tmp");
@@ -653,6 +699,28 @@ mod tests {
         assert_eq!(s.all().count(), 1);
         assert_eq!(s.get("l1")?.labels, labels(&[("b", "2")]));
         assert_eq!(s.usage("l1")?, l1.usage.unwrap_or_default());
+        Ok(())
+    }
+
+    #[test]
+    fn an_active_snapshot_mounted_as_an_overlay_upper_is_not_committed() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io_err("tempdir", Path::new("/tmp")))?;
+        let mut s = Snapshots::open(&dir.path().join("store"))?;
+        s.prepare(Kind::Active, "extract-1", "", BTreeMap::new())?;
+        s.commit("l1", "extract-1", BTreeMap::new())?;
+        let m = s.prepare(Kind::Active, "rootfs", "l1", BTreeMap::new())?;
+        let target = dir.path().join("a dir, with a comma");
+        fs::create_dir(&target).map_err(io_err("mkdir", &target))?;
+        let mounted = mount(&m[0], &target);
+        let refused = s.commit("image", "rootfs", BTreeMap::new());
+        assert!(
+            matches!(&refused, Err(Error::FailedPrecondition(msg)) if msg.contains(&target.display().to_string())),
+            "{refused:?}"
+        );
+        assert_eq!(s.get("rootfs")?.kind, Kind::Active, "the refused commit changed the snapshot");
+        drop(mounted);
+        s.commit("image", "rootfs", BTreeMap::new())?;
+        assert_eq!(unescape(r"a\040b\134c\0"), b"a b\\c\\0");
         Ok(())
     }
 

@@ -115,6 +115,10 @@ fn the_strata_snapshotter_imports_runs_commits_stacks_removes_and_survives_resta
         let _m = Mounted::new(&c, &c.snapshotter_store().with_file_name("mnt-work"), "work");
         std::fs::write(c.snapshotter_store().with_file_name("mnt-work").join("hello"), "from an active snapshot\n")
             .expect("write");
+        // still mounted, its upper layer writable: its files must not join the pool yet
+        let refused = c.ctr(&snap_args(&["commit", "committed", "work"]));
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && err.contains("mnt-work") && err.contains("unmount it"), "{err}");
     }
     c.ok(&snap_args(&["commit", "committed", "work"]));
     // (`ctr snapshots view` makes no GC root since containerd 1.7, so its view would be
