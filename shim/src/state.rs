@@ -332,6 +332,20 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Whether process `pid` is gone, a zombie, or already exiting (`PF_EXITING`: past the start of
+/// its exit, where its descriptors close and its children are about to be handed on). A process
+/// that waits for another's exit to clean up after it can take this as the exit: nothing the
+/// exiting process does from here on reads or writes files.
+pub fn process_gone_or_exiting(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else { return true };
+    // rest starts at field 3 (state); flags are field 9.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    matches!(fields.first(), Some(&"Z") | Some(&"X"))
+        || fields.get(6).and_then(|f| f.parse::<u64>().ok()).is_none_or(|flags| flags & PF_EXITING != 0)
+}
+
 /// The current time as RFC 3339 with nanoseconds, in UTC.
 pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -414,5 +428,25 @@ mod tests {
     #[test]
     fn own_start_time_is_readable() {
         assert!(process_start_time(std::process::id() as i32).is_some());
+        assert!(!process_gone_or_exiting(std::process::id() as i32));
+    }
+
+    #[test]
+    fn a_zombie_or_a_missing_process_is_gone_a_sleeping_one_is_not() {
+        let mut sleeping = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut done = std::process::Command::new("true").spawn().unwrap();
+        let zombie = done.id() as i32;
+        // not waited for: a zombie once it has exited
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !fs::read_to_string(format!("/proc/{zombie}/stat")).unwrap_or_default().contains(") Z ") {
+            assert!(std::time::Instant::now() < deadline, "`true` did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(process_gone_or_exiting(zombie));
+        assert!(!process_gone_or_exiting(sleeping.id() as i32));
+        sleeping.kill().unwrap();
+        sleeping.wait().unwrap();
+        done.wait().unwrap();
+        assert!(process_gone_or_exiting(zombie), "a reaped process");
     }
 }

@@ -133,8 +133,10 @@ pub fn main(args: &[String]) -> i32 {
         return 1;
     }
     // A shim that died meanwhile never reads it (containerd's cleanup of the dead shim may have
-    // run already): orphaned, this process now has another parent, and takes its report back.
-    if nix::unistd::getppid() != shim {
+    // run already: it starts once the shim's socket closes, early in its exit, before this
+    // process gets another parent): the report is taken back. The cleanup counts an exiting
+    // shim's reports as orphans too, so one of the two removes each.
+    if nix::unistd::getppid() != shim || crate::state::process_gone_or_exiting(shim.as_raw()) {
         let _ = std::fs::remove_file(report);
     }
     i32::from(rep.error.is_some())

@@ -32,9 +32,10 @@ pub fn remove_orphaned_reports(dir: &Path) {
             .and_then(|n| n.strip_prefix(REPORT_PREFIX))
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<i32>().ok());
-        // (a zombie counts as gone: a shim killed with SIGKILL stays one until it is waited for)
+        // (a zombie counts as gone: a shim killed with SIGKILL stays one until it is waited for;
+        // so does one still exiting, whose helpers take back what they write after this)
         if let Some(pid) = pid
-            && crate::state::process_start_time(pid).is_none()
+            && crate::state::process_gone_or_exiting(pid)
         {
             let _ = std::fs::remove_file(e.path());
         }
