@@ -13,6 +13,7 @@ pub fn expected_rows() -> Vec<(&'static str, Vec<&'static str>)> {
         ("## 2. Memory per running instance", memory),
         ("## 3. Density", vec!["strata (direct)", "qemu microvm ("]),
         ("## 4. Image size", super::images::SYSTEMS.to_vec()),
+        ("## 4b. Image size: rebuilt bases", super::images::REBUILT_SYSTEMS.to_vec()),
         ("## 5. Pods through CRI", super::pods::SYSTEMS.to_vec()),
         ("## 6. Creation throughput through containerd", super::scale::THROUGHPUT_SYSTEMS.to_vec()),
         ("## 7. Reliability", super::scale::RELIABILITY_SYSTEMS.to_vec()),

@@ -8,6 +8,10 @@
 //! "library"), and per application a layer with its script, its own data and a helper file that
 //! is byte-identical across applications (only file dedup shares it). Contents are pseudo-random
 //! so compression cannot hide their size.
+//!
+//! A second set puts each application on its own rebuild of the base (the same files; new mtimes
+//! on its directories and on the files a rebuild regenerates, so every base layer has a digest of
+//! its own), stored in strata's store and in containerd with either snapshotter.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -128,14 +132,44 @@ impl Blob {
 /// the bytes of the distinct blobs (what a pull of the whole set transfers).
 fn write_layouts(work: &Path, apps: usize) -> Result<(Vec<PathBuf>, u64), String> {
     let (base, base_id) = layer_blob(&work.join("base"))?;
+    write_layouts_on(work, "oci", apps, &[(Blob::new(base), base_id)])
+}
+
+/// [`write_layouts`] for the second set: application i on its own rebuild of the base (the
+/// same files; its directories, and the files a rebuild regenerates, with a new mtime), under
+/// `work/oci-rebuilt/app<i>`. Changes the base tree's mtimes.
+fn write_rebuilt_layouts(work: &Path, apps: usize) -> Result<(Vec<PathBuf>, u64), String> {
+    let mut bases = Vec::new();
+    for i in 0..apps {
+        let tar = work.join(format!("rebuilt-base{i}.tar"));
+        crate::images::rebuilt_base_tar(&work.join("base"), i as u32 + 1, &tar)?;
+        let raw = io("rebuilt base", std::fs::read(&tar))?;
+        io("rebuilt base", std::fs::remove_file(&tar))?;
+        let diff_id = Digest::of(Algorithm::Sha256, &raw);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        io("gzip", gz.write_all(&raw))?;
+        bases.push((Blob::new(io("gzip", gz.finish())?), diff_id));
+    }
+    write_layouts_on(work, "oci-rebuilt", apps, &bases)
+}
+
+/// The layouts of one set under `work/<dir>/app<i>`: application i on `bases[i]` (or the one
+/// base), the shared runtime and its own layer.
+fn write_layouts_on(
+    work: &Path,
+    dir: &str,
+    apps: usize,
+    bases: &[(Blob, Digest)],
+) -> Result<(Vec<PathBuf>, u64), String> {
     let (runtime, runtime_id) = layer_blob(&work.join("runtime"))?;
-    let shared = [(Blob::new(base), base_id), (Blob::new(runtime), runtime_id)];
+    let runtime = (Blob::new(runtime), runtime_id);
     let mut distinct = std::collections::BTreeMap::new();
     let mut layouts = Vec::new();
     for i in 0..apps {
         let (app, app_id) = layer_blob(&work.join(format!("app{i}")))?;
         let app = (Blob::new(app), app_id);
-        let layers: Vec<&(Blob, Digest)> = shared.iter().chain(std::iter::once(&app)).collect();
+        let base = &bases[i.min(bases.len() - 1)];
+        let layers: Vec<&(Blob, Digest)> = [base, &runtime, &app].into_iter().collect();
         let config = Blob::new(
             json!({
                 "architecture": layerstore::host_arch(), "os": "linux",
@@ -155,7 +189,7 @@ fn write_layouts(work: &Path, apps: usize) -> Result<(Vec<PathBuf>, u64), String
             .to_string()
             .into_bytes(),
         );
-        let dir = work.join(format!("oci/app{i}"));
+        let dir = work.join(format!("{dir}/app{i}"));
         let blobs = dir.join("blobs/sha256");
         io("mkdir", std::fs::create_dir_all(&blobs))?;
         for b in layers.iter().map(|(b, _)| b).chain([&config, &manifest]) {
@@ -179,8 +213,12 @@ fn write_layouts(work: &Path, apps: usize) -> Result<(Vec<PathBuf>, u64), String
 }
 
 /// Imports every layout into a fresh store and reads its disk usage.
-fn strata_store(work: &Path, layouts: &[PathBuf], transfer: u64) -> Result<(ImageFigure, ImageFigure, String), String> {
-    let store = Store::open(&work.join("store")).map_err(|e| e.to_string())?;
+fn strata_store(
+    store_dir: &Path,
+    layouts: &[PathBuf],
+    transfer: u64,
+) -> Result<(ImageFigure, ImageFigure, String), String> {
+    let store = Store::open(store_dir).map_err(|e| e.to_string())?;
     // as `strata image import` stores images by default: layer blobs dropped, tar splits kept
     let lean = layerstore::ImportOptions { drop_layer_blobs: true };
     for (i, l) in layouts.iter().enumerate() {
@@ -361,7 +399,12 @@ fn qcow2_disks(work: &Path, apps: usize, kernel: &Path) -> Result<(ImageFigure, 
 }
 
 /// The image-size rows.
-pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> Vec<ImageRow> {
+/// The systems of the rebuilt-bases table: the ones file dedup can differ in.
+pub const REBUILT_SYSTEMS: [&str; 3] = [SYSTEMS[1], SYSTEMS[2], SYSTEMS[3]];
+
+/// The image-size rows of both sets: five applications on one base, then five on their own
+/// rebuilds of it ([`REBUILT_SYSTEMS`]).
+pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> (Vec<ImageRow>, Vec<ImageRow>) {
     let apps = opts.apps();
     progress(format_args!("images: building {apps} applications"));
     let prepared = (|| {
@@ -374,15 +417,22 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> Vec<ImageRow> {
     let (work, layouts, transfer, base) = match prepared {
         Ok(p) => p,
         Err(e) => {
-            return SYSTEMS
-                .iter()
-                .map(|s| ImageRow { system: s.to_string(), note: "-".into(), outcome: Outcome::Unavailable(e.clone()) })
-                .collect();
+            let unavailable = |systems: &[&str]| -> Vec<ImageRow> {
+                systems
+                    .iter()
+                    .map(|s| ImageRow {
+                        system: s.to_string(),
+                        note: "-".into(),
+                        outcome: Outcome::Unavailable(e.clone()),
+                    })
+                    .collect()
+            };
+            return (unavailable(&SYSTEMS), unavailable(&REBUILT_SYSTEMS));
         }
     };
     let mut rows = Vec::new();
     progress("images: strata's layer store");
-    match strata_store(work.path(), &layouts, transfer) {
+    match strata_store(&work.path().join("store"), &layouts, transfer) {
         Ok((layer_only, both, note)) => {
             rows.push(ImageRow {
                 system: SYSTEMS[0].into(),
@@ -438,6 +488,37 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> Vec<ImageRow> {
                 });
             }
         }
+    }
+    let rebuilt = rebuilt_rows(work.path(), apps);
+    (rows, rebuilt)
+}
+
+/// The second set: each application on its own rebuild of the base, in strata's store and in
+/// containerd with either snapshotter (packed last: it changes the base tree's mtimes).
+fn rebuilt_rows(work: &Path, apps: usize) -> Vec<ImageRow> {
+    progress("images: packing the rebuilt bases");
+    let (layouts, transfer) = match write_rebuilt_layouts(work, apps) {
+        Ok(l) => l,
+        Err(e) => {
+            return REBUILT_SYSTEMS
+                .iter()
+                .map(|s| ImageRow { system: s.to_string(), note: "-".into(), outcome: Outcome::Unavailable(e.clone()) })
+                .collect();
+        }
+    };
+    let mut rows = Vec::new();
+    progress("images: rebuilt bases in strata's layer store");
+    rows.push(match strata_store(&work.join("store-rebuilt"), &layouts, transfer) {
+        Ok((_, both, note)) => ImageRow { system: SYSTEMS[1].into(), note, outcome: Outcome::Measured(both) },
+        Err(e) => ImageRow { system: SYSTEMS[1].into(), note: "-".into(), outcome: Outcome::Unavailable(e) },
+    });
+    let logical = rows[0].outcome.measured().map_or(0, |f| f.logical);
+    for (system, strata_snapshotter) in [(SYSTEMS[2], false), (SYSTEMS[3], true)] {
+        progress(format_args!("images: rebuilt bases in containerd ({system})"));
+        rows.push(match super::containerd::content_store(&layouts, transfer, logical, strata_snapshotter) {
+            Ok((figure, note)) => ImageRow { system: system.into(), note, outcome: Outcome::Measured(figure) },
+            Err(e) => ImageRow { system: system.into(), note: "-".into(), outcome: Outcome::Unavailable(e) },
+        });
     }
     rows
 }

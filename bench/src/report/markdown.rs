@@ -356,6 +356,14 @@ pub fn render(r: &Report, command: &str) -> String {
     );
     image_table(&mut out, &r.images);
     out.push_str(
+        "\n## 4b. Image size: rebuilt bases\n\n\
+         The same applications, each on its own rebuild of the base layer: the same files, with new mtimes on \
+         its directories and on the files a rebuild regenerates, so every base layer has a digest of its own and \
+         layer dedup shares nothing of it; only file dedup (strata's store, and containerd with strata's \
+         snapshotter) can.\n\n",
+    );
+    image_table(&mut out, &r.images_rebuilt);
+    out.push_str(
         "\n## 5. Pods through CRI\n\n\
          A pod as kubelet starts one through containerd's CRI: RunPodSandbox (the pause container, the CNI \
          bridge network), CreateContainer and StartContainer of one busybox container, until ContainerStatus says it \
