@@ -113,8 +113,11 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: {HELPER_ARG} REQUEST REPORT");
         return 2;
     };
-    // The shim that spawned it (the re-execution below keeps the process, and its parent).
-    let shim = nix::unistd::getppid();
+    // The shim that spawned it, named in the report's path: after the re-execution below, the
+    // parent may already be another process (a shim that died meanwhile).
+    let shim = super::runner::report_owner(Path::new(report))
+        .map(nix::unistd::Pid::from_raw)
+        .unwrap_or_else(nix::unistd::getppid);
     // Before the engine forks anything that enters a container: re-execute through a path the
     // container cannot write (see `crate::seal`); this returns only when already protected.
     let result = crate::seal::reexec_sealed()

@@ -26,12 +26,7 @@ const REPORT_PREFIX: &str = ".report-";
 pub fn remove_orphaned_reports(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
-        let name = e.file_name();
-        let pid = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(REPORT_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<i32>().ok());
+        let pid = report_owner(&e.path());
         // (a zombie counts as gone: a shim killed with SIGKILL stays one until it is waited for;
         // so does one still exiting, whose helpers take back what they write after this)
         if let Some(pid) = pid
@@ -40,6 +35,12 @@ pub fn remove_orphaned_reports(dir: &Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// The pid of the shim a report is for, from its name (`.report-<shim pid>-<n>`).
+pub fn report_owner(report: &Path) -> Option<i32> {
+    let name = report.file_name()?.to_str()?;
+    name.strip_prefix(REPORT_PREFIX)?.split('-').next()?.parse().ok()
 }
 
 #[derive(Debug)]
@@ -220,6 +221,14 @@ mod tests {
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    #[test]
+    fn a_report_names_the_shim_it_is_for() {
+        assert_eq!(report_owner(Path::new("/run/x/.report-4242-7")), Some(4242));
+        assert_eq!(report_owner(Path::new("/run/x/.report-4242-7.tmp")), Some(4242));
+        assert_eq!(report_owner(Path::new("/run/x/c1")), None);
+        assert_eq!(report_owner(Path::new("/run/x/.report-x-1")), None);
     }
 
     #[test]
