@@ -18,7 +18,9 @@
 //! `image import --keep-blobs` (the blobs kept, so `export` reproduces every digest).
 //!
 //! Each round uses a fresh store and a fresh private containerd (own root, state and socket, CRI
-//! disabled; `$STRATA_CONTAINERD` picks another binary). Rounds: env STRATA_BENCH_ROUNDS
+//! disabled; `$STRATA_CONTAINERD` picks another binary). Everything is written on a fresh ext4
+//! with a journal, loop-mounted for the run ([`strata_bench::scratch`]: the VMs' own disk is ext4
+//! without one, where files created after a large deletion cost 20 times more). Rounds: env STRATA_BENCH_ROUNDS
 //! (default 5); `STRATA_BENCH_IMPORT_ONLY=1` measures the import times alone. Needs root.
 
 use std::path::{Path, PathBuf};
@@ -32,19 +34,11 @@ use strata_bench::images::{
     LayerBlob, app_layer_tar, debian_rootfs_tar, disk_usage, extract_rootfs, gzip_layer, rebuilt_base_tar,
     write_oci_archive,
 };
-use strata_bench::median;
+use strata_bench::{median, scratch};
 
 const APPS: u32 = 5;
 /// gzip level of every layer (what docker and buildkit use).
 const GZIP_LEVEL: u32 = 6;
-
-/// `ctr images import` of `archive` (containerd unpacks into its overlayfs snapshotter); its
-/// wall time.
-fn ctr_import(ctd: &Containerd, archive: &Path) -> Result<Duration, String> {
-    let t = Instant::now();
-    ctd.import(archive)?;
-    Ok(t.elapsed())
-}
 
 /// The images every measurement reads, built once per run under a temp directory.
 struct Images {
@@ -61,8 +55,10 @@ struct Images {
 
 fn build_images() -> Result<Images, String> {
     let rootfs_tar = debian_rootfs_tar()?;
-    let work =
-        tempfile::Builder::new().prefix("strata-bench-images-").tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let work = tempfile::Builder::new()
+        .prefix("strata-bench-images-")
+        .tempdir_in(scratch::dir())
+        .map_err(|e| format!("tempdir: {e}"))?;
     let w = work.path();
     let rootfs = w.join("rootfs");
     extract_rootfs(&rootfs_tar, &rootfs)?;
@@ -114,7 +110,7 @@ fn build_images() -> Result<Images, String> {
 }
 
 fn fresh_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
-    tempfile::Builder::new().prefix(prefix).tempdir().map_err(|e| format!("tempdir: {e}"))
+    tempfile::Builder::new().prefix(prefix).tempdir_in(scratch::dir()).map_err(|e| format!("tempdir: {e}"))
 }
 
 /// Imports `archive` into a fresh store; returns the time and the store's directory.
@@ -168,28 +164,37 @@ fn import_times(images: &Images, rounds: usize) -> Result<(), String> {
     let mut times: [Vec<Duration>; 4] = Default::default();
     let mut kept_dirs = Vec::new();
     let mut kept_containerds = Vec::new();
-    for _ in 0..rounds {
+    for round in 0..rounds {
         settle();
         let (t, dir) = strata_import(&images.base_archive)?;
         times[0].push(t);
         kept_dirs.push(dir);
         settle();
-        let ctd = Containerd::start(None)?;
-        times[1].push(ctr_import(&ctd, &images.base_archive)?);
-        kept_containerds.push(ctd);
-        settle();
         let (t, dir) = tar_extract(&images.base.path)?;
         times[2].push(t);
         kept_dirs.push(dir);
-        settle();
-        let ctd = Containerd::start_with_snapshotter(&snapshotter)?;
-        let t = Instant::now();
-        ctd.import_into(&images.base_archive, "strata")?;
-        times[3].push(t.elapsed());
-        kept_containerds.push(ctd);
+        // containerd with either snapshotter, one after the other, the first in turns
+        for with_strata in [round % 2 == 1, round % 2 == 0] {
+            settle();
+            let (ctd, snapshotter, slot) = if with_strata {
+                (Containerd::start_with_snapshotter(&snapshotter)?, "strata", 3)
+            } else {
+                (Containerd::start(None)?, "overlayfs", 1)
+            };
+            let t = Instant::now();
+            ctd.import_into(&images.base_archive, snapshotter)?;
+            times[slot].push(t.elapsed());
+            kept_containerds.push(ctd);
+        }
     }
     drop(kept_containerds);
     drop(kept_dirs);
+    for (name, v) in
+        ["strata", "ctr images import", "tar -xzf", "ctr images import --snapshotter strata"].iter().zip(&times)
+    {
+        let v: Vec<String> = v.iter().map(|d| format!("{:.0}", ms(*d))).collect();
+        println!("layerstore: {name}, each round (ms): {}", v.join(" "));
+    }
     let [s, c, t, cs] = times.map(|mut v| median(&mut v));
     println!(
         "\nlayerstore: import + unpack of debian bookworm minbase ({:.1} MB gzip layer); {rounds} interleaved rounds",
@@ -244,6 +249,7 @@ fn disk_set(
     }
     ctd.collect_garbage("overlayfs")?;
     let containerd = disk_usage(&ctd.root())?;
+    let overlay_snapshots = disk_usage(&ctd.root().join("io.containerd.snapshotter.v1.overlayfs"))?;
     drop(ctd);
     let snapshotter = strata_bench::containerd::snapshotter_binary()?;
     // containerd with each snapshotter: (containerd's root, the snapshotter's store)
@@ -303,6 +309,15 @@ fn disk_set(
         "layerstore: ratio containerd with strata's snapshotter / with overlayfs = {r:.2} (target ≤ {snapshotter_target:.2}: {})",
         met(r <= snapshotter_target)
     );
+    // The snapshotters alone: what each keeps beside the content store both containerds share.
+    let r = snapshots as f64 / overlay_snapshots as f64;
+    println!(
+        "layerstore: the snapshotters' own bytes: strata's store {:.1} MB, overlayfs's {:.1} MB; ratio = {r:.2} \
+         (target ≤ {snapshotter_target:.2}: {})",
+        mb(snapshots),
+        mb(overlay_snapshots),
+        met(r <= snapshotter_target)
+    );
     match discarded {
         Some((overlay, (content, snapshots))) => {
             let with = content + snapshots;
@@ -330,6 +345,12 @@ fn disk_set(
 }
 
 fn layerstore(c: &mut Criterion) {
+    // Everything is written on an ext4 of its own (see `strata_bench::scratch`).
+    let fs = scratch::ScratchFs::new(64);
+    match &fs {
+        Ok(fs) => eprintln!("layerstore: measuring on a fresh ext4 mounted at {}", fs.path().display()),
+        Err(e) => eprintln!("layerstore: measuring in /tmp: no scratch file system ({e})"),
+    }
     let t = Instant::now();
     let images = build_images().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("layerstore: images built in {:.1} s", t.elapsed().as_secs_f64());

@@ -121,8 +121,12 @@ impl Containerd {
                 return Err(format!("`{tool}` is not installed (apt-get install containerd)"));
             }
         }
-        // Short and in /tmp: the socket path must fit in sockaddr_un.
-        let dir = tempfile::Builder::new().prefix("ctdb").tempdir_in("/tmp").map_err(|e| format!("tempdir: {e}"))?;
+        // Short and in /tmp (or a scratch file system mounted there): the socket path must fit in
+        // sockaddr_un.
+        let dir = tempfile::Builder::new()
+            .prefix("ctdb")
+            .tempdir_in(crate::scratch::dir())
+            .map_err(|e| format!("tempdir: {e}"))?;
         let p = dir.path();
         let mut config = format!(
             "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\

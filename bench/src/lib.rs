@@ -6,6 +6,7 @@ pub mod faults;
 pub mod images;
 pub mod load;
 pub mod report;
+pub mod scratch;
 pub mod soak;
 
 use std::os::unix::process::CommandExt;

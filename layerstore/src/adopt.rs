@@ -26,6 +26,11 @@
 //! the clock's granularity, so any later change gives it another ctime. Adoption uses such a hash
 //! only for a file whose inode, size, mtime and ctime are still the ones seen under the lease, and
 //! hashes every other file itself.
+//!
+//! A file whose key is new to the pool needs nothing done to the tree: it becomes the pool's file
+//! by one `linkat` into the pool. [`Store::adopt_tree_deferring`] leaves those links for
+//! [`Store::link_deferred`], which the snapshotter runs after containerd has its answer; every
+//! change to the tree itself is made before.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -416,6 +421,26 @@ impl Store {
         data: Option<&DataLayer<'_>>,
         early: Option<&Prehashed>,
     ) -> Result<AdoptStats> {
+        let (stats, later) = self.adopt_tree_deferring(dir, data, early)?;
+        self.link_deferred(later)?;
+        Ok(stats)
+    }
+
+    /// [`Store::adopt_tree_with`], leaving out what can wait: the pool links of files whose key
+    /// is new to the pool. Such a link (`linkat` of the file into the pool) changes nothing in the
+    /// tree, so it may follow once the tree is in use as a read-only layer; [`Store::link_deferred`]
+    /// makes them. Everything that changes the tree happens here: files whose key is pooled are
+    /// replaced by the pool's inode, metadata-only files are made, and a key or (for metadata-only
+    /// files) a content that appears twice in the tree is linked at once so the second copy can
+    /// share the first. Until the links are made, the content index may name a key that is not
+    /// in the pool yet: the caller adopts the next tree only after them (a metadata-only file
+    /// made from such a name in between would fail, and its file would keep its own data).
+    pub fn adopt_tree_deferring(
+        &self,
+        dir: &Path,
+        data: Option<&DataLayer<'_>>,
+        early: Option<&Prehashed>,
+    ) -> Result<(AdoptStats, DeferredLinks)> {
         let _lock = self.lock(false)?;
         // The data layer's directory, opened (created) at the first metadata-only file.
         let data_dir: OnceLock<rustix::io::Result<OwnedFd>> = OnceLock::new();
@@ -446,43 +471,184 @@ impl Store {
         }
         let next = AtomicUsize::new(0);
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len()).max(1);
-        let results: Vec<Result<AdoptStats>> = std::thread::scope(|scope| {
+        type Done = Result<(AdoptStats, Vec<Unpooled>)>;
+        let results: Vec<Done> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     scope.spawn(|| {
                         let mut stats = AdoptStats::default();
+                        let mut unpooled = Vec::new();
                         let mut buf = vec![0u8; 128 << 10];
-                        while let Some((rel, files)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        loop {
+                            let at = next.fetch_add(1, Ordering::Relaxed);
+                            let Some((rel, files)) = work.get(at) else { break };
                             let fd =
                                 open_beneath(&root, rel).map_err(|e| Error::io("open", dir.join(rel))(e.into()))?;
                             for name in files {
-                                let name = OsStr::from_bytes(name.to_bytes());
-                                let early = early.map(|e| (e, rel.join(name)));
-                                let early = early.as_ref().map(|(e, path)| (*e, path.as_path()));
-                                if adopt_file(&pool, &fd, name, &mut buf, &mut stats, stubs.as_ref(), early)
-                                    .map_err(|e| Error::io("pool", dir.join(rel).join(name))(e))?
+                                let path = || rel.join(OsStr::from_bytes(name.to_bytes()));
+                                let early_path = early.map(|_| path());
+                                let early = early.zip(early_path.as_deref());
+                                let file = InTree { fd: &fd, at, name: name.as_c_str() };
+                                if adopt_file(&pool, &file, &mut buf, &mut stats, stubs.as_ref(), early, &mut unpooled)
+                                    .map_err(|e| Error::io("pool", dir.join(path()))(e))?
                                 {
                                     stats.files += 1;
                                 }
                             }
                         }
-                        Ok(stats)
+                        Ok((stats, unpooled))
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         });
         let mut total = AdoptStats::default();
+        let mut unpooled = Vec::new();
         for r in results {
-            let r = r?;
+            let (r, u) = r?;
             total.files += r.files;
             total.shared += r.shared;
             total.shared_bytes += r.shared_bytes;
             total.stubbed += r.stubbed;
             total.stubbed_bytes += r.stubbed_bytes;
+            unpooled.extend(u);
         }
-        Ok(total)
+        // New keys: linked now where a file of this tree is to share them, else left for later.
+        let stubbable = |u: &Unpooled| stubs.is_some() && u.size >= STUB_MIN;
+        let (mut keys, mut hashes) = (HashMap::<&str, u32>::new(), HashMap::<&str, u32>::new());
+        for u in &unpooled {
+            *keys.entry(&u.key).or_default() += 1;
+            if stubbable(u) {
+                *hashes.entry(&u.hash).or_default() += 1;
+            }
+        }
+        let now: Vec<bool> = unpooled
+            .iter()
+            .map(|u| -> Result<bool> {
+                if keys[u.key.as_str()] > 1 || (stubbable(u) && hashes[u.hash.as_str()] > 1) {
+                    return Ok(true);
+                }
+                match &stubs {
+                    // content pooled under other metadata: a metadata-only file now
+                    Some(stubs) if stubbable(u) => Ok(stubs
+                        .layer
+                        .index
+                        .other_or_insert(&pool, &u.hash, &u.key)
+                        .map_err(|e| Error::io("read", self.root.join("pool"))(e.into()))?
+                        .is_some()),
+                    _ => Ok(false),
+                }
+            })
+            .collect::<Result<_>>()?;
+        let mut later = Vec::new();
+        let mut fds: HashMap<usize, OwnedFd> = HashMap::new();
+        for (u, now) in unpooled.into_iter().zip(now) {
+            if !now {
+                later.push(u);
+                continue;
+            }
+            let rel = &work[u.dir].0;
+            let path = || dir.join(rel).join(OsStr::from_bytes(u.name.to_bytes()));
+            let fd = match fds.entry(u.dir) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(open_beneath(&root, rel).map_err(|e| Error::io("open", dir.join(rel))(e.into()))?)
+                }
+            };
+            let name = OsStr::from_bytes(u.name.to_bytes());
+            link_hashed(&pool, fd, name, &u.st, &u.hash, &u.key, u.size, &mut total, stubs.as_ref())
+                .map_err(|e| Error::io("pool", path())(e))?;
+        }
+        let dirs = work.into_iter().map(|(rel, _)| rel).collect();
+        Ok((total, DeferredLinks { tree: dir.to_path_buf(), dirs, files: later }))
     }
+
+    /// Makes the pool links [`Store::adopt_tree_deferring`] left for later: each file still as it
+    /// was hashed (same inode, size, times, one link) becomes the pool's file of its key, unless
+    /// the key was pooled meanwhile (the file then keeps its own inode: the tree is not changed
+    /// any more). A tree or file removed meanwhile is passed over. Returns the files linked.
+    pub fn link_deferred(&self, later: DeferredLinks) -> Result<u64> {
+        if later.files.is_empty() {
+            return Ok(0);
+        }
+        let _lock = self.lock(false)?;
+        let open = |p: &Path| rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
+        let pool = open(&self.root.join("pool")).map_err(|e| Error::io("open", self.root.join("pool"))(e.into()))?;
+        let root = match open(&later.tree) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(0),
+            Err(e) => return Err(Error::io("open", &later.tree)(e.into())),
+        };
+        let mut linked = 0;
+        let mut dir: Option<(usize, Option<OwnedFd>)> = None;
+        for f in &later.files {
+            if dir.as_ref().is_none_or(|d| d.0 != f.dir) {
+                dir = Some((f.dir, open_beneath(&root, &later.dirs[f.dir]).ok()));
+            }
+            let Some(fd) = dir.as_ref().and_then(|d| d.1.as_ref()) else { continue };
+            let Ok(st) = rustix::fs::statat(fd, f.name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            let same = |s: &rustix::fs::Stat| {
+                (s.st_dev, s.st_ino, s.st_nlink, s.st_size, s.st_mtime, s.st_mtime_nsec, s.st_ctime, s.st_ctime_nsec)
+            };
+            if same(&st) != same(&f.st) {
+                continue;
+            }
+            match rustix::fs::linkat(fd, f.name.as_c_str(), &pool, f.key.as_str(), AtFlags::empty()) {
+                Ok(()) => linked += 1,
+                Err(Errno::EXIST | Errno::NOENT | Errno::XDEV | Errno::PERM | Errno::MLINK) => {}
+                Err(e) => {
+                    let path = later.tree.join(&later.dirs[f.dir]).join(OsStr::from_bytes(f.name.to_bytes()));
+                    return Err(Error::io("pool", path)(e.into()));
+                }
+            }
+        }
+        Ok(linked)
+    }
+}
+
+/// A hashed file whose pool key was not in the pool when it was hashed.
+struct Unpooled {
+    /// Its directory: an index into the adoption's list of directories.
+    dir: usize,
+    name: CString,
+    st: rustix::fs::Stat,
+    hash: String,
+    key: String,
+    size: u64,
+}
+
+/// The pool links an adoption left for later ([`Store::adopt_tree_deferring`]).
+#[must_use = "the files stay out of the pool unless Store::link_deferred links them"]
+pub struct DeferredLinks {
+    tree: PathBuf,
+    /// The tree's directories, relative to it.
+    dirs: Vec<PathBuf>,
+    files: Vec<Unpooled>,
+}
+
+impl DeferredLinks {
+    /// Files left to link.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether no file is left to link.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+impl std::fmt::Debug for DeferredLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredLinks").field("tree", &self.tree).field("files", &self.files.len()).finish()
+    }
+}
+
+/// A file of the tree being adopted: its directory (opened, and its index in the walk) and name.
+struct InTree<'a> {
+    fd: &'a OwnedFd,
+    at: usize,
+    name: &'a CStr,
 }
 
 /// The directory `rel` below `root`, resolved without leaving it or following a symlink.
@@ -520,17 +686,18 @@ fn read_names(dir: &OwnedFd) -> rustix::io::Result<Vec<(std::ffi::CString, FileT
     Ok(out)
 }
 
-/// Hashes one regular file and links it into the pool. Returns whether it was hashed (files with
-/// xattrs or several links are left alone).
+/// Hashes one regular file and links it into the pool if its key is there; otherwise adds it to
+/// `unpooled`. Returns whether it was hashed (files with xattrs or several links are left alone).
 fn adopt_file(
     pool: &OwnedFd,
-    dir: &OwnedFd,
-    name: &OsStr,
+    file: &InTree<'_>,
     buf: &mut [u8],
     stats: &mut AdoptStats,
     stubs: Option<&Stubs<'_, '_>>,
     early: Option<(&Prehashed, &Path)>,
+    unpooled: &mut Vec<Unpooled>,
 ) -> std::io::Result<bool> {
+    let (dir, name) = (file.fd, file.name);
     // A file hashed early and unchanged since: neither opened nor read again (a change of its
     // xattrs or links would have changed its ctime).
     if let Some((early, rel)) = early {
@@ -539,7 +706,7 @@ fn adopt_file(
             && st.st_nlink == 1
             && let Some(hash) = early.hash_of(rel, &st)
         {
-            link_hashed(pool, dir, name, &st, hash, st.st_size as u64, stats, stubs)?;
+            place(pool, file, st, hash, st.st_size as u64, stats, stubs, unpooled)?;
             return Ok(true);
         }
     }
@@ -556,10 +723,10 @@ fn adopt_file(
         Err(e) => return Err(e.into()),
     }
     let mut hasher = Hasher::new(Algorithm::Sha256);
-    let mut file = File::from(fd);
+    let mut file_r = File::from(fd);
     let mut size = 0u64;
     loop {
-        let n = match file.read(buf) {
+        let n = match file_r.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -569,9 +736,35 @@ fn adopt_file(
         size += n as u64;
     }
     let digest = hasher.finish();
-    drop(file);
-    link_hashed(pool, dir, name, &st, digest.hex(), size, stats, stubs)?;
+    drop(file_r);
+    place(pool, file, st, digest.hex(), size, stats, stubs, unpooled)?;
     Ok(true)
+}
+
+/// Links a hashed file to the pool's inode of its key if the pool has one, else adds it to
+/// `unpooled` (see [`Store::adopt_tree_deferring`]).
+#[allow(clippy::too_many_arguments)]
+fn place(
+    pool: &OwnedFd,
+    file: &InTree<'_>,
+    st: rustix::fs::Stat,
+    hash: &str,
+    size: u64,
+    stats: &mut AdoptStats,
+    stubs: Option<&Stubs<'_, '_>>,
+    unpooled: &mut Vec<Unpooled>,
+) -> std::io::Result<()> {
+    let key = pool_key(hash, st.st_mode, st.st_uid.into(), st.st_gid.into(), st.st_mtime, st.st_mtime_nsec as i64);
+    match rustix::fs::statat(pool, key.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => {
+            link_hashed(pool, file.fd, OsStr::from_bytes(file.name.to_bytes()), &st, hash, &key, size, stats, stubs)
+        }
+        Err(Errno::NOENT) => {
+            unpooled.push(Unpooled { dir: file.at, name: file.name.to_owned(), st, hash: hash.to_string(), key, size });
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Links a hashed file into the pool (see [`adopt_file`]).
@@ -582,23 +775,23 @@ fn link_hashed(
     name: &OsStr,
     st: &rustix::fs::Stat,
     hash: &str,
+    key: &str,
     size: u64,
     stats: &mut AdoptStats,
     stubs: Option<&Stubs<'_, '_>>,
 ) -> std::io::Result<()> {
-    let key = pool_key(hash, st.st_mode, st.st_uid.into(), st.st_gid.into(), st.st_mtime, st.st_mtime_nsec as i64);
-    match link_new(pool, dir, name, &key)? {
+    match link_new(pool, dir, name, key)? {
         Linked::Shared => {
             stats.shared += 1;
             stats.shared_bytes += size;
         }
         Linked::New if size >= STUB_MIN => {
             if let Some(stubs) = stubs
-                && let Some(other) = stubs.layer.index.other_or_insert(pool, hash, &key)?
+                && let Some(other) = stubs.layer.index.other_or_insert(pool, hash, key)?
             {
                 if stubs.make(pool, dir, name, st, hash, &other)? {
                     // The pool's new key held only this file's old inode.
-                    let _ = rustix::fs::unlinkat(pool, key.as_str(), AtFlags::empty());
+                    let _ = rustix::fs::unlinkat(pool, key, AtFlags::empty());
                     stats.stubbed += 1;
                     stats.stubbed_bytes += size;
                 } else {
@@ -732,6 +925,57 @@ mod tests {
         let pooled = fs::read_dir(dir.path().join("store/pool")).map_err(io(dir.path()))?.count();
         assert_eq!(pooled, 2);
         assert_eq!(fs::read_to_string(trees[1].join("sub/same")).map_err(io(&trees[1]))?, "the same content");
+        Ok(())
+    }
+
+    #[test]
+    fn deferred_links_change_nothing_in_the_tree_and_take_only_unchanged_files() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp")(e))?;
+        let store = Store::open(&dir.path().join("store"))?;
+        let io = |p: &Path| Error::io("prepare", p.to_path_buf());
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let write = |t: &Path, name: &str, content: &str| -> Result<()> {
+            let p = t.join(name);
+            fs::write(&p, content).map_err(io(&p))?;
+            fs::File::options().write(true).open(&p).and_then(|f| f.set_modified(when)).map_err(io(&p))
+        };
+        let (old, tree) = (dir.path().join("old"), dir.path().join("tree"));
+        fs::create_dir_all(&old).map_err(io(&old))?;
+        fs::create_dir_all(tree.join("sub")).map_err(io(&tree))?;
+        write(&old, "pooled", "pooled before")?;
+        store.adopt_tree(&old)?;
+        write(&tree, "pooled", "pooled before")?;
+        write(&tree, "new", "new content")?;
+        write(&tree, "changed", "changed later")?;
+        write(&tree, "twice", "twice in the tree")?;
+        write(&tree, "sub/twice", "twice in the tree")?;
+        let meta = |p: PathBuf| fs::symlink_metadata(&p).map_err(io(&p));
+        let pool_len = || fs::read_dir(dir.path().join("store/pool")).map(|d| d.count()).map_err(io(dir.path()));
+
+        let (stats, later) = store.adopt_tree_deferring(&tree, None, None)?;
+        // the pooled file and the second copy share at once; the new contents wait
+        assert_eq!(stats, AdoptStats { files: 5, shared: 2, shared_bytes: 13 + 17, ..AdoptStats::default() });
+        assert_eq!(later.len(), 2, "{later:?}");
+        assert_eq!(meta(tree.join("pooled"))?.ino(), meta(old.join("pooled"))?.ino());
+        assert_eq!(meta(tree.join("twice"))?.ino(), meta(tree.join("sub/twice"))?.ino());
+        assert_eq!(meta(tree.join("new"))?.nlink(), 1, "linked before link_deferred");
+        assert_eq!(pool_len()?, 2, "pooled before, and the content twice in the tree");
+
+        // a file changed after its hash is left out; the rest is linked, the tree as it was
+        let before = meta(tree.join("new"))?;
+        fs::write(tree.join("changed"), "other content").map_err(io(&tree))?;
+        assert_eq!(store.link_deferred(later)?, 1);
+        let after = meta(tree.join("new"))?;
+        assert_eq!((after.ino(), after.nlink(), after.mtime()), (before.ino(), 2, before.mtime()));
+        assert_eq!(meta(tree.join("changed"))?.nlink(), 1);
+        assert_eq!(pooled_hash(&dir.path().join("store"), &tree.join("new"))?, Some(sha256_hex(b"new content")));
+        assert_eq!(pool_len()?, 3);
+        // a tree removed before its links are made: nothing to link, no error
+        write(&old, "gone", "removed first")?;
+        let (_, later) = store.adopt_tree_deferring(&old, None, None)?;
+        assert_eq!(later.len(), 1);
+        fs::remove_dir_all(&old).map_err(io(&old))?;
+        assert_eq!(store.link_deferred(later)?, 0);
         Ok(())
     }
 

@@ -2,12 +2,15 @@
 //!
 //! Every call runs on the blocking pool with the snapshots locked, except the pool adoption of a
 //! commit, which runs after the commit is recorded and without the lock (it reads every file of
-//! the layer; other calls go on meanwhile).
+//! the layer; other calls go on meanwhile). Adoptions run one at a time. The pool links of a
+//! layer's new content, which change nothing in its tree, are made after the commit answers, by a
+//! thread of low priority ([`layerstore::Store::adopt_tree_deferring`]); the next adoption waits
+//! for them, and so does the daemon's exit.
 //!
-//! While containerd unpacks a layer into an active snapshot (one its unpacker names
-//! `extract-…`), a thread of low priority hashes
-//! the files it has finished ([`layerstore::Prehashed`]: under read leases, re-checked at commit),
-//! so the commit reads again only what changed since. It stops at the commit or removal.
+//! While containerd unpacks a layer into an active snapshot (one its unpacker names `extract-…`),
+//! a thread of low priority hashes the files it has finished ([`layerstore::Prehashed`]: under
+//! read leases, re-checked at commit), so the commit reads again only what changed since. It stops
+//! at the commit or removal.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -32,6 +35,8 @@ pub struct Service {
     snapshots: Arc<Mutex<Snapshots>>,
     /// The early hashing of each active snapshot being unpacked, by key.
     hashing: Arc<Mutex<HashMap<String, EarlyHashing>>>,
+    /// Held by an adoption and then by its deferred pool links.
+    pooling: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The most layers hashed early at once (containerd unpacks a few layers of a pull at a time).
@@ -52,8 +57,7 @@ impl EarlyHashing {
         let flag = stop.clone();
         let thread = std::thread::Builder::new().name("early-hash".into()).spawn(move || {
             // Behind containerd's own work on the same cores.
-            // SAFETY: setpriority on this thread's own id; no pointers.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+            run_when_idle();
             let mut early = layerstore::Prehashed::new();
             while !flag.load(Ordering::Relaxed) {
                 if let Err(e) = early.pass(&tree, &flag) {
@@ -78,7 +82,12 @@ impl EarlyHashing {
 impl Service {
     /// Serves `snapshots`.
     pub fn new(snapshots: Snapshots) -> Service {
-        Service { snapshots: Arc::new(Mutex::new(snapshots)), hashing: Arc::default() }
+        Service { snapshots: Arc::new(Mutex::new(snapshots)), hashing: Arc::default(), pooling: Arc::default() }
+    }
+
+    /// Waits until the pool links of the last commit are made.
+    pub async fn settle(&self) {
+        let _ = self.pooling.lock().await;
     }
 
     /// Starts hashing the tree of the active snapshot `key` early, if containerd unpacks into it.
@@ -114,6 +123,42 @@ impl Service {
         .await
         .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))?
         .map_err(status)
+    }
+}
+
+/// Puts the calling thread in `SCHED_IDLE`: it runs only on a core nothing else wants (else at
+/// the lowest nice level), so work that can wait never slows containerd's unpack.
+fn run_when_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on this thread's own id with a valid sched_param; setpriority
+    // on the same id; no pointers kept.
+    unsafe {
+        if libc::sched_setscheduler(libc::gettid(), libc::SCHED_IDLE, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        }
+    }
+}
+
+/// Makes the pool links an adoption left for later on a thread of low priority, holding the
+/// adoptions' lock (`pooling`) until they are made.
+fn link_later(
+    store: layerstore::Store,
+    later: layerstore::DeferredLinks,
+    name: String,
+    pooling: tokio::sync::OwnedMutexGuard<()>,
+) {
+    if later.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("pool-links".into()).spawn(move || {
+        run_when_idle();
+        if let Err(e) = store.link_deferred(later) {
+            eprintln!("strata-snapshotter: commit {name:?}: some of its new files stay out of the pool: {e}");
+        }
+        drop(pooling);
+    });
+    if let Err(e) = spawned {
+        eprintln!("strata-snapshotter: a commit's new files stay out of the pool: no thread to link them: {e}");
     }
 }
 
@@ -217,13 +262,14 @@ impl snapshots_server::Snapshots for Service {
             .await?;
         // The commit stands whatever happens here: a tree left out of the pool is only not
         // deduplicated.
+        let pooling = self.pooling.clone().lock_owned().await;
         let adopted = tokio::task::spawn_blocking(move || {
             let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
-            store.adopt_tree_with(&adopt.tree, data.as_ref(), early.as_ref())
+            store.adopt_tree_deferring(&adopt.tree, data.as_ref(), early.as_ref()).map(|(_, later)| (store, later))
         })
         .await;
         match adopted {
-            Ok(Ok(_)) => {}
+            Ok(Ok((store, later))) => link_later(store, later, name, pooling),
             Ok(Err(e)) => eprintln!("strata-snapshotter: commit {name:?}: its files stay out of the pool: {e}"),
             Err(e) => eprintln!("strata-snapshotter: commit {name:?}: pooling failed: {e}"),
         }

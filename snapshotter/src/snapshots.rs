@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! lock                    flock held by the one daemon that serves this root
-//! snapshots/<id>/info.json  key, parent, kind, labels, times, usage (written by rename)
+//! snapshots/<id>/info.json  key, parent, kind, labels, times, usage once counted (by rename)
 //! snapshots/<id>/fs       the snapshot's tree (an overlay upper layer, or a plain tree)
 //! snapshots/<id>/work     overlayfs' work directory of an active snapshot
 //! snapshots/<id>/data     a committed snapshot's data layer: hardlinks to pooled inodes its
@@ -16,7 +16,9 @@
 //! back into `tmp/`, so a crash at any moment leaves either the whole snapshot or none (the
 //! leftovers in `tmp/` go at the next start). A commit rewrites `info.json` by rename; only then
 //! are its files adopted into the layer store's content pool (shared inodes are never written:
-//! committed snapshots are mounted as overlay lower layers or read-only views).
+//! committed snapshots are mounted as overlay lower layers or read-only views). The links of new
+//! content into the pool, which change nothing in the tree, may follow after the commit answers
+//! (see `service`).
 //!
 //! Where the kernel follows redirects into data-only lower layers without `metacopy=on` (Linux
 //! 6.16 and later; probed at start), a committed file whose content is pooled under other
@@ -92,7 +94,7 @@ pub struct Info {
     pub created: Time,
     /// When it last changed.
     pub updated: Time,
-    /// What its tree held when it was committed.
+    /// What its tree holds, once counted (committed snapshots only: at the first Usage call).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
@@ -413,8 +415,9 @@ impl Snapshots {
                  (a committed layer's files are shared and must not be written)"
             )));
         }
+        // (its usage is counted when first asked for: overlayfs's walk of the tree, off the
+        // commit's path)
         let mut info = info.clone();
-        info.usage = Some(usage(&fs_path)?);
         info.kind = Kind::Committed;
         info.key = name.to_string();
         info.labels = labels;
@@ -474,13 +477,19 @@ impl Snapshots {
         Ok(info)
     }
 
-    /// What snapshot `key`'s own tree holds (its parents not counted).
-    pub fn usage(&self, key: &str) -> Result<Usage> {
+    /// What snapshot `key`'s own tree holds (its parents not counted). Counted at each call for
+    /// an active snapshot, once for a committed one (kept in memory; a record written before
+    /// this daemon may hold it already).
+    pub fn usage(&mut self, key: &str) -> Result<Usage> {
         let info = self.get(key)?;
-        match info.usage {
-            Some(u) => Ok(u),
-            None => usage(&self.fs_path(info.id)),
+        if let Some(u) = info.usage {
+            return Ok(u);
         }
+        let (committed, counted) = (info.kind == Kind::Committed, usage(&self.fs_path(info.id))?);
+        if committed && let Some(info) = self.by_key.get_mut(key) {
+            info.usage = Some(counted);
+        }
+        Ok(counted)
     }
 
     /// Removes what a crash or a removal left in `tmp/`.
@@ -661,7 +670,8 @@ mod tests {
         assert!(matches!(s.get("extract-1"), Err(Error::NotFound(_))));
         let l1 = s.get("l1")?.clone();
         assert_eq!((l1.kind, l1.id), (Kind::Committed, base.id));
-        assert!(l1.usage.is_some_and(|u| u.inodes == 1 && u.size > 0), "{:?}", l1.usage);
+        let u1 = s.usage("l1")?;
+        assert!(u1.inodes == 1 && u1.size > 0, "{u1:?}");
         assert!(matches!(s.commit("l2", "l1", BTreeMap::new()), Err(Error::FailedPrecondition(_))));
 
         // above it: an overlay with its own upper and work directories; a view: read-only
@@ -695,10 +705,10 @@ mod tests {
         // everything is read back by the next daemon, after this one's lock is gone
         assert!(matches!(Snapshots::open(dir.path()), Err(Error::Busy(_))));
         drop(s);
-        let s = Snapshots::open(dir.path())?;
+        let mut s = Snapshots::open(dir.path())?;
         assert_eq!(s.all().count(), 1);
         assert_eq!(s.get("l1")?.labels, labels(&[("b", "2")]));
-        assert_eq!(s.usage("l1")?, l1.usage.unwrap_or_default());
+        assert_eq!(s.usage("l1")?, u1);
         Ok(())
     }
 

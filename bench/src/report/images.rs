@@ -398,7 +398,6 @@ fn qcow2_disks(work: &Path, apps: usize, kernel: &Path) -> Result<(ImageFigure, 
     Ok((per_app, shared, size_mib))
 }
 
-/// The image-size rows.
 /// The systems of the rebuilt-bases table: the ones file dedup can differ in.
 pub const REBUILT_SYSTEMS: [&str; 3] = [SYSTEMS[1], SYSTEMS[2], SYSTEMS[3]];
 
@@ -416,19 +415,7 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> (Vec<ImageRow>, Vec<
     })();
     let (work, layouts, transfer, base) = match prepared {
         Ok(p) => p,
-        Err(e) => {
-            let unavailable = |systems: &[&str]| -> Vec<ImageRow> {
-                systems
-                    .iter()
-                    .map(|s| ImageRow {
-                        system: s.to_string(),
-                        note: "-".into(),
-                        outcome: Outcome::Unavailable(e.clone()),
-                    })
-                    .collect()
-            };
-            return (unavailable(&SYSTEMS), unavailable(&REBUILT_SYSTEMS));
-        }
+        Err(e) => return (unavailable(&SYSTEMS, &e), unavailable(&REBUILT_SYSTEMS, &e)),
     };
     let mut rows = Vec::new();
     progress("images: strata's layer store");
@@ -441,22 +428,14 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> (Vec<ImageRow>, Vec<
             });
             rows.push(ImageRow { system: SYSTEMS[1].into(), note, outcome: Outcome::Measured(both) });
         }
-        Err(e) => {
-            for s in &SYSTEMS[..2] {
-                rows.push(ImageRow {
-                    system: s.to_string(),
-                    note: "-".into(),
-                    outcome: Outcome::Unavailable(e.clone()),
-                });
-            }
-        }
+        Err(e) => rows.extend(unavailable(&SYSTEMS[..2], &e)),
     }
     progress("images: containerd's content store");
     let logical = rows.iter().find_map(|r| r.outcome.measured().map(|f| f.logical)).unwrap_or(0);
     for (system, strata_snapshotter) in [(SYSTEMS[2], false), (SYSTEMS[3], true)] {
         rows.push(match super::containerd::content_store(&layouts, transfer, logical, strata_snapshotter) {
             Ok((figure, note)) => ImageRow { system: system.into(), note, outcome: Outcome::Measured(figure) },
-            Err(e) => ImageRow { system: system.into(), note: "-".into(), outcome: Outcome::Unavailable(e) },
+            Err(e) => unavailable_row(system, &e),
         });
     }
     progress("images: qcow2 disks");
@@ -479,18 +458,20 @@ pub fn image_rows(opts: &Options, kernel: Option<&Path>) -> (Vec<ImageRow>, Vec<
                 outcome: Outcome::Measured(shared),
             });
         }
-        Err(e) => {
-            for s in &SYSTEMS[4..] {
-                rows.push(ImageRow {
-                    system: s.to_string(),
-                    note: "-".into(),
-                    outcome: Outcome::Unavailable(e.clone()),
-                });
-            }
-        }
+        Err(e) => rows.extend(unavailable(&SYSTEMS[4..], &e)),
     }
     let rebuilt = rebuilt_rows(work.path(), apps);
     (rows, rebuilt)
+}
+
+/// A row saying that `system` could not be measured, and why.
+fn unavailable_row(system: &str, why: &str) -> ImageRow {
+    ImageRow { system: system.to_string(), note: "-".into(), outcome: Outcome::Unavailable(why.to_string()) }
+}
+
+/// [`unavailable_row`] for each of `systems`.
+fn unavailable(systems: &[&str], why: &str) -> Vec<ImageRow> {
+    systems.iter().map(|s| unavailable_row(s, why)).collect()
 }
 
 /// The second set: each application on its own rebuild of the base, in strata's store and in
@@ -499,25 +480,20 @@ fn rebuilt_rows(work: &Path, apps: usize) -> Vec<ImageRow> {
     progress("images: packing the rebuilt bases");
     let (layouts, transfer) = match write_rebuilt_layouts(work, apps) {
         Ok(l) => l,
-        Err(e) => {
-            return REBUILT_SYSTEMS
-                .iter()
-                .map(|s| ImageRow { system: s.to_string(), note: "-".into(), outcome: Outcome::Unavailable(e.clone()) })
-                .collect();
-        }
+        Err(e) => return unavailable(&REBUILT_SYSTEMS, &e),
     };
     let mut rows = Vec::new();
     progress("images: rebuilt bases in strata's layer store");
     rows.push(match strata_store(&work.join("store-rebuilt"), &layouts, transfer) {
         Ok((_, both, note)) => ImageRow { system: SYSTEMS[1].into(), note, outcome: Outcome::Measured(both) },
-        Err(e) => ImageRow { system: SYSTEMS[1].into(), note: "-".into(), outcome: Outcome::Unavailable(e) },
+        Err(e) => unavailable_row(SYSTEMS[1], &e),
     });
     let logical = rows[0].outcome.measured().map_or(0, |f| f.logical);
     for (system, strata_snapshotter) in [(SYSTEMS[2], false), (SYSTEMS[3], true)] {
         progress(format_args!("images: rebuilt bases in containerd ({system})"));
         rows.push(match super::containerd::content_store(&layouts, transfer, logical, strata_snapshotter) {
             Ok((figure, note)) => ImageRow { system: system.into(), note, outcome: Outcome::Measured(figure) },
-            Err(e) => ImageRow { system: system.into(), note: "-".into(), outcome: Outcome::Unavailable(e) },
+            Err(e) => unavailable_row(system, &e),
         });
     }
     rows
