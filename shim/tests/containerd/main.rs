@@ -829,7 +829,9 @@ fn output_written_across_a_containerd_kill_9_is_all_in_the_log() {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
-    let script = "i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo line-$i; sleep 0.005; done";
+    // (the init lingers after the stop file appears: its exit kills whatever else runs in its
+    // PID namespace, and the exec that makes the file must have exited first, not died with 137)
+    let script = "i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo line-$i; sleep 0.005; done; sleep 1";
     c.ok(&c.run_args(&["-d", "--log-uri", &uri], "counter", &["sh", "-c", script]));
     until(100, "the counter did not start writing");
     c.kill_9_and_restart();
