@@ -5,12 +5,13 @@
 //! the layer; other calls go on meanwhile). Adoptions run one at a time. The pool links of a
 //! layer's new content, which change nothing in its tree, are made after the commit answers, by a
 //! thread of low priority ([`layerstore::Store::adopt_tree_deferring`]); the next adoption waits
-//! for them, and so does the daemon's exit.
+//! for them, and so does the daemon's exit, each lifting that thread to normal priority while it
+//! waits.
 //!
 //! While containerd unpacks a layer into an active snapshot (one its unpacker names `extract-…`),
 //! a thread of low priority hashes the files it has finished ([`layerstore::Prehashed`]: under
 //! read leases, re-checked at commit), so the commit reads again only what changed since. It stops
-//! at the commit or removal.
+//! at the commit or removal, or once the tree has not changed for a minute.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -37,12 +38,31 @@ pub struct Service {
     hashing: Arc<Mutex<HashMap<String, EarlyHashing>>>,
     /// Held by an adoption and then by its deferred pool links.
     pooling: Arc<tokio::sync::Mutex<()>>,
+    /// The thread making deferred pool links: whoever waits for `pooling` raises it out of
+    /// `SCHED_IDLE` (else a busy machine would hold the next commit behind idle-time work).
+    linking: Arc<Mutex<Linking>>,
+}
+
+/// Where the deferred pool links stand.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Linking {
+    /// No thread links, nobody waits.
+    #[default]
+    None,
+    /// A thread links, with this id (cleared under the lock before it ends, so the id names it
+    /// while the lock is held).
+    Running(libc::pid_t),
+    /// Someone waits for `pooling`: the next links start at normal priority.
+    Hurried,
 }
 
 /// The most layers hashed early at once (containerd unpacks a few layers of a pull at a time).
 const MAX_EARLY: usize = 4;
 /// The pause between two passes over a tree being written.
 const PASS_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a tree may go unchanged before its early hashing ends (an unpack that stopped,
+/// whose snapshot is neither committed nor removed yet): its hashes wait for the commit.
+const QUIET_END: Duration = Duration::from_secs(60);
 
 /// A thread hashing the files of one active snapshot while containerd writes them.
 #[derive(Debug)]
@@ -59,10 +79,15 @@ impl EarlyHashing {
             // Behind containerd's own work on the same cores.
             run_when_idle();
             let mut early = layerstore::Prehashed::new();
-            while !flag.load(Ordering::Relaxed) {
-                if let Err(e) = early.pass(&tree, &flag) {
-                    eprintln!("strata-snapshotter: early hashing of {} stopped: {e}", tree.display());
-                    break;
+            let mut last_change = std::time::Instant::now();
+            while !flag.load(Ordering::Relaxed) && last_change.elapsed() < QUIET_END {
+                match early.pass(&tree, &flag) {
+                    Ok(p) if p.hashed > 0 || p.pending > 0 => last_change = std::time::Instant::now(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("strata-snapshotter: early hashing of {} stopped: {e}", tree.display());
+                        break;
+                    }
                 }
                 std::thread::park_timeout(PASS_INTERVAL);
             }
@@ -82,17 +107,48 @@ impl EarlyHashing {
 impl Service {
     /// Serves `snapshots`.
     pub fn new(snapshots: Snapshots) -> Service {
-        Service { snapshots: Arc::new(Mutex::new(snapshots)), hashing: Arc::default(), pooling: Arc::default() }
+        Service {
+            snapshots: Arc::new(Mutex::new(snapshots)),
+            hashing: Arc::default(),
+            pooling: Arc::default(),
+            linking: Arc::default(),
+        }
     }
 
     /// Waits until the pool links of the last commit are made.
     pub async fn settle(&self) {
-        let _ = self.pooling.lock().await;
+        let _ = self.take_pooling().await;
+    }
+
+    /// Takes the adoptions' lock; if deferred pool links hold it, raises their thread to normal
+    /// priority first.
+    async fn take_pooling(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        if let Ok(guard) = self.pooling.clone().try_lock_owned() {
+            return guard;
+        }
+        {
+            let mut linking = self.linking.lock().unwrap_or_else(|p| p.into_inner());
+            match *linking {
+                Linking::Running(tid) => run_normally(tid),
+                _ => *linking = Linking::Hurried,
+            }
+        }
+        let guard = self.pooling.clone().lock_owned().await;
+        let mut linking = self.linking.lock().unwrap_or_else(|p| p.into_inner());
+        if *linking == Linking::Hurried {
+            *linking = Linking::None;
+        }
+        drop(linking);
+        guard
     }
 
     /// Starts hashing the tree of the active snapshot `key` early, if containerd unpacks into it.
     fn hash_early(&self, key: &str, tree: PathBuf) {
         let mut hashing = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
+        if hashing.len() >= MAX_EARLY {
+            // (a hashing that ended by itself keeps its hashes for a commit; a new unpack comes first)
+            hashing.retain(|_, h| !h.thread.is_finished());
+        }
         if hashing.len() >= MAX_EARLY || hashing.contains_key(key) {
             return;
         }
@@ -139,22 +195,46 @@ fn run_when_idle() {
     }
 }
 
+/// Puts thread `tid` of this process back in the normal policy at nice 0.
+fn run_normally(tid: libc::pid_t) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in run_when_idle, on a thread of this process that the caller keeps alive.
+    unsafe {
+        libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 0);
+    }
+}
+
+/// Marks the calling thread as the one making deferred links, in idle time unless someone waits.
+fn links_started(linking: &Mutex<Linking>) -> libc::pid_t {
+    let mut state = linking.lock().unwrap_or_else(|p| p.into_inner());
+    if *state != Linking::Hurried {
+        run_when_idle();
+    }
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    *state = Linking::Running(tid);
+    tid
+}
+
 /// Makes the pool links an adoption left for later on a thread of low priority, holding the
-/// adoptions' lock (`pooling`) until they are made.
+/// adoptions' lock (`pooling`) until they are made; the thread's id is in `linking` meanwhile.
 fn link_later(
     store: layerstore::Store,
     later: layerstore::DeferredLinks,
     name: String,
     pooling: tokio::sync::OwnedMutexGuard<()>,
+    linking: Arc<Mutex<Linking>>,
 ) {
     if later.is_empty() {
         return;
     }
     let spawned = std::thread::Builder::new().name("pool-links".into()).spawn(move || {
-        run_when_idle();
+        links_started(&linking);
         if let Err(e) = store.link_deferred(later) {
             eprintln!("strata-snapshotter: commit {name:?}: some of its new files stay out of the pool: {e}");
         }
+        *linking.lock().unwrap_or_else(|p| p.into_inner()) = Linking::None;
         drop(pooling);
     });
     if let Err(e) = spawned {
@@ -262,14 +342,14 @@ impl snapshots_server::Snapshots for Service {
             .await?;
         // The commit stands whatever happens here: a tree left out of the pool is only not
         // deduplicated.
-        let pooling = self.pooling.clone().lock_owned().await;
+        let pooling = self.take_pooling().await;
         let adopted = tokio::task::spawn_blocking(move || {
             let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
             store.adopt_tree_deferring(&adopt.tree, data.as_ref(), early.as_ref()).map(|(_, later)| (store, later))
         })
         .await;
         match adopted {
-            Ok(Ok((store, later))) => link_later(store, later, name, pooling),
+            Ok(Ok((store, later))) => link_later(store, later, name, pooling, self.linking.clone()),
             Ok(Err(e)) => eprintln!("strata-snapshotter: commit {name:?}: its files stay out of the pool: {e}"),
             Err(e) => eprintln!("strata-snapshotter: commit {name:?}: pooling failed: {e}"),
         }
@@ -322,5 +402,58 @@ impl snapshots_server::Snapshots for Service {
     async fn cleanup(&self, _r: Request<CleanupRequest>) -> Result<Response<()>, Status> {
         self.with(|s| s.cleanup()).await?;
         Ok(Response::new(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(tid: libc::pid_t) -> i32 {
+        // SAFETY: sched_getscheduler reads the policy of a thread id; no pointers.
+        unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    /// A commit waiting for the adoptions' lock lifts the thread that holds it with deferred pool
+    /// links out of `SCHED_IDLE`; once the lock is free, the next links run in idle time again.
+    #[test]
+    fn a_commit_waiting_for_pool_links_lifts_them_out_of_idle_time() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let service = Service::new(Snapshots::open(dir.path())?);
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let held = rt.block_on(service.take_pooling());
+
+        // a links thread as link_later starts one, holding the lock until told to end
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let linking = service.linking.clone();
+        let links = std::thread::spawn(move || {
+            let _ = ready_tx.send(links_started(&linking));
+            let _ = end_rx.recv();
+            *linking.lock().unwrap_or_else(|p| p.into_inner()) = Linking::None;
+            drop(held);
+        });
+        let tid = ready_rx.recv()?;
+        assert_eq!(policy(tid), libc::SCHED_IDLE, "the links start in idle time");
+
+        // a second task waits for the lock: the links thread runs normally from then on
+        let waiter = {
+            let service = service.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().build().map_err(|e| e.to_string())?;
+                drop(rt.block_on(service.take_pooling()));
+                Ok::<_, String>(())
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while policy(tid) != libc::SCHED_OTHER {
+            assert!(std::time::Instant::now() < deadline, "the waiter never lifted the links thread");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        end_tx.send(())?;
+        links.join().map_err(|_| "links thread panicked")?;
+        waiter.join().map_err(|_| "waiter panicked")??;
+        assert_eq!(*service.linking.lock().unwrap_or_else(|p| p.into_inner()), Linking::None);
+        Ok(())
     }
 }
