@@ -30,18 +30,22 @@
 //! A file whose key is new to the pool needs nothing done to the tree: it becomes the pool's file
 //! by one `linkat` into the pool. [`Store::adopt_tree_deferring`] leaves those links for
 //! [`Store::link_deferred`], which the snapshotter runs after containerd has its answer; every
-//! change to the tree itself is made before.
+//! change to the tree itself is made before. Given a [`DataLayer`], a file of at least
+//! [`DEFER_MIN`] bytes that was not hashed early is not even hashed before the answer when no
+//! pooled content has its size (the content index knows the sizes) and no other file of the tree
+//! does: its content is new, so only its pool link is left, and the hash is taken with it, under
+//! a read lease and only while the file is as it was at the commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, fstat, openat, renameat};
@@ -69,12 +73,24 @@ pub struct AdoptStats {
 /// inodes gives them a 4 KiB block), so smaller files would save little or nothing.
 pub const STUB_MIN: u64 = 8192;
 
+/// The smallest file whose hash an adoption may leave for its deferred links (see the module
+/// documentation): below it, sizes say little about content, and hashing costs little.
+pub const DEFER_MIN: u64 = 1 << 20;
+
 /// Pooled files of at least [`STUB_MIN`] bytes by content hash (the first key seen for each): how
-/// a file that differs from a pooled one only in its metadata finds it. Filled from the pool at
-/// first use, then by each adoption; a stale entry (its pool file gone) is dropped when met.
+/// a file that differs from a pooled one only in its metadata finds it; and the sizes of pooled
+/// content of at least [`DEFER_MIN`] bytes. Filled from the pool at first use, then by each
+/// adoption; a stale entry (its pool file gone) is dropped when met, a stale size kept (it only
+/// makes a file be hashed before the answer).
 #[derive(Debug, Default)]
 pub struct ContentIndex {
-    by_hash: Mutex<Option<HashMap<String, String>>>,
+    loaded: Mutex<Option<Indexed>>,
+}
+
+#[derive(Debug, Default)]
+struct Indexed {
+    by_hash: HashMap<String, String>,
+    sizes: HashSet<u64>,
 }
 
 impl ContentIndex {
@@ -83,48 +99,69 @@ impl ContentIndex {
         ContentIndex::default()
     }
 
-    /// The pool key of other pooled content with this hash, or None after recording `key` as it.
-    fn other_or_insert(&self, pool: &OwnedFd, hash: &str, key: &str) -> rustix::io::Result<Option<String>> {
-        let mut guard = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+    /// Runs `f` on the index, loaded from `pool` first if this is its first use.
+    fn with<T>(&self, pool: &OwnedFd, f: impl FnOnce(&mut Indexed) -> T) -> rustix::io::Result<T> {
+        let mut guard = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = Some(load_index(pool)?);
         }
-        let map = guard.get_or_insert_with(HashMap::new);
-        match map.get(hash) {
-            Some(k) if k != key => Ok(Some(k.clone())),
-            Some(_) => Ok(None),
+        Ok(f(guard.get_or_insert_with(Indexed::default)))
+    }
+
+    /// The pool key of other pooled content with this hash, or None after recording `key` (of
+    /// `size` bytes) as it.
+    fn other_or_insert(&self, pool: &OwnedFd, hash: &str, key: &str, size: u64) -> rustix::io::Result<Option<String>> {
+        self.with(pool, |ix| match ix.by_hash.get(hash) {
+            Some(k) if k != key => Some(k.clone()),
+            Some(_) => None,
             None => {
-                map.insert(hash.to_string(), key.to_string());
-                Ok(None)
+                ix.by_hash.insert(hash.to_string(), key.to_string());
+                if size >= DEFER_MIN {
+                    ix.sizes.insert(size);
+                }
+                None
             }
+        })
+    }
+
+    /// Whether pooled content may have `size` bytes (always true below [`DEFER_MIN`]).
+    fn may_hold_size(&self, pool: &OwnedFd, size: u64) -> rustix::io::Result<bool> {
+        if size < DEFER_MIN {
+            return Ok(true);
         }
+        self.with(pool, |ix| ix.sizes.contains(&size))
     }
 
     /// Forgets `hash` if it still names `key` (whose pool file is gone).
     fn forget(&self, hash: &str, key: &str) {
-        let mut guard = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(map) = guard.as_mut()
-            && map.get(hash).is_some_and(|k| k == key)
+        let mut guard = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ix) = guard.as_mut()
+            && ix.by_hash.get(hash).is_some_and(|k| k == key)
         {
-            map.remove(hash);
+            ix.by_hash.remove(hash);
         }
     }
 }
 
-/// The pool's files of at least [`STUB_MIN`] bytes by hash (the key's first 64 characters).
-fn load_index(pool: &OwnedFd) -> rustix::io::Result<HashMap<String, String>> {
-    let mut map = HashMap::new();
+/// The pool's files of at least [`STUB_MIN`] bytes by hash (the key's first 64 characters), and
+/// the sizes of those of at least [`DEFER_MIN`].
+fn load_index(pool: &OwnedFd) -> rustix::io::Result<Indexed> {
+    let mut ix = Indexed::default();
     for (name, ty) in read_names(pool)? {
         let Ok(key) = name.into_string() else { continue };
         if key.len() < 65 || key.as_bytes()[64] != b'-' || !matches!(ty, FileType::RegularFile) {
             continue;
         }
         let st = rustix::fs::statat(pool, key.as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
-        if (st.st_size as u64) >= STUB_MIN {
-            map.entry(key[..64].to_string()).or_insert(key);
+        let size = st.st_size as u64;
+        if size >= STUB_MIN {
+            ix.by_hash.entry(key[..64].to_string()).or_insert(key);
+        }
+        if size >= DEFER_MIN {
+            ix.sizes.insert(size);
         }
     }
-    Ok(map)
+    Ok(ix)
 }
 
 /// Where adopting a tree may leave metadata-only files: the tree's data layer (created at the
@@ -134,7 +171,7 @@ pub struct DataLayer<'a> {
     /// The data-only lower layer of the tree's mounts: `<sha256>` hardlinks to pooled inodes.
     pub dir: &'a Path,
     /// Pooled content by hash.
-    pub index: &'a ContentIndex,
+    pub index: &'a Arc<ContentIndex>,
 }
 
 /// Hashes taken while a tree was still being written (see the module documentation), by the
@@ -169,9 +206,12 @@ impl Seen {
 }
 
 /// How long a file's last change must lie in the past before it is hashed early: more than the
-/// coarsest clock tick file systems stamp changes with, so a later change cannot carry the same
-/// ctime.
+/// coarsest clock tick file systems with nanosecond timestamps stamp changes with, so a later
+/// change cannot carry the same ctime.
 const QUIET: Duration = Duration::from_millis(50);
+/// The same for a time without nanoseconds, as file systems that stamp whole seconds give (ext4
+/// with 128-byte inodes, for one): more than a second.
+const QUIET_WHOLE_SECONDS: Duration = Duration::from_millis(2100);
 
 /// What one [`Prehashed::pass`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -277,10 +317,27 @@ fn now() -> (i64, i64) {
     (d.as_secs() as i64, i64::from(d.subsec_nanos()))
 }
 
-/// Whether a ctime lies more than [`QUIET`] before `now`.
+/// Whether a ctime lies more than [`QUIET`] before `now` ([`QUIET_WHOLE_SECONDS`] for one without
+/// nanoseconds).
 fn quiet(ctime: (i64, i64), now: (i64, i64)) -> bool {
     let ns = |(s, n): (i64, i64)| i128::from(s) * 1_000_000_000 + i128::from(n);
-    ns(now) - ns(ctime) > QUIET.as_nanos() as i128
+    let quiet = if ctime.1 == 0 { QUIET_WHOLE_SECONDS } else { QUIET };
+    ns(now) - ns(ctime) > quiet.as_nanos() as i128
+}
+
+/// Hashes `name` in `dir` under a read lease once its last change is quiet (waiting a little for
+/// that); None if it cannot be hashed so (open for writing, xattrs, other links, gone).
+fn hash_when_quiet(dir: &OwnedFd, name: &CStr, buf: &mut [u8]) -> Option<Seen> {
+    let stop = AtomicBool::new(false);
+    let give_up = std::time::Instant::now() + QUIET_WHOLE_SECONDS + QUIET;
+    while std::time::Instant::now() < give_up {
+        match hash_leased(dir, name, buf, &stop) {
+            Ok(Early::Hashed(seen)) => return Some(seen),
+            Ok(Early::Later) => std::thread::sleep(QUIET),
+            Ok(Early::Never) | Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Hashes `name` in `dir` under a read lease (see [`Prehashed::pass`]).
@@ -471,13 +528,14 @@ impl Store {
         }
         let next = AtomicUsize::new(0);
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len()).max(1);
-        type Done = Result<(AdoptStats, Vec<Unpooled>)>;
+        type Done = Result<(AdoptStats, Vec<Unpooled>, Vec<Unhashed>)>;
         let results: Vec<Done> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     scope.spawn(|| {
                         let mut stats = AdoptStats::default();
                         let mut unpooled = Vec::new();
+                        let mut unhashed = Vec::new();
                         let mut buf = vec![0u8; 128 << 10];
                         loop {
                             let at = next.fetch_add(1, Ordering::Relaxed);
@@ -489,29 +547,71 @@ impl Store {
                                 let early_path = early.map(|_| path());
                                 let early = early.zip(early_path.as_deref());
                                 let file = InTree { fd: &fd, at, name: name.as_c_str() };
-                                if adopt_file(&pool, &file, &mut buf, &mut stats, stubs.as_ref(), early, &mut unpooled)
+                                let out = Adopted {
+                                    stats: &mut stats,
+                                    unpooled: &mut unpooled,
+                                    unhashed: Some(&mut unhashed),
+                                };
+                                if adopt_file(&pool, &file, &mut buf, stubs.as_ref(), early, out)
                                     .map_err(|e| Error::io("pool", dir.join(path()))(e))?
                                 {
                                     stats.files += 1;
                                 }
                             }
                         }
-                        Ok((stats, unpooled))
+                        Ok((stats, unpooled, unhashed))
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         });
         let mut total = AdoptStats::default();
-        let mut unpooled = Vec::new();
+        let (mut unpooled, mut unhashed) = (Vec::new(), Vec::new());
         for r in results {
-            let (r, u) = r?;
+            let (r, u, h) = r?;
             total.files += r.files;
             total.shared += r.shared;
             total.shared_bytes += r.shared_bytes;
             total.stubbed += r.stubbed;
             total.stubbed_bytes += r.stubbed_bytes;
             unpooled.extend(u);
+            unhashed.extend(h);
+        }
+        let mut fds: HashMap<usize, OwnedFd> = HashMap::new();
+        // The directory of `work[at]`, opened once.
+        fn dir_fd<'m>(
+            fds: &'m mut HashMap<usize, OwnedFd>,
+            root: &OwnedFd,
+            tree: &Path,
+            rel: &Path,
+            at: usize,
+        ) -> Result<&'m OwnedFd> {
+            Ok(match fds.entry(at) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(open_beneath(root, rel).map_err(|e| Error::io("open", tree.join(rel))(e.into()))?)
+                }
+            })
+        }
+        // An unhashed file whose size another file of the tree has may share it: hashed now.
+        if !unhashed.is_empty() {
+            let mut sizes = HashMap::<u64, u32>::new();
+            let big = unpooled.iter().map(|u| u.size).filter(|&n| n >= DEFER_MIN);
+            for n in big.chain(unhashed.iter().map(|u| u.st.st_size as u64)) {
+                *sizes.entry(n).or_default() += 1;
+            }
+            let (now, wait): (Vec<Unhashed>, Vec<Unhashed>) =
+                unhashed.into_iter().partition(|u| sizes[&(u.st.st_size as u64)] > 1);
+            unhashed = wait;
+            let mut buf = vec![0u8; 128 << 10];
+            for u in now {
+                let fd = dir_fd(&mut fds, &root, dir, &work[u.dir].0, u.dir)?;
+                let file = InTree { fd, at: u.dir, name: u.name.as_c_str() };
+                let out = Adopted { stats: &mut total, unpooled: &mut unpooled, unhashed: None };
+                adopt_file(&pool, &file, &mut buf, stubs.as_ref(), None, out).map_err(|e| {
+                    Error::io("pool", dir.join(&work[u.dir].0).join(OsStr::from_bytes(u.name.to_bytes())))(e)
+                })?;
+            }
         }
         // New keys: linked now where a file of this tree is to share them, else left for later.
         let stubbable = |u: &Unpooled| stubs.is_some() && u.size >= STUB_MIN;
@@ -533,7 +633,7 @@ impl Store {
                     Some(stubs) if stubbable(u) => Ok(stubs
                         .layer
                         .index
-                        .other_or_insert(&pool, &u.hash, &u.key)
+                        .other_or_insert(&pool, &u.hash, &u.key, u.size)
                         .map_err(|e| Error::io("read", self.root.join("pool"))(e.into()))?
                         .is_some()),
                     _ => Ok(false),
@@ -541,7 +641,6 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         let mut later = Vec::new();
-        let mut fds: HashMap<usize, OwnedFd> = HashMap::new();
         for (u, now) in unpooled.into_iter().zip(now) {
             if !now {
                 later.push(u);
@@ -549,26 +648,25 @@ impl Store {
             }
             let rel = &work[u.dir].0;
             let path = || dir.join(rel).join(OsStr::from_bytes(u.name.to_bytes()));
-            let fd = match fds.entry(u.dir) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(open_beneath(&root, rel).map_err(|e| Error::io("open", dir.join(rel))(e.into()))?)
-                }
-            };
+            let fd = dir_fd(&mut fds, &root, dir, rel, u.dir)?;
             let name = OsStr::from_bytes(u.name.to_bytes());
             link_hashed(&pool, fd, name, &u.st, &u.hash, &u.key, u.size, &mut total, stubs.as_ref())
                 .map_err(|e| Error::io("pool", path())(e))?;
         }
         let dirs = work.into_iter().map(|(rel, _)| rel).collect();
-        Ok((total, DeferredLinks { tree: dir.to_path_buf(), dirs, files: later }))
+        let index = data.filter(|_| !unhashed.is_empty()).map(|d| d.index.clone());
+        Ok((total, DeferredLinks { tree: dir.to_path_buf(), dirs, files: later, unhashed, index }))
     }
 
     /// Makes the pool links [`Store::adopt_tree_deferring`] left for later: each file still as it
     /// was hashed (same inode, size, times, one link) becomes the pool's file of its key, unless
     /// the key was pooled meanwhile (the file then keeps its own inode: the tree is not changed
     /// any more). A tree or file removed meanwhile is passed over. Returns the files linked.
+    ///
+    /// A file left unhashed is hashed first, under a read lease, and linked only if it is still
+    /// as it was at the adoption (its content is then recorded in the content index).
     pub fn link_deferred(&self, later: DeferredLinks) -> Result<u64> {
-        if later.files.is_empty() {
+        if later.is_empty() {
             return Ok(0);
         }
         let _lock = self.lock(false)?;
@@ -580,30 +678,77 @@ impl Store {
             Err(e) => return Err(Error::io("open", &later.tree)(e.into())),
         };
         let mut linked = 0;
-        let mut dir: Option<(usize, Option<OwnedFd>)> = None;
-        for f in &later.files {
-            if dir.as_ref().is_none_or(|d| d.0 != f.dir) {
-                dir = Some((f.dir, open_beneath(&root, &later.dirs[f.dir]).ok()));
+        let mut dirs: Option<(usize, Option<OwnedFd>)> = None;
+        let mut dir_fd = |at: usize| {
+            if dirs.as_ref().is_none_or(|d| d.0 != at) {
+                dirs = Some((at, open_beneath(&root, &later.dirs[at]).ok()));
             }
-            let Some(fd) = dir.as_ref().and_then(|d| d.1.as_ref()) else { continue };
-            let Ok(st) = rustix::fs::statat(fd, f.name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            dirs.as_ref().and_then(|d| d.1.as_ref().and_then(|fd| rustix::io::dup(fd).ok()))
+        };
+        // Links `name` in `fd` as `key` if it is still as `was`; whether it did.
+        let link = |fd: &OwnedFd, at: usize, name: &CStr, was: &rustix::fs::Stat, key: &str| -> Result<bool> {
+            let Ok(st) = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) else { return Ok(false) };
             let same = |s: &rustix::fs::Stat| {
                 (s.st_dev, s.st_ino, s.st_nlink, s.st_size, s.st_mtime, s.st_mtime_nsec, s.st_ctime, s.st_ctime_nsec)
             };
-            if same(&st) != same(&f.st) {
+            if same(&st) != same(was) {
+                return Ok(false);
+            }
+            match rustix::fs::linkat(fd, name, &pool, key, AtFlags::empty()) {
+                Ok(()) => Ok(true),
+                Err(Errno::EXIST | Errno::NOENT | Errno::XDEV | Errno::PERM | Errno::MLINK) => Ok(false),
+                Err(e) => {
+                    let path = later.tree.join(&later.dirs[at]).join(OsStr::from_bytes(name.to_bytes()));
+                    Err(Error::io("pool", path)(e.into()))
+                }
+            }
+        };
+        for f in &later.files {
+            let Some(fd) = dir_fd(f.dir) else { continue };
+            linked += u64::from(link(&fd, f.dir, f.name.as_c_str(), &f.st, f.key.as_str())?);
+        }
+        let mut buf = vec![0u8; 128 << 10];
+        for f in &later.unhashed {
+            let Some(fd) = dir_fd(f.dir) else { continue };
+            let Some(seen) = hash_when_quiet(&fd, f.name.as_c_str(), &mut buf) else { continue };
+            let st = &f.st;
+            if !seen.matches(st) {
                 continue;
             }
-            match rustix::fs::linkat(fd, f.name.as_c_str(), &pool, f.key.as_str(), AtFlags::empty()) {
-                Ok(()) => linked += 1,
-                Err(Errno::EXIST | Errno::NOENT | Errno::XDEV | Errno::PERM | Errno::MLINK) => {}
-                Err(e) => {
-                    let path = later.tree.join(&later.dirs[f.dir]).join(OsStr::from_bytes(f.name.to_bytes()));
-                    return Err(Error::io("pool", path)(e.into()));
+            let key = pool_key(
+                &seen.hash,
+                st.st_mode,
+                st.st_uid.into(),
+                st.st_gid.into(),
+                st.st_mtime,
+                st.st_mtime_nsec as i64,
+            );
+            if link(&fd, f.dir, f.name.as_c_str(), st, &key)? {
+                linked += 1;
+                if let Some(index) = &later.index {
+                    let _ = index.other_or_insert(&pool, &seen.hash, &key, seen.size);
                 }
             }
         }
         Ok(linked)
     }
+}
+
+/// Where [`adopt_file`] puts what it did and left.
+struct Adopted<'a> {
+    stats: &'a mut AdoptStats,
+    unpooled: &'a mut Vec<Unpooled>,
+    /// Files whose hash waits for their pool link, if it may.
+    unhashed: Option<&'a mut Vec<Unhashed>>,
+}
+
+/// A file of new content whose hash waits for its pool link (see the module documentation).
+struct Unhashed {
+    /// Its directory: an index into the adoption's list of directories.
+    dir: usize,
+    name: CString,
+    /// As it was at the adoption.
+    st: rustix::fs::Stat,
 }
 
 /// A hashed file whose pool key was not in the pool when it was hashed.
@@ -624,23 +769,35 @@ pub struct DeferredLinks {
     /// The tree's directories, relative to it.
     dirs: Vec<PathBuf>,
     files: Vec<Unpooled>,
+    /// Files to hash first, and the index to record their content in.
+    unhashed: Vec<Unhashed>,
+    index: Option<Arc<ContentIndex>>,
 }
 
 impl DeferredLinks {
     /// Files left to link.
     pub fn len(&self) -> usize {
-        self.files.len()
+        self.files.len() + self.unhashed.len()
     }
 
     /// Whether no file is left to link.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+        self.files.is_empty() && self.unhashed.is_empty()
+    }
+
+    /// Of those, the files left to hash first.
+    pub fn unhashed(&self) -> usize {
+        self.unhashed.len()
     }
 }
 
 impl std::fmt::Debug for DeferredLinks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeferredLinks").field("tree", &self.tree).field("files", &self.files.len()).finish()
+        f.debug_struct("DeferredLinks")
+            .field("tree", &self.tree)
+            .field("files", &self.files.len())
+            .field("unhashed", &self.unhashed.len())
+            .finish()
     }
 }
 
@@ -692,11 +849,11 @@ fn adopt_file(
     pool: &OwnedFd,
     file: &InTree<'_>,
     buf: &mut [u8],
-    stats: &mut AdoptStats,
     stubs: Option<&Stubs<'_, '_>>,
     early: Option<(&Prehashed, &Path)>,
-    unpooled: &mut Vec<Unpooled>,
+    out: Adopted<'_>,
 ) -> std::io::Result<bool> {
+    let Adopted { stats, unpooled, unhashed } = out;
     let (dir, name) = (file.fd, file.name);
     // A file hashed early and unchanged since: neither opened nor read again (a change of its
     // xattrs or links would have changed its ctime).
@@ -721,6 +878,13 @@ fn adopt_file(
         Ok(_) => return Ok(false),
         Err(Errno::NOTSUP) => {}
         Err(e) => return Err(e.into()),
+    }
+    // New content for sure: its hash can wait for its pool link.
+    if let (Some(unhashed), Some(stubs)) = (unhashed, stubs)
+        && !stubs.layer.index.may_hold_size(pool, st.st_size as u64)?
+    {
+        unhashed.push(Unhashed { dir: file.at, name: file.name.to_owned(), st });
+        return Ok(true);
     }
     let mut hasher = Hasher::new(Algorithm::Sha256);
     let mut file_r = File::from(fd);
@@ -787,7 +951,7 @@ fn link_hashed(
         }
         Linked::New if size >= STUB_MIN => {
             if let Some(stubs) = stubs
-                && let Some(other) = stubs.layer.index.other_or_insert(pool, hash, key)?
+                && let Some(other) = stubs.layer.index.other_or_insert(pool, hash, key, size)?
             {
                 if stubs.make(pool, dir, name, st, hash, &other)? {
                     // The pool's new key held only this file's old inode.
@@ -976,6 +1140,74 @@ mod tests {
         assert_eq!(later.len(), 1);
         fs::remove_dir_all(&old).map_err(io(&old))?;
         assert_eq!(store.link_deferred(later)?, 0);
+        Ok(())
+    }
+
+    /// A time without nanoseconds may come from a file system that stamps whole seconds, where a
+    /// change within the same second keeps the ctime: quiet only after more than a second.
+    #[test]
+    fn whole_second_times_are_quiet_only_after_more_than_a_second() {
+        assert!(!quiet((100, 5), (100, 40_000_005)));
+        assert!(quiet((100, 5), (100, 60_000_005)));
+        assert!(!quiet((100, 0), (100, 60_000_000)));
+        assert!(!quiet((100, 0), (101, 900_000_000)));
+        assert!(quiet((100, 0), (102, 200_000_000)));
+    }
+
+    #[test]
+    fn big_new_content_is_hashed_with_its_pool_link_and_only_while_unchanged() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp")(e))?;
+        let store = Store::open(&dir.path().join("store"))?;
+        let io = |p: &Path| Error::io("prepare", p.to_path_buf());
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let big = |n: u64, fill: u8| vec![fill; (DEFER_MIN + n) as usize];
+        let write = |t: &Path, name: &str, content: &[u8]| -> Result<()> {
+            let p = t.join(name);
+            fs::write(&p, content).map_err(io(&p))?;
+            fs::File::options().write(true).open(&p).and_then(|f| f.set_modified(when)).map_err(io(&p))
+        };
+        let meta = |p: PathBuf| fs::symlink_metadata(&p).map_err(io(&p));
+        let index = Arc::new(ContentIndex::new());
+        let data_dir = dir.path().join("data");
+        let data = DataLayer { dir: &data_dir, index: &index };
+        let (old, tree) = (dir.path().join("old"), dir.path().join("tree"));
+        fs::create_dir_all(&old).map_err(io(&old))?;
+        fs::create_dir_all(tree.join("sub")).map_err(io(&tree))?;
+        write(&old, "pooled", &big(1, b'p'))?;
+        store.adopt_tree(&old)?;
+        write(&tree, "copy", &big(1, b'p'))?; // pooled already
+        write(&tree, "pooled-size", &big(1, b'q'))?; // new, but pooled content has its size
+        write(&tree, "twin", &big(3, b'a'))?; // new, and the tree has its size twice
+        write(&tree, "sub/twin", &big(3, b'b'))?;
+        write(&tree, "new", &big(2, b'n'))?; // new for sure
+
+        let (stats, later) = store.adopt_tree_deferring(&tree, Some(&data), None)?;
+        assert_eq!((stats.files, stats.shared), (5, 1), "{stats:?}");
+        assert_eq!(meta(tree.join("copy"))?.ino(), meta(old.join("pooled"))?.ino());
+        assert_eq!((later.len(), later.unhashed()), (4, 1), "{later:?}");
+        assert_eq!(meta(tree.join("new"))?.nlink(), 1);
+        assert_eq!(store.link_deferred(later)?, 4);
+        for (name, content) in [("new", big(2, b'n')), ("twin", big(3, b'a')), ("pooled-size", big(1, b'q'))] {
+            assert_eq!(meta(tree.join(name))?.nlink(), 2, "{name}");
+            assert_eq!(pooled_hash(&dir.path().join("store"), &tree.join(name))?, Some(sha256_hex(&content)));
+        }
+
+        // its size is known now: a file of that size is hashed before the answer
+        let (t2, t3) = (dir.path().join("t2"), dir.path().join("t3"));
+        fs::create_dir_all(&t2).map_err(io(&t2))?;
+        fs::create_dir_all(&t3).map_err(io(&t3))?;
+        write(&t2, "same-size", &big(2, b'm'))?;
+        let (_, later) = store.adopt_tree_deferring(&t2, Some(&data), None)?;
+        assert_eq!((later.len(), later.unhashed()), (1, 0));
+        store.link_deferred(later)?;
+        // a file changed between the answer and its link stays out of the pool
+        write(&t3, "changed", &big(4, b'c'))?;
+        let (_, later) = store.adopt_tree_deferring(&t3, Some(&data), None)?;
+        assert_eq!(later.unhashed(), 1);
+        write(&t3, "changed", &big(4, b'd'))?;
+        assert_eq!(store.link_deferred(later)?, 0);
+        assert_eq!(meta(t3.join("changed"))?.nlink(), 1);
+        assert_eq!(pooled_hash(&dir.path().join("store"), &t3.join("changed"))?, None);
         Ok(())
     }
 
