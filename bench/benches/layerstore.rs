@@ -21,7 +21,7 @@
 //! disabled; `$STRATA_CONTAINERD` picks another binary). Everything is written on a fresh ext4
 //! with a journal, loop-mounted for the run ([`strata_bench::scratch`]: the VMs' own disk is ext4
 //! without one, where files created after a large deletion cost 20 times more). Rounds: env STRATA_BENCH_ROUNDS
-//! (default 5); `STRATA_BENCH_IMPORT_ONLY=1` measures the import times alone. Needs root.
+//! (default 9: the import times' rounds); `STRATA_BENCH_IMPORT_ONLY=1` measures the import times alone. Needs root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -195,6 +195,10 @@ fn import_times(images: &Images, rounds: usize) -> Result<(), String> {
         let v: Vec<String> = v.iter().map(|d| format!("{:.0}", ms(*d))).collect();
         println!("layerstore: {name}, each round (ms): {}", v.join(" "));
     }
+    // each round's two containerd imports, one right after the other
+    let mut pairs: Vec<f64> =
+        times[3].iter().zip(&times[1]).map(|(with, without)| with.as_secs_f64() / without.as_secs_f64()).collect();
+    pairs.sort_by(f64::total_cmp);
     let [s, c, t, cs] = times.map(|mut v| median(&mut v));
     println!(
         "\nlayerstore: import + unpack of debian bookworm minbase ({:.1} MB gzip layer); {rounds} interleaved rounds",
@@ -212,6 +216,10 @@ fn import_times(images: &Images, rounds: usize) -> Result<(), String> {
         "layerstore: ratio containerd with strata's snapshotter / with overlayfs = {r:.2} (target ≤ 1.00: {})",
         met(r <= 1.0)
     );
+    if let (Some(lo), Some(hi)) = (pairs.first(), pairs.last()) {
+        let mid = pairs[pairs.len() / 2];
+        println!("layerstore: the same, round by round: {lo:.2}–{hi:.2}, middle {mid:.2}");
+    }
     Ok(())
 }
 
@@ -354,7 +362,7 @@ fn layerstore(c: &mut Criterion) {
     let t = Instant::now();
     let images = build_images().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("layerstore: images built in {:.1} s", t.elapsed().as_secs_f64());
-    let rounds: usize = std::env::var("STRATA_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::var("STRATA_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(9);
     import_times(&images, rounds).unwrap_or_else(|e| panic!("{e}"));
     if std::env::var_os("STRATA_BENCH_IMPORT_ONLY").is_some_and(|v| v == "1") {
         return;
