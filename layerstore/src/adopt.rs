@@ -44,7 +44,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -508,55 +508,68 @@ impl Store {
         };
         let pool = open(&self.root.join("pool"))?;
         let root = open(dir)?;
-        // (directory relative to the root, its regular files)
-        let mut work: Vec<(PathBuf, Vec<CString>)> = Vec::new();
-        let mut todo = vec![PathBuf::new()];
-        while let Some(rel) = todo.pop() {
-            let fd = open_beneath(&root, &rel).map_err(|e| Error::io("open", dir.join(&rel))(e.into()))?;
-            let names = read_names(&fd).map_err(|e| Error::io("read directory", dir.join(&rel))(e.into()))?;
-            let mut files = Vec::new();
-            for (name, ty) in names {
-                match ty {
-                    FileType::Directory => todo.push(rel.join(OsStr::from_bytes(name.to_bytes()))),
-                    FileType::RegularFile => files.push(name),
-                    _ => {}
-                }
-            }
-            if !files.is_empty() {
-                work.push((rel, files));
-            }
-        }
-        let next = AtomicUsize::new(0);
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len()).max(1);
+        // The tree's directories, read by the workers as they find them.
+        let walk = Walk::new();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
         type Done = Result<(AdoptStats, Vec<Unpooled>, Vec<Unhashed>)>;
         let results: Vec<Done> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     scope.spawn(|| {
+                        // (a worker that panics must not leave the others waiting for its directories)
+                        let _guard = FailOnPanic(&walk);
                         let mut stats = AdoptStats::default();
                         let mut unpooled = Vec::new();
                         let mut unhashed = Vec::new();
                         let mut buf = vec![0u8; 128 << 10];
-                        loop {
-                            let at = next.fetch_add(1, Ordering::Relaxed);
-                            let Some((rel, files)) = work.get(at) else { break };
-                            let fd =
-                                open_beneath(&root, rel).map_err(|e| Error::io("open", dir.join(rel))(e.into()))?;
-                            for name in files {
-                                let path = || rel.join(OsStr::from_bytes(name.to_bytes()));
-                                let early_path = early.map(|_| path());
-                                let early = early.zip(early_path.as_deref());
-                                let file = InTree { fd: &fd, at, name: name.as_c_str() };
-                                let out = Adopted {
-                                    stats: &mut stats,
-                                    unpooled: &mut unpooled,
-                                    unhashed: Some(&mut unhashed),
-                                };
-                                if adopt_file(&pool, &file, &mut buf, stubs.as_ref(), early, out)
-                                    .map_err(|e| Error::io("pool", dir.join(path()))(e))?
-                                {
-                                    stats.files += 1;
+                        while let Some((at, rel)) = walk.next() {
+                            let listed = open_beneath(&root, &rel)
+                                .map_err(|e| Error::io("open", dir.join(&rel))(e.into()))
+                                .and_then(|fd| {
+                                    let names = read_names(&fd)
+                                        .map_err(|e| Error::io("read directory", dir.join(&rel))(e.into()))?;
+                                    Ok((fd, names))
+                                });
+                            let (fd, names) = match listed {
+                                Ok(l) => l,
+                                Err(e) => {
+                                    walk.fail();
+                                    return Err(e);
                                 }
+                            };
+                            let mut files = Vec::new();
+                            let mut subdirs = Vec::new();
+                            for (name, ty) in names {
+                                match ty {
+                                    FileType::Directory => subdirs.push(rel.join(OsStr::from_bytes(name.to_bytes()))),
+                                    FileType::RegularFile => files.push(name),
+                                    _ => {}
+                                }
+                            }
+                            walk.found(subdirs);
+                            let done = (|| -> Result<()> {
+                                for name in &files {
+                                    let path = || rel.join(OsStr::from_bytes(name.to_bytes()));
+                                    let early_path = early.map(|_| path());
+                                    let early = early.zip(early_path.as_deref());
+                                    let file = InTree { fd: &fd, at, name: name.as_c_str() };
+                                    let out = Adopted {
+                                        stats: &mut stats,
+                                        unpooled: &mut unpooled,
+                                        unhashed: Some(&mut unhashed),
+                                    };
+                                    if adopt_file(&pool, &file, &mut buf, stubs.as_ref(), early, out)
+                                        .map_err(|e| Error::io("pool", dir.join(path()))(e))?
+                                    {
+                                        stats.files += 1;
+                                    }
+                                }
+                                Ok(())
+                            })();
+                            walk.done();
+                            if let Err(e) = done {
+                                walk.fail();
+                                return Err(e);
                             }
                         }
                         Ok((stats, unpooled, unhashed))
@@ -565,6 +578,7 @@ impl Store {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         });
+        let work = walk.into_dirs();
         let mut total = AdoptStats::default();
         let (mut unpooled, mut unhashed) = (Vec::new(), Vec::new());
         for r in results {
@@ -578,7 +592,7 @@ impl Store {
             unhashed.extend(h);
         }
         let mut fds: HashMap<usize, OwnedFd> = HashMap::new();
-        // The directory of `work[at]`, opened once.
+        // The directory `work[at]`, opened once.
         fn dir_fd<'m>(
             fds: &'m mut HashMap<usize, OwnedFd>,
             root: &OwnedFd,
@@ -605,11 +619,11 @@ impl Store {
             unhashed = wait;
             let mut buf = vec![0u8; 128 << 10];
             for u in now {
-                let fd = dir_fd(&mut fds, &root, dir, &work[u.dir].0, u.dir)?;
+                let fd = dir_fd(&mut fds, &root, dir, &work[u.dir], u.dir)?;
                 let file = InTree { fd, at: u.dir, name: u.name.as_c_str() };
                 let out = Adopted { stats: &mut total, unpooled: &mut unpooled, unhashed: None };
                 adopt_file(&pool, &file, &mut buf, stubs.as_ref(), None, out).map_err(|e| {
-                    Error::io("pool", dir.join(&work[u.dir].0).join(OsStr::from_bytes(u.name.to_bytes())))(e)
+                    Error::io("pool", dir.join(&work[u.dir]).join(OsStr::from_bytes(u.name.to_bytes())))(e)
                 })?;
             }
         }
@@ -646,14 +660,14 @@ impl Store {
                 later.push(u);
                 continue;
             }
-            let rel = &work[u.dir].0;
+            let rel = &work[u.dir];
             let path = || dir.join(rel).join(OsStr::from_bytes(u.name.to_bytes()));
             let fd = dir_fd(&mut fds, &root, dir, rel, u.dir)?;
             let name = OsStr::from_bytes(u.name.to_bytes());
             link_hashed(&pool, fd, name, &u.st, &u.hash, &u.key, u.size, &mut total, stubs.as_ref())
                 .map_err(|e| Error::io("pool", path())(e))?;
         }
-        let dirs = work.into_iter().map(|(rel, _)| rel).collect();
+        let dirs = work;
         let index = data.filter(|_| !unhashed.is_empty()).map(|d| d.index.clone());
         Ok((total, DeferredLinks { tree: dir.to_path_buf(), dirs, files: later, unhashed, index }))
     }
@@ -798,6 +812,100 @@ impl std::fmt::Debug for DeferredLinks {
             .field("files", &self.files.len())
             .field("unhashed", &self.unhashed.len())
             .finish()
+    }
+}
+
+/// The directories of a tree being adopted, shared by the workers that read them: each takes one
+/// not read yet, adds the subdirectories it finds, and the walk ends once none is left and none
+/// is being read (or at the first failure).
+struct Walk {
+    state: Mutex<WalkState>,
+    changed: std::sync::Condvar,
+}
+
+struct WalkState {
+    /// Every directory found, relative to the root; an index here names it.
+    dirs: Vec<PathBuf>,
+    /// Indices of those not taken yet.
+    todo: Vec<usize>,
+    /// Directories taken and not done.
+    busy: usize,
+    failed: bool,
+}
+
+impl Walk {
+    fn new() -> Walk {
+        let state = WalkState { dirs: vec![PathBuf::new()], todo: vec![0], busy: 0, failed: false };
+        Walk { state: Mutex::new(state), changed: std::sync::Condvar::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WalkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next directory to read, waiting while others may still find some; None at the end.
+    fn next(&self) -> Option<(usize, PathBuf)> {
+        let mut s = self.lock();
+        loop {
+            if s.failed {
+                return None;
+            }
+            if let Some(at) = s.todo.pop() {
+                s.busy += 1;
+                return Some((at, s.dirs[at].clone()));
+            }
+            if s.busy == 0 {
+                return None;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Subdirectories found in the directory being read.
+    fn found(&self, subdirs: Vec<PathBuf>) {
+        if subdirs.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        for d in subdirs {
+            s.dirs.push(d);
+            let at = s.dirs.len() - 1;
+            s.todo.push(at);
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// The directory taken last by this worker is done.
+    fn done(&self) {
+        let mut s = self.lock();
+        s.busy -= 1;
+        let end = s.busy == 0 && s.todo.is_empty();
+        drop(s);
+        if end {
+            self.changed.notify_all();
+        }
+    }
+
+    /// A worker failed: the others stop at their next directory.
+    fn fail(&self) {
+        self.lock().failed = true;
+        self.changed.notify_all();
+    }
+
+    fn into_dirs(self) -> Vec<PathBuf> {
+        self.state.into_inner().unwrap_or_else(|p| p.into_inner()).dirs
+    }
+}
+
+/// Ends a [`Walk`] when the worker holding it panics.
+struct FailOnPanic<'w>(&'w Walk);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail();
+        }
     }
 }
 
