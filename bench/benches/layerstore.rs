@@ -213,7 +213,7 @@ fn import_times(images: &Images, rounds: usize) -> Result<(), String> {
     println!("layerstore: ratio strata/tar = {:.2}", s.as_secs_f64() / t.as_secs_f64());
     let r = cs.as_secs_f64() / c.as_secs_f64();
     println!(
-        "layerstore: ratio containerd with strata's snapshotter / with overlayfs = {r:.2} (target ≤ 1.00: {})",
+        "layerstore: ratio containerd with strata's snapshotter / with overlayfs = {r:.3} (target ≤ 1.00: {})",
         met(r <= 1.0)
     );
     if let (Some(lo), Some(hi)) = (pairs.first(), pairs.last()) {
