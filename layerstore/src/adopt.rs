@@ -327,30 +327,44 @@ fn quiet(ctime: (i64, i64), now: (i64, i64)) -> bool {
 
 /// Hashes `name` in `dir` under a read lease once its last change is quiet (waiting a little for
 /// that); None if it cannot be hashed so (open for writing, xattrs, other links, gone).
+///
+/// Where no lease can be taken (leases disabled, a file system without them, a file of another
+/// owner without `CAP_LEASE`), the file, which is in a committed tree and so never written, is
+/// hashed without one, and only if a stat after the hash shows it as before.
 fn hash_when_quiet(dir: &OwnedFd, name: &CStr, buf: &mut [u8]) -> Option<Seen> {
     let stop = AtomicBool::new(false);
     let give_up = std::time::Instant::now() + QUIET_WHOLE_SECONDS + QUIET;
+    let mut leases = true;
     while std::time::Instant::now() < give_up {
-        match hash_leased(dir, name, buf, &stop) {
+        let hashed = if leases { hash_leased(dir, name, buf, &stop) } else { hash_unleased(dir, name, buf, &stop) };
+        match hashed {
             Ok(Early::Hashed(seen)) => return Some(seen),
             Ok(Early::Later) => std::thread::sleep(QUIET),
+            Err(_) if leases => leases = false,
             Ok(Early::Never) | Err(_) => return None,
         }
     }
     None
 }
 
+/// Opens `name` in `dir` to hash it (None: gone, or not openable now).
+fn open_to_hash(dir: &OwnedFd, name: &CStr) -> Option<OwnedFd> {
+    openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty()).ok()
+}
+
+/// Hashes `name` in `dir` without a lease: as [`hash_leased`], then a second stat must show the
+/// file as it was before the hash.
+fn hash_unleased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result<Early> {
+    let Some(fd) = open_to_hash(dir, name) else { return Ok(Early::Later) };
+    match hash_open(&fd, buf, stop)? {
+        Early::Hashed(seen) if !seen.matches(&fstat(&fd)?) => Ok(Early::Later),
+        early => Ok(early),
+    }
+}
+
 /// Hashes `name` in `dir` under a read lease (see [`Prehashed::pass`]).
 fn hash_leased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result<Early> {
-    let fd = match openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(_) => return Ok(Early::Later),
-    };
+    let Some(fd) = open_to_hash(dir, name) else { return Ok(Early::Later) };
     // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
     if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -361,8 +375,16 @@ fn hash_leased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) ->
         };
     }
     // From here until the lease is released, nobody writes the file: an open for writing waits.
-    let leased = (|| -> std::io::Result<Early> {
-        let st = fstat(&fd)?;
+    let leased = hash_open(&fd, buf, stop);
+    // SAFETY: as above; releasing the lease lets a waiting writer go on.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_SETLEASE, libc::F_UNLCK) };
+    leased
+}
+
+/// Hashes the open regular file `fd` if it has one link, no xattrs and a quiet ctime.
+fn hash_open(fd: &OwnedFd, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result<Early> {
+    {
+        let st = fstat(fd)?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
             return Ok(Early::Never);
         }
@@ -370,7 +392,7 @@ fn hash_leased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) ->
         if !quiet(ctime, now()) {
             return Ok(Early::Later);
         }
-        match rustix::fs::flistxattr(&fd, &mut [0u8; 1][..0]) {
+        match rustix::fs::flistxattr(fd, &mut [0u8; 1][..0]) {
             Ok(0) | Err(Errno::NOTSUP) => {}
             Ok(_) => return Ok(Early::Never),
             Err(e) => return Err(e.into()),
@@ -381,7 +403,7 @@ fn hash_leased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) ->
             if stop.load(Ordering::Relaxed) {
                 return Ok(Early::Later);
             }
-            let n = match rustix::io::read(&fd, &mut *buf) {
+            let n = match rustix::io::read(fd, &mut *buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(Errno::INTR) => continue,
@@ -400,10 +422,7 @@ fn hash_leased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) ->
             ctime,
             hash: hasher.finish().hex().to_string(),
         }))
-    })();
-    // SAFETY: as above; releasing the lease lets a waiting writer go on.
-    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_SETLEASE, libc::F_UNLCK) };
-    leased
+    }
 }
 
 /// How [`link_new`] left a file.
@@ -703,7 +722,8 @@ impl Store {
         let link = |fd: &OwnedFd, at: usize, name: &CStr, was: &rustix::fs::Stat, key: &str| -> Result<bool> {
             let Ok(st) = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) else { return Ok(false) };
             let same = |s: &rustix::fs::Stat| {
-                (s.st_dev, s.st_ino, s.st_nlink, s.st_size, s.st_mtime, s.st_mtime_nsec, s.st_ctime, s.st_ctime_nsec)
+                let times = (s.st_mtime, s.st_mtime_nsec, s.st_ctime, s.st_ctime_nsec);
+                (s.st_dev, s.st_ino, s.st_nlink, s.st_size, s.st_mode, s.st_uid, s.st_gid, times)
             };
             if same(&st) != same(was) {
                 return Ok(false);
@@ -737,11 +757,13 @@ impl Store {
                 st.st_mtime,
                 st.st_mtime_nsec as i64,
             );
-            if link(&fd, f.dir, f.name.as_c_str(), st, &key)? {
-                linked += 1;
-                if let Some(index) = &later.index {
-                    let _ = index.other_or_insert(&pool, &seen.hash, &key, seen.size);
-                }
+            let now = link(&fd, f.dir, f.name.as_c_str(), st, &key)?;
+            linked += u64::from(now);
+            // (pooled meanwhile, perhaps by another process: recorded too, so a later copy of it is
+            // hashed before its commit answers and shares it)
+            let pooled = now || rustix::fs::statat(&pool, key.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok();
+            if let Some(index) = later.index.as_ref().filter(|_| pooled) {
+                let _ = index.other_or_insert(&pool, &seen.hash, &key, seen.size);
             }
         }
         Ok(linked)
@@ -1248,6 +1270,65 @@ mod tests {
         assert_eq!(later.len(), 1);
         fs::remove_dir_all(&old).map_err(io(&old))?;
         assert_eq!(store.link_deferred(later)?, 0);
+        Ok(())
+    }
+
+    /// Drops `CAP_LEASE` from the calling thread's effective set (capabilities are per thread).
+    fn drop_cap_lease() -> std::io::Result<()> {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const CAP_LEASE: u32 = 28;
+        let mut header = Header { version: 0x2008_0522, pid: 0 };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget/capset with a version-3 header and the two data words it reads and writes.
+        unsafe {
+            if libc::syscall(libc::SYS_capget, &mut header as *mut Header, data.as_mut_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            data[0].effective &= !(1 << CAP_LEASE);
+            if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Where no read lease can be taken, a committed file is hashed without one, checked by a
+    /// stat before and after.
+    #[test]
+    fn without_leases_a_committed_file_is_hashed_between_two_stats() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp")(e))?;
+        let io = |p: &Path| Error::io("prepare", p.to_path_buf());
+        let file = dir.path().join("f");
+        fs::write(&file, b"committed content").map_err(io(&file))?;
+        // another owner's file: without CAP_LEASE, F_SETLEASE is refused (EACCES)
+        std::os::unix::fs::chown(&file, Some(4321), Some(4321)).map_err(io(&file))?;
+        let tree = rustix::fs::open(dir.path(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| Error::io("open", dir.path())(e.into()))?;
+        let hashed = std::thread::spawn(move || -> std::io::Result<(bool, Option<Seen>)> {
+            drop_cap_lease()?;
+            let stop = AtomicBool::new(false);
+            let mut buf = vec![0u8; 4096];
+            let leased = hash_leased(&tree, c"f", &mut buf, &stop).is_err();
+            Ok((leased, hash_when_quiet(&tree, c"f", &mut buf)))
+        })
+        .join()
+        .map_err(|_| Error::io("hash", &file)(std::io::Error::other("thread panicked")))?
+        .map_err(Error::io("hash", &file))?;
+        assert!(hashed.0, "a lease was taken without CAP_LEASE on another owner's file");
+        let seen = hashed.1.expect("hashed without a lease");
+        assert_eq!(seen.hash, sha256_hex(b"committed content"));
+        assert_eq!(seen.size, 17);
         Ok(())
     }
 

@@ -45,15 +45,58 @@ pub struct Service {
 
 /// Where the deferred pool links stand.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Linking {
-    /// No thread links, nobody waits.
-    #[default]
-    None,
-    /// A thread links, with this id (cleared under the lock before it ends, so the id names it
-    /// while the lock is held).
-    Running(libc::pid_t),
-    /// Someone waits for `pooling`: the next links start at normal priority.
-    Hurried,
+struct Linking {
+    /// The id of the thread making them, if one runs (cleared under the lock before it ends,
+    /// even by a panic, so the id names it while the lock is held).
+    tid: Option<libc::pid_t>,
+    /// Callers waiting for `pooling`: while there are any, links run at normal priority.
+    waiters: usize,
+}
+
+/// A caller waiting for `pooling`, counted in [`Linking::waiters`] until dropped.
+struct Waiting(Arc<Mutex<Linking>>);
+
+impl Waiting {
+    /// Counts the caller in and lifts the running links thread, if any.
+    fn new(linking: &Arc<Mutex<Linking>>) -> Waiting {
+        let mut state = linking.lock().unwrap_or_else(|p| p.into_inner());
+        state.waiters += 1;
+        if let Some(tid) = state.tid {
+            run_normally(tid);
+        }
+        Waiting(linking.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.waiters = state.waiters.saturating_sub(1);
+    }
+}
+
+/// The links thread's mark in [`Linking`], cleared when the thread ends (or unwinds).
+struct LinksRunning(Arc<Mutex<Linking>>);
+
+impl LinksRunning {
+    /// Marks the calling thread as the one making deferred links, in idle time unless someone
+    /// waits.
+    fn start(linking: &Arc<Mutex<Linking>>) -> (LinksRunning, libc::pid_t) {
+        let mut state = linking.lock().unwrap_or_else(|p| p.into_inner());
+        if state.waiters == 0 {
+            run_when_idle();
+        }
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        state.tid = Some(tid);
+        (LinksRunning(linking.clone()), tid)
+    }
+}
+
+impl Drop for LinksRunning {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).tid = None;
+    }
 }
 
 /// The most layers hashed early at once (containerd unpacks a few layers of a pull at a time).
@@ -126,20 +169,8 @@ impl Service {
         if let Ok(guard) = self.pooling.clone().try_lock_owned() {
             return guard;
         }
-        {
-            let mut linking = self.linking.lock().unwrap_or_else(|p| p.into_inner());
-            match *linking {
-                Linking::Running(tid) => run_normally(tid),
-                _ => *linking = Linking::Hurried,
-            }
-        }
-        let guard = self.pooling.clone().lock_owned().await;
-        let mut linking = self.linking.lock().unwrap_or_else(|p| p.into_inner());
-        if *linking == Linking::Hurried {
-            *linking = Linking::None;
-        }
-        drop(linking);
-        guard
+        let _waiting = Waiting::new(&self.linking);
+        self.pooling.clone().lock_owned().await
     }
 
     /// Starts hashing the tree of the active snapshot `key` early, if containerd unpacks into it.
@@ -205,18 +236,6 @@ fn run_normally(tid: libc::pid_t) {
     }
 }
 
-/// Marks the calling thread as the one making deferred links, in idle time unless someone waits.
-fn links_started(linking: &Mutex<Linking>) -> libc::pid_t {
-    let mut state = linking.lock().unwrap_or_else(|p| p.into_inner());
-    if *state != Linking::Hurried {
-        run_when_idle();
-    }
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    *state = Linking::Running(tid);
-    tid
-}
-
 /// Makes the pool links an adoption left for later on a thread of low priority, holding the
 /// adoptions' lock (`pooling`) until they are made; the thread's id is in `linking` meanwhile.
 fn link_later(
@@ -230,11 +249,11 @@ fn link_later(
         return;
     }
     let spawned = std::thread::Builder::new().name("pool-links".into()).spawn(move || {
-        links_started(&linking);
+        let (running, _) = LinksRunning::start(&linking);
         if let Err(e) = store.link_deferred(later) {
             eprintln!("strata-snapshotter: commit {name:?}: some of its new files stay out of the pool: {e}");
         }
-        *linking.lock().unwrap_or_else(|p| p.into_inner()) = Linking::None;
+        drop(running);
         drop(pooling);
     });
     if let Err(e) = spawned {
@@ -428,9 +447,10 @@ mod tests {
         let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
         let linking = service.linking.clone();
         let links = std::thread::spawn(move || {
-            let _ = ready_tx.send(links_started(&linking));
+            let (running, tid) = LinksRunning::start(&linking);
+            let _ = ready_tx.send(tid);
             let _ = end_rx.recv();
-            *linking.lock().unwrap_or_else(|p| p.into_inner()) = Linking::None;
+            drop(running);
             drop(held);
         });
         let tid = ready_rx.recv()?;
@@ -450,10 +470,31 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the waiter never lifted the links thread");
             std::thread::sleep(Duration::from_millis(5));
         }
+        // the next links start while that waiter still waits: at normal priority from the start
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let next = {
+            let linking = service.linking.clone();
+            std::thread::spawn(move || {
+                let (running, tid) = LinksRunning::start(&linking);
+                let _ = started_tx.send(policy(tid));
+                drop(running);
+            })
+        };
+        assert_eq!(started_rx.recv()?, libc::SCHED_OTHER, "links started while a commit waits run normally");
+        next.join().map_err(|_| "next links thread panicked")?;
         end_tx.send(())?;
         links.join().map_err(|_| "links thread panicked")?;
         waiter.join().map_err(|_| "waiter panicked")??;
-        assert_eq!(*service.linking.lock().unwrap_or_else(|p| p.into_inner()), Linking::None);
+        assert_eq!(*service.linking.lock().unwrap_or_else(|p| p.into_inner()), Linking::default());
+
+        // a links thread that panics leaves no id behind
+        let linking = service.linking.clone();
+        let panicked = std::thread::spawn(move || {
+            let _running = LinksRunning::start(&linking);
+            panic!("links failed");
+        });
+        assert!(panicked.join().is_err());
+        assert_eq!(service.linking.lock().unwrap_or_else(|p| p.into_inner()).tid, None);
         Ok(())
     }
 }
