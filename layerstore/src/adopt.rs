@@ -383,46 +383,44 @@ fn hash_leased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) ->
 
 /// Hashes the open regular file `fd` if it has one link, no xattrs and a quiet ctime.
 fn hash_open(fd: &OwnedFd, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result<Early> {
-    {
-        let st = fstat(fd)?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
-            return Ok(Early::Never);
-        }
-        let ctime = (st.st_ctime, st.st_ctime_nsec as i64);
-        if !quiet(ctime, now()) {
-            return Ok(Early::Later);
-        }
-        match rustix::fs::flistxattr(fd, &mut [0u8; 1][..0]) {
-            Ok(0) | Err(Errno::NOTSUP) => {}
-            Ok(_) => return Ok(Early::Never),
-            Err(e) => return Err(e.into()),
-        }
-        let mut hasher = Hasher::new(Algorithm::Sha256);
-        let mut size = 0u64;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(Early::Later);
-            }
-            let n = match rustix::io::read(fd, &mut *buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-        if size != st.st_size as u64 {
-            return Ok(Early::Later);
-        }
-        Ok(Early::Hashed(Seen {
-            ino: st.st_ino,
-            size,
-            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
-            ctime,
-            hash: hasher.finish().hex().to_string(),
-        }))
+    let st = fstat(fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
+        return Ok(Early::Never);
     }
+    let ctime = (st.st_ctime, st.st_ctime_nsec as i64);
+    if !quiet(ctime, now()) {
+        return Ok(Early::Later);
+    }
+    match rustix::fs::flistxattr(fd, &mut [0u8; 1][..0]) {
+        Ok(0) | Err(Errno::NOTSUP) => {}
+        Ok(_) => return Ok(Early::Never),
+        Err(e) => return Err(e.into()),
+    }
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    let mut size = 0u64;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Early::Later);
+        }
+        let n = match rustix::io::read(fd, &mut *buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    if size != st.st_size as u64 {
+        return Ok(Early::Later);
+    }
+    Ok(Early::Hashed(Seen {
+        ino: st.st_ino,
+        size,
+        mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+        ctime,
+        hash: hasher.finish().hex().to_string(),
+    }))
 }
 
 /// How [`link_new`] left a file.
@@ -541,32 +539,24 @@ impl Store {
                         let mut unpooled = Vec::new();
                         let mut unhashed = Vec::new();
                         let mut buf = vec![0u8; 128 << 10];
-                        while let Some((at, rel)) = walk.next() {
-                            let listed = open_beneath(&root, &rel)
-                                .map_err(|e| Error::io("open", dir.join(&rel))(e.into()))
-                                .and_then(|fd| {
-                                    let names = read_names(&fd)
-                                        .map_err(|e| Error::io("read directory", dir.join(&rel))(e.into()))?;
-                                    Ok((fd, names))
-                                });
-                            let (fd, names) = match listed {
-                                Ok(l) => l,
-                                Err(e) => {
-                                    walk.fail();
-                                    return Err(e);
+                        let worked = (|| -> Result<()> {
+                            while let Some((at, rel)) = walk.next() {
+                                let fd = open_beneath(&root, &rel)
+                                    .map_err(|e| Error::io("open", dir.join(&rel))(e.into()))?;
+                                let names = read_names(&fd)
+                                    .map_err(|e| Error::io("read directory", dir.join(&rel))(e.into()))?;
+                                let mut files = Vec::new();
+                                let mut subdirs = Vec::new();
+                                for (name, ty) in names {
+                                    match ty {
+                                        FileType::Directory => {
+                                            subdirs.push(rel.join(OsStr::from_bytes(name.to_bytes())))
+                                        }
+                                        FileType::RegularFile => files.push(name),
+                                        _ => {}
+                                    }
                                 }
-                            };
-                            let mut files = Vec::new();
-                            let mut subdirs = Vec::new();
-                            for (name, ty) in names {
-                                match ty {
-                                    FileType::Directory => subdirs.push(rel.join(OsStr::from_bytes(name.to_bytes()))),
-                                    FileType::RegularFile => files.push(name),
-                                    _ => {}
-                                }
-                            }
-                            walk.found(subdirs);
-                            let done = (|| -> Result<()> {
+                                walk.found(subdirs);
                                 for name in &files {
                                     let path = || rel.join(OsStr::from_bytes(name.to_bytes()));
                                     let early_path = early.map(|_| path());
@@ -583,14 +573,12 @@ impl Store {
                                         stats.files += 1;
                                     }
                                 }
-                                Ok(())
-                            })();
-                            walk.done();
-                            if let Err(e) = done {
-                                walk.fail();
-                                return Err(e);
+                                walk.done();
                             }
-                        }
+                            Ok(())
+                        })();
+                        // (the others stop at their next directory)
+                        worked.inspect_err(|_| walk.fail())?;
                         Ok((stats, unpooled, unhashed))
                     })
                 })
@@ -686,9 +674,8 @@ impl Store {
             link_hashed(&pool, fd, name, &u.st, &u.hash, &u.key, u.size, &mut total, stubs.as_ref())
                 .map_err(|e| Error::io("pool", path())(e))?;
         }
-        let dirs = work;
         let index = data.filter(|_| !unhashed.is_empty()).map(|d| d.index.clone());
-        Ok((total, DeferredLinks { tree: dir.to_path_buf(), dirs, files: later, unhashed, index }))
+        Ok((total, DeferredLinks { tree: dir.to_path_buf(), dirs: work, files: later, unhashed, index }))
     }
 
     /// Makes the pool links [`Store::adopt_tree_deferring`] left for later: each file still as it
@@ -711,13 +698,19 @@ impl Store {
             Err(e) => return Err(Error::io("open", &later.tree)(e.into())),
         };
         let mut linked = 0;
-        let mut dirs: Option<(usize, Option<OwnedFd>)> = None;
-        let mut dir_fd = |at: usize| {
-            if dirs.as_ref().is_none_or(|d| d.0 != at) {
-                dirs = Some((at, open_beneath(&root, &later.dirs[at]).ok()));
+        // The directory of the files at hand (they come a directory at a time); None if gone.
+        let mut open_dir: Option<(usize, Option<OwnedFd>)> = None;
+        fn dir_fd<'s>(
+            open_dir: &'s mut Option<(usize, Option<OwnedFd>)>,
+            root: &OwnedFd,
+            dirs: &[PathBuf],
+            at: usize,
+        ) -> Option<&'s OwnedFd> {
+            if open_dir.as_ref().is_none_or(|d| d.0 != at) {
+                *open_dir = Some((at, open_beneath(root, &dirs[at]).ok()));
             }
-            dirs.as_ref().and_then(|d| d.1.as_ref().and_then(|fd| rustix::io::dup(fd).ok()))
-        };
+            open_dir.as_ref().and_then(|d| d.1.as_ref())
+        }
         // Links `name` in `fd` as `key` if it is still as `was`; whether it did.
         let link = |fd: &OwnedFd, at: usize, name: &CStr, was: &rustix::fs::Stat, key: &str| -> Result<bool> {
             let Ok(st) = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) else { return Ok(false) };
@@ -738,13 +731,13 @@ impl Store {
             }
         };
         for f in &later.files {
-            let Some(fd) = dir_fd(f.dir) else { continue };
-            linked += u64::from(link(&fd, f.dir, f.name.as_c_str(), &f.st, f.key.as_str())?);
+            let Some(fd) = dir_fd(&mut open_dir, &root, &later.dirs, f.dir) else { continue };
+            linked += u64::from(link(fd, f.dir, f.name.as_c_str(), &f.st, f.key.as_str())?);
         }
         let mut buf = vec![0u8; 128 << 10];
         for f in &later.unhashed {
-            let Some(fd) = dir_fd(f.dir) else { continue };
-            let Some(seen) = hash_when_quiet(&fd, f.name.as_c_str(), &mut buf) else { continue };
+            let Some(fd) = dir_fd(&mut open_dir, &root, &later.dirs, f.dir) else { continue };
+            let Some(seen) = hash_when_quiet(fd, f.name.as_c_str(), &mut buf) else { continue };
             let st = &f.st;
             if !seen.matches(st) {
                 continue;
@@ -757,7 +750,7 @@ impl Store {
                 st.st_mtime,
                 st.st_mtime_nsec as i64,
             );
-            let now = link(&fd, f.dir, f.name.as_c_str(), st, &key)?;
+            let now = link(fd, f.dir, f.name.as_c_str(), st, &key)?;
             linked += u64::from(now);
             // (pooled meanwhile, perhaps by another process: recorded too, so a later copy of it is
             // hashed before its commit answers and shares it)
@@ -1227,12 +1220,7 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp")(e))?;
         let store = Store::open(&dir.path().join("store"))?;
         let io = |p: &Path| Error::io("prepare", p.to_path_buf());
-        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let write = |t: &Path, name: &str, content: &str| -> Result<()> {
-            let p = t.join(name);
-            fs::write(&p, content).map_err(io(&p))?;
-            fs::File::options().write(true).open(&p).and_then(|f| f.set_modified(when)).map_err(io(&p))
-        };
+        let write = |t: &Path, name: &str, content: &str| write_dated(t, name, content.as_bytes());
         let (old, tree) = (dir.path().join("old"), dir.path().join("tree"));
         fs::create_dir_all(&old).map_err(io(&old))?;
         fs::create_dir_all(tree.join("sub")).map_err(io(&tree))?;
@@ -1348,13 +1336,8 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp")(e))?;
         let store = Store::open(&dir.path().join("store"))?;
         let io = |p: &Path| Error::io("prepare", p.to_path_buf());
-        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let big = |n: u64, fill: u8| vec![fill; (DEFER_MIN + n) as usize];
-        let write = |t: &Path, name: &str, content: &[u8]| -> Result<()> {
-            let p = t.join(name);
-            fs::write(&p, content).map_err(io(&p))?;
-            fs::File::options().write(true).open(&p).and_then(|f| f.set_modified(when)).map_err(io(&p))
-        };
+        let write = write_dated;
         let meta = |p: PathBuf| fs::symlink_metadata(&p).map_err(io(&p));
         let index = Arc::new(ContentIndex::new());
         let data_dir = dir.path().join("data");
@@ -1398,6 +1381,15 @@ mod tests {
         assert_eq!(meta(t3.join("changed"))?.nlink(), 1);
         assert_eq!(pooled_hash(&dir.path().join("store"), &t3.join("changed"))?, None);
         Ok(())
+    }
+
+    /// Writes `content` to `name` in `dir`, with one fixed mtime (the pool key holds it).
+    fn write_dated(dir: &Path, name: &str, content: &[u8]) -> Result<()> {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let p = dir.join(name);
+        let io = |p: &Path| Error::io("prepare", p.to_path_buf());
+        fs::write(&p, content).map_err(io(&p))?;
+        fs::File::options().write(true).open(&p).and_then(|f| f.set_modified(when)).map_err(io(&p))
     }
 
     /// The pool key's content hash of `path` after adoption (the pool file it is linked to).

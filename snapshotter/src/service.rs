@@ -434,7 +434,8 @@ mod tests {
     }
 
     /// A commit waiting for the adoptions' lock lifts the thread that holds it with deferred pool
-    /// links out of `SCHED_IDLE`; once the lock is free, the next links run in idle time again.
+    /// links out of `SCHED_IDLE`; links that start while it still waits run normally from the
+    /// start; a links thread that panics leaves no id behind.
     #[test]
     fn a_commit_waiting_for_pool_links_lifts_them_out_of_idle_time() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
