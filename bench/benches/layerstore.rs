@@ -266,6 +266,11 @@ fn disk_set(
         for a in archives {
             ctd.import_with(a, "strata", flags)?;
         }
+        // (a commit answers before its files are shared; Usage, which reads the trees, waits)
+        let usage = ctd.ctr(&["snapshots", "--snapshotter", "strata", "usage"])?;
+        if !usage.status.success() {
+            return Err(format!("ctr snapshots usage: {}", String::from_utf8_lossy(&usage.stderr).trim()));
+        }
         ctd.collect_garbage("strata")?;
         Ok((disk_usage(&ctd.root())?, disk_usage(&ctd.snapshotter_store())?))
     };

@@ -423,6 +423,50 @@ fn hash_open(fd: &OwnedFd, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result
     }))
 }
 
+/// The temporary names an adoption gives, in the tree, a pool inode's link (renamed over the
+/// file it replaces) and a metadata-only file being made (see [`clear_adoption_leftovers`]).
+const POOL_TMP: &str = ".strata-pool-";
+const STUB_TMP: &str = ".strata-stub-";
+
+/// Removes from `tree` what an adoption by process `pid` left when it was cut short (a crash
+/// between giving a temporary name and renaming it over the file it replaces): links of pool
+/// inodes named `.strata-pool-<pid>-…` and metadata-only files named `.strata-stub-<pid>-…`. The
+/// file each was to replace is still there, whole. The tree is walked by descriptors, no symlink
+/// followed; other names, those of other processes included, are left alone. Returns how many
+/// were removed.
+pub fn clear_adoption_leftovers(tree: &Path, pid: u32) -> Result<u64> {
+    let root = rustix::fs::open(tree, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io("open", tree)(e.into()))?;
+    let ours = |name: &[u8]| {
+        [POOL_TMP, STUB_TMP].iter().any(|prefix| {
+            let mark = format!("{prefix}{pid}-");
+            name.strip_prefix(mark.as_bytes()).is_some_and(|rest| {
+                let mut parts = rest.split(|&b| b == b'-');
+                let digits = |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+                digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+            })
+        })
+    };
+    let mut removed = 0;
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let fd = open_beneath(&root, &rel).map_err(|e| Error::io("open", tree.join(&rel))(e.into()))?;
+        for (name, ty) in read_names(&fd).map_err(|e| Error::io("read directory", tree.join(&rel))(e.into()))? {
+            let path = rel.join(OsStr::from_bytes(name.to_bytes()));
+            match ty {
+                FileType::Directory => todo.push(path),
+                FileType::RegularFile if ours(name.to_bytes()) => {
+                    rustix::fs::unlinkat(&fd, name.as_c_str(), AtFlags::empty())
+                        .map_err(|e| Error::io("remove", tree.join(&path))(e.into()))?;
+                    removed += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// How [`link_new`] left a file.
 enum Linked {
     /// It is the pool's file for its key now (the key was new).
@@ -448,13 +492,16 @@ fn link_new(pool: &OwnedFd, dir: &OwnedFd, name: &OsStr, key: &str) -> rustix::i
         Err(Errno::XDEV) | Err(Errno::PERM) | Err(Errno::MLINK) => return Ok(Linked::Own),
         Err(e) => return Err(e),
     }
-    let tmp = unique_name(".strata-pool-");
+    let tmp = unique_name(POOL_TMP);
     match rustix::fs::linkat(pool, key, dir, tmp.as_str(), AtFlags::empty()) {
         Ok(()) => {}
         Err(Errno::MLINK) => return Ok(Linked::Own),
         Err(e) => return Err(e),
     }
-    renameat(dir, tmp.as_str(), dir, name)?;
+    if let Err(e) = renameat(dir, tmp.as_str(), dir, name) {
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+        return Err(e);
+    }
     Ok(Linked::Shared)
 }
 
@@ -1134,7 +1181,7 @@ impl Stubs<'_, '_> {
             Err(Errno::NOENT) | Err(Errno::MLINK) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
-        let tmp = unique_name(".strata-stub-");
+        let tmp = unique_name(STUB_TMP);
         let made = (|| -> rustix::io::Result<()> {
             let fd = openat(
                 dir,

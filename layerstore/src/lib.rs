@@ -34,7 +34,9 @@ mod split;
 mod store;
 mod unpack;
 
-pub use adopt::{AdoptStats, ContentIndex, DataLayer, DeferredLinks, PassStats, Prehashed, STUB_MIN};
+pub use adopt::{
+    AdoptStats, ContentIndex, DataLayer, DeferredLinks, PassStats, Prehashed, STUB_MIN, clear_adoption_leftovers,
+};
 pub use blobs::{BlobStore, Ingested};
 pub use digest::{Algorithm, Digest, Hasher, HashingReader, HashingWriter};
 pub use error::{Error, Result};

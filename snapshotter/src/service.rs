@@ -1,17 +1,20 @@
 //! The gRPC service: containerd's snapshots API over [`Snapshots`].
 //!
 //! Every call runs on the blocking pool with the snapshots locked, except the pool adoption of a
-//! commit, which runs after the commit is recorded and without the lock (it reads every file of
-//! the layer; other calls go on meanwhile). Adoptions run one at a time. The pool links of a
-//! layer's new content, which change nothing in its tree, are made after the commit answers, by a
-//! thread of low priority ([`layerstore::Store::adopt_tree_deferring`]); the next adoption waits
-//! for them, and so does the daemon's exit, each lifting that thread to normal priority while it
-//! waits.
+//! commit ([`layerstore::Store::adopt_tree_deferring`]), which runs without the lock once the
+//! commit is recorded and answered: containerd goes on (the last layer of an import is done)
+//! while the tree's files are hashed and shared. Until the adoption has made its changes to the
+//! tree, every call that hands out mounts of a committed tree or reads one (Prepare and View on a
+//! parent, Mounts, Usage, Remove, Cleanup) waits, so no mount ever sees a tree being changed.
+//! Adoptions run one at a time. The pool links of a layer's new content, which change nothing in
+//! its tree, are made after that by a thread of low priority; the next adoption waits for them,
+//! and so does the daemon's exit (which waits for the adoption too), each lifting that thread to
+//! normal priority while it waits.
 //!
 //! While containerd unpacks a layer into an active snapshot (one its unpacker names `extract-…`),
 //! a thread of low priority hashes the files it has finished ([`layerstore::Prehashed`]: under
-//! read leases, re-checked at commit), so the commit reads again only what changed since. It stops
-//! at the commit or removal, or once the tree has not changed for a minute.
+//! read leases, re-checked at the adoption), so the adoption reads again only what changed since.
+//! It stops at the commit or removal, or once the tree has not changed for a minute.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -38,6 +41,9 @@ pub struct Service {
     hashing: Arc<Mutex<HashMap<String, EarlyHashing>>>,
     /// Held by an adoption and then by its deferred pool links.
     pooling: Arc<tokio::sync::Mutex<()>>,
+    /// Held for writing by a commit from its record until its adoption has changed the tree; for
+    /// reading by the calls that hand out mounts of committed trees or read them.
+    trees: Arc<tokio::sync::RwLock<()>>,
     /// The thread making deferred pool links: whoever waits for `pooling` raises it out of
     /// `SCHED_IDLE` (else a busy machine would hold the next commit behind idle-time work).
     linking: Arc<Mutex<Linking>>,
@@ -154,11 +160,12 @@ impl Service {
             snapshots: Arc::new(Mutex::new(snapshots)),
             hashing: Arc::default(),
             pooling: Arc::default(),
+            trees: Arc::default(),
             linking: Arc::default(),
         }
     }
 
-    /// Waits until the pool links of the last commit are made.
+    /// Waits until the last commit's adoption and pool links are done.
     pub async fn settle(&self) {
         let _ = self.take_pooling().await;
     }
@@ -171,6 +178,12 @@ impl Service {
         }
         let _waiting = Waiting::new(&self.linking);
         self.pooling.clone().lock_owned().await
+    }
+
+    /// Waits until no adoption is changing a committed tree; the trees stay as they are while the
+    /// guard is held.
+    async fn trees_settled(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.trees.clone().read_owned().await
     }
 
     /// Starts hashing the tree of the active snapshot `key` early, if containerd unpacks into it.
@@ -325,6 +338,8 @@ impl snapshots_server::Snapshots for Service {
         let r = r.into_inner();
         let key = r.key.clone();
         let unpack = unpack_key(&r.key);
+        // (a new layer's mounts hold no committed tree)
+        let _trees = if r.parent.is_empty() { None } else { Some(self.trees_settled().await) };
         let (m, tree) = self
             .with(move |s| {
                 let m = s.prepare(Kind::Active, &r.key, &r.parent, labels(r.labels))?;
@@ -339,12 +354,14 @@ impl snapshots_server::Snapshots for Service {
 
     async fn view(&self, r: Request<ViewSnapshotRequest>) -> Result<Response<ViewSnapshotResponse>, Status> {
         let r = r.into_inner();
+        let _trees = self.trees_settled().await;
         let m = self.with(move |s| s.prepare(Kind::View, &r.key, &r.parent, labels(r.labels))).await?;
         Ok(Response::new(ViewSnapshotResponse { mounts: mounts(m) }))
     }
 
     async fn mounts(&self, r: Request<MountsRequest>) -> Result<Response<MountsResponse>, Status> {
         let r = r.into_inner();
+        let _trees = self.trees_settled().await;
         let m = self.with(move |s| s.mounts(&r.key)).await?;
         Ok(Response::new(MountsResponse { mounts: mounts(m) }))
     }
@@ -353,31 +370,44 @@ impl snapshots_server::Snapshots for Service {
         let r = r.into_inner();
         let name = r.name.clone();
         let early = self.stop_hashing(&r.key).await;
+        // One adoption at a time, after the last one's pool links; and from the record on, no
+        // mount of any committed tree is handed out until this one's adoption has changed it.
+        let pooling = self.take_pooling().await;
+        let trees = self.trees.clone().write_owned().await;
         let (adopt, store) = self
             .with(move |s| {
                 let adopt = s.commit(&r.name, &r.key, labels(r.labels))?;
                 Ok((adopt, s.store().clone()))
             })
             .await?;
-        // The commit stands whatever happens here: a tree left out of the pool is only not
-        // deduplicated.
-        let pooling = self.take_pooling().await;
-        let adopted = tokio::task::spawn_blocking(move || {
-            let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
-            store.adopt_tree_deferring(&adopt.tree, data.as_ref(), early.as_ref()).map(|(_, later)| (store, later))
-        })
-        .await;
-        match adopted {
-            Ok(Ok((store, later))) => link_later(store, later, name, pooling, self.linking.clone()),
-            Ok(Err(e)) => eprintln!("strata-snapshotter: commit {name:?}: its files stay out of the pool: {e}"),
-            Err(e) => eprintln!("strata-snapshotter: commit {name:?}: pooling failed: {e}"),
-        }
+        // The commit stands whatever happens from here: a tree left out of the pool is only not
+        // deduplicated. It is answered now; the adoption follows.
+        let linking = self.linking.clone();
+        tokio::spawn(async move {
+            let adopted = tokio::task::spawn_blocking(move || {
+                let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
+                let adopted = store.adopt_tree_deferring(&adopt.tree, data.as_ref(), early.as_ref());
+                // (a failed adoption left nothing to clear: it renames only what it finished)
+                if let Err(e) = std::fs::remove_file(&adopt.marker) {
+                    eprintln!("strata-snapshotter: {}: {e}", adopt.marker.display());
+                }
+                adopted.map(|(_, later)| (store, later))
+            })
+            .await;
+            drop(trees);
+            match adopted {
+                Ok(Ok((store, later))) => link_later(store, later, name, pooling, linking),
+                Ok(Err(e)) => eprintln!("strata-snapshotter: commit {name:?}: its files stay out of the pool: {e}"),
+                Err(e) => eprintln!("strata-snapshotter: commit {name:?}: pooling failed: {e}"),
+            }
+        });
         Ok(Response::new(()))
     }
 
     async fn remove(&self, r: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
         let r = r.into_inner();
         let _ = self.stop_hashing(&r.key).await;
+        let _trees = self.trees_settled().await;
         let gone = self.with(move |s| s.remove(&r.key)).await?;
         // Out of snapshots/ already: what a failure here leaves, Cleanup (or the next start) removes.
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(gone)).await;
@@ -414,11 +444,13 @@ impl snapshots_server::Snapshots for Service {
 
     async fn usage(&self, r: Request<UsageRequest>) -> Result<Response<UsageResponse>, Status> {
         let r = r.into_inner();
+        let _trees = self.trees_settled().await;
         let u = self.with(move |s| s.usage(&r.key)).await?;
         Ok(Response::new(UsageResponse { size: clamp(u.size), inodes: clamp(u.inodes) }))
     }
 
     async fn cleanup(&self, _r: Request<CleanupRequest>) -> Result<Response<()>, Status> {
+        let _trees = self.trees_settled().await;
         self.with(|s| s.cleanup()).await?;
         Ok(Response::new(()))
     }
@@ -426,11 +458,65 @@ impl snapshots_server::Snapshots for Service {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     fn policy(tid: libc::pid_t) -> i32 {
         // SAFETY: sched_getscheduler reads the policy of a thread id; no pointers.
         unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    /// A commit answers before its adoption has shared the tree's files; a View asked at once on
+    /// it waits until the adoption has changed the tree (it would hand out a tree being changed).
+    #[test]
+    fn a_view_asked_right_after_a_commit_waits_for_its_adoption() -> Result<(), Box<dyn std::error::Error>> {
+        use snapshots_server::Snapshots as _;
+        const FILES: usize = 2000;
+        let dir = tempfile::tempdir()?;
+        let service = Service::new(Snapshots::open(dir.path())?);
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let tree = |key: &str| -> Result<PathBuf, Error> {
+            let s = service.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(s.fs_path(s.get(key)?.id))
+        };
+        // the same files (content, mode, owner, mtime) in two layers: the second shares the first's
+        let layer = |key: &str, name: &str| -> Result<PathBuf, Box<dyn std::error::Error>> {
+            let prepare = PrepareSnapshotRequest { key: key.into(), ..Default::default() };
+            rt.block_on(service.prepare(Request::new(prepare)))?;
+            let fs = tree(key)?;
+            for i in 0..FILES {
+                let path = fs.join(format!("f{i}"));
+                std::fs::write(&path, format!("file {i}\n"))?;
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)?
+                    .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(86_400))?;
+            }
+            let commit = CommitSnapshotRequest { key: key.into(), name: name.into(), ..Default::default() };
+            rt.block_on(service.commit(Request::new(commit)))?;
+            Ok(fs)
+        };
+        let first = layer("a", "one")?;
+        rt.block_on(service.settle());
+        assert_eq!(std::fs::metadata(first.join("f0"))?.nlink(), 2, "the first layer's files are pooled");
+        let second = layer("b", "two")?;
+        let view = ViewSnapshotRequest { key: "v".into(), parent: "two".into(), ..Default::default() };
+        rt.block_on(service.view(Request::new(view)))?;
+        let own: Vec<_> = (0..FILES)
+            .filter(|i| std::fs::metadata(second.join(format!("f{i}"))).map_or(true, |m| m.nlink() < 3))
+            .collect();
+        assert!(own.is_empty(), "the view came before the adoption: {} files not shared yet", own.len());
+        rt.block_on(service.settle());
+        let marks: Vec<_> = [&first, &second]
+            .iter()
+            .filter_map(|fs| fs.parent())
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("adopting-"))
+            .map(|e| e.path())
+            .collect();
+        assert!(marks.is_empty(), "adoptions over, their marks stay: {marks:?}");
+        Ok(())
     }
 
     /// A commit waiting for the adoptions' lock lifts the thread that holds it with deferred pool

@@ -9,16 +9,18 @@
 //! snapshots/<id>/work     overlayfs' work directory of an active snapshot
 //! snapshots/<id>/data     a committed snapshot's data layer: hardlinks to pooled inodes its
 //!                         metadata-only files read (see below)
+//! snapshots/<id>/adopting-<pid>  a committed tree that process <pid> may still be adopting
 //! tmp/<id>                snapshots being made or removed; cleared at start and by Cleanup
 //! ```
 //!
 //! A snapshot appears by the rename of a complete directory from `tmp/` and goes by the rename
 //! back into `tmp/`, so a crash at any moment leaves either the whole snapshot or none (the
-//! leftovers in `tmp/` go at the next start). A commit rewrites `info.json` by rename; only then
-//! are its files adopted into the layer store's content pool (shared inodes are never written:
-//! committed snapshots are mounted as overlay lower layers or read-only views). The links of new
-//! content into the pool, which change nothing in the tree, may follow after the commit answers
-//! (see `service`).
+//! leftovers in `tmp/` go at the next start). A commit marks the tree as being adopted and
+//! rewrites `info.json` by rename; only then are its files adopted into the layer store's content
+//! pool (shared inodes are never written: committed snapshots are mounted as overlay lower layers
+//! or read-only views), after the commit answers, while the service holds back every mount of a
+//! committed tree (see `service`). An adoption replaces each file by a rename; what one cut short
+//! by a crash left under temporary names goes at the next start, in the trees still marked.
 //!
 //! Where the kernel follows redirects into data-only lower layers without `metacopy=on` (Linux
 //! 6.16 and later; probed at start), a committed file whose content is pooled under other
@@ -177,6 +179,10 @@ pub struct Snapshots {
 pub struct Adopt {
     /// The committed tree.
     pub tree: PathBuf,
+    /// The mark that an adoption by this process may change the tree: the caller removes it once
+    /// the adoption is over (the next start clears what an adoption cut short left, see
+    /// [`layerstore::clear_adoption_leftovers`]).
+    pub marker: PathBuf,
     /// Its data layer and the content index, when its files may become metadata-only.
     pub data: Option<(PathBuf, Arc<ContentIndex>)>,
 }
@@ -217,6 +223,7 @@ impl Snapshots {
                 return Err(bad(format!("its id {} is not its directory's name", info.id)));
             }
             s.next_id = s.next_id.max(info.id + 1);
+            clear_cut_adoption(&entry.path(), &info)?;
             if let Some(other) = s.by_key.insert(info.key.clone(), info) {
                 return Err(bad(format!("snapshot {} has the same key {:?}", other.id, other.key)));
             }
@@ -422,11 +429,17 @@ impl Snapshots {
         info.key = name.to_string();
         info.labels = labels;
         info.updated = Time::now();
-        write_info(&self.path(info.id), &info)?;
+        // The mark first, made durable with the record (one fsync of the directory for both).
+        let marker = self.path(info.id).join(format!("{ADOPTING}{}", std::process::id()));
+        fs::write(&marker, b"").map_err(io_err("write", &marker))?;
+        if let Err(e) = write_info(&self.path(info.id), &info) {
+            let _ = fs::remove_file(&marker);
+            return Err(e);
+        }
         let data = self.index.as_ref().map(|index| (self.path(info.id).join("data"), index.clone()));
         self.by_key.remove(key);
         self.by_key.insert(name.to_string(), info);
-        Ok(Adopt { tree: fs_path, data })
+        Ok(Adopt { tree: fs_path, marker, data })
     }
 
     /// Removes snapshot `key` (refused while a snapshot is above it). Returns the directory the
@@ -591,6 +604,34 @@ fn unescape(field: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The name of a snapshot's adoption mark, before the id of the process adopting it.
+const ADOPTING: &str = "adopting-";
+
+/// Clears what an adoption of the snapshot in `dir` left if it was cut short (its mark is still
+/// there), then the mark.
+fn clear_cut_adoption(dir: &Path, info: &Info) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(ADOPTING)) else { continue };
+        let path = entry.path();
+        if info.kind == Kind::Committed
+            && let Ok(pid) = pid.parse::<u32>()
+        {
+            let tree = dir.join("fs");
+            let n = layerstore::clear_adoption_leftovers(&tree, pid)?;
+            if n > 0 {
+                eprintln!(
+                    "strata-snapshotter: {}: removed {n} temporary files of an adoption cut short",
+                    tree.display()
+                );
+            }
+        }
+        fs::remove_file(&path).map_err(io_err("remove", &path))?;
+    }
+    Ok(())
 }
 
 fn write_info(dir: &Path, info: &Info) -> Result<()> {
@@ -877,6 +918,44 @@ mod tests {
             assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains(&data.display().to_string())), "{e}");
         }
         assert_eq!(s.all().count(), before, "the refused prepare left a snapshot");
+        Ok(())
+    }
+
+    #[test]
+    fn an_adoption_cut_short_leaves_nothing_in_the_tree_after_a_restart() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io_err("tempdir", Path::new("/tmp")))?;
+        let mut s = Snapshots::open(dir.path())?;
+        s.prepare(Kind::Active, "a", "", BTreeMap::new())?;
+        let id = s.get("a")?.id;
+        let tree = s.fs_path(id);
+        let write = |rel: &str, content: &str| {
+            let path = tree.join(rel);
+            fs::create_dir_all(path.parent().unwrap_or(&tree)).map_err(io_err("mkdir", &path))?;
+            fs::write(&path, content).map_err(io_err("write", &path))
+        };
+        write("usr/bin/tool", "tool")?;
+        // names of the image's own, however close to an adoption's
+        let pid = std::process::id();
+        let kept =
+            ["usr/.strata-stub-1-2-3", &format!("usr/.strata-pool-{pid}-x-1"), &format!("usr/.strata-stub-{pid}-1")];
+        for name in kept {
+            write(name, "image")?;
+        }
+        let adopt = s.commit("one", "a", BTreeMap::new())?;
+        assert!(adopt.marker.exists(), "the commit marks its tree as being adopted");
+        // what an adoption of this process leaves when it dies between a link and its rename
+        let pool_tmp = tree.join(format!("usr/bin/.strata-pool-{pid}-7-123456789"));
+        fs::hard_link(tree.join("usr/bin/tool"), &pool_tmp).map_err(io_err("link", &pool_tmp))?;
+        write(&format!(".strata-stub-{pid}-8-5"), "")?;
+        drop(s);
+
+        let s = Snapshots::open(dir.path())?;
+        assert_eq!(s.get("one")?.kind, Kind::Committed);
+        assert!(!pool_tmp.exists() && !tree.join(format!(".strata-stub-{pid}-8-5")).exists());
+        for name in kept.iter().chain(&["usr/bin/tool"]) {
+            assert!(tree.join(name).exists(), "{name} went");
+        }
+        assert!(!adopt.marker.exists(), "the mark stayed");
         Ok(())
     }
 

@@ -75,6 +75,12 @@ impl Drop for Mounted {
     }
 }
 
+/// Waits until the snapshotter's adoptions have made their changes to the committed trees: a
+/// commit answers before its files are shared, and Usage (which reads the trees) waits for that.
+fn adopted(c: &Containerd) {
+    c.ok(&snap_args(&["usage"]));
+}
+
 /// Waits until `ok` holds (containerd removes snapshots from the backend in its own GC, soon
 /// after the last reference goes).
 fn eventually(what: &str, ok: impl Fn() -> bool) {
@@ -176,6 +182,7 @@ fn a_rebuilt_base_and_strata_s_own_import_share_the_snapshotter_s_inodes() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let rebuilt = make_image(dir.path(), "rebuilt", "rebuilt", 0);
     c.ok(&["images", "import", "--snapshotter", "strata", &rebuilt.display().to_string()]);
+    adopted(&c);
     let layers: Vec<PathBuf> = on_disk(&c).into_iter().filter(|s| s.1 == "committed").map(|s| s.2).collect();
     assert_eq!(layers.len(), 2, "two layers of different digests: {:?}", on_disk(&c));
     let ino = |p: &Path| std::fs::metadata(p.join("bin/busybox")).expect("bin/busybox").ino();
@@ -242,6 +249,7 @@ fn a_rebuild_that_touched_every_file_shares_their_data() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let touched = make_image_at(dir.path(), "touched", "", 0, 86_400);
     c.ok(&["images", "import", "--snapshotter", "strata", &touched.display().to_string()]);
+    adopted(&c);
     let layers: Vec<PathBuf> = on_disk(&c).into_iter().filter(|s| s.1 == "committed").map(|s| s.2).collect();
     assert_eq!(layers.len(), 2, "{:?}", on_disk(&c));
     let meta = |p: &Path| std::fs::symlink_metadata(p.join("bin/busybox")).expect("bin/busybox");
