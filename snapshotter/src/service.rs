@@ -4,8 +4,9 @@
 //! commit ([`layerstore::Store::adopt_tree_deferring`]), which runs without the lock once the
 //! commit is recorded and answered: containerd goes on (the last layer of an import is done)
 //! while the tree's files are hashed and shared. Until the adoption has made its changes to the
-//! tree, every call that hands out mounts of a committed tree or reads one (Prepare and View on a
-//! parent, Mounts, Usage, Remove, Cleanup) waits, so no mount ever sees a tree being changed.
+//! tree, every call that would hand out mounts of that tree or read it (Prepare and View above it,
+//! Mounts of a snapshot above it, its Usage and Remove) waits ([`Snapshots::adopting`]), so no
+//! mount ever shows a tree being changed; calls about other snapshots go on.
 //! Adoptions run one at a time. The pool links of a layer's new content, which change nothing in
 //! its tree, are made after that by a thread of low priority; the next adoption waits for them,
 //! and so does the daemon's exit (which waits for the adoption too), each lifting that thread to
@@ -41,9 +42,9 @@ pub struct Service {
     hashing: Arc<Mutex<HashMap<String, EarlyHashing>>>,
     /// Held by an adoption and then by its deferred pool links.
     pooling: Arc<tokio::sync::Mutex<()>>,
-    /// Held for writing by a commit from its record until its adoption has changed the tree; for
-    /// reading by the calls that hand out mounts of committed trees or read them.
-    trees: Arc<tokio::sync::RwLock<()>>,
+    /// How many adoptions have ended: calls that found a tree still being adopted wait for the
+    /// next and ask again.
+    adoptions_ended: Arc<tokio::sync::watch::Sender<u64>>,
     /// The thread making deferred pool links: whoever waits for `pooling` raises it out of
     /// `SCHED_IDLE` (else a busy machine would hold the next commit behind idle-time work).
     linking: Arc<Mutex<Linking>>,
@@ -160,7 +161,7 @@ impl Service {
             snapshots: Arc::new(Mutex::new(snapshots)),
             hashing: Arc::default(),
             pooling: Arc::default(),
-            trees: Arc::default(),
+            adoptions_ended: Arc::new(tokio::sync::watch::Sender::new(0)),
             linking: Arc::default(),
         }
     }
@@ -178,12 +179,6 @@ impl Service {
         }
         let _waiting = Waiting::new(&self.linking);
         self.pooling.clone().lock_owned().await
-    }
-
-    /// Waits until no adoption is changing a committed tree; the trees stay as they are while the
-    /// guard is held.
-    async fn trees_settled(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
-        self.trees.clone().read_owned().await
     }
 
     /// Starts hashing the tree of the active snapshot `key` early, if containerd unpacks into it.
@@ -215,14 +210,58 @@ impl Service {
         &self,
         f: impl FnOnce(&mut Snapshots) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Status> {
+        self.with_locked(f).await?.map_err(status)
+    }
+
+    /// [`Service::with`] for a call that needs committed trees as they will stay: while `f` finds
+    /// one still being adopted ([`Error::Adopting`]), it waits for the next adoption to end and
+    /// runs again.
+    async fn with_adopted<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Snapshots) -> Result<T, Error> + Send + Sync + 'static,
+    ) -> Result<T, Status> {
+        let f = Arc::new(f);
+        // (subscribed before the first try: an adoption that ends after it wakes the wait)
+        let mut ended = self.adoptions_ended.subscribe();
+        loop {
+            let f = f.clone();
+            match self.with_locked(move |s| f(s)).await? {
+                Err(Error::Adopting(_)) => {
+                    if ended.changed().await.is_err() {
+                        return Err(Status::unavailable("the snapshotter is stopping"));
+                    }
+                }
+                done => return done.map_err(status),
+            }
+        }
+    }
+
+    async fn with_locked<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Snapshots) -> Result<T, Error> + Send + 'static,
+    ) -> Result<Result<T, Error>, Status> {
         let snapshots = self.snapshots.clone();
         tokio::task::spawn_blocking(move || {
             let mut s = snapshots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&mut s)
         })
         .await
-        .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))?
-        .map_err(status)
+        .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))
+    }
+}
+
+/// Ends the adoption of one committed snapshot when dropped (also when the adoption panicked):
+/// its tree may be mounted again, and the calls waiting for it ask again.
+struct AdoptionEnd {
+    snapshots: Arc<Mutex<Snapshots>>,
+    id: u64,
+    ended: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Drop for AdoptionEnd {
+    fn drop(&mut self) {
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner()).adopted(self.id);
+        self.ended.send_modify(|n| *n += 1);
     }
 }
 
@@ -282,6 +321,7 @@ fn status(e: Error) -> Status {
         Error::AlreadyExists(_) => Status::already_exists(msg),
         Error::FailedPrecondition(_) => Status::failed_precondition(msg),
         Error::InvalidArgument(_) => Status::invalid_argument(msg),
+        Error::Adopting(_) => Status::unavailable(msg),
         _ => Status::internal(msg),
     }
 }
@@ -338,11 +378,9 @@ impl snapshots_server::Snapshots for Service {
         let r = r.into_inner();
         let key = r.key.clone();
         let unpack = unpack_key(&r.key);
-        // (a new layer's mounts hold no committed tree)
-        let _trees = if r.parent.is_empty() { None } else { Some(self.trees_settled().await) };
         let (m, tree) = self
-            .with(move |s| {
-                let m = s.prepare(Kind::Active, &r.key, &r.parent, labels(r.labels))?;
+            .with_adopted(move |s| {
+                let m = s.prepare(Kind::Active, &r.key, &r.parent, labels(r.labels.clone()))?;
                 Ok((m, s.fs_path(s.get(&r.key)?.id)))
             })
             .await?;
@@ -354,15 +392,13 @@ impl snapshots_server::Snapshots for Service {
 
     async fn view(&self, r: Request<ViewSnapshotRequest>) -> Result<Response<ViewSnapshotResponse>, Status> {
         let r = r.into_inner();
-        let _trees = self.trees_settled().await;
-        let m = self.with(move |s| s.prepare(Kind::View, &r.key, &r.parent, labels(r.labels))).await?;
+        let m = self.with_adopted(move |s| s.prepare(Kind::View, &r.key, &r.parent, labels(r.labels.clone()))).await?;
         Ok(Response::new(ViewSnapshotResponse { mounts: mounts(m) }))
     }
 
     async fn mounts(&self, r: Request<MountsRequest>) -> Result<Response<MountsResponse>, Status> {
         let r = r.into_inner();
-        let _trees = self.trees_settled().await;
-        let m = self.with(move |s| s.mounts(&r.key)).await?;
+        let m = self.with_adopted(move |s| s.mounts(&r.key)).await?;
         Ok(Response::new(MountsResponse { mounts: mounts(m) }))
     }
 
@@ -370,16 +406,18 @@ impl snapshots_server::Snapshots for Service {
         let r = r.into_inner();
         let name = r.name.clone();
         let early = self.stop_hashing(&r.key).await;
-        // One adoption at a time, after the last one's pool links; and from the record on, no
-        // mount of any committed tree is handed out until this one's adoption has changed it.
+        // One adoption at a time, after the last one's pool links.
         let pooling = self.take_pooling().await;
-        let trees = self.trees.clone().write_owned().await;
         let (adopt, store) = self
             .with(move |s| {
                 let adopt = s.commit(&r.name, &r.key, labels(r.labels))?;
+                // (under the same lock: no call sees the committed tree before it is marked)
+                s.adopting(adopt.id);
                 Ok((adopt, s.store().clone()))
             })
             .await?;
+        let ending =
+            AdoptionEnd { snapshots: self.snapshots.clone(), id: adopt.id, ended: self.adoptions_ended.clone() };
         // The commit stands whatever happens from here: a tree left out of the pool is only not
         // deduplicated. It is answered now; the adoption follows.
         let linking = self.linking.clone();
@@ -391,10 +429,10 @@ impl snapshots_server::Snapshots for Service {
                 if let Err(e) = std::fs::remove_file(&adopt.marker) {
                     eprintln!("strata-snapshotter: {}: {e}", adopt.marker.display());
                 }
+                drop(ending);
                 adopted.map(|(_, later)| (store, later))
             })
             .await;
-            drop(trees);
             match adopted {
                 Ok(Ok((store, later))) => link_later(store, later, name, pooling, linking),
                 Ok(Err(e)) => eprintln!("strata-snapshotter: commit {name:?}: its files stay out of the pool: {e}"),
@@ -407,8 +445,7 @@ impl snapshots_server::Snapshots for Service {
     async fn remove(&self, r: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
         let r = r.into_inner();
         let _ = self.stop_hashing(&r.key).await;
-        let _trees = self.trees_settled().await;
-        let gone = self.with(move |s| s.remove(&r.key)).await?;
+        let gone = self.with_adopted(move |s| s.remove(&r.key)).await?;
         // Out of snapshots/ already: what a failure here leaves, Cleanup (or the next start) removes.
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(gone)).await;
         Ok(Response::new(()))
@@ -444,13 +481,11 @@ impl snapshots_server::Snapshots for Service {
 
     async fn usage(&self, r: Request<UsageRequest>) -> Result<Response<UsageResponse>, Status> {
         let r = r.into_inner();
-        let _trees = self.trees_settled().await;
-        let u = self.with(move |s| s.usage(&r.key)).await?;
+        let u = self.with_adopted(move |s| s.usage(&r.key)).await?;
         Ok(Response::new(UsageResponse { size: clamp(u.size), inodes: clamp(u.inodes) }))
     }
 
     async fn cleanup(&self, _r: Request<CleanupRequest>) -> Result<Response<()>, Status> {
-        let _trees = self.trees_settled().await;
         self.with(|s| s.cleanup()).await?;
         Ok(Response::new(()))
     }

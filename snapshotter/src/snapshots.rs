@@ -18,8 +18,8 @@
 //! leftovers in `tmp/` go at the next start). A commit marks the tree as being adopted and
 //! rewrites `info.json` by rename; only then are its files adopted into the layer store's content
 //! pool (shared inodes are never written: committed snapshots are mounted as overlay lower layers
-//! or read-only views), after the commit answers, while the service holds back every mount of a
-//! committed tree (see `service`). An adoption replaces each file by a rename; what one cut short
+//! or read-only views), after the commit answers, while every call that would mount or read that
+//! tree waits ([`Snapshots::adopting`]). An adoption replaces each file by a rename; what one cut short
 //! by a crash left under temporary names goes at the next start, in the trees still marked.
 //!
 //! Where the kernel follows redirects into data-only lower layers without `metacopy=on` (Linux
@@ -128,6 +128,10 @@ pub enum Error {
     /// The request itself is wrong.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The tree of this committed snapshot is still being adopted into the pool: asked again
+    /// once that is over (see [`Snapshots::adopting`]).
+    #[error("snapshot {0:?} is still being adopted into the content pool")]
+    Adopting(String),
     /// A system call failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -171,12 +175,16 @@ pub struct Snapshots {
     next_id: u64,
     /// Pooled content by hash, when committed files may become metadata-only.
     index: Option<Arc<ContentIndex>>,
+    /// Committed snapshots whose trees an adoption may still change (see [`Snapshots::adopting`]).
+    adopting: std::collections::HashSet<u64>,
     _lock: fs::File,
 }
 
 /// What a commit leaves to adopt into the pool (outside the snapshots' lock).
 #[derive(Debug)]
 pub struct Adopt {
+    /// The committed snapshot's id.
+    pub id: u64,
     /// The committed tree.
     pub tree: PathBuf,
     /// The mark that an adoption by this process may change the tree: the caller removes it once
@@ -207,7 +215,15 @@ impl Snapshots {
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(Error::Busy(lock_path));
         }
-        let mut s = Snapshots { store, dir, by_key: HashMap::new(), next_id: 1, index: None, _lock: lock };
+        let mut s = Snapshots {
+            store,
+            dir,
+            by_key: HashMap::new(),
+            next_id: 1,
+            index: None,
+            adopting: Default::default(),
+            _lock: lock,
+        };
         s.cleanup()?;
         if data_layers_work(&s.dir.join("tmp")) {
             s.index = Some(Arc::new(ContentIndex::new()));
@@ -279,6 +295,7 @@ impl Snapshots {
             if p.kind != Kind::Committed {
                 return Err(Error::InvalidArgument(format!("parent {parent:?} is not a committed snapshot")));
             }
+            self.check_adopted(parent, true)?;
             self.check_data_layers(parent)?;
         }
         let id = self.next_id;
@@ -346,6 +363,7 @@ impl Snapshots {
 
     /// The mounts of snapshot `key`.
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.check_adopted(key, true)?;
         self.check_data_layers(key)?;
         let info = self.get(key)?;
         // The committed snapshots it shows, top first, with their data layers.
@@ -438,14 +456,46 @@ impl Snapshots {
         }
         let data = self.index.as_ref().map(|index| (self.path(info.id).join("data"), index.clone()));
         self.by_key.remove(key);
+        let id = info.id;
         self.by_key.insert(name.to_string(), info);
-        Ok(Adopt { tree: fs_path, marker, data })
+        Ok(Adopt { id, tree: fs_path, marker, data })
+    }
+
+    /// Marks the committed snapshot `id` as being adopted: until [`Snapshots::adopted`], every
+    /// call that would hand out mounts of its tree or read it (Prepare and View above it, Mounts
+    /// of a snapshot above it, Usage, Remove) fails with [`Error::Adopting`], and the caller asks
+    /// again later. Called with the commit, under the same lock, nothing can come between.
+    pub fn adopting(&mut self, id: u64) {
+        self.adopting.insert(id);
+    }
+
+    /// The adoption of snapshot `id` is over.
+    pub fn adopted(&mut self, id: u64) {
+        self.adopting.remove(&id);
+    }
+
+    /// Fails with [`Error::Adopting`] if snapshot `key` (and, with `chain`, any below it) is
+    /// being adopted.
+    fn check_adopted(&self, key: &str, chain: bool) -> Result<()> {
+        let mut k = key;
+        while !k.is_empty() {
+            let info = self.get(k)?;
+            if self.adopting.contains(&info.id) {
+                return Err(Error::Adopting(k.to_string()));
+            }
+            if !chain {
+                break;
+            }
+            k = info.parent.as_str();
+        }
+        Ok(())
     }
 
     /// Removes snapshot `key` (refused while a snapshot is above it). Returns the directory the
     /// caller deletes (already out of `snapshots/`).
     pub fn remove(&mut self, key: &str) -> Result<PathBuf> {
         let id = self.get(key)?.id;
+        self.check_adopted(key, false)?;
         let children: Vec<&str> = self.by_key.values().filter(|i| i.parent == key).map(|i| i.key.as_str()).collect();
         if !children.is_empty() {
             return Err(Error::FailedPrecondition(format!(
@@ -494,6 +544,7 @@ impl Snapshots {
     /// an active snapshot, once for a committed one (kept in memory; a record written before
     /// this daemon may hold it already).
     pub fn usage(&mut self, key: &str) -> Result<Usage> {
+        self.check_adopted(key, false)?;
         let info = self.get(key)?;
         if let Some(u) = info.usage {
             return Ok(u);
@@ -918,6 +969,36 @@ mod tests {
             assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains(&data.display().to_string())), "{e}");
         }
         assert_eq!(s.all().count(), before, "the refused prepare left a snapshot");
+        Ok(())
+    }
+
+    #[test]
+    fn a_tree_being_adopted_is_neither_mounted_nor_read_nor_removed_until_adopted() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io_err("tempdir", Path::new("/tmp")))?;
+        let mut s = Snapshots::open(dir.path())?;
+        s.prepare(Kind::Active, "a", "", BTreeMap::new())?;
+        s.commit("one", "a", BTreeMap::new())?;
+        s.prepare(Kind::Active, "b", "one", BTreeMap::new())?;
+        let two = s.commit("two", "b", BTreeMap::new())?.id;
+        s.prepare(Kind::View, "above-two", "two", BTreeMap::new())?;
+        s.adopting(two);
+        let adopting = |r: Result<_>| matches!(r, Err(Error::Adopting(k)) if k == "two");
+        assert!(adopting(s.prepare(Kind::Active, "c", "two", BTreeMap::new()).map(drop)));
+        assert!(adopting(s.prepare(Kind::View, "v", "two", BTreeMap::new()).map(drop)));
+        assert!(adopting(s.mounts("above-two").map(drop)));
+        assert!(adopting(s.usage("two").map(drop)));
+        assert!(adopting(s.remove("two").map(drop)));
+        // refused before anything was made; other snapshots go on
+        assert!(matches!(s.get("c"), Err(Error::NotFound(_))) && matches!(s.get("v"), Err(Error::NotFound(_))));
+        s.prepare(Kind::View, "on-one", "one", BTreeMap::new())?;
+        s.usage("one")?;
+        s.remove("above-two")?;
+
+        s.adopted(two);
+        s.prepare(Kind::View, "v", "two", BTreeMap::new())?;
+        s.usage("two")?;
+        s.remove("v")?;
+        s.remove("two")?;
         Ok(())
     }
 
