@@ -244,6 +244,12 @@ impl Containerd {
         self.ctr_command(args).output().map_err(|e| format!("ctr: {e}"))
     }
 
+    /// Stops strata's snapshotter, if this containerd has one: on SIGTERM it finishes what it does
+    /// after its answers (adoptions, pool links) and exits. containerd stays up without it.
+    pub fn stop_snapshotter(&mut self) {
+        drop(SnapshotterGuard(self.snapshotter.take()));
+    }
+
     /// The lines `ctr` prints on stdout (none when it cannot run), e.g. `task ls -q`.
     pub fn lines(&self, args: &[&str]) -> Vec<String> {
         self.ctr(args)
