@@ -267,16 +267,13 @@ fn disk_set(
     let snapshotter = strata_bench::containerd::snapshotter_binary()?;
     // containerd with each snapshotter: (containerd's root, the snapshotter's store)
     let with_snapshotter = |flags: &[&str]| -> Result<(u64, u64), String> {
-        let ctd = Containerd::start_with_snapshotter(&snapshotter)?;
+        let mut ctd = Containerd::start_with_snapshotter(&snapshotter)?;
         for a in archives {
             ctd.import_with(a, "strata", flags)?;
         }
-        // (a commit answers before its files are shared; Usage, which reads the trees, waits)
-        let usage = ctd.ctr(&["snapshots", "--snapshotter", "strata", "usage"])?;
-        if !usage.status.success() {
-            return Err(format!("ctr snapshots usage: {}", String::from_utf8_lossy(&usage.stderr).trim()));
-        }
         ctd.collect_garbage("strata")?;
+        // (the snapshotter pools a layer's files after its commit answers: stopped, it has finished)
+        ctd.stop_snapshotter();
         Ok((disk_usage(&ctd.root())?, disk_usage(&ctd.snapshotter_store())?))
     };
     let (content, snapshots) = with_snapshotter(&[])?;

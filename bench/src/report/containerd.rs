@@ -152,7 +152,7 @@ pub fn content_store(
     logical: u64,
     strata_snapshotter: bool,
 ) -> Result<(ImageFigure, String), String> {
-    let (ctd, snapshotter) = if strata_snapshotter {
+    let (mut ctd, snapshotter) = if strata_snapshotter {
         let bin = crate::containerd::snapshotter_binary()?;
         (Containerd::start_with_snapshotter(&bin)?, "strata")
     } else {
@@ -174,10 +174,13 @@ pub fn content_store(
     let names = String::from_utf8_lossy(&images.stdout).lines().count();
     let snapshots = ctd.ctr(&["snapshots", "--snapshotter", snapshotter, "ls"])?;
     let snaps = String::from_utf8_lossy(&snapshots.stdout).lines().skip(1).count();
+    // (strata's snapshotter pools a layer's files after its commit answers: stopped, it has
+    // finished)
+    ctd.stop_snapshotter();
     let total = on_disk(&ctd)?;
     drop(ctd);
     let what = if strata_snapshotter {
-        "strata's snapshotter (`strata snapshotter`, files pooled at commit); on disk = its root (blobs, metadata.db) \
+        "strata's snapshotter (`strata snapshotter`, files pooled after each commit); on disk = its root (blobs, metadata.db) \
          and the snapshotter's store (snapshots, the file pool)"
     } else {
         "overlayfs snapshotter; on disk = its root (blobs, unpacked snapshots, metadata.db)"
