@@ -250,8 +250,9 @@ impl Service {
     }
 }
 
-/// Ends the adoption of one committed snapshot when dropped (also when the adoption panicked):
-/// its tree may be mounted again, and the calls waiting for it ask again.
+/// Ends the adoption of one committed snapshot when dropped (also when the adoption panicked or
+/// never started): its tree may be mounted again, and the calls waiting for it ask again. Never
+/// dropped with the snapshots locked.
 struct AdoptionEnd {
     snapshots: Arc<Mutex<Snapshots>>,
     id: u64,
@@ -408,16 +409,17 @@ impl snapshots_server::Snapshots for Service {
         let early = self.stop_hashing(&r.key).await;
         // One adoption at a time, after the last one's pool links.
         let pooling = self.take_pooling().await;
-        let (adopt, store) = self
+        let (snapshots, ended) = (self.snapshots.clone(), self.adoptions_ended.clone());
+        let (adopt, store, ending) = self
             .with(move |s| {
                 let adopt = s.commit(&r.name, &r.key, labels(r.labels))?;
-                // (under the same lock: no call sees the committed tree before it is marked)
+                // Marked under the same lock, so no call sees the committed tree before; the mark
+                // goes with `ending`, even if this call is given up before it has the result.
                 s.adopting(adopt.id);
-                Ok((adopt, s.store().clone()))
+                let ending = AdoptionEnd { snapshots, id: adopt.id, ended };
+                Ok((adopt, s.store().clone(), ending))
             })
             .await?;
-        let ending =
-            AdoptionEnd { snapshots: self.snapshots.clone(), id: adopt.id, ended: self.adoptions_ended.clone() };
         // The commit stands whatever happens from here: a tree left out of the pool is only not
         // deduplicated. It is answered now; the adoption follows.
         let linking = self.linking.clone();
@@ -551,6 +553,43 @@ mod tests {
             .map(|e| e.path())
             .collect();
         assert!(marks.is_empty(), "adoptions over, their marks stay: {marks:?}");
+        Ok(())
+    }
+
+    /// A commit whose caller gives up before the answer (the call dropped once the record is
+    /// under way) still ends its adoption: a view of the snapshot it committed comes.
+    #[test]
+    fn a_commit_given_up_by_its_caller_leaves_no_view_waiting() -> Result<(), Box<dyn std::error::Error>> {
+        use snapshots_server::Snapshots as _;
+        let dir = tempfile::tempdir()?;
+        let service = Service::new(Snapshots::open(dir.path())?);
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let prepare = PrepareSnapshotRequest { key: "a".into(), ..Default::default() };
+        rt.block_on(service.prepare(Request::new(prepare)))?;
+        let committed = || service.snapshots.lock().unwrap_or_else(|p| p.into_inner()).get("one").is_ok();
+        let commit = CommitSnapshotRequest { key: "a".into(), name: "one".into(), ..Default::default() };
+        // (polled until it waits for its record, then dropped)
+        let given_up = rt.block_on(async {
+            tokio::select! {
+                biased;
+                _ = service.commit(Request::new(commit)) => false,
+                _ = std::future::ready(()) => true,
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !committed() {
+            assert!(std::time::Instant::now() < deadline, "the commit was not recorded");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let viewer = service.clone();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
+            let view = ViewSnapshotRequest { key: "v".into(), parent: "one".into(), ..Default::default() };
+            let _ = tx.send(rt.block_on(viewer.view(Request::new(view))).map(drop));
+        });
+        let viewed = rx.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(viewed, Ok(Ok(()))), "no view of a commit given up (given up: {given_up}): {viewed:?}");
         Ok(())
     }
 

@@ -19,8 +19,8 @@
 //! rewrites `info.json` by rename; only then are its files adopted into the layer store's content
 //! pool (shared inodes are never written: committed snapshots are mounted as overlay lower layers
 //! or read-only views), after the commit answers, while every call that would mount or read that
-//! tree waits ([`Snapshots::adopting`]). An adoption replaces each file by a rename; what one cut short
-//! by a crash left under temporary names goes at the next start, in the trees still marked.
+//! tree waits ([`Snapshots::adopting`]). An adoption replaces each file by a rename; what one cut
+//! short by a crash left under temporary names goes at the next start, in the trees still marked.
 //!
 //! Where the kernel follows redirects into data-only lower layers without `metacopy=on` (Linux
 //! 6.16 and later; probed at start), a committed file whose content is pooled under other
