@@ -75,8 +75,8 @@ pub async fn serve(root: &Path, address: &Path) -> Result<(), Box<dyn std::error
         )
         .await;
     let _ = std::fs::remove_file(address);
-    // The last commit's pool links (a few milliseconds of work): a tree left out is only not
-    // deduplicated, but there is no reason to leave it so.
+    // The last commit's adoption and pool links (milliseconds of work): a tree left out is only
+    // not deduplicated, but there is no reason to leave it so.
     service.settle().await;
     served?;
     Ok(())
