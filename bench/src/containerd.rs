@@ -245,9 +245,25 @@ impl Containerd {
     }
 
     /// Stops strata's snapshotter, if this containerd has one: on SIGTERM it finishes what it does
-    /// after its answers (adoptions, pool links) and exits. containerd stays up without it.
-    pub fn stop_snapshotter(&mut self) {
-        drop(SnapshotterGuard(self.snapshotter.take()));
+    /// after its answers (adoptions, pool links) and exits. An error if it does not exit by itself,
+    /// successfully, within a minute (it is killed then). containerd stays up without it.
+    pub fn stop_snapshotter(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.snapshotter.take() else { return Ok(()) };
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => return Err(format!("strata-snapshotter exited with {status}")),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                waited => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("strata-snapshotter did not stop within a minute: {waited:?}"));
+                }
+            }
+        }
     }
 
     /// The lines `ctr` prints on stdout (none when it cannot run), e.g. `task ls -q`.

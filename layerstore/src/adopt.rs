@@ -29,12 +29,12 @@
 //!
 //! A file whose key is new to the pool needs nothing done to the tree: it becomes the pool's file
 //! by one `linkat` into the pool. [`Store::adopt_tree_deferring`] leaves those links for
-//! [`Store::link_deferred`], which the snapshotter runs after containerd has its answer; every
-//! change to the tree itself is made before. Given a [`DataLayer`], a file of at least
-//! [`DEFER_MIN`] bytes that was not hashed early is not even hashed before the answer when no
-//! pooled content has its size (the content index knows the sizes) and no other file of the tree
-//! does: its content is new, so only its pool link is left, and the hash is taken with it, under
-//! a read lease and only while the file is as it was at the commit.
+//! [`Store::link_deferred`], which the snapshotter runs once the tree may be mounted; every change
+//! to the tree itself is made before. Given a [`DataLayer`], a file of at least [`DEFER_MIN`]
+//! bytes that was not hashed early is not even hashed by the adoption when no pooled content has
+//! its size (the content index knows the sizes) and no other file of the tree does: its content
+//! is new, so only its pool link is left, and the hash is taken with it, under a read lease and
+//! only while the file is as it was at the adoption.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
@@ -81,7 +81,7 @@ pub const DEFER_MIN: u64 = 1 << 20;
 /// a file that differs from a pooled one only in its metadata finds it; and the sizes of pooled
 /// content of at least [`DEFER_MIN`] bytes. Filled from the pool at first use, then by each
 /// adoption; a stale entry (its pool file gone) is dropped when met, a stale size kept (it only
-/// makes a file be hashed before the answer).
+/// makes a file be hashed by the adoption itself).
 #[derive(Debug, Default)]
 pub struct ContentIndex {
     loaded: Mutex<Option<Indexed>>,
@@ -800,7 +800,7 @@ impl Store {
             let now = link(fd, f.dir, f.name.as_c_str(), st, &key)?;
             linked += u64::from(now);
             // (pooled meanwhile, perhaps by another process: recorded too, so a later copy of it is
-            // hashed before its commit answers and shares it)
+            // hashed in its adoption and shares it)
             let pooled = now || rustix::fs::statat(&pool, key.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok();
             if let Some(index) = later.index.as_ref().filter(|_| pooled) {
                 let _ = index.other_or_insert(&pool, &seen.hash, &key, seen.size);
@@ -1411,7 +1411,7 @@ mod tests {
             assert_eq!(pooled_hash(&dir.path().join("store"), &tree.join(name))?, Some(sha256_hex(&content)));
         }
 
-        // its size is known now: a file of that size is hashed before the answer
+        // its size is known now: a file of that size is hashed by the adoption itself
         let (t2, t3) = (dir.path().join("t2"), dir.path().join("t3"));
         fs::create_dir_all(&t2).map_err(io(&t2))?;
         fs::create_dir_all(&t3).map_err(io(&t3))?;
@@ -1419,7 +1419,7 @@ mod tests {
         let (_, later) = store.adopt_tree_deferring(&t2, Some(&data), None)?;
         assert_eq!((later.len(), later.unhashed()), (1, 0));
         store.link_deferred(later)?;
-        // a file changed between the answer and its link stays out of the pool
+        // a file changed between the adoption and its link stays out of the pool
         write(&t3, "changed", &big(4, b'c'))?;
         let (_, later) = store.adopt_tree_deferring(&t3, Some(&data), None)?;
         assert_eq!(later.unhashed(), 1);

@@ -2,9 +2,10 @@
 //! layer store, so that what containerd unpacks shares files with everything else in the store.
 //!
 //! containerd unpacks each layer into an active snapshot (a directory, or an overlay upper layer
-//! above the committed parents) and commits it; at the commit, strata adopts the layer's files
-//! into the store's content pool (see [`layerstore::Store::adopt_tree`]), so identical
-//! files — of rebuilt base layers, of different images, of strata's own imports — keep one inode.
+//! above the committed parents) and commits it; once the commit is answered, strata adopts the
+//! layer's files into the store's content pool (see [`layerstore::Store::adopt_tree`]), so
+//! identical files — of rebuilt base layers, of different images, of strata's own imports — keep
+//! one inode.
 
 pub mod service;
 pub mod snapshots;
@@ -75,8 +76,8 @@ pub async fn serve(root: &Path, address: &Path) -> Result<(), Box<dyn std::error
         )
         .await;
     let _ = std::fs::remove_file(address);
-    // The last commit's adoption and pool links (milliseconds of work): a tree left out is only
-    // not deduplicated, but there is no reason to leave it so.
+    // What follows the last answers (the last commit's adoption, its pool links): a tree left out
+    // is only not deduplicated, but there is no reason to leave it so.
     service.settle().await;
     served?;
     Ok(())

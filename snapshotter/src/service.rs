@@ -205,6 +205,60 @@ impl Service {
         tokio::task::spawn_blocking(move || h.finish()).await.ok().flatten()
     }
 
+    /// Commits active snapshot `r.key` as `r.name`, sends the answer, then adopts the tree (see
+    /// the module documentation).
+    async fn commit_and_adopt(
+        &self,
+        r: CommitSnapshotRequest,
+        answer: tokio::sync::oneshot::Sender<Result<(), Status>>,
+    ) {
+        let name = r.name.clone();
+        let early = self.stop_hashing(&r.key).await;
+        // One adoption at a time, after the last one's pool links.
+        let pooling = self.take_pooling().await;
+        let (snapshots, ended) = (self.snapshots.clone(), self.adoptions_ended.clone());
+        let recorded = self
+            .with(move |s| {
+                let adopt = s.commit(&r.name, &r.key, labels(r.labels))?;
+                // Marked under the same lock, so no call sees the committed tree before; the
+                // mark goes with `ending`, whatever becomes of this task.
+                s.adopting(adopt.id);
+                let ending = AdoptionEnd { snapshots, id: adopt.id, ended };
+                Ok((adopt, s.store().clone(), ending))
+            })
+            .await;
+        let (adopt, store, ending) = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = answer.send(Err(e));
+                return;
+            }
+        };
+        // The commit stands whatever happens from here: a tree left out of the pool is only not
+        // deduplicated.
+        let _ = answer.send(Ok(()));
+        let adopted = tokio::task::spawn_blocking(move || {
+            let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
+            let adopted = store.adopt_tree_deferring(&adopt.tree, data.as_ref(), early.as_ref());
+            // A failed adoption keeps its mark: the next start clears what it may have left.
+            // (On file systems that keep metadata changes in order, as journaled ones do, the
+            // mark's removal reaches the disk after the renames before it.)
+            if adopted.is_ok()
+                && let Err(e) = std::fs::remove_file(&adopt.marker)
+            {
+                eprintln!("strata-snapshotter: {}: {e}", adopt.marker.display());
+            }
+            drop(ending);
+            adopted.map(|(_, later)| (store, later))
+        })
+        .await;
+        match adopted {
+            Ok(Ok((store, later))) => link_later(store, later, name, pooling, self.linking.clone()),
+            Ok(Err(e)) => eprintln!("strata-snapshotter: commit {name:?}: its files stay out of the pool: {e}"),
+            Err(e) => eprintln!("strata-snapshotter: commit {name:?}: pooling failed: {e}"),
+        }
+    }
+
     /// Runs `f` on the blocking pool with the snapshots locked.
     async fn with<T: Send + 'static>(
         &self,
@@ -404,43 +458,12 @@ impl snapshots_server::Snapshots for Service {
     }
 
     async fn commit(&self, r: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
-        let r = r.into_inner();
-        let name = r.name.clone();
-        let early = self.stop_hashing(&r.key).await;
-        // One adoption at a time, after the last one's pool links.
-        let pooling = self.take_pooling().await;
-        let (snapshots, ended) = (self.snapshots.clone(), self.adoptions_ended.clone());
-        let (adopt, store, ending) = self
-            .with(move |s| {
-                let adopt = s.commit(&r.name, &r.key, labels(r.labels))?;
-                // Marked under the same lock, so no call sees the committed tree before; the mark
-                // goes with `ending`, even if this call is given up before it has the result.
-                s.adopting(adopt.id);
-                let ending = AdoptionEnd { snapshots, id: adopt.id, ended };
-                Ok((adopt, s.store().clone(), ending))
-            })
-            .await?;
-        // The commit stands whatever happens from here: a tree left out of the pool is only not
-        // deduplicated. It is answered now; the adoption follows.
-        let linking = self.linking.clone();
-        tokio::spawn(async move {
-            let adopted = tokio::task::spawn_blocking(move || {
-                let data = adopt.data.as_ref().map(|(dir, index)| layerstore::DataLayer { dir, index });
-                let adopted = store.adopt_tree_deferring(&adopt.tree, data.as_ref(), early.as_ref());
-                // (a failed adoption left nothing to clear: it renames only what it finished)
-                if let Err(e) = std::fs::remove_file(&adopt.marker) {
-                    eprintln!("strata-snapshotter: {}: {e}", adopt.marker.display());
-                }
-                drop(ending);
-                adopted.map(|(_, later)| (store, later))
-            })
-            .await;
-            match adopted {
-                Ok(Ok((store, later))) => link_later(store, later, name, pooling, linking),
-                Ok(Err(e)) => eprintln!("strata-snapshotter: commit {name:?}: its files stay out of the pool: {e}"),
-                Err(e) => eprintln!("strata-snapshotter: commit {name:?}: pooling failed: {e}"),
-            }
-        });
+        // The commit runs as a task of its own, which answers through `answer`: a caller that
+        // gives up (the call dropped) neither stops it half way nor leaves its tree unadopted.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        tokio::spawn(async move { this.commit_and_adopt(r.into_inner(), answer).await });
+        answered.await.map_err(|_| Status::internal("the commit task ended without an answer"))??;
         Ok(Response::new(()))
     }
 
@@ -556,40 +579,45 @@ mod tests {
         Ok(())
     }
 
-    /// A commit whose caller gives up before the answer (the call dropped once the record is
-    /// under way) still ends its adoption: a view of the snapshot it committed comes.
+    /// A commit whose caller gives up before the answer (the call dropped at its first wait) is
+    /// still made and its tree still adopted; a view of it comes once that is done.
     #[test]
-    fn a_commit_given_up_by_its_caller_leaves_no_view_waiting() -> Result<(), Box<dyn std::error::Error>> {
+    fn a_commit_given_up_by_its_caller_is_still_adopted() -> Result<(), Box<dyn std::error::Error>> {
         use snapshots_server::Snapshots as _;
         let dir = tempfile::tempdir()?;
         let service = Service::new(Snapshots::open(dir.path())?);
         let rt = tokio::runtime::Builder::new_current_thread().build()?;
         let prepare = PrepareSnapshotRequest { key: "a".into(), ..Default::default() };
         rt.block_on(service.prepare(Request::new(prepare)))?;
-        let committed = || service.snapshots.lock().unwrap_or_else(|p| p.into_inner()).get("one").is_ok();
-        let commit = CommitSnapshotRequest { key: "a".into(), name: "one".into(), ..Default::default() };
-        // (polled until it waits for its record, then dropped)
-        let given_up = rt.block_on(async {
-            tokio::select! {
-                biased;
-                _ = service.commit(Request::new(commit)) => false,
-                _ = std::future::ready(()) => true,
-            }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !committed() {
-            assert!(std::time::Instant::now() < deadline, "the commit was not recorded");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let file = {
+            let s = service.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+            s.fs_path(s.get("a")?.id).join("file")
+        };
+        std::fs::write(&file, "content\n")?;
+        // (on a thread of its own, so that a view that never comes fails the test)
         let (tx, rx) = std::sync::mpsc::channel();
-        let viewer = service.clone();
+        let svc = service.clone();
         std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
-            let view = ViewSnapshotRequest { key: "v".into(), parent: "one".into(), ..Default::default() };
-            let _ = tx.send(rt.block_on(viewer.view(Request::new(view))).map(drop));
+            let run = async {
+                let commit = CommitSnapshotRequest { key: "a".into(), name: "one".into(), ..Default::default() };
+                let given_up = tokio::select! {
+                    biased;
+                    _ = svc.commit(Request::new(commit)) => false,
+                    _ = std::future::ready(()) => true,
+                };
+                while svc.snapshots.lock().unwrap_or_else(|p| p.into_inner()).get("one").is_err() {
+                    tokio::task::yield_now().await;
+                }
+                let view = ViewSnapshotRequest { key: "v".into(), parent: "one".into(), ..Default::default() };
+                let viewed = svc.view(Request::new(view)).await.map(drop).map_err(|e| e.to_string());
+                svc.settle().await;
+                viewed.map(|()| given_up)
+            };
+            let _ = tx.send(rt.block_on(run));
         });
-        let viewed = rx.recv_timeout(Duration::from_secs(10));
-        assert!(matches!(viewed, Ok(Ok(()))), "no view of a commit given up (given up: {given_up}): {viewed:?}");
+        let done = rx.recv_timeout(Duration::from_secs(20));
+        assert!(matches!(done, Ok(Ok(true))), "a view of a commit given up at its first wait: {done:?}");
+        assert_eq!(std::fs::metadata(&file)?.nlink(), 2, "the commit given up was not adopted into the pool");
         Ok(())
     }
 

@@ -661,7 +661,8 @@ fn unescape(field: &str) -> Vec<u8> {
 const ADOPTING: &str = "adopting-";
 
 /// Clears what an adoption of the snapshot in `dir` left if it was cut short (its mark is still
-/// there), then the mark.
+/// there), then the mark. Where that fails, the mark stays for the next start and the failure is
+/// reported: the daemon still serves every other snapshot.
 fn clear_cut_adoption(dir: &Path, info: &Info) -> Result<()> {
     for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
         let entry = entry.map_err(io_err("read directory", dir))?;
@@ -672,12 +673,19 @@ fn clear_cut_adoption(dir: &Path, info: &Info) -> Result<()> {
             && let Ok(pid) = pid.parse::<u32>()
         {
             let tree = dir.join("fs");
-            let n = layerstore::clear_adoption_leftovers(&tree, pid)?;
-            if n > 0 {
-                eprintln!(
+            match layerstore::clear_adoption_leftovers(&tree, pid) {
+                Ok(0) => {}
+                Ok(n) => eprintln!(
                     "strata-snapshotter: {}: removed {n} temporary files of an adoption cut short",
                     tree.display()
-                );
+                ),
+                Err(e) => {
+                    eprintln!(
+                        "strata-snapshotter: {}: an adoption was cut short, and what it left is not cleared: {e}",
+                        tree.display()
+                    );
+                    continue;
+                }
             }
         }
         fs::remove_file(&path).map_err(io_err("remove", &path))?;

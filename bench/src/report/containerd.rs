@@ -176,7 +176,7 @@ pub fn content_store(
     let snaps = String::from_utf8_lossy(&snapshots.stdout).lines().skip(1).count();
     // (strata's snapshotter pools a layer's files after its commit answers: stopped, it has
     // finished)
-    ctd.stop_snapshotter();
+    ctd.stop_snapshotter()?;
     let total = on_disk(&ctd)?;
     drop(ctd);
     let what = if strata_snapshotter {

@@ -360,8 +360,10 @@ fn a_snapshotter_killed_during_an_unpack_leaves_nothing_half_made() {
             }
         }
     };
+    adopted(&c);
     check(&c);
     c.ok(&["images", "import", "--snapshotter", "strata", &big]);
+    adopted(&c);
     check(&c);
     let mut run = c.run_args(&["--rm", "--snapshotter", "strata"], "big-run", &["sh", "-c", "ls /data | grep -c ."]);
     let image = run.iter().position(|a| *a == crate::harness::IMAGE).expect("the image argument");
