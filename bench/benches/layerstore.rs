@@ -211,11 +211,7 @@ fn import_times(images: &Images, rounds: usize) -> Result<(), String> {
         let v: Vec<String> = v.iter().map(|d| format!("{:.0}", ms(*d))).collect();
         println!("layerstore: {name}, each round (ms): {}", v.join(" "));
     }
-    // each round's two containerd imports, one right after the other
-    let mut pairs: Vec<f64> =
-        times[3].iter().zip(&times[1]).map(|(with, without)| with.as_secs_f64() / without.as_secs_f64()).collect();
-    pairs.sort_by(f64::total_cmp);
-    let [s, c, t, cs] = times.map(|mut v| median(&mut v));
+    let [s, c, t, cs] = times.clone().map(|mut v| median(&mut v));
     println!(
         "\nlayerstore: import + unpack of debian bookworm minbase ({:.1} MB gzip layer); {rounds} interleaved rounds",
         mb(images.base.size)
@@ -224,40 +220,49 @@ fn import_times(images: &Images, rounds: usize) -> Result<(), String> {
     println!("layerstore: ctr images import median {:>6.1} ms", ms(c));
     println!("layerstore: tar -xzf          median {:>6.1} ms", ms(t));
     println!("layerstore: ctr images import --snapshotter strata median {:>6.1} ms", ms(cs));
-    let r = s.as_secs_f64() / c.as_secs_f64();
-    println!("layerstore: ratio strata/containerd = {r:.2} (target ≤ 1.00: {})", met(r <= 1.0));
-    println!("layerstore: ratio strata/tar = {:.2}", s.as_secs_f64() / t.as_secs_f64());
-    // The two containerd imports of a round run one right after the other, on the machine as it
-    // is then: the middle of the rounds' ratios is the comparison. (The ratio of the two medians
-    // is printed too, but when the machine slows down or speeds up part way through the rounds,
-    // as this VM's disk does after a few GB, each median can fall on another side of that change.)
-    if let (Some(lo), Some(hi)) = (pairs.first(), pairs.last()) {
-        let mid = pairs[pairs.len() / 2];
-        println!(
-            "layerstore: ratio containerd with strata's snapshotter / with overlayfs, middle of the rounds = {mid:.3} \
-             (target ≤ 1.00: {}); round by round {lo:.2}–{hi:.2}; ratio of the medians {:.3}",
-            met(mid <= 1.0),
-            cs.as_secs_f64() / c.as_secs_f64()
-        );
-    }
-    let mut pairs: Vec<f64> = mountable[1]
-        .iter()
-        .zip(&mountable[0])
-        .map(|(with, without)| with.as_secs_f64() / without.as_secs_f64())
-        .collect();
-    pairs.sort_by(f64::total_cmp);
+    // Ratios are taken round by round, the middle one reported: the systems of a round run within
+    // seconds of each other, on the machine as it is then, while this VM's CPU slows down part way
+    // through the rounds, so each median could fall on another side of that change (the ratio of
+    // the medians is printed beside).
+    let (r, lo, hi) = by_round(&times[0], &times[1]);
+    println!(
+        "layerstore: ratio strata/containerd = {r:.2} (target ≤ 1.00: {}); round by round {lo:.2}–{hi:.2}; ratio of \
+         the medians {:.2}",
+        met(r <= 1.0),
+        s.as_secs_f64() / c.as_secs_f64()
+    );
+    let (r, lo, hi) = by_round(&times[0], &times[2]);
+    println!(
+        "layerstore: ratio strata/tar = {r:.2}; round by round {lo:.2}–{hi:.2}; ratio of the medians {:.2}",
+        s.as_secs_f64() / t.as_secs_f64()
+    );
+    // (the two containerd imports of a round run one right after the other)
+    let (r, lo, hi) = by_round(&times[3], &times[1]);
+    println!(
+        "layerstore: ratio containerd with strata's snapshotter / with overlayfs = {r:.3} (target ≤ 1.00: {}); \
+         round by round {lo:.2}–{hi:.2}; ratio of the medians {:.3}",
+        met(r <= 1.0),
+        cs.as_secs_f64() / c.as_secs_f64()
+    );
+    let (r, lo, hi) = by_round(&mountable[1], &mountable[0]);
     let [o, st] = mountable.map(|mut v| median(&mut v));
-    if let (Some(lo), Some(hi)) = (pairs.first(), pairs.last()) {
-        println!(
-            "layerstore: the same until a view of the layer is answered (what a container started at once waits \
-             for): overlayfs median {:.1} ms, strata's snapshotter {:.1} ms; middle of the rounds' ratios {:.3}, \
-             round by round {lo:.2}–{hi:.2}",
-            ms(o),
-            ms(st),
-            pairs[pairs.len() / 2]
-        );
-    }
+    println!(
+        "layerstore: the same until a view of the layer is answered (what a container started at once waits for): \
+         overlayfs median {:.1} ms, strata's snapshotter {:.1} ms; ratio {r:.3}, round by round {lo:.2}–{hi:.2}",
+        ms(o),
+        ms(st),
+    );
     Ok(())
+}
+
+/// The middle of the rounds' ratios a/b, and the lowest and highest.
+fn by_round(a: &[Duration], b: &[Duration]) -> (f64, f64, f64) {
+    let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
+    r.sort_by(f64::total_cmp);
+    match (r.first(), r.last()) {
+        (Some(&lo), Some(&hi)) => (r[r.len() / 2], lo, hi),
+        _ => (f64::NAN, f64::NAN, f64::NAN),
+    }
 }
 
 fn met(ok: bool) -> &'static str {
