@@ -437,9 +437,9 @@ const STUB_TMP: &str = ".strata-stub-";
 pub fn clear_adoption_leftovers(tree: &Path, pid: u32) -> Result<u64> {
     let root = rustix::fs::open(tree, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| Error::io("open", tree)(e.into()))?;
+    let marks = [POOL_TMP, STUB_TMP].map(|prefix| format!("{prefix}{pid}-"));
     let ours = |name: &[u8]| {
-        [POOL_TMP, STUB_TMP].iter().any(|prefix| {
-            let mark = format!("{prefix}{pid}-");
+        marks.iter().any(|mark| {
             name.strip_prefix(mark.as_bytes()).is_some_and(|rest| {
                 let mut parts = rest.split(|&b| b == b'-');
                 let digits = |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));

@@ -527,6 +527,12 @@ mod tests {
         unsafe { libc::sched_getscheduler(tid) }
     }
 
+    /// The tree of snapshot `key`.
+    fn tree_of(service: &Service, key: &str) -> Result<PathBuf, Error> {
+        let s = service.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(s.fs_path(s.get(key)?.id))
+    }
+
     /// A commit answers before its adoption has shared the tree's files; a View asked at once on
     /// it waits until the adoption has changed the tree (it would hand out a tree being changed).
     #[test]
@@ -536,15 +542,11 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let service = Service::new(Snapshots::open(dir.path())?);
         let rt = tokio::runtime::Builder::new_current_thread().build()?;
-        let tree = |key: &str| -> Result<PathBuf, Error> {
-            let s = service.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-            Ok(s.fs_path(s.get(key)?.id))
-        };
         // the same files (content, mode, owner, mtime) in two layers: the second shares the first's
         let layer = |key: &str, name: &str| -> Result<PathBuf, Box<dyn std::error::Error>> {
             let prepare = PrepareSnapshotRequest { key: key.into(), ..Default::default() };
             rt.block_on(service.prepare(Request::new(prepare)))?;
-            let fs = tree(key)?;
+            let fs = tree_of(&service, key)?;
             for i in 0..FILES {
                 let path = fs.join(format!("f{i}"));
                 std::fs::write(&path, format!("file {i}\n"))?;
@@ -589,10 +591,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build()?;
         let prepare = PrepareSnapshotRequest { key: "a".into(), ..Default::default() };
         rt.block_on(service.prepare(Request::new(prepare)))?;
-        let file = {
-            let s = service.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-            s.fs_path(s.get("a")?.id).join("file")
-        };
+        let file = tree_of(&service, "a")?.join("file");
         std::fs::write(&file, "content\n")?;
         // (on a thread of its own, so that a view that never comes fails the test)
         let (tx, rx) = std::sync::mpsc::channel();
