@@ -8,7 +8,8 @@
 //! does not cover them) or with other hardlinks (linking one name would split the set) keep
 //! their own inode. The tree must not be written while it is adopted, and never after: a pooled
 //! inode is shared by every tree that holds it, so it must only be read (overlayfs lower layers
-//! and read-only views are).
+//! and read-only views are). Files and directories are read with `O_NOATIME`: hashing leaves the
+//! access times the image gave alone, and writes no inode.
 //!
 //! A file whose content is pooled under other metadata (a rebuilt layer's file with a new mtime,
 //! mode or owner) cannot share that inode. Given a [`DataLayer`], such a file of at least
@@ -51,7 +52,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, fstat, openat, renameat};
 use rustix::io::Errno;
 
-use crate::fsutil::unique_name;
+use crate::fsutil::{read_open, unique_name};
 use crate::{Algorithm, Error, Hasher, Result, Store};
 
 /// What adopting a tree did.
@@ -243,22 +244,27 @@ impl Prehashed {
     /// can be taken on. Returns at the next file once `stop` is set. Fails with `EINVAL` where the
     /// file system or the caller cannot take leases (nothing can be hashed early there).
     pub fn pass(&mut self, dir: &Path, stop: &AtomicBool) -> std::io::Result<PassStats> {
-        let root = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let root = read_open(|f| rustix::fs::open(dir, f, Mode::empty()), OFlags::DIRECTORY)?;
         let mut stats = PassStats::default();
         let mut buf = vec![0u8; 128 << 10];
         let mut todo = vec![PathBuf::new()];
         while let Some(rel) = todo.pop() {
-            // (a directory removed or replaced meanwhile is met again in a later pass, or not)
-            let Ok(fd) = open_beneath(&root, &rel) else { continue };
-            let Ok(st) = fstat(&fd) else { continue };
-            let mtime = (st.st_mtime, st.st_mtime_nsec as i64);
+            // A settled directory is checked by one stat of its path. (Should a directory on the
+            // way have been replaced by a symlink meanwhile, that stat is of something else,
+            // which at worst leaves files to be hashed at the commit: nothing is read through it.)
             if let Some((seen, subdirs)) = self.settled.get(&rel)
-                && *seen == mtime
-                && quiet(mtime, now())
+                && let Ok(st) = rustix::fs::statat(&root, &rel, AtFlags::SYMLINK_NOFOLLOW | AtFlags::EMPTY_PATH)
+                && FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                && *seen == (st.st_mtime, st.st_mtime_nsec as i64)
+                && quiet(*seen, now())
             {
                 todo.extend(subdirs.iter().cloned());
                 continue;
             }
+            // (a directory removed or replaced meanwhile is met again in a later pass, or not)
+            let Ok(fd) = open_beneath(&root, &rel) else { continue };
+            let Ok(st) = fstat(&fd) else { continue };
+            let mtime = (st.st_mtime, st.st_mtime_nsec as i64);
             let Ok(names) = read_names(&fd) else { continue };
             let (mut subdirs, mut pending) = (Vec::new(), false);
             for (name, ty) in names {
@@ -349,7 +355,7 @@ fn hash_when_quiet(dir: &OwnedFd, name: &CStr, buf: &mut [u8]) -> Option<Seen> {
 
 /// Opens `name` in `dir` to hash it (None: gone, or not openable now).
 fn open_to_hash(dir: &OwnedFd, name: &CStr) -> Option<OwnedFd> {
-    openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty()).ok()
+    read_open(|f| openat(dir, name, f, Mode::empty()), OFlags::NOFOLLOW | OFlags::NONBLOCK).ok()
 }
 
 /// Hashes `name` in `dir` without a lease: as [`hash_leased`], then a second stat must show the
@@ -374,11 +380,9 @@ fn hash_leased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) ->
             _ => Err(e),
         };
     }
-    // From here until the lease is released, nobody writes the file: an open for writing waits.
-    let leased = hash_open(&fd, buf, stop);
-    // SAFETY: as above; releasing the lease lets a waiting writer go on.
-    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_SETLEASE, libc::F_UNLCK) };
-    leased
+    // From here until the lease goes with the descriptor (closing the only one releases it, and
+    // lets a waiting writer go on), nobody writes the file: an open for writing waits.
+    hash_open(&fd, buf, stop)
 }
 
 /// Hashes the open regular file `fd` if it has one link, no xattrs and a quiet ctime.
@@ -396,23 +400,25 @@ fn hash_open(fd: &OwnedFd, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result
         Ok(_) => return Ok(Early::Never),
         Err(e) => return Err(e.into()),
     }
+    // Read up to the size seen, no further: under a lease the file cannot change; without one the
+    // caller's second stat finds a file that grew or changed.
+    let size = st.st_size as u64;
     let mut hasher = Hasher::new(Algorithm::Sha256);
-    let mut size = 0u64;
-    loop {
+    let mut done = 0u64;
+    while done < size {
         if stop.load(Ordering::Relaxed) {
             return Ok(Early::Later);
         }
-        let n = match rustix::io::read(fd, &mut *buf) {
-            Ok(0) => break,
+        let want = buf.len().min(usize::try_from(size - done).unwrap_or(usize::MAX));
+        let n = match rustix::io::read(fd, &mut buf[..want]) {
+            // shrunk meanwhile
+            Ok(0) => return Ok(Early::Later),
             Ok(n) => n,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         };
         hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    if size != st.st_size as u64 {
-        return Ok(Early::Later);
+        done += n as u64;
     }
     Ok(Early::Hashed(Seen {
         ino: st.st_ino,
@@ -567,7 +573,7 @@ impl Store {
         let data_dir: OnceLock<rustix::io::Result<OwnedFd>> = OnceLock::new();
         let stubs = data.map(|d| Stubs { layer: d, dir: &data_dir });
         let open = |p: &Path| {
-            rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            read_open(|f| rustix::fs::open(p, f, Mode::empty()), OFlags::DIRECTORY)
                 .map_err(|e| Error::io("open", p)(e.into()))
         };
         let pool = open(&self.root.join("pool"))?;
@@ -737,7 +743,7 @@ impl Store {
             return Ok(0);
         }
         let _lock = self.lock(false)?;
-        let open = |p: &Path| rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
+        let open = |p: &Path| read_open(|f| rustix::fs::open(p, f, Mode::empty()), OFlags::DIRECTORY);
         let pool = open(&self.root.join("pool")).map_err(|e| Error::io("open", self.root.join("pool"))(e.into()))?;
         let root = match open(&later.tree) {
             Ok(fd) => fd,
@@ -983,12 +989,9 @@ fn open_beneath(root: &OwnedFd, rel: &Path) -> rustix::io::Result<OwnedFd> {
     if rel.as_os_str().is_empty() {
         return rustix::io::dup(root);
     }
-    rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    read_open(
+        |f| rustix::fs::openat2(root, rel, f, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS),
+        OFlags::DIRECTORY | OFlags::NOFOLLOW,
     )
 }
 
@@ -1037,7 +1040,7 @@ fn adopt_file(
             return Ok(true);
         }
     }
-    let fd = openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())?;
+    let fd = read_open(|f| openat(dir, name, f, Mode::empty()), OFlags::NOFOLLOW | OFlags::NONBLOCK)?;
     let st = fstat(&fd)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
         return Ok(false);
@@ -1457,6 +1460,39 @@ mod tests {
         let mut h = Hasher::new(Algorithm::Sha256);
         h.update(bytes);
         h.finish().hex().to_string()
+    }
+
+    /// Reading a file or directory to hash it leaves its access time as the image gave it (an
+    /// old one, which `relatime` would otherwise move to now at the first read).
+    #[test]
+    fn hashing_early_and_adopting_leave_access_times_alone() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp")(e))?;
+        let store = Store::open(&dir.path().join("store"))?;
+        let tree = dir.path().join("tree");
+        let io = |p: &Path| Error::io("prepare", p.to_path_buf());
+        fs::create_dir_all(tree.join("sub")).map_err(io(&tree))?;
+        let paths = ["early", "sub/late", "sub", ""].map(|p| tree.join(p));
+        fs::write(&paths[0], "hashed early").map_err(io(&tree))?;
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        let date = |p: &Path| {
+            fs::File::open(p).and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when)))
+        };
+        let atime = |p: &Path| fs::symlink_metadata(p).map(|m| m.atime()).map_err(io(p));
+        let stop = AtomicBool::new(false);
+        let mut early = Prehashed::new();
+        date(&paths[0]).map_err(io(&tree))?;
+        std::thread::sleep(QUIET * 2);
+        assert_eq!(early.pass(&tree, &stop).map_err(io(&tree))?.hashed, 1);
+        fs::write(&paths[1], "hashed by the adoption").map_err(io(&tree))?;
+        for p in &paths[1..] {
+            date(p).map_err(io(p))?;
+        }
+        let stats = store.adopt_tree_with(&tree, None, Some(&early))?;
+        assert_eq!(stats.files, 2, "{stats:?}");
+        for p in &paths {
+            assert_eq!(atime(p)?, 1_600_000_000, "{} was read with its access time updated", p.display());
+        }
+        Ok(())
     }
 
     #[test]

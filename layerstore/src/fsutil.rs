@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{FlockOperation, flock};
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{FlockOperation, OFlags, flock};
 
 use crate::{Error, Result};
 
@@ -17,6 +19,20 @@ pub(crate) fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}{}-{n}-{nanos}", std::process::id())
+}
+
+/// Opens for reading (close-on-exec, with `flags`) through `open`, without updating access
+/// times where this process may ask so (it owns the file or has `CAP_FOWNER`): reading a file or
+/// directory an image gave would otherwise write its inode, and change its access time.
+pub(crate) fn read_open(
+    open: impl Fn(OFlags) -> rustix::io::Result<OwnedFd>,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let flags = flags | OFlags::RDONLY | OFlags::CLOEXEC;
+    match open(flags | OFlags::NOATIME) {
+        Err(rustix::io::Errno::PERM) => open(flags),
+        opened => opened,
+    }
 }
 
 /// Makes a directory's entries durable (after a rename into it).

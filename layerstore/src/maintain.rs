@@ -10,7 +10,9 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::fsutil::remove_any;
+use rustix::fs::{Mode, OFlags};
+
+use crate::fsutil::{read_open, remove_any};
 use crate::store::{SPLIT_FILE, SnapshotInfo};
 use crate::{Algorithm, Digest, Error, Hasher, Result, Store};
 
@@ -275,7 +277,9 @@ impl Store {
             r.pool_checked += 1;
             let want = key.split('-').next().unwrap_or_default().to_string();
             let mut hasher = Hasher::new(Algorithm::Sha256);
-            let mut f = fs::File::open(entry.path()).map_err(Error::io("open", entry.path()))?;
+            let mut f = read_open(|flags| rustix::fs::open(entry.path(), flags, Mode::empty()), OFlags::empty())
+                .map(fs::File::from)
+                .map_err(|e| Error::io("open", entry.path())(e.into()))?;
             io::copy(&mut f, &mut hasher).map_err(Error::io("read", entry.path()))?;
             let good = hasher.finish().hex() == want;
             if !good {
