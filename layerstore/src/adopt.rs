@@ -8,8 +8,9 @@
 //! does not cover them) or with other hardlinks (linking one name would split the set) keep
 //! their own inode. The tree must not be written while it is adopted, and never after: a pooled
 //! inode is shared by every tree that holds it, so it must only be read (overlayfs lower layers
-//! and read-only views are). Files and directories are read with `O_NOATIME`: hashing leaves the
-//! access times the image gave alone, and writes no inode.
+//! and read-only views are). Files and directories are read with `O_NOATIME` where this process
+//! may ask for it (it owns them or has `CAP_FOWNER`): hashing then leaves the access times the
+//! image gave alone, and writes no inode.
 //!
 //! A file whose content is pooled under other metadata (a rebuilt layer's file with a new mtime,
 //! mode or owner) cannot share that inode. Given a [`DataLayer`], such a file of at least
@@ -23,9 +24,10 @@
 //!
 //! The hashing can start while the tree is still being written ([`Prehashed`]): a file is hashed
 //! early only under a read lease (`F_SETLEASE`: nobody holds it open for writing, and whoever
-//! opens it for writing waits until the hash is done) and only once its last change is older than
-//! the clock's granularity, so any later change gives it another ctime. Adoption uses such a hash
-//! only for a file whose inode, size, mtime and ctime are still the ones seen under the lease, and
+//! opens it for writing waits until the hash is done, up to the kernel's lease-break time) and
+//! only once its last change is older than the clock's granularity, so any later change gives it
+//! another ctime; a second stat after the hash must show the file as before. Adoption uses such a
+//! hash only for a file whose inode, size, mtime and ctime are still the ones seen then, and
 //! hashes every other file itself.
 //!
 //! A file whose key is new to the pool needs nothing done to the tree: it becomes the pool's file
@@ -182,12 +184,13 @@ pub struct Prehashed {
     files: HashMap<PathBuf, Seen>,
     /// Files seen with xattrs or other links: adoption leaves them alone, so no pass hashes them.
     passed_over: std::collections::HashSet<PathBuf>,
-    /// Directories whose every file was hashed or passed over, with their mtime then and their
-    /// subdirectories: a pass reads them again only once their mtime changes.
+    /// Directories whose every file was hashed or passed over, with their ctime then and their
+    /// subdirectories: a pass reads them again only once their ctime changes (which no writer
+    /// can set back, as it can an mtime).
     settled: HashMap<PathBuf, ((i64, i64), Vec<PathBuf>)>,
 }
 
-/// A file as it was while it was hashed under its lease.
+/// A file as it was while it was hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     ino: u64,
@@ -249,13 +252,11 @@ impl Prehashed {
         let mut buf = vec![0u8; 128 << 10];
         let mut todo = vec![PathBuf::new()];
         while let Some(rel) = todo.pop() {
-            // A settled directory is checked by one stat of its path. (Should a directory on the
-            // way have been replaced by a symlink meanwhile, that stat is of something else,
-            // which at worst leaves files to be hashed at the commit: nothing is read through it.)
+            // A settled directory is only looked at (a stat through an `O_PATH` descriptor,
+            // resolved like any other beneath the root without symlinks), not read.
             if let Some((seen, subdirs)) = self.settled.get(&rel)
-                && let Ok(st) = rustix::fs::statat(&root, &rel, AtFlags::SYMLINK_NOFOLLOW | AtFlags::EMPTY_PATH)
-                && FileType::from_raw_mode(st.st_mode) == FileType::Directory
-                && *seen == (st.st_mtime, st.st_mtime_nsec as i64)
+                && let Ok(st) = stat_beneath(&root, &rel)
+                && *seen == changed(&st)
                 && quiet(*seen, now())
             {
                 todo.extend(subdirs.iter().cloned());
@@ -264,7 +265,7 @@ impl Prehashed {
             // (a directory removed or replaced meanwhile is met again in a later pass, or not)
             let Ok(fd) = open_beneath(&root, &rel) else { continue };
             let Ok(st) = fstat(&fd) else { continue };
-            let mtime = (st.st_mtime, st.st_mtime_nsec as i64);
+            let ctime = changed(&st);
             let Ok(names) = read_names(&fd) else { continue };
             let (mut subdirs, mut pending) = (Vec::new(), false);
             for (name, ty) in names {
@@ -293,9 +294,9 @@ impl Prehashed {
                 }
             }
             todo.extend(subdirs.iter().cloned());
-            // Settled only when its mtime is old enough that a later entry would change it.
-            if !pending && quiet(mtime, now()) {
-                self.settled.insert(rel, (mtime, subdirs));
+            // Settled only when its ctime is old enough that a later entry would change it.
+            if !pending && quiet(ctime, now()) {
+                self.settled.insert(rel, (ctime, subdirs));
             } else {
                 self.settled.remove(&rel);
             }
@@ -316,6 +317,11 @@ enum Early {
     Later,
     /// Adoption will leave it alone (xattrs, other links).
     Never,
+}
+
+/// When `st`'s inode last changed (its ctime).
+fn changed(st: &rustix::fs::Stat) -> (i64, i64) {
+    (st.st_ctime, st.st_ctime_nsec as i64)
 }
 
 fn now() -> (i64, i64) {
@@ -358,12 +364,18 @@ fn open_to_hash(dir: &OwnedFd, name: &CStr) -> Option<OwnedFd> {
     read_open(|f| openat(dir, name, f, Mode::empty()), OFlags::NOFOLLOW | OFlags::NONBLOCK).ok()
 }
 
-/// Hashes `name` in `dir` without a lease: as [`hash_leased`], then a second stat must show the
-/// file as it was before the hash.
+/// Hashes `name` in `dir` without a lease: as [`hash_leased`], the second stat alone showing
+/// that the file did not change.
 fn hash_unleased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result<Early> {
     let Some(fd) = open_to_hash(dir, name) else { return Ok(Early::Later) };
-    match hash_open(&fd, buf, stop)? {
-        Early::Hashed(seen) if !seen.matches(&fstat(&fd)?) => Ok(Early::Later),
+    hash_then_stat(&fd, buf, stop)
+}
+
+/// [`hash_open`], then a second stat must show the file as it was before the hash (any write
+/// since gave it another ctime).
+fn hash_then_stat(fd: &OwnedFd, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result<Early> {
+    match hash_open(fd, buf, stop)? {
+        Early::Hashed(seen) if !seen.matches(&fstat(fd)?) => Ok(Early::Later),
         early => Ok(early),
     }
 }
@@ -381,8 +393,9 @@ fn hash_leased(dir: &OwnedFd, name: &CStr, buf: &mut [u8], stop: &AtomicBool) ->
         };
     }
     // From here until the lease goes with the descriptor (closing the only one releases it, and
-    // lets a waiting writer go on), nobody writes the file: an open for writing waits.
-    hash_open(&fd, buf, stop)
+    // lets a waiting writer go on), an open for writing waits, up to the kernel's lease-break
+    // time (`/proc/sys/fs/lease-break-time`); a write after that shows in the second stat.
+    hash_then_stat(&fd, buf, stop)
 }
 
 /// Hashes the open regular file `fd` if it has one link, no xattrs and a quiet ctime.
@@ -400,8 +413,8 @@ fn hash_open(fd: &OwnedFd, buf: &mut [u8], stop: &AtomicBool) -> std::io::Result
         Ok(_) => return Ok(Early::Never),
         Err(e) => return Err(e.into()),
     }
-    // Read up to the size seen, no further: under a lease the file cannot change; without one the
-    // caller's second stat finds a file that grew or changed.
+    // Read up to the size seen, no further: the caller's second stat finds a file that grew or
+    // changed meanwhile.
     let size = st.st_size as u64;
     let mut hasher = Hasher::new(Algorithm::Sha256);
     let mut done = 0u64;
@@ -441,7 +454,7 @@ const STUB_TMP: &str = ".strata-stub-";
 /// followed; other names, those of other processes included, are left alone. Returns how many
 /// were removed.
 pub fn clear_adoption_leftovers(tree: &Path, pid: u32) -> Result<u64> {
-    let root = rustix::fs::open(tree, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+    let root = read_open(|f| rustix::fs::open(tree, f, Mode::empty()), OFlags::DIRECTORY)
         .map_err(|e| Error::io("open", tree)(e.into()))?;
     let marks = [POOL_TMP, STUB_TMP].map(|prefix| format!("{prefix}{pid}-"));
     let ours = |name: &[u8]| {
@@ -995,6 +1008,22 @@ fn open_beneath(root: &OwnedFd, rel: &Path) -> rustix::io::Result<OwnedFd> {
     )
 }
 
+/// Stats the directory `rel` below `root` through an `O_PATH` descriptor, resolved as
+/// [`open_beneath`] resolves it.
+fn stat_beneath(root: &OwnedFd, rel: &Path) -> rustix::io::Result<rustix::fs::Stat> {
+    if rel.as_os_str().is_empty() {
+        return fstat(root);
+    }
+    let fd = rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )?;
+    fstat(&fd)
+}
+
 /// The entries of a directory (without `.` and `..`) and their types, read from `lstat` where the
 /// directory does not give them.
 fn read_names(dir: &OwnedFd) -> rustix::io::Result<Vec<(std::ffi::CString, FileType)>> {
@@ -1471,22 +1500,31 @@ mod tests {
         let tree = dir.path().join("tree");
         let io = |p: &Path| Error::io("prepare", p.to_path_buf());
         fs::create_dir_all(tree.join("sub")).map_err(io(&tree))?;
+        let control = dir.path().join("control");
         let paths = ["early", "sub/late", "sub", ""].map(|p| tree.join(p));
         fs::write(&paths[0], "hashed early").map_err(io(&tree))?;
+        fs::write(&paths[1], "hashed by the adoption").map_err(io(&tree))?;
+        fs::write(&control, "read plainly").map_err(io(&control))?;
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
-        let date = |p: &Path| {
-            fs::File::open(p).and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when)))
-        };
+        for p in paths.iter().chain([&control]) {
+            fs::File::open(p)
+                .and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when)))
+                .map_err(io(p))?;
+        }
         let atime = |p: &Path| fs::symlink_metadata(p).map(|m| m.atime()).map_err(io(p));
+        fs::read(&control).map_err(io(&control))?;
+        if atime(&control)? == 1_600_000_000 {
+            eprintln!("skipped: this file system does not update access times on a read (noatime)");
+            return Ok(());
+        }
+        // held open for writing: no lease, so the pass leaves it to the adoption
+        let writer = fs::OpenOptions::new().append(true).open(&paths[1]).map_err(io(&tree))?;
+        std::thread::sleep(QUIET * 2);
         let stop = AtomicBool::new(false);
         let mut early = Prehashed::new();
-        date(&paths[0]).map_err(io(&tree))?;
-        std::thread::sleep(QUIET * 2);
-        assert_eq!(early.pass(&tree, &stop).map_err(io(&tree))?.hashed, 1);
-        fs::write(&paths[1], "hashed by the adoption").map_err(io(&tree))?;
-        for p in &paths[1..] {
-            date(p).map_err(io(p))?;
-        }
+        let pass = early.pass(&tree, &stop).map_err(io(&tree))?;
+        assert_eq!((pass.hashed, pass.pending), (1, 1), "{pass:?}");
+        drop(writer);
         let stats = store.adopt_tree_with(&tree, None, Some(&early))?;
         assert_eq!(stats.files, 2, "{stats:?}");
         for p in &paths {
