@@ -15,11 +15,13 @@
 //! While containerd unpacks a layer into an active snapshot (one its unpacker names `extract-…`),
 //! a thread of low priority hashes the files it has finished ([`layerstore::Prehashed`]: under
 //! read leases, re-checked at the adoption), so the adoption reads again only what changed since.
-//! It stops at the commit or removal, or once the tree has not changed for a minute.
+//! It stops at the commit or removal. A tree that has not changed for a minute (a pull whose
+//! download stalls) is looked at every two seconds only, and its hashing gives way to a new
+//! unpack's when four run; what it hashed waits for its commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,29 +110,47 @@ impl Drop for LinksRunning {
 
 /// The most layers hashed early at once (containerd unpacks a few layers of a pull at a time).
 const MAX_EARLY: usize = 4;
+/// The most early hashings kept, running or stopped with their hashes waiting for a commit.
+const MAX_KEPT: usize = 4 * MAX_EARLY;
 /// The pause between two passes over a tree being written.
 const PASS_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a tree may go unchanged before its early hashing ends (an unpack that stopped,
-/// whose snapshot is neither committed nor removed yet): its hashes wait for the commit.
-const QUIET_END: Duration = Duration::from_secs(60);
+/// How long a tree may go unchanged before its early hashing dozes (an unpack that stalled, as a
+/// pull does while a download waits, or one that stopped and whose snapshot is neither committed
+/// nor removed yet): it looks at the tree every [`DOZE_INTERVAL`] only, wakes when the tree
+/// changes again, and gives way to a new unpack when [`MAX_EARLY`] run (keeping its hashes).
+#[cfg(not(test))]
+const DOZE_AFTER: Duration = Duration::from_secs(60);
+#[cfg(test)]
+const DOZE_AFTER: Duration = Duration::from_millis(400);
+/// The pause between two passes of a dozing early hashing.
+#[cfg(not(test))]
+const DOZE_INTERVAL: Duration = Duration::from_secs(2);
+#[cfg(test)]
+const DOZE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A thread hashing the files of one active snapshot while containerd writes them.
 #[derive(Debug)]
 struct EarlyHashing {
     stop: Arc<AtomicBool>,
+    /// Set while the tree has not changed for [`DOZE_AFTER`].
+    dozing: Arc<AtomicBool>,
+    /// How many files it holds hashes of, after its last pass.
+    hashed: Arc<AtomicUsize>,
     thread: std::thread::JoinHandle<layerstore::Prehashed>,
 }
 
 impl EarlyHashing {
     fn start(tree: PathBuf) -> std::io::Result<EarlyHashing> {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let dozing = Arc::new(AtomicBool::new(false));
+        let hashed = Arc::new(AtomicUsize::new(0));
+        let (flag, doze, count) = (stop.clone(), dozing.clone(), hashed.clone());
         let thread = std::thread::Builder::new().name("early-hash".into()).spawn(move || {
             // Behind containerd's own work on the same cores.
             run_when_idle();
             let mut early = layerstore::Prehashed::new();
             let mut last_change = std::time::Instant::now();
-            while !flag.load(Ordering::Relaxed) && last_change.elapsed() < QUIET_END {
+            while !flag.load(Ordering::Relaxed) {
                 match early.pass(&tree, &flag) {
                     Ok(p) if p.hashed > 0 || p.pending > 0 => last_change = std::time::Instant::now(),
                     Ok(_) => {}
@@ -139,17 +159,30 @@ impl EarlyHashing {
                         break;
                     }
                 }
-                std::thread::park_timeout(PASS_INTERVAL);
+                count.store(early.len(), Ordering::Relaxed);
+                let dozing = last_change.elapsed() >= DOZE_AFTER;
+                doze.store(dozing, Ordering::Relaxed);
+                std::thread::park_timeout(if dozing { DOZE_INTERVAL } else { PASS_INTERVAL });
             }
             early
         })?;
-        Ok(EarlyHashing { stop, thread })
+        Ok(EarlyHashing { stop, dozing, hashed, thread })
+    }
+
+    /// Whether the thread still hashes (it was not stopped and did not fail).
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed) && !self.thread.is_finished()
+    }
+
+    /// Asks the thread to stop at its next file, keeping what it hashed for [`EarlyHashing::finish`].
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
     }
 
     /// Stops the thread at its next file and returns what it hashed.
     fn finish(self) -> Option<layerstore::Prehashed> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.thread().unpark();
+        self.stop();
         self.thread.join().ok()
     }
 }
@@ -184,12 +217,26 @@ impl Service {
     /// Starts hashing the tree of the active snapshot `key` early, if containerd unpacks into it.
     fn hash_early(&self, key: &str, tree: PathBuf) {
         let mut hashing = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
-        if hashing.len() >= MAX_EARLY {
-            // (a hashing that ended by itself keeps its hashes for a commit; a new unpack comes first)
-            hashing.retain(|_, h| !h.thread.is_finished());
-        }
-        if hashing.len() >= MAX_EARLY || hashing.contains_key(key) {
+        if hashing.contains_key(key) {
             return;
+        }
+        let running = |h: &HashMap<String, EarlyHashing>| h.values().filter(|h| h.running()).count();
+        if running(&hashing) >= MAX_EARLY {
+            // An unpack that stalled gives way to a new one; its hashes wait for its commit.
+            for (key, h) in hashing.iter().filter(|(_, h)| h.running() && h.dozing.load(Ordering::Relaxed)) {
+                h.stop();
+                let n = h.hashed.load(Ordering::Relaxed);
+                eprintln!(
+                    "strata-snapshotter: early hashing of {key:?} stalled: stopped, {n} files hashed for its commit"
+                );
+            }
+            if running(&hashing) >= MAX_EARLY {
+                return;
+            }
+        }
+        if hashing.len() >= MAX_KEPT {
+            // (hashes kept for a commit that may never come: a new unpack comes first)
+            hashing.retain(|_, h| h.running());
         }
         match EarlyHashing::start(tree) {
             Ok(h) => {
@@ -578,6 +625,83 @@ mod tests {
             .map(|e| e.path())
             .collect();
         assert!(marks.is_empty(), "adoptions over, their marks stay: {marks:?}");
+        Ok(())
+    }
+
+    /// Waits (up to a minute: the hashing runs in idle time) for `what` of the early hashing of
+    /// `key` to hold.
+    fn early_until(service: &Service, key: &str, what: &str, ok: impl Fn(&EarlyHashing) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if service.hashing.lock().unwrap_or_else(|p| p.into_inner()).get(key).is_some_and(&ok) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "early hashing of {key}: never {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn hashed(n: usize) -> impl Fn(&EarlyHashing) -> bool {
+        move |h| h.hashed.load(Ordering::Relaxed) == n
+    }
+
+    fn dozing(h: &EarlyHashing) -> bool {
+        h.dozing.load(Ordering::Relaxed)
+    }
+
+    /// An unpack that stalls (a pull waiting for its download) and then goes on is hashed early
+    /// to its end: its hashing dozes while the tree is unchanged and wakes when it changes.
+    #[test]
+    fn the_early_hashing_of_a_stalled_unpack_wakes_when_it_goes_on() -> Result<(), Box<dyn std::error::Error>> {
+        use snapshots_server::Snapshots as _;
+        let dir = tempfile::tempdir()?;
+        let service = Service::new(Snapshots::open(dir.path())?);
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let key = "default/1/extract-1 sha256:00";
+        let prepare = PrepareSnapshotRequest { key: key.into(), ..Default::default() };
+        rt.block_on(service.prepare(Request::new(prepare)))?;
+        let fs = tree_of(&service, key)?;
+        std::fs::write(fs.join("first"), "first\n")?;
+        early_until(&service, key, "hashed the first file", hashed(1));
+        early_until(&service, key, "dozing", dozing);
+        std::fs::write(fs.join("second"), "second\n")?;
+        early_until(&service, key, "hashed the file written after the stall", hashed(2));
+        early_until(&service, key, "awake", |h| !dozing(h) && h.running());
+        let early = rt.block_on(service.stop_hashing(key)).ok_or("no early hashes")?;
+        assert_eq!(early.len(), 2);
+        Ok(())
+    }
+
+    /// When as many unpacks as are hashed at once have stalled, a new unpack is hashed early
+    /// anyway: the stalled ones stop, and keep what they hashed for their commits.
+    #[test]
+    fn stalled_early_hashings_give_way_to_a_new_unpack_and_keep_their_hashes() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use snapshots_server::Snapshots as _;
+        let dir = tempfile::tempdir()?;
+        let service = Service::new(Snapshots::open(dir.path())?);
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let key = |i: usize| format!("default/{i}/extract-{i} sha256:0{i}");
+        let unpack = |i: usize| -> Result<(), Box<dyn std::error::Error>> {
+            let prepare = PrepareSnapshotRequest { key: key(i), ..Default::default() };
+            rt.block_on(service.prepare(Request::new(prepare)))?;
+            std::fs::write(tree_of(&service, &key(i))?.join("file"), format!("layer {i}\n"))?;
+            Ok(())
+        };
+        for i in 0..MAX_EARLY {
+            unpack(i)?;
+        }
+        for i in 0..MAX_EARLY {
+            early_until(&service, &key(i), "hashed its file", hashed(1));
+            early_until(&service, &key(i), "dozing", dozing);
+        }
+        unpack(MAX_EARLY)?;
+        early_until(&service, &key(MAX_EARLY), "hashed the new unpack's file", hashed(1));
+        for i in 0..MAX_EARLY {
+            assert!(!service.hashing.lock().unwrap_or_else(|p| p.into_inner())[&key(i)].running());
+            let early = rt.block_on(service.stop_hashing(&key(i))).ok_or("no early hashes")?;
+            assert_eq!(early.len(), 1, "the hashes of stalled unpack {i}");
+        }
         Ok(())
     }
 
