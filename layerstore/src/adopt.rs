@@ -217,6 +217,14 @@ const QUIET: Duration = Duration::from_millis(50);
 /// with 128-byte inodes, for one): more than a second.
 const QUIET_WHOLE_SECONDS: Duration = Duration::from_millis(2100);
 
+/// A digest of `path` that stays the same within this process.
+fn path_digest(path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
+}
+
 /// What one [`Prehashed::pass`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PassStats {
@@ -224,6 +232,10 @@ pub struct PassStats {
     pub hashed: u64,
     /// Regular files left for a later pass (changed too recently, or open for writing).
     pub pending: u64,
+    /// Which files those were (a digest of their paths, whatever their order): the same files
+    /// left pass after pass, as a download that stalled in the middle of a file leaves one, tell
+    /// a stall from progress.
+    pub pending_set: u64,
 }
 
 impl Prehashed {
@@ -286,6 +298,7 @@ impl Prehashed {
                             }
                             Early::Later => {
                                 stats.pending += 1;
+                                stats.pending_set = stats.pending_set.wrapping_add(path_digest(&path));
                                 pending = true;
                             }
                         }

@@ -16,8 +16,10 @@
 //! a thread of low priority hashes the files it has finished ([`layerstore::Prehashed`]: under
 //! read leases, re-checked at the adoption), so the adoption reads again only what changed since.
 //! It stops at the commit or removal. A tree that has not changed for a minute (a pull whose
-//! download stalls) is looked at every two seconds only, and its hashing gives way to a new
-//! unpack's when four run; what it hashed waits for its commit.
+//! download stalls, also in the middle of a file: the same files left open pass after pass are
+//! no change) is looked at every two seconds only; such a hashing gives way to a new unpack's
+//! when four run, and ends after half an hour without a change; what it hashed waits for its
+//! commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -111,7 +113,7 @@ impl Drop for LinksRunning {
 /// The most layers hashed early at once (containerd unpacks a few layers of a pull at a time).
 const MAX_EARLY: usize = 4;
 /// The most early hashings kept, running or stopped with their hashes waiting for a commit.
-const MAX_KEPT: usize = 4 * MAX_EARLY;
+const MAX_KEPT: usize = 2 * MAX_EARLY;
 /// The pause between two passes over a tree being written.
 const PASS_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a tree may go unchanged before its early hashing dozes (an unpack that stalled, as a
@@ -122,6 +124,9 @@ const PASS_INTERVAL: Duration = Duration::from_millis(100);
 const DOZE_AFTER: Duration = Duration::from_secs(60);
 #[cfg(test)]
 const DOZE_AFTER: Duration = Duration::from_millis(400);
+/// How long a tree may go unchanged before its early hashing ends (a snapshot that is neither
+/// committed nor removed, forgotten by whoever unpacked into it): its hashes wait for a commit.
+const DOZE_END: Duration = Duration::from_secs(30 * 60);
 /// The pause between two passes of a dozing early hashing.
 #[cfg(not(test))]
 const DOZE_INTERVAL: Duration = Duration::from_secs(2);
@@ -136,6 +141,7 @@ struct EarlyHashing {
     dozing: Arc<AtomicBool>,
     /// How many files it holds hashes of, after its last pass.
     hashed: Arc<AtomicUsize>,
+    started: std::time::Instant,
     thread: std::thread::JoinHandle<layerstore::Prehashed>,
 }
 
@@ -150,10 +156,16 @@ impl EarlyHashing {
             run_when_idle();
             let mut early = layerstore::Prehashed::new();
             let mut last_change = std::time::Instant::now();
-            while !flag.load(Ordering::Relaxed) {
+            // (the same files left pending pass after pass are a stall, not progress)
+            let mut last_pending = (0, 0);
+            while !flag.load(Ordering::Relaxed) && last_change.elapsed() < DOZE_END {
                 match early.pass(&tree, &flag) {
-                    Ok(p) if p.hashed > 0 || p.pending > 0 => last_change = std::time::Instant::now(),
-                    Ok(_) => {}
+                    Ok(p) => {
+                        if p.hashed > 0 || (p.pending, p.pending_set) != last_pending {
+                            last_change = std::time::Instant::now();
+                        }
+                        last_pending = (p.pending, p.pending_set);
+                    }
                     Err(e) => {
                         eprintln!("strata-snapshotter: early hashing of {} stopped: {e}", tree.display());
                         break;
@@ -166,7 +178,7 @@ impl EarlyHashing {
             }
             early
         })?;
-        Ok(EarlyHashing { stop, dozing, hashed, thread })
+        Ok(EarlyHashing { stop, dozing, hashed, started: std::time::Instant::now(), thread })
     }
 
     /// Whether the thread still hashes (it was not stopped and did not fail).
@@ -216,33 +228,43 @@ impl Service {
 
     /// Starts hashing the tree of the active snapshot `key` early, if containerd unpacks into it.
     fn hash_early(&self, key: &str, tree: PathBuf) {
-        let mut hashing = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
-        if hashing.contains_key(key) {
-            return;
-        }
-        let running = |h: &HashMap<String, EarlyHashing>| h.values().filter(|h| h.running()).count();
-        if running(&hashing) >= MAX_EARLY {
-            // An unpack that stalled gives way to a new one; its hashes wait for its commit.
-            for (key, h) in hashing.iter().filter(|(_, h)| h.running() && h.dozing.load(Ordering::Relaxed)) {
-                h.stop();
-                let n = h.hashed.load(Ordering::Relaxed);
-                eprintln!(
-                    "strata-snapshotter: early hashing of {key:?} stalled: stopped, {n} files hashed for its commit"
-                );
-            }
-            if running(&hashing) >= MAX_EARLY {
+        let mut gave_way = None;
+        {
+            let mut hashing = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
+            if hashing.contains_key(key) {
                 return;
             }
-        }
-        if hashing.len() >= MAX_KEPT {
-            // (hashes kept for a commit that may never come: a new unpack comes first)
-            hashing.retain(|_, h| h.running());
-        }
-        match EarlyHashing::start(tree) {
-            Ok(h) => {
-                hashing.insert(key.to_string(), h);
+            let running = |h: &HashMap<String, EarlyHashing>| h.values().filter(|h| h.running()).count();
+            if running(&hashing) >= MAX_EARLY {
+                // An unpack that stalled gives way to a new one; its hashes wait for its commit.
+                match hashing.iter().find(|(_, h)| h.running() && h.dozing.load(Ordering::Relaxed)) {
+                    Some((stalled, h)) => {
+                        h.stop();
+                        gave_way = Some((stalled.clone(), h.hashed.load(Ordering::Relaxed)));
+                    }
+                    None => return,
+                }
             }
-            Err(e) => eprintln!("strata-snapshotter: early hashing of {key:?} not started: {e}"),
+            // (the hashes kept longest, for a commit that may never come, go first)
+            while hashing.len() >= MAX_KEPT {
+                let Some(oldest) =
+                    hashing.iter().filter(|(_, h)| !h.running()).min_by_key(|(_, h)| h.started).map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                hashing.remove(&oldest);
+            }
+            match EarlyHashing::start(tree) {
+                Ok(h) => {
+                    hashing.insert(key.to_string(), h);
+                }
+                Err(e) => eprintln!("strata-snapshotter: early hashing of {key:?} not started: {e}"),
+            }
+        }
+        if let Some((stalled, n)) = gave_way {
+            eprintln!(
+                "strata-snapshotter: early hashing of {stalled:?} stalled: stopped for {key:?}, {n} files hashed for its commit"
+            );
         }
     }
 
@@ -649,8 +671,9 @@ mod tests {
         h.dozing.load(Ordering::Relaxed)
     }
 
-    /// An unpack that stalls (a pull waiting for its download) and then goes on is hashed early
-    /// to its end: its hashing dozes while the tree is unchanged and wakes when it changes.
+    /// An unpack that stalls (a pull waiting for its download, in the middle of a file) and then
+    /// goes on is hashed early to its end: its hashing dozes while the tree is unchanged and
+    /// wakes when it changes.
     #[test]
     fn the_early_hashing_of_a_stalled_unpack_wakes_when_it_goes_on() -> Result<(), Box<dyn std::error::Error>> {
         use snapshots_server::Snapshots as _;
@@ -662,18 +685,22 @@ mod tests {
         rt.block_on(service.prepare(Request::new(prepare)))?;
         let fs = tree_of(&service, key)?;
         std::fs::write(fs.join("first"), "first\n")?;
+        // a download that stalled in the middle of a file: that file stays open for writing
+        let mut partial = std::fs::File::create(fs.join("partial"))?;
+        std::io::Write::write_all(&mut partial, b"part of a file")?;
         early_until(&service, key, "hashed the first file", hashed(1));
         early_until(&service, key, "dozing", dozing);
         std::fs::write(fs.join("second"), "second\n")?;
         early_until(&service, key, "hashed the file written after the stall", hashed(2));
-        early_until(&service, key, "awake", |h| !dozing(h) && h.running());
+        drop(partial);
+        early_until(&service, key, "hashed the file closed after the stall", hashed(3));
         let early = rt.block_on(service.stop_hashing(key)).ok_or("no early hashes")?;
-        assert_eq!(early.len(), 2);
+        assert_eq!(early.len(), 3);
         Ok(())
     }
 
     /// When as many unpacks as are hashed at once have stalled, a new unpack is hashed early
-    /// anyway: the stalled ones stop, and keep what they hashed for their commits.
+    /// anyway: one stalled unpack's hashing stops, and keeps what it hashed for its commit.
     #[test]
     fn stalled_early_hashings_give_way_to_a_new_unpack_and_keep_their_hashes() -> Result<(), Box<dyn std::error::Error>>
     {
@@ -697,8 +724,12 @@ mod tests {
         }
         unpack(MAX_EARLY)?;
         early_until(&service, &key(MAX_EARLY), "hashed the new unpack's file", hashed(1));
+        let stopped: Vec<usize> = {
+            let hashing = service.hashing.lock().unwrap_or_else(|p| p.into_inner());
+            (0..MAX_EARLY).filter(|i| !hashing[&key(*i)].running()).collect()
+        };
+        assert_eq!(stopped.len(), 1, "one stalled unpack gives way, not {stopped:?}");
         for i in 0..MAX_EARLY {
-            assert!(!service.hashing.lock().unwrap_or_else(|p| p.into_inner())[&key(i)].running());
             let early = rt.block_on(service.stop_hashing(&key(i))).ok_or("no early hashes")?;
             assert_eq!(early.len(), 1, "the hashes of stalled unpack {i}");
         }
