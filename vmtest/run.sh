@@ -311,8 +311,15 @@ for i in $(seq 0 $((ncmds - 1))); do
     log "command $i: $verdict: $(head -c 120 "$share/.vmtest/cmd.$i" | sed -n 2p)"
 done
 log "serial log: $runlog (VM run took ${elapsed}s)"
+if [ "$quiet" = 1 ] && { [ $ok != 1 ] || [ $failed != 0 ]; }; then
+    # (the console was not echoed: what the failed commands printed is shown here)
+    log "the serial log of this run:"
+    tr -d '\r' < "$runlog" >&2
+fi
 if [ $own_share = 1 ]; then
-    keep=$cache/last-run.log
+    # (one name per run: two VMs run at once in CI, and each keeps its own log)
+    keep=$cache/last-run-$$.log
+    find "$cache" -maxdepth 1 -name 'last-run*.log' -mmin +120 -delete
     cp "$runlog" "$keep" && log "kept as $keep"
     rm -rf "$share"
 fi

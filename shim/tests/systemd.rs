@@ -31,9 +31,24 @@ fn prop(unit: &str, name: &str) -> String {
     show(unit, &[name]).into_iter().find(|(k, _)| k == name).map(|(_, v)| v).unwrap_or_default()
 }
 
-/// The unit is gone from systemd (a collected transient unit is not found).
+/// The unit is gone from systemd (a collected transient unit is not found). A stop is over once
+/// the unit is inactive (what strata waits for, as runc does); systemd collects it from its next
+/// turn on, which on a loaded guest may come a little later: up to 10 s are given.
 fn assert_unit_gone(unit: &str) {
-    assert_eq!(prop(unit, "LoadState"), "not-found", "{unit} is still known to systemd");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let state = show(unit, &["LoadState", "ActiveState"]);
+        let load = state.iter().find(|(k, _)| k == "LoadState").map(|(_, v)| v.as_str());
+        if load == Some("not-found") {
+            return;
+        }
+        let active = state.iter().find(|(k, _)| k == "ActiveState").map(|(_, v)| v.as_str());
+        assert!(
+            active == Some("inactive") && std::time::Instant::now() < deadline,
+            "{unit} is still known to systemd: {state:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn read(path: &std::path::Path) -> String {
