@@ -258,9 +258,14 @@ fn import_times(images: &Images, rounds: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Each round's ratio a/b.
+fn ratios(a: &[Duration], b: &[Duration]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect()
+}
+
 /// The middle of the rounds' ratios a/b, and the lowest and highest.
 fn by_round(a: &[Duration], b: &[Duration]) -> (f64, f64, f64) {
-    let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
+    let mut r = ratios(a, b);
     r.sort_by(f64::total_cmp);
     match (r.first(), r.last()) {
         (Some(&lo), Some(&hi)) => (r[r.len() / 2], lo, hi),
@@ -272,7 +277,7 @@ fn by_round(a: &[Duration], b: &[Duration]) -> (f64, f64, f64) {
 /// that middle over 10,000 resamplings of the rounds (with replacement; a fixed seed, so the same
 /// times give the same interval).
 fn middle_interval(a: &[Duration], b: &[Duration]) -> (f64, f64) {
-    let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
+    let r = ratios(a, b);
     if r.is_empty() {
         return (f64::NAN, f64::NAN);
     }

@@ -38,13 +38,12 @@ fn assert_unit_gone(unit: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let state = show(unit, &["LoadState", "ActiveState"]);
-        let load = state.iter().find(|(k, _)| k == "LoadState").map(|(_, v)| v.as_str());
-        if load == Some("not-found") {
+        let get = |name: &str| state.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        if get("LoadState") == Some("not-found") {
             return;
         }
-        let active = state.iter().find(|(k, _)| k == "ActiveState").map(|(_, v)| v.as_str());
         assert!(
-            active == Some("inactive") && std::time::Instant::now() < deadline,
+            get("ActiveState") == Some("inactive") && std::time::Instant::now() < deadline,
             "{unit} is still known to systemd: {state:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
