@@ -158,6 +158,11 @@ pub fn layer_stream(media_type: &str, digest: &Digest, blob: impl Read + Send + 
     Ok(Compression::of_media_type(media_type, digest)?.threaded_reader(blob))
 }
 
+/// Whether [`layer_stream`] reads layer blobs of `media_type`: [`Error::UnknownMediaType`] if not.
+pub fn check_layer_media_type(media_type: &str, digest: &Digest) -> Result<()> {
+    Compression::of_media_type(media_type, digest).map(drop)
+}
+
 /// The OCI spelling of this host's architecture (`amd64`, `arm64`, ...).
 pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {

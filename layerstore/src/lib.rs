@@ -40,7 +40,7 @@ pub use adopt::{
 pub use blobs::{BlobStore, Ingested};
 pub use digest::{Algorithm, Digest, Hasher, HashingReader, HashingWriter};
 pub use error::{Error, Result};
-pub use import::{host_arch, layer_stream};
+pub use import::{check_layer_media_type, host_arch, layer_stream};
 pub use maintain::{DiskUsage, FsckProblem, FsckReport, GcReport};
 pub use pull::{
     NoProgress, PullOptions, PullProgress, PullReport, Reference, credentials, hosts, parse_challenge,

@@ -5,8 +5,10 @@
 //! above the committed parents) and commits it; once the commit is answered, strata adopts the
 //! layer's files into the store's content pool (see [`layerstore::Store::adopt_tree`]), so
 //! identical files — of rebuilt base layers, of different images, of strata's own imports — keep
-//! one inode.
+//! one inode. On the same socket, a differ (a proxy diff plugin, see [`differ`]) unpacks the
+//! layers containerd applies into these snapshots itself.
 
+pub mod differ;
 pub mod service;
 pub mod snapshots;
 
@@ -24,8 +26,14 @@ pub mod api {
                     tonic::include_proto!("containerd.services.snapshots.v1");
                 }
             }
+            pub mod diff {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.diff.v1");
+                }
+            }
         }
     }
+    pub use containerd::services::diff::v1 as diff;
     pub use containerd::services::snapshots::v1::*;
     pub use containerd::types;
 }
@@ -35,9 +43,14 @@ use std::path::Path;
 pub use service::Service;
 pub use snapshots::{Error, Snapshots};
 
-/// Serves the snapshots of the store at `root` on the unix socket `address` until SIGTERM or
-/// SIGINT; removes the socket on the way out.
-pub async fn serve(root: &Path, address: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// Serves the snapshots of the store at `root`, and the differ that unpacks layers into them
+/// (reading blobs from the content store of the containerd whose root is `containerd`), on the
+/// unix socket `address` until SIGTERM or SIGINT; removes the socket on the way out.
+pub async fn serve(
+    root: &Path,
+    address: &Path,
+    containerd: &Path,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let snapshots = Snapshots::open(root)?;
     // A read lease of the early hashing (see `service`) is broken by SIGIO, whose default action
     // ends the process; the lease holder needs no notice (it finishes its one file either way).
@@ -68,12 +81,11 @@ pub async fn serve(root: &Path, address: &Path) -> Result<(), Box<dyn std::error
         }
     };
     let service = Service::new(snapshots);
+    let differ = differ::Differ::new(service.snapshots(), containerd);
     let served = tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(
-            api::snapshots_server::SnapshotsServer::new(service.clone()),
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            stop,
-        )
+        .add_service(api::snapshots_server::SnapshotsServer::new(service.clone()))
+        .add_service(api::diff::diff_server::DiffServer::new(differ))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), stop)
         .await;
     let _ = std::fs::remove_file(address);
     // What follows the last answers (the last commit's adoption, its pool links): a tree left out

@@ -16,6 +16,10 @@ struct Args {
     /// live in its `containerd/` directory.
     #[arg(long, env = "STRATA_STORE", default_value = "/var/lib/strata")]
     store: PathBuf,
+    /// containerd's root directory (its `root` setting), whose content store holds the layer
+    /// blobs strata's differ (containerd's `proxy_plugins.strata-diff`) unpacks.
+    #[arg(long, default_value = "/var/lib/containerd")]
+    containerd_root: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -27,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(strata_snapshotter::serve(&args.store, &args.address)) {
+    match runtime.block_on(strata_snapshotter::serve(&args.store, &args.address, &args.containerd_root)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata-snapshotter: {e}");

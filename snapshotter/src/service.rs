@@ -211,6 +211,11 @@ impl Service {
         }
     }
 
+    /// The snapshots served (the differ unpacks into them).
+    pub fn snapshots(&self) -> Arc<Mutex<Snapshots>> {
+        self.snapshots.clone()
+    }
+
     /// Waits until the last commit's adoption and pool links are done.
     pub async fn settle(&self) {
         let _ = self.take_pooling().await;

@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use layerstore::{ContentIndex, Store};
 use serde::{Deserialize, Serialize};
@@ -177,7 +178,25 @@ pub struct Snapshots {
     index: Option<Arc<ContentIndex>>,
     /// Committed snapshots whose trees an adoption may still change (see [`Snapshots::adopting`]).
     adopting: std::collections::HashSet<u64>,
+    /// Active snapshots strata's differ is unpacking a layer into, each with the flag that stops
+    /// that unpack (see [`Snapshots::apply_target`]).
+    applying: HashMap<u64, Arc<AtomicBool>>,
     _lock: fs::File,
+}
+
+/// An active snapshot strata's differ unpacks a layer into.
+#[derive(Debug, Clone)]
+pub struct ApplyTarget {
+    /// Its key.
+    pub key: String,
+    /// Its id, to end the apply with ([`Snapshots::applied`]).
+    pub id: u64,
+    /// Its tree: empty, the overlay upper layer above `lowers` or a plain tree.
+    pub tree: PathBuf,
+    /// The committed trees below it, top first.
+    pub lowers: Vec<PathBuf>,
+    /// Set when the snapshot is removed while the unpack runs: the unpack stops.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// What a commit leaves to adopt into the pool (outside the snapshots' lock).
@@ -222,6 +241,7 @@ impl Snapshots {
             next_id: 1,
             index: None,
             adopting: Default::default(),
+            applying: HashMap::new(),
             _lock: lock,
         };
         s.cleanup()?;
@@ -431,6 +451,11 @@ impl Snapshots {
         if self.by_key.contains_key(name) {
             return Err(Error::AlreadyExists(name.to_string()));
         }
+        if self.applying.contains_key(&info.id) {
+            return Err(Error::FailedPrecondition(format!(
+                "strata's differ is still unpacking a layer into snapshot {key:?}: commit it once the apply has answered"
+            )));
+        }
         let fs_path = self.fs_path(info.id);
         // A committed tree's files join the content pool, shared with other layers: one still
         // written through a mounted overlay would change them all.
@@ -469,6 +494,47 @@ impl Snapshots {
         self.adopting.insert(id);
     }
 
+    /// The active snapshot whose mounts `kind`, `source` and `options` describe (as
+    /// [`Snapshots::mounts`] gave them: a bind mount of its tree, or an overlay with its tree as
+    /// the upper layer), if it is one of these snapshots, its tree is still empty and no other
+    /// apply runs into it; marks it as being applied into until [`Snapshots::applied`]. `None`
+    /// for anything else: another differ applies such layers.
+    pub fn apply_target(&mut self, kind: &str, source: &str, options: &[String]) -> Result<Option<ApplyTarget>> {
+        let tree = match kind {
+            "bind" => PathBuf::from(source),
+            "overlay" => match options.iter().find_map(|o| o.strip_prefix("upperdir=")) {
+                Some(upper) => PathBuf::from(upper),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let Some(info) = self.by_key.values().find(|i| i.kind == Kind::Active && self.fs_path(i.id) == tree) else {
+            return Ok(None);
+        };
+        if self.applying.contains_key(&info.id) {
+            return Ok(None);
+        }
+        if fs::read_dir(&tree).map_err(io_err("read directory", &tree))?.next().is_some() {
+            return Ok(None);
+        }
+        let mut lowers = Vec::new();
+        let mut p = info.parent.as_str();
+        while !p.is_empty() {
+            let parent = self.get(p)?;
+            lowers.push(self.fs_path(parent.id));
+            p = parent.parent.as_str();
+        }
+        let (key, id) = (info.key.clone(), info.id);
+        let stop = Arc::new(AtomicBool::new(false));
+        self.applying.insert(id, stop.clone());
+        Ok(Some(ApplyTarget { key, id, tree, lowers, stop }))
+    }
+
+    /// The apply into snapshot `id` is over.
+    pub fn applied(&mut self, id: u64) {
+        self.applying.remove(&id);
+    }
+
     /// The adoption of snapshot `id` is over.
     pub fn adopted(&mut self, id: u64) {
         self.adopting.remove(&id);
@@ -503,6 +569,11 @@ impl Snapshots {
                 children.len(),
                 children[0]
             )));
+        }
+        // (an unpack into it stops at its next read; what it writes after the rename goes with
+        // the directory, or at the next Cleanup or start)
+        if let Some(stop) = self.applying.remove(&id) {
+            stop.store(true, Ordering::Relaxed);
         }
         let gone = self.dir.join("tmp").join(id.to_string());
         fs::rename(self.path(id), &gone).map_err(io_err("move out", &self.path(id)))?;

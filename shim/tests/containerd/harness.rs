@@ -48,7 +48,7 @@ fn ctr_bin() -> PathBuf {
 }
 
 /// The image archive, built once per test binary by `make-image.sh`.
-fn image_archive() -> &'static Path {
+pub fn image_archive() -> &'static Path {
     static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
     ARCHIVE.get_or_init(|| {
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("strata-busybox-image.tar");
@@ -81,6 +81,15 @@ fn check_snapshotter_built() {
     assert!(bin.exists(), "{} is missing: build it with `cargo build -p strata-snapshotter`", bin.display());
 }
 
+/// Which differ unpacks layers into strata's snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Differ {
+    /// strata's (`strata-diff`, served by the snapshotter).
+    Strata,
+    /// containerd's own (`walking`).
+    Containerd,
+}
+
 /// A running private containerd; dropping it cleans everything up.
 pub struct Containerd {
     dir: tempfile::TempDir,
@@ -95,22 +104,57 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd and imports the test image.
     pub fn start() -> Containerd {
-        Containerd::start_inner(false)
+        Containerd::start_inner(None)
     }
 
     /// Starts strata's snapshotter (its store in this test's directory) and containerd with it as
-    /// the `strata` proxy snapshot plugin; imports the test image into it.
+    /// the `strata` proxy snapshot plugin and its differ as the `strata-diff` proxy diff plugin,
+    /// first in the diff service's order and paired with the snapshotter for the transfer
+    /// service, as the README configures them; imports the test image into it.
     pub fn start_with_snapshotter() -> Containerd {
-        Containerd::start_inner(true)
+        Containerd::start_inner(Some(Differ::Strata))
     }
 
-    fn start_inner(with_snapshotter: bool) -> Containerd {
+    /// [`Containerd::start_with_snapshotter`] without strata's differ: containerd's own unpacks
+    /// the layers into strata's snapshots.
+    pub fn start_with_snapshotter_and_containerd_s_differ() -> Containerd {
+        Containerd::start_inner(Some(Differ::Containerd))
+    }
+
+    fn start_inner(snapshotter: Option<Differ>) -> Containerd {
         assert!(nix::unistd::geteuid().is_root(), "these tests run containerd and containers: run them as root");
         static N: AtomicU32 = AtomicU32::new(0);
         // Socket paths must stay under 108 bytes: a short directory in /tmp.
         let dir = tempfile::Builder::new().prefix("ctd").tempdir_in("/tmp").expect("temporary directory");
         let namespace = format!("strata-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let p = dir.path();
+        let sock = p.join("s.sock").display().to_string();
+        // containerd 2's transfer service (`ctr images import/pull`) unpacks only into the
+        // snapshotters its unpack_config lists, with the differ named there.
+        let proxy = match snapshotter {
+            None => String::new(),
+            Some(differ) => {
+                // (with two differs for the platform, an entry that names none gets either)
+                let (diff_plugin, diff_service, paired, walking) = match differ {
+                    Differ::Containerd => (String::new(), String::new(), "", ""),
+                    Differ::Strata => (
+                        format!("  [proxy_plugins.strata-diff]\n    type = \"diff\"\n    address = \"{sock}\"\n"),
+                        "[plugins.\"io.containerd.service.v1.diff-service\"]\n  default = [\"strata-diff\", \"walking\"]\n"
+                            .to_string(),
+                        "  differ = \"strata-diff\"\n",
+                        "  differ = \"walking\"\n",
+                    ),
+                };
+                format!(
+                    "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{sock}\"\n\
+                     {diff_plugin}{diff_service}\
+                     [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  \
+                     platform = \"linux/amd64\"\n  snapshotter = \"strata\"\n{paired}\
+                     [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  \
+                     platform = \"linux/amd64\"\n  snapshotter = \"overlayfs\"\n{walking}"
+                )
+            }
+        };
         std::fs::write(
             p.join("config.toml"),
             format!(
@@ -120,31 +164,17 @@ impl Containerd {
                 root = p.join("root").display(),
                 state = p.join("state").display(),
                 sock = p.join("c.sock").display(),
-                proxy = if with_snapshotter {
-                    // containerd 2's transfer service (`ctr images import/pull`) unpacks only
-                    // into the snapshotters its unpack_config lists.
-                    format!(
-                        "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n\
-                         [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  \
-                         platform = \"linux/amd64\"\n  snapshotter = \"strata\"\n\
-                         [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  \
-                         platform = \"linux/amd64\"\n  snapshotter = \"overlayfs\"\n",
-                        p.join("s.sock").display()
-                    )
-                } else {
-                    String::new()
-                },
             ),
         )
         .expect("writing config.toml");
         let mut c = Containerd { dir, namespace, daemon: None, snapshotter: None, env: Vec::new() };
-        if with_snapshotter {
+        if snapshotter.is_some() {
             c.spawn_snapshotter();
         }
         c.spawn_daemon();
         eprintln!("{}", c.ok(&["version"]).lines().filter(|l| l.contains("Version")).collect::<Vec<_>>().join(" / "));
         let archive = image_archive().display().to_string();
-        let import = if with_snapshotter {
+        let import = if snapshotter.is_some() {
             c.ctr(&["images", "import", "--snapshotter", "strata", &archive])
         } else {
             c.ctr(&["images", "import", &archive])
@@ -211,6 +241,8 @@ impl Containerd {
             .arg(p.join("s.sock"))
             .arg("--store")
             .arg(self.snapshotter_store())
+            .arg("--containerd-root")
+            .arg(p.join("root"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -1,0 +1,228 @@
+//! containerd's diff service, served as a proxy diff plugin beside the snapshots: strata unpacks
+//! the layers containerd applies into its snapshots itself.
+//!
+//! containerd applies a layer by calling a differ's Apply with the layer blob's descriptor and
+//! the mounts of the active snapshot it unpacks into; its own (`walking`) differ mounts them and
+//! writes the tar through them. When those mounts are an empty active snapshot of this store,
+//! strata's differ reads the blob from containerd's content store (the file
+//! `<containerd root>/io.containerd.content.v1.content/blobs/<algorithm>/<hex>`: containerd does
+//! not pass a proxy differ the caller's namespace, which its content service would want), checks
+//! its digest and size, and unpacks it straight into the snapshot's tree with the layer store's
+//! unpacker ([`layerstore::unpack_layer`]: decompression on a thread of its own, every path
+//! resolved beneath the tree without following symlinks, whiteouts as overlayfs reads them, a
+//! bound on the uncompressed size). It answers the uncompressed tar's digest, which containerd
+//! checks against the image's diff ID before it commits. What follows is as for a layer
+//! containerd wrote: the early hashing of the tree and its adoption into the pool at the commit.
+//!
+//! Anything else — mounts of another snapshotter, a tree that already holds files, a media type
+//! the store does not read, a blob not in that content store, payloads (an encrypted layer's
+//! decryption configuration) — is answered "unimplemented", which containerd's diff service takes
+//! as "ask the next differ" (`default = ["strata-diff", "walking"]`). A failed apply leaves a
+//! partial tree containerd removes with the snapshot, as after its own differ's failures.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use layerstore::{Algorithm, Digest, Hasher, UnpackOptions};
+use tonic::{Request, Response, Status};
+
+use crate::api::diff::diff_server;
+use crate::api::diff::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
+use crate::api::types::Descriptor;
+use crate::snapshots::{ApplyTarget, Snapshots};
+
+/// What the applied tar is, as containerd's own differ answers it.
+const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// The service containerd's proxy diff plugin calls.
+#[derive(Debug, Clone)]
+pub struct Differ {
+    snapshots: Arc<Mutex<Snapshots>>,
+    /// containerd's content store's blobs directory.
+    blobs: PathBuf,
+}
+
+impl Differ {
+    /// Applies layers into `snapshots`, reading blobs from the content store of the containerd
+    /// whose root directory is `containerd_root`.
+    pub fn new(snapshots: Arc<Mutex<Snapshots>>, containerd_root: &Path) -> Differ {
+        Differ { snapshots, blobs: containerd_root.join("io.containerd.content.v1.content/blobs") }
+    }
+
+    /// The blob `digest` in containerd's content store (not following a symlink), or why not.
+    fn open_blob(&self, digest: &Digest) -> Result<File, String> {
+        let path = self.blobs.join(digest.algorithm().name()).join(digest.hex());
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| format!("layer {digest}: {}: {e}", path.display()))
+    }
+}
+
+/// Unpacks `blob`, the layer `desc` describes, into `target`; returns the diff ID and the tar's
+/// size.
+fn unpack(blob: File, desc: &Descriptor, digest: Digest, target: &ApplyTarget) -> Result<(Digest, u64), String> {
+    let size = u64::try_from(desc.size).map_err(|_| format!("layer {digest}: negative size {}", desc.size))?;
+    let blob = Verified {
+        blob,
+        hasher: Some(Hasher::new(digest.algorithm())),
+        read: 0,
+        digest: digest.clone(),
+        size,
+        stop: target.stop.clone(),
+    };
+    let tar = layerstore::layer_stream(&desc.media_type, &digest, blob).map_err(|e| e.to_string())?;
+    let mut tar = Counted { inner: tar, n: 0 };
+    let opts = UnpackOptions {
+        pool: None,
+        lowers: Some(target.lowers.clone()),
+        diff_id_algorithm: Algorithm::Sha256,
+        limits: Default::default(),
+        split: None,
+    };
+    let stats = layerstore::unpack_layer(&mut tar, &target.tree, &digest, &opts).map_err(|e| e.to_string())?;
+    let diff_id = stats.diff_id.ok_or_else(|| format!("layer {digest}: no diff ID was computed"))?;
+    Ok((diff_id, tar.n))
+}
+
+/// Fails the read at the end of the blob unless its bytes have the descriptor's digest and size,
+/// and at once once the snapshot is removed under the unpack.
+struct Verified {
+    blob: File,
+    hasher: Option<Hasher>,
+    read: u64,
+    digest: Digest,
+    size: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Read for Verified {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the snapshot was removed during the apply"));
+        }
+        let n = self.blob.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("layer {}: containerd's content store holds more than its {} bytes", self.digest, self.size),
+            ));
+        }
+        match self.hasher.as_mut() {
+            Some(h) if n > 0 => h.update(&buf[..n]),
+            Some(_) => {
+                let actual = self.hasher.take().map(Hasher::finish);
+                if self.read != self.size || actual.as_ref() != Some(&self.digest) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "layer {}: containerd's content store holds {} bytes hashing to {}, not the descriptor's {} bytes",
+                            self.digest,
+                            self.read,
+                            actual.map_or_else(|| "?".to_string(), |d| d.to_string()),
+                            self.size
+                        ),
+                    ));
+                }
+            }
+            None => {}
+        }
+        Ok(n)
+    }
+}
+
+/// Counts the uncompressed tar's bytes.
+struct Counted<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// Why a request goes to the next differ.
+fn next_differ(why: String) -> Status {
+    Status::unimplemented(format!("strata's differ: {why}"))
+}
+
+#[tonic::async_trait]
+impl diff_server::Diff for Differ {
+    async fn apply(&self, r: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let r = r.into_inner();
+        let desc = r.diff.ok_or_else(|| Status::invalid_argument("apply: the request names no layer (diff)"))?;
+        if !r.payloads.is_empty() {
+            let names: Vec<&str> = r.payloads.keys().map(String::as_str).collect();
+            return Err(next_differ(format!("layer {}: payloads {names:?} are not supported", desc.digest)));
+        }
+        let [m] = r.mounts.as_slice() else {
+            return Err(next_differ(format!("{} mounts are not one snapshot of strata's", r.mounts.len())));
+        };
+        // (all checked before the snapshot is marked: a layer strata cannot read goes to the next
+        // differ)
+        let digest = desc
+            .digest
+            .parse::<Digest>()
+            .and_then(|d| layerstore::check_layer_media_type(&desc.media_type, &d).map(|()| d))
+            .map_err(|e| next_differ(e.to_string()))?;
+        let (kind, source, options) = (m.r#type.clone(), m.source.clone(), m.options.clone());
+        let (differ, layer) = (self.clone(), digest.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let mut snapshots = differ.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+            // (the blob is opened first: a target is marked only for an apply that goes ahead)
+            let Ok(blob) = differ.open_blob(&layer).inspect_err(|e| eprintln!("strata-snapshotter: {e}")) else {
+                return Ok(None);
+            };
+            Ok(snapshots.apply_target(&kind, &source, &options)?.map(|t| (blob, t)))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e: crate::snapshots::Error| Status::internal(e.to_string()))?;
+        let Some((blob, target)) = found else {
+            return Err(next_differ(format!(
+                "layer {digest} onto the {} mount of {}: not an empty active snapshot of strata's, or the blob is \
+                 not in containerd's content store",
+                m.r#type, m.source
+            )));
+        };
+        let started = Instant::now();
+        let (d, t) = (desc.clone(), target.clone());
+        let unpacked = tokio::task::spawn_blocking(move || unpack(blob, &d, digest, &t))
+            .await
+            .unwrap_or_else(|e| Err(format!("the unpack ended: {e}")));
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner()).applied(target.id);
+        let (diff_id, size) = unpacked.map_err(|e| {
+            eprintln!("strata-snapshotter: apply of layer {} into {:?} failed: {e}", desc.digest, target.key);
+            Status::internal(e)
+        })?;
+        eprintln!(
+            "strata-snapshotter: applied layer {} into {:?}: diff ID {diff_id}, {size} bytes of tar, {} ms",
+            desc.digest,
+            target.key,
+            started.elapsed().as_millis()
+        );
+        Ok(Response::new(ApplyResponse {
+            applied: Some(Descriptor {
+                media_type: TAR.into(),
+                digest: diff_id.to_string(),
+                size: i64::try_from(size).unwrap_or(i64::MAX),
+                annotations: Default::default(),
+            }),
+        }))
+    }
+
+    async fn diff(&self, _r: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        Err(next_differ("it applies layers only; containerd's walking differ makes diffs".into()))
+    }
+}
