@@ -106,7 +106,9 @@ impl Containerd {
 
     /// [`Containerd::start`] with strata's snapshotter (`bin`) serving a store of its own
     /// (`<scratch>/store`) as the `strata` proxy snapshot plugin, the one images are unpacked into
-    /// by [`Containerd::import_into`].
+    /// by [`Containerd::import_into`], and its differ as the `strata-diff` proxy diff plugin that
+    /// unpacks the layers, configured as the README does (`STRATA_BENCH_DIFFER=containerd`: without
+    /// it, containerd's own differ unpacks them).
     pub fn start_with_snapshotter(bin: &Path) -> Result<Containerd, String> {
         Self::start_inner(None, &[], Some(bin))
     }
@@ -137,12 +139,23 @@ impl Containerd {
         );
         let mut snap = None;
         if let Some(bin) = snapshotter {
-            // (containerd 2's transfer service unpacks only into the snapshotters it lists)
+            // (containerd 2's transfer service unpacks only into the snapshotters it lists, with
+            // the differ named there; 1.7's diff service asks its differs in order)
+            let sock = p.join("s.sock").display().to_string();
+            let differ = std::env::var("STRATA_BENCH_DIFFER").unwrap_or_default() != "containerd";
             config.push_str(&format!(
-                "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n\
-                 [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux/amd64\"\n  \
-                 snapshotter = \"strata\"\n",
-                p.join("s.sock").display()
+                "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{sock}\"\n"
+            ));
+            if differ {
+                config.push_str(&format!(
+                    "  [proxy_plugins.strata-diff]\n    type = \"diff\"\n    address = \"{sock}\"\n\
+                     [plugins.\"io.containerd.service.v1.diff-service\"]\n  default = [\"strata-diff\", \"walking\"]\n"
+                ));
+            }
+            config.push_str(&format!(
+                "[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux/amd64\"\n  \
+                 snapshotter = \"strata\"\n{}",
+                if differ { "  differ = \"strata-diff\"\n" } else { "" }
             ));
             let log = std::fs::File::create(p.join("snapshotter.log")).map_err(|e| format!("snapshotter.log: {e}"))?;
             let child = Command::new(bin)
@@ -150,6 +163,8 @@ impl Containerd {
                 .arg(p.join("s.sock"))
                 .arg("--store")
                 .arg(p.join("store"))
+                .arg("--containerd-root")
+                .arg(p.join("root"))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().map_err(|e| format!("snapshotter.log: {e}"))?)
                 .stderr(log)

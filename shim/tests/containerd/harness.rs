@@ -81,6 +81,21 @@ fn check_snapshotter_built() {
     assert!(bin.exists(), "{} is missing: build it with `cargo build -p strata-snapshotter`", bin.display());
 }
 
+/// Whether the containerd under test takes proxy diff plugins (1.7 and later).
+fn proxy_differs() -> bool {
+    static YES: OnceLock<bool> = OnceLock::new();
+    *YES.get_or_init(|| {
+        let out = Command::new(containerd_bin()).arg("--version").output().expect("containerd --version");
+        // "containerd github.com/containerd/containerd 1.6.20~ds1 …" (2.x: "…/containerd/v2 2.1.9…")
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let version = text.split_whitespace().nth(2).unwrap_or_default().to_string();
+        let mut v = version.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+        let (major, minor) = (v.next(), v.next());
+        assert!(major.is_some() && minor.is_some(), "no version in `containerd --version`: {text}");
+        (major, minor) >= (Some(1), Some(7))
+    })
+}
+
 /// Which differ unpacks layers into strata's snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Differ {
@@ -99,6 +114,8 @@ pub struct Containerd {
     snapshotter: Option<Child>,
     /// Extra environment of the daemon (and so of the shims it starts).
     env: Vec<(String, String)>,
+    /// Which differ unpacks into strata's snapshotter, when it runs.
+    differ: Option<Differ>,
 }
 
 impl Containerd {
@@ -111,8 +128,20 @@ impl Containerd {
     /// the `strata` proxy snapshot plugin and its differ as the `strata-diff` proxy diff plugin,
     /// first in the diff service's order and paired with the snapshotter for the transfer
     /// service, as the README configures them; imports the test image into it.
+    /// containerd 1.6 has no proxy diff plugins: there, containerd's own differ unpacks (see
+    /// [`Containerd::strata_differ`]).
     pub fn start_with_snapshotter() -> Containerd {
-        Containerd::start_inner(Some(Differ::Strata))
+        if proxy_differs() {
+            Containerd::start_inner(Some(Differ::Strata))
+        } else {
+            eprintln!("containerd before 1.7 has no proxy diff plugins: its own differ unpacks");
+            Containerd::start_inner(Some(Differ::Containerd))
+        }
+    }
+
+    /// Whether strata's differ unpacks the layers into strata's snapshotter.
+    pub fn strata_differ(&self) -> bool {
+        self.differ == Some(Differ::Strata)
     }
 
     /// [`Containerd::start_with_snapshotter`] without strata's differ: containerd's own unpacks
@@ -167,7 +196,8 @@ impl Containerd {
             ),
         )
         .expect("writing config.toml");
-        let mut c = Containerd { dir, namespace, daemon: None, snapshotter: None, env: Vec::new() };
+        let mut c =
+            Containerd { dir, namespace, daemon: None, snapshotter: None, env: Vec::new(), differ: snapshotter };
         if snapshotter.is_some() {
             c.spawn_snapshotter();
         }

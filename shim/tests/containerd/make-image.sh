@@ -4,7 +4,9 @@
 # NOTE, if not empty, goes into /etc/rebuilt: the same files in a layer of another digest (a
 # rebuilt base). FILES adds that many files of 16 KiB of random bytes under /data (a layer that
 # takes a while to unpack). $MTIME (seconds, default 0) is every file's mtime: the same files
-# with another one are a rebuild that touched them all.
+# with another one are a rebuild that touched them all. Bad images: $DIFF_ID replaces the
+# config's diff ID; $ESCAPE (a directory outside) makes the layer end with a symlink `escape`
+# to it and then a file `escape/pwned` written through it.
 set -eu
 out=$1
 ref=$2
@@ -26,13 +28,20 @@ if [ "$files" -gt 0 ]; then
     head -c $((files * 16384)) /dev/urandom | split -a 5 -b 16384 - "$work/rootfs/data/f"
 fi
 tar --sort=name --mtime=@"${MTIME:-0}" --owner=0 --group=0 --numeric-owner -C "$work/rootfs" -cf "$work/layer.tar" .
+if [ -n "${ESCAPE:-}" ]; then
+    mkdir -p "$work/link" "$work/through/escape"
+    ln -s "$ESCAPE" "$work/link/escape"
+    echo pwned > "$work/through/escape/pwned"
+    tar --owner=0 --group=0 --numeric-owner -C "$work/link" -rf "$work/layer.tar" escape
+    tar --owner=0 --group=0 --numeric-owner -C "$work/through" -rf "$work/layer.tar" escape/pwned
+fi
 blob() { # file media-type -> descriptor JSON, and the blob stored by digest
     d=$(sha256sum "$1" | cut -d' ' -f1)
     cp "$1" "$work/blobs/sha256/$d"
     printf '{"mediaType":"%s","digest":"sha256:%s","size":%s}' "$2" "$d" "$(stat -c %s "$1")"
 }
 layer=$(blob "$work/layer.tar" application/vnd.oci.image.layer.v1.tar)
-diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+diff_id=${DIFF_ID:-$(sha256sum "$work/layer.tar" | cut -d' ' -f1)}
 printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
     "$diff_id" > "$work/config.json"
 config=$(blob "$work/config.json" application/vnd.oci.image.config.v1+json)

@@ -96,14 +96,18 @@ fn the_strata_snapshotter_imports_runs_commits_stacks_removes_and_survives_resta
     let mut c = Containerd::start_with_snapshotter();
     let layer = layer_key(&c);
     // strata's differ unpacked the layer (containerd checked the diff ID it answered).
+    let applied = if c.strata_differ() { 1 } else { 0 };
     let log = c.snapshotter_log();
-    assert!(log.contains("applied layer sha256:") && log.contains(&format!("diff ID {layer}")), "{log}");
+    assert!(
+        applied == 0 || (log.contains("applied layer sha256:") && log.contains(&format!("diff ID {layer}"))),
+        "{log}"
+    );
     // A layer for another snapshotter goes to containerd's own differ: an import into overlayfs
     // beside it unpacks as ever.
     c.ok(&["images", "import", "--snapshotter", "overlayfs", &crate::harness::image_archive().display().to_string()]);
     let overlay = c.ok(&["snapshots", "--snapshotter", "overlayfs", "ls"]);
     assert!(overlay.lines().any(|l| l.starts_with(&layer) && l.contains("Committed")), "{overlay}");
-    assert_eq!(c.snapshotter_log().matches("applied layer").count(), 1, "{}", c.snapshotter_log());
+    assert_eq!(c.snapshotter_log().matches("applied layer").count(), applied, "{}", c.snapshotter_log());
 
     // The import committed the layer; its files went into the store's content pool (new content
     // is linked there just after the commit answers).
@@ -327,10 +331,15 @@ fn make_image(dir: &Path, name: &str, note: &str, files: u32) -> PathBuf {
 
 /// [`make_image`] with every file's mtime `mtime` seconds.
 fn make_image_at(dir: &Path, name: &str, note: &str, files: u32, mtime: u64) -> PathBuf {
+    make_image_with(dir, name, note, files, &[("MTIME", &mtime.to_string())])
+}
+
+/// [`make_image`] with make-image.sh's environment `env` (`MTIME`, `DIFF_ID`, `ESCAPE`).
+fn make_image_with(dir: &Path, name: &str, note: &str, files: u32, env: &[(&str, &str)]) -> PathBuf {
     let out = dir.join(format!("{name}.tar"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/containerd/make-image.sh");
     let st = Command::new("sh")
-        .env("MTIME", mtime.to_string())
+        .envs(env.iter().copied())
         .arg(script)
         .arg(&out)
         .arg(format!("docker.io/library/strata-busybox:{name}"))
@@ -400,4 +409,52 @@ fn killed_during_an_unpack(mut c: Containerd) {
     // (a removed snapshot's directory is deleted from tmp/ after the snapshotter answers Remove)
     let tmp = c.snapshotter_store().join("containerd/tmp");
     eventually("the snapshotter left removed snapshots in tmp/", || std::fs::read_dir(&tmp).expect("tmp").count() == 0);
+}
+
+/// Waits until only committed snapshots are on disk and the snapshotter's `tmp/` is empty.
+fn nothing_left_of_a_failed_unpack(c: &Containerd) {
+    eventually("an active snapshot of the failed unpack stayed", || on_disk(c).iter().all(|s| s.1 == "committed"));
+    let tmp = c.snapshotter_store().join("containerd/tmp");
+    eventually("the snapshotter left the failed unpack in tmp/", || std::fs::read_dir(&tmp).expect("tmp").count() == 0);
+}
+
+#[test]
+fn a_layer_that_is_not_its_diff_id_is_refused_by_containerd_and_leaves_nothing() {
+    let c = Containerd::start_with_snapshotter();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let wrong = "0".repeat(64);
+    let bad = make_image_with(dir.path(), "wrong-diff-id", "wrong", 0, &[("DIFF_ID", &wrong)]);
+    let out = c.ctr(&["images", "import", "--snapshotter", "strata", &bad.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // strata's differ answered the layer's true diff ID; containerd compared it with the config's
+    assert!(!out.status.success() && err.contains("wrong diff id"), "{err}");
+    let log = c.snapshotter_log();
+    let applied = if c.strata_differ() { 2 } else { 0 };
+    assert!(
+        log.matches("applied layer").count() == applied && !log.contains(&format!("diff ID sha256:{wrong}")),
+        "{log}"
+    );
+    nothing_left_of_a_failed_unpack(&c);
+    let ls = c.ok(&snap_args(&["ls"]));
+    assert_eq!(ls.lines().skip(1).count(), 1, "only the test image's layer stays: {ls}");
+}
+
+#[test]
+fn a_layer_that_writes_through_a_symlink_out_of_the_snapshot_is_refused_and_leaves_nothing() {
+    let c = Containerd::start_with_snapshotter();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    let bad = make_image_with(dir.path(), "escape", "escape", 0, &[("ESCAPE", &outside.display().to_string())]);
+    let out = c.ctr(&["images", "import", "--snapshotter", "strata", &bad.display().to_string()]);
+    assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 0, "the layer wrote outside its snapshot");
+    if !c.strata_differ() {
+        // (containerd's own differ resolves the symlink inside the snapshot and writes there)
+        eprintln!("containerd's differ unpacked it: {}", String::from_utf8_lossy(&out.stderr));
+        return;
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("escape/pwned"), "the import did not fail naming the entry: {err}");
+    assert!(c.snapshotter_log().contains("failed"), "{}", c.snapshotter_log());
+    nothing_left_of_a_failed_unpack(&c);
 }

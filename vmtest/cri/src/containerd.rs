@@ -239,6 +239,11 @@ impl Containerd {
         self.settings.dir.join("store")
     }
 
+    /// What strata's snapshotter has logged so far (empty if it never ran).
+    pub fn snapshotter_log(&self) -> String {
+        std::fs::read_to_string(self.settings.log.with_file_name("snapshotter.log")).unwrap_or_default()
+    }
+
     /// containerd's root directory (persistent data: content, snapshots, CRI's containers).
     pub fn root(&self) -> PathBuf {
         self.settings.dir.join("root")
@@ -293,6 +298,8 @@ impl Containerd {
             .arg(self.snapshotter_socket())
             .arg("--store")
             .arg(self.snapshotter_store())
+            .arg("--containerd-root")
+            .arg(self.root())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -442,18 +449,21 @@ fn common_head(s: &Settings, version: u32) -> String {
     )
 }
 
-/// strata's snapshotter as a proxy plugin, and the platform the transfer service unpacks for it
-/// (containerd 2's `ctr images import` unpacks only into the snapshotters listed there); nothing
-/// for overlayfs.
+/// strata's snapshotter as a proxy plugin and its differ as another, first in the diff service's
+/// order (containerd 1.7 asks its differs in turn), and the platform the transfer service unpacks
+/// for it with that differ (containerd 2's `ctr images import` unpacks only into the
+/// snapshotters listed there); nothing for overlayfs.
 fn proxy_snapshotter(s: &Settings) -> String {
     if s.snapshotter != "strata" {
         return String::new();
     }
+    let sock = s.dir.join("s.sock").display().to_string();
     format!(
-        "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n\n\
+        "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{sock}\"\n\
+         \x20 [proxy_plugins.strata-diff]\n    type = \"diff\"\n    address = \"{sock}\"\n\n\
+         [plugins.\"io.containerd.service.v1.diff-service\"]\n  default = [\"strata-diff\", \"walking\"]\n\n\
          [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux/amd64\"\n  \
-         snapshotter = \"strata\"\n\n",
-        s.dir.join("s.sock").display()
+         snapshotter = \"strata\"\n  differ = \"strata-diff\"\n\n"
     )
 }
 
@@ -568,6 +578,12 @@ mod tests {
         for c in [config_v2(&s), config_v3(&s)] {
             assert!(
                 c.contains("[proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"/run/x/s.sock\""),
+                "{c}"
+            );
+            assert!(
+                c.contains("[proxy_plugins.strata-diff]\n    type = \"diff\"\n    address = \"/run/x/s.sock\"")
+                    && c.contains("default = [\"strata-diff\", \"walking\"]")
+                    && c.contains("snapshotter = \"strata\"\n  differ = \"strata-diff\""),
                 "{c}"
             );
             assert!(

@@ -26,12 +26,15 @@ fn strata_snapshots(ctx: &Ctx<'_>) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
-/// n: a container's root is an overlay whose lower layer is a committed snapshot in strata's
-/// store (seen from inside, in its mountinfo), writable above it; its active snapshot is keyed
-/// by the container's id; the image's files are in the store's pool (more than one link); once
-/// the pod is removed its snapshot is gone and the image's committed one stays.
+/// n: the images were unpacked by strata's differ (its log names each layer it applied); a
+/// container's root is an overlay whose lower layer is a committed snapshot in strata's store
+/// (seen from inside, in its mountinfo), writable above it; its active snapshot is keyed by the
+/// container's id; the image's files are in the store's pool (more than one link); once the pod
+/// is removed its snapshot is gone and the image's committed one stays.
 pub fn strata_snapshotter(ctx: &mut Ctx<'_>, scenario: &'static str) -> Result<()> {
     let store = ctx.node.containerd().snapshotter_store();
+    let log = ctx.node.containerd().snapshotter_log();
+    ensure!(log.contains("applied layer sha256:"), "strata's differ applied no layer; the snapshotter's log: {log}");
     let pod = ctx.pod(scenario, "snapshots", Namespaces::default())?;
     let id = ctx.running(&pod, &ContainerSpec::sh("main", "echo written > /tmp/mine; exec sleep 3600"))?;
 
