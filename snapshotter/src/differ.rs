@@ -54,21 +54,50 @@ impl Differ {
         Differ { snapshots, blobs: containerd_root.join("io.containerd.content.v1.content/blobs") }
     }
 
-    /// The blob `digest` in containerd's content store (not following a symlink), or why not.
+    /// The blob `digest` in containerd's content store (a regular file, not reached through a
+    /// symlink; opened without blocking on a FIFO), or why not.
     fn open_blob(&self, digest: &Digest) -> Result<File, String> {
         let path = self.blobs.join(digest.algorithm().name()).join(digest.hex());
-        std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
-            .map_err(|e| format!("layer {digest}: {}: {e}", path.display()))
+            .map_err(|e| format!("layer {digest}: {}: {e}", path.display()))?;
+        let meta = file.metadata().map_err(|e| format!("layer {digest}: {}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("layer {digest}: {} is not a regular file", path.display()));
+        }
+        Ok(file)
     }
 }
 
-/// Unpacks `blob`, the layer `desc` describes, into `target`; returns the diff ID and the tar's
-/// size.
-fn unpack(blob: File, desc: &Descriptor, digest: Digest, target: &ApplyTarget) -> Result<(Digest, u64), String> {
+/// The media type to read `blob` as: Docker's `…rootfs.diff.tar` types say nothing of the
+/// compression (containerd reads the magic bytes), so neither does strata.
+fn media_type_of(blob: &File, media_type: &str) -> io::Result<String> {
+    if !(media_type.starts_with("application/vnd.docker.image.rootfs.") && media_type.ends_with(".tar")) {
+        return Ok(media_type.to_string());
+    }
+    let mut magic = [0u8; 4];
+    let n = std::os::unix::fs::FileExt::read_at(blob, &mut magic, 0)?;
+    Ok(match &magic[..n] {
+        [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
+        [0x28, 0xb5, 0x2f, 0xfd] => "application/vnd.oci.image.layer.v1.tar+zstd",
+        _ => "application/vnd.oci.image.layer.v1.tar",
+    }
+    .to_string())
+}
+
+/// Unpacks `blob`, the layer `desc` describes, into `target` (with `sync_fs`, its file system
+/// synced after); returns the diff ID and the tar's size.
+fn unpack(
+    blob: File,
+    desc: &Descriptor,
+    digest: Digest,
+    target: &ApplyTarget,
+    sync_fs: bool,
+) -> Result<(Digest, u64), String> {
     let size = u64::try_from(desc.size).map_err(|_| format!("layer {digest}: negative size {}", desc.size))?;
+    let media_type = media_type_of(&blob, &desc.media_type).map_err(|e| format!("layer {digest}: {e}"))?;
     let blob = Verified {
         blob,
         hasher: Some(Hasher::new(digest.algorithm())),
@@ -77,8 +106,8 @@ fn unpack(blob: File, desc: &Descriptor, digest: Digest, target: &ApplyTarget) -
         size,
         stop: target.stop.clone(),
     };
-    let tar = layerstore::layer_stream(&desc.media_type, &digest, blob).map_err(|e| e.to_string())?;
-    let mut tar = Counted { inner: tar, n: 0 };
+    let tar = layerstore::layer_stream(&media_type, &digest, blob).map_err(|e| e.to_string())?;
+    let mut tar = Counted { inner: tar, n: 0, stop: target.stop.clone() };
     let opts = UnpackOptions {
         pool: None,
         lowers: Some(target.lowers.clone()),
@@ -88,6 +117,10 @@ fn unpack(blob: File, desc: &Descriptor, digest: Digest, target: &ApplyTarget) -
     };
     let stats = layerstore::unpack_layer(&mut tar, &target.tree, &digest, &opts).map_err(|e| e.to_string())?;
     let diff_id = stats.diff_id.ok_or_else(|| format!("layer {digest}: no diff ID was computed"))?;
+    if sync_fs {
+        let tree = File::open(&target.tree).map_err(|e| format!("{}: {e}", target.tree.display()))?;
+        rustix_syncfs(&tree).map_err(|e| format!("syncfs {}: {e}", target.tree.display()))?;
+    }
     Ok((diff_id, tar.n))
 }
 
@@ -104,6 +137,9 @@ struct Verified {
 
 impl Read for Verified {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         if self.stop.load(Ordering::Relaxed) {
             return Err(io::Error::other("the snapshot was removed during the apply"));
         }
@@ -138,14 +174,59 @@ impl Read for Verified {
     }
 }
 
-/// Counts the uncompressed tar's bytes.
+/// The mark of a snapshot being applied into ([`Snapshots::apply_target`]), taken off when
+/// dropped: when the unpack ends, also by a panic, or with the call if it is given up before.
+struct Applying {
+    snapshots: Arc<Mutex<Snapshots>>,
+    id: u64,
+}
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner()).applied(self.id);
+    }
+}
+
+/// `syncfs(2)` of the file system holding `f`.
+fn rustix_syncfs(f: &File) -> io::Result<()> {
+    // SAFETY: syncfs reads only the descriptor, which `f` keeps open for the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(f)) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets the stop flag of an unpack when dropped before [`StopUnlessDone::done`]: the call that
+/// waits for the unpack was given up.
+struct StopUnlessDone(Option<Arc<AtomicBool>>);
+
+impl StopUnlessDone {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopUnlessDone {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts the uncompressed tar's bytes; fails once the snapshot is removed under the unpack.
 struct Counted<R> {
     inner: R,
     n: u64,
+    stop: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the snapshot was removed during the apply"));
+        }
         let n = self.inner.read(buf)?;
         self.n += n as u64;
         Ok(n)
@@ -179,17 +260,22 @@ impl diff_server::Diff for Differ {
         let (kind, source, options) = (m.r#type.clone(), m.source.clone(), m.options.clone());
         let (differ, layer) = (self.clone(), digest.clone());
         let found = tokio::task::spawn_blocking(move || {
-            let mut snapshots = differ.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-            // (the blob is opened first: a target is marked only for an apply that goes ahead)
+            // (the blob is opened first, outside the lock: a target is marked only for an apply
+            // that goes ahead)
             let Ok(blob) = differ.open_blob(&layer).inspect_err(|e| eprintln!("strata-snapshotter: {e}")) else {
                 return Ok(None);
             };
-            Ok(snapshots.apply_target(&kind, &source, &options)?.map(|t| (blob, t)))
+            let target =
+                differ.snapshots.lock().unwrap_or_else(|p| p.into_inner()).apply_target(&kind, &source, &options)?;
+            Ok(target.map(|t| {
+                let applying = Applying { snapshots: differ.snapshots.clone(), id: t.id };
+                (blob, t, applying)
+            }))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e: crate::snapshots::Error| Status::internal(e.to_string()))?;
-        let Some((blob, target)) = found else {
+        let Some((blob, target, applying)) = found else {
             return Err(next_differ(format!(
                 "layer {digest} onto the {} mount of {}: not an empty active snapshot of strata's, or the blob is \
                  not in containerd's content store",
@@ -197,11 +283,17 @@ impl diff_server::Diff for Differ {
             )));
         };
         let started = Instant::now();
-        let (d, t) = (desc.clone(), target.clone());
-        let unpacked = tokio::task::spawn_blocking(move || unpack(blob, &d, digest, &t))
-            .await
-            .unwrap_or_else(|e| Err(format!("the unpack ended: {e}")));
-        self.snapshots.lock().unwrap_or_else(|p| p.into_inner()).applied(target.id);
+        let (d, t, sync_fs) = (desc.clone(), target.clone(), r.sync_fs);
+        // (the apply ends with the unpack, not with this call; a call containerd gives up stops
+        // the unpack at its next read, and the snapshot stays marked until nothing writes into it)
+        let cancelled = StopUnlessDone(Some(target.stop.clone()));
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let _applying = applying;
+            unpack(blob, &d, digest, &t, sync_fs)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the unpack ended: {e}")));
+        cancelled.done();
         let (diff_id, size) = unpacked.map_err(|e| {
             eprintln!("strata-snapshotter: apply of layer {} into {:?} failed: {e}", desc.digest, target.key);
             Status::internal(e)

@@ -544,6 +544,15 @@ impl snapshots_server::Snapshots for Service {
     async fn remove(&self, r: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
         let r = r.into_inner();
         let _ = self.stop_hashing(&r.key).await;
+        // An unpack by strata's differ into it (one whose call containerd gave up) is stopped,
+        // and the removal waits until nothing writes into the tree.
+        let (snapshots, key) = (self.snapshots.clone(), r.key.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            while snapshots.lock().unwrap_or_else(|p| p.into_inner()).stop_apply(&key) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await;
         let gone = self.with_adopted(move |s| s.remove(&r.key)).await?;
         // Out of snapshots/ already: what a failure here leaves, Cleanup (or the next start) removes.
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(gone)).await;

@@ -530,6 +530,19 @@ impl Snapshots {
         Ok(Some(ApplyTarget { key, id, tree, lowers, stop }))
     }
 
+    /// Tells an unpack by strata's differ into snapshot `key`, if one runs, to stop; whether one
+    /// runs (its mark goes once nothing writes into the tree any more).
+    pub fn stop_apply(&self, key: &str) -> bool {
+        let Some(info) = self.by_key.get(key) else { return false };
+        match self.applying.get(&info.id) {
+            Some(stop) => {
+                stop.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The apply into snapshot `id` is over.
     pub fn applied(&mut self, id: u64) {
         self.applying.remove(&id);
@@ -570,8 +583,9 @@ impl Snapshots {
                 children[0]
             )));
         }
-        // (an unpack into it stops at its next read; what it writes after the rename goes with
-        // the directory, or at the next Cleanup or start)
+        // (the service waits for an unpack into it to stop first, see `stop_apply`; should one
+        // still run, it stops at its next read, and what it writes after the rename goes with the
+        // directory, or at the next Cleanup or start)
         if let Some(stop) = self.applying.remove(&id) {
             stop.store(true, Ordering::Relaxed);
         }

@@ -103,7 +103,8 @@ fn the_strata_snapshotter_imports_runs_commits_stacks_removes_and_survives_resta
         "{log}"
     );
     // A layer for another snapshotter goes to containerd's own differ: an import into overlayfs
-    // beside it unpacks as ever.
+    // beside it unpacks as ever (on 1.7 strata's differ is asked first and declines; 2.x's
+    // transfer service asks the differ its unpack_config names).
     c.ok(&["images", "import", "--snapshotter", "overlayfs", &crate::harness::image_archive().display().to_string()]);
     let overlay = c.ok(&["snapshots", "--snapshotter", "overlayfs", "ls"]);
     assert!(overlay.lines().any(|l| l.starts_with(&layer) && l.contains("Committed")), "{overlay}");
@@ -353,7 +354,12 @@ fn make_image_with(dir: &Path, name: &str, note: &str, files: u32, env: &[(&str,
 
 #[test]
 fn a_snapshotter_killed_during_its_unpack_leaves_nothing_half_made() {
-    killed_during_an_unpack(Containerd::start_with_snapshotter());
+    let c = Containerd::start_with_snapshotter();
+    if !c.strata_differ() {
+        eprintln!("this containerd has no proxy diff plugins: the test below kills containerd's unpack");
+        return;
+    }
+    killed_during_an_unpack(c);
 }
 
 #[test]
@@ -428,12 +434,14 @@ fn a_layer_that_is_not_its_diff_id_is_refused_by_containerd_and_leaves_nothing()
     let err = String::from_utf8_lossy(&out.stderr);
     // strata's differ answered the layer's true diff ID; containerd compared it with the config's
     assert!(!out.status.success() && err.contains("wrong diff id"), "{err}");
+    // (the layers are uncompressed tars: each one's diff ID is its digest)
     let log = c.snapshotter_log();
-    let applied = if c.strata_differ() { 2 } else { 0 };
-    assert!(
-        log.matches("applied layer").count() == applied && !log.contains(&format!("diff ID sha256:{wrong}")),
-        "{log}"
-    );
+    let applied: Vec<&str> = log.lines().filter(|l| l.contains("applied layer")).collect();
+    assert_eq!(applied.len(), if c.strata_differ() { 2 } else { 0 }, "{log}");
+    for line in applied {
+        let digest = line.split_whitespace().nth(3).unwrap_or_default();
+        assert!(digest.starts_with("sha256:") && line.contains(&format!("diff ID {digest},")), "{line}");
+    }
     nothing_left_of_a_failed_unpack(&c);
     let ls = c.ok(&snap_args(&["ls"]));
     assert_eq!(ls.lines().skip(1).count(), 1, "only the test image's layer stays: {ls}");
@@ -455,6 +463,7 @@ fn a_layer_that_writes_through_a_symlink_out_of_the_snapshot_is_refused_and_leav
     }
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("escape/pwned"), "the import did not fail naming the entry: {err}");
-    assert!(c.snapshotter_log().contains("failed"), "{}", c.snapshotter_log());
+    let log = c.snapshotter_log();
+    assert!(log.lines().any(|l| l.contains("apply of layer") && l.contains("escape/pwned")), "{log}");
     nothing_left_of_a_failed_unpack(&c);
 }
