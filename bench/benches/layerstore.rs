@@ -9,8 +9,9 @@
 //! - the same for five images whose bases were rebuilt separately (same files, new digests):
 //!   strata ≤ 0.5× containerd's.
 //!
-//! containerd with strata's snapshotter (`[proxy_plugins.strata]`) is measured beside containerd
-//! with its overlayfs snapshotter: import time (target ≤ 1.0×) and bytes on disk (containerd's
+//! containerd with strata's snapshotter (`[proxy_plugins.strata]`, its differ unpacking the layers
+//! as `[proxy_plugins.strata-diff]`; `STRATA_BENCH_DIFFER=containerd` leaves that to containerd's
+//! own) is measured beside containerd with its overlayfs snapshotter: import time (target ≤ 1.0×) and bytes on disk (containerd's
 //! root plus the snapshotter's store; target on rebuilt bases ≤ 0.4×). An import is timed until
 //! `ctr` returns; strata's snapshotter then finishes what follows its answers (the adoption of the
 //! last layer into the pool, the pool links) and stops before the next measurement.

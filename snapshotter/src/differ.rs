@@ -318,3 +318,96 @@ impl diff_server::Diff for Differ {
         Err(next_differ("it applies layers only; containerd's walking differ makes diffs".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::api::snapshots_server::Snapshots as _;
+    use crate::api::types::Mount;
+    use crate::api::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+    use crate::service::Service;
+
+    /// A layer tar holding `etc/hello`.
+    fn layer_tar() -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        let header = |kind, mode, size| {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(size);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(86_400);
+            h
+        };
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), "etc/", io::empty())?;
+        b.append_data(&mut header(tar::EntryType::Regular, 0o644, 3), "etc/hello", &b"hi\n"[..])?;
+        Ok(b.into_inner()?)
+    }
+
+    fn apply(
+        rt: &tokio::runtime::Runtime,
+        differ: &Differ,
+        desc: &Descriptor,
+        mounts: &[Mount],
+    ) -> Result<Descriptor, Status> {
+        let r = ApplyRequest { diff: Some(desc.clone()), mounts: mounts.to_vec(), ..Default::default() };
+        let answer = rt.block_on(diff_server::Diff::apply(differ, Request::new(r)))?;
+        answer.into_inner().applied.ok_or_else(|| Status::internal("no descriptor answered"))
+    }
+
+    /// A gzip blob whose Docker media type names no compression is unpacked into an empty active
+    /// snapshot and answered by the tar's digest; a snapshot that holds files, mounts that are no
+    /// snapshot of strata's and a blob that is not its descriptor's size are not unpacked, and
+    /// the last leaves the snapshot removable.
+    #[test]
+    fn a_layer_is_unpacked_into_an_empty_active_snapshot_only() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let service = Service::new(Snapshots::open(&dir.path().join("store"))?);
+        let containerd = dir.path().join("containerd");
+        let differ = Differ::new(service.snapshots(), &containerd);
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let prepare = |key: &str| -> Result<Vec<Mount>, Status> {
+            let r = PrepareSnapshotRequest { key: key.into(), ..Default::default() };
+            Ok(rt.block_on(service.prepare(Request::new(r)))?.into_inner().mounts)
+        };
+
+        let tar = layer_tar()?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar)?;
+        let blob = gz.finish()?;
+        let digest = Digest::of(Algorithm::Sha256, &blob);
+        let blobs = containerd.join("io.containerd.content.v1.content/blobs/sha256");
+        std::fs::create_dir_all(&blobs)?;
+        std::fs::write(blobs.join(digest.hex()), &blob)?;
+        let desc = Descriptor {
+            media_type: "application/vnd.docker.image.rootfs.diff.tar".into(),
+            digest: digest.to_string(),
+            size: i64::try_from(blob.len())?,
+            annotations: Default::default(),
+        };
+
+        let mounts = prepare("extract-1 a")?;
+        let applied = apply(&rt, &differ, &desc, &mounts)?;
+        assert_eq!(applied.digest, Digest::of(Algorithm::Sha256, &tar).to_string());
+        assert_eq!((applied.size, applied.media_type.as_str()), (i64::try_from(tar.len())?, TAR));
+        let tree = PathBuf::from(&mounts[0].source);
+        assert_eq!(std::fs::read(tree.join("etc/hello"))?, b"hi\n");
+
+        let again = apply(&rt, &differ, &desc, &mounts).expect_err("a tree holding files");
+        assert_eq!(again.code(), tonic::Code::Unimplemented, "{again:?}");
+        let elsewhere = Mount { r#type: "bind".into(), source: dir.path().display().to_string(), ..Default::default() };
+        let other = apply(&rt, &differ, &desc, &[elsewhere]).expect_err("mounts of no snapshot of strata's");
+        assert_eq!(other.code(), tonic::Code::Unimplemented, "{other:?}");
+
+        let mounts = prepare("extract-2 b")?;
+        let short = Descriptor { size: desc.size + 1, ..desc.clone() };
+        let bad = apply(&rt, &differ, &short, &mounts).expect_err("a blob shorter than its descriptor");
+        assert!(bad.message().contains("not the descriptor's"), "{bad:?}");
+        let remove = RemoveSnapshotRequest { key: "extract-2 b".into(), ..Default::default() };
+        rt.block_on(service.remove(Request::new(remove)))?;
+        Ok(())
+    }
+}
