@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod harness;
+#[path = "../../../layerstore/tests/registry/mod.rs"]
+mod registry;
 mod snapshotter;
 
 use harness::{Containerd, shim_bin};

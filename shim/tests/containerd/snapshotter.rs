@@ -467,3 +467,26 @@ fn a_layer_that_writes_through_a_symlink_out_of_the_snapshot_is_refused_and_leav
     assert!(log.lines().any(|l| l.contains("apply of layer") && l.contains("escape/pwned")), "{log}");
     nothing_left_of_a_failed_unpack(&c);
 }
+
+#[test]
+fn an_image_pulled_from_a_registry_is_unpacked_by_strata_s_differ_and_runs() {
+    let c = Containerd::start_with_snapshotter();
+    let registry = crate::registry::Registry::start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let archive = make_image(dir.path(), "pulled", "pulled from a registry", 0);
+    let layout = dir.path().join("layout");
+    std::fs::create_dir(&layout).expect("layout");
+    let st = Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&layout).status().expect("tar");
+    assert!(st.success(), "tar -xf {}", archive.display());
+    registry.push(&layout, "test", "strata/pulled:1", "oci");
+    let reference = format!("{}/strata/pulled:1", registry.host());
+    c.ok(&["images", "pull", "--plain-http", "--snapshotter", "strata", &reference]);
+    let log = c.snapshotter_log();
+    // (the test image's layer, then the pulled one)
+    let applied = if c.strata_differ() { 2 } else { 0 };
+    assert_eq!(log.matches("applied layer").count(), applied, "{log}");
+    let mut run = c.run_args(&["--rm", "--snapshotter", "strata"], "pulled-run", &["cat", "/etc/rebuilt"]);
+    let image = run.iter().position(|a| *a == crate::harness::IMAGE).expect("the image argument");
+    run[image] = &reference;
+    assert_eq!(c.ok(&run).trim(), "pulled from a registry");
+}
