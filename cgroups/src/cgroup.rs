@@ -121,12 +121,23 @@ impl Cgroup {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
-    /// Whether any process lives in the cgroup or its descendants.
+    /// Whether any process lives in the cgroup or its descendants; a cgroup removed meanwhile
+    /// (systemd removes a scope's once its last process is gone) holds none.
     pub fn is_populated(&self) -> Result<bool> {
         match self.read("cgroup.events") {
             Ok(text) => Ok(text.lines().any(|l| l.trim() == "populated 1")),
-            Err(_) => Ok(!self.pids()?.is_empty()),
+            Err(e) if self.vanished(&e) => Ok(false),
+            Err(_) => match self.pids() {
+                Ok(pids) => Ok(!pids.is_empty()),
+                Err(e) if self.vanished(&e) => Ok(false),
+                Err(e) => Err(e),
+            },
         }
+    }
+
+    /// Whether `e` is a file of this cgroup not found because the cgroup itself is gone.
+    fn vanished(&self, e: &Error) -> bool {
+        matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound) && !self.dir.exists()
     }
 
     /// Freezes every process and waits until the kernel reports the cgroup frozen.
@@ -151,10 +162,13 @@ impl Cgroup {
     /// die (`cgroup.kill`): watch [`Cgroup::is_populated`] for the end. On kernels before
     /// 5.14, which have no `cgroup.kill`, this is [`Cgroup::kill_all`], which waits.
     pub fn kill_all_nowait(&self) -> Result<()> {
-        if self.dir.join("cgroup.kill").exists() {
-            return self.write("cgroup.kill", "1");
+        let killed =
+            if self.dir.join("cgroup.kill").exists() { self.write("cgroup.kill", "1") } else { self.kill_all() };
+        // (a cgroup removed meanwhile has no process left to kill)
+        match killed {
+            Err(e) if self.vanished(&e) => Ok(()),
+            r => r,
         }
-        self.kill_all()
     }
 
     /// Whether the cgroup is frozen.

@@ -139,3 +139,17 @@ fn freeze_state_reads_cgroup_events() {
     assert!(cg.is_populated().unwrap());
     cg.freeze().unwrap();
 }
+
+/// A cgroup removed under the caller (as systemd removes a scope's once its last process has
+/// gone) is empty and has nothing left to kill; one whose files are missing while it is there is
+/// still an error.
+#[test]
+fn a_cgroup_removed_meanwhile_is_empty_and_killed() {
+    let (_root, _h, dir) = fake("", "gone.scope", &[]);
+    let cg = Cgroup::open(dir.clone());
+    assert!(cg.is_populated().is_err(), "a cgroup without cgroup.events or cgroup.procs");
+    fs::remove_file(dir.join("cgroup.subtree_control")).unwrap();
+    fs::remove_dir(&dir).unwrap();
+    assert!(!cg.is_populated().unwrap());
+    cg.kill_all_nowait().unwrap();
+}
